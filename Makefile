@@ -1,0 +1,45 @@
+# Two commands do all set-up on a fresh machine:
+#   make book   venv + synthetic demo data + run every notebook (papermill) + build the book
+#   make test   venv + pytest
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= demo
+SEED ?= 20251105
+RUN_DIR ?= runs/$(PROFILE)
+DEMO_DIR ?= data/demo
+MANIFEST ?= data_manifest/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: book test lab venv demo-data run clean-runs
+
+# requirements.txt is the one place where versions are pinned; torch (its CPU build) goes first.
+$(BIN)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep -E '^torch==' requirements.txt)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(DEMO_DIR)/cohort.csv: | $(BIN)/.installed
+	$(BIN)/prrt demo-data --out $(DEMO_DIR) --seed $(SEED)
+
+demo-data: $(DEMO_DIR)/cohort.csv
+
+run: venv demo-data
+	$(BIN)/prrt run --manifest $(MANIFEST) --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED)
+
+book: run
+	$(BIN)/prrt book --run-dir $(RUN_DIR)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lab: venv demo-data
+	$(BIN)/jupyter lab notebooks/
+
+clean-runs:
+	rm -rf runs/

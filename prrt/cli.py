@@ -1,0 +1,136 @@
+"""The ``prrt`` command: validate a manifest, make demo data, run the notebooks, build the book."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+
+
+def _validate(args) -> int:
+    from .manifest import ManifestError, load_manifest
+
+    try:
+        cohort = load_manifest(args.manifest, check_images=args.check_images)
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    s = cohort.summary()
+    print(f"Manifest {cohort.manifest_path} is valid.")
+    print(f"  cohort: {s['name']}{' (synthetic)' if s['synthetic'] else ''}")
+    print(f"  patients: {s['patients']}")
+    if s["horizon_months"] is not None:
+        print(f"  labelled at {s['horizon_months']:g} months: {s['labelled']} "
+              f"(short PFS {s['short_pfs']}, long PFS {s['long_pfs']})")
+        print(f"  excluded from the binary task (censored before the horizon): "
+              f"{s['excluded_censored_before_horizon']}")
+    else:
+        print(f"  labelled: {s['labelled']} (short PFS {s['short_pfs']}, long PFS {s['long_pfs']}); "
+              f"without a label: {s['excluded_censored_before_horizon']}")
+    mods = ", ".join(f"{m} {n}/{s['patients']}" for m, n in s["modalities"].items()) or "none"
+    print(f"  images: {mods}")
+    print(f"  laboratory values: {s['labs']}; clinical variables: {s['clinical']}")
+    if s["missing_values"]:
+        print("  missing values per column:")
+        for col, n in s["missing_values"].items():
+            print(f"    {col}: {n}")
+    else:
+        print("  missing values: none")
+    return 0
+
+
+def _demo_data(args) -> int:
+    from .synthetic import SyntheticConfig, generate
+
+    cfg = SyntheticConfig.for_size(args.n_patients, n_censored_before_horizon=args.censored_before_horizon,
+                                   geometry=args.geometry, mask_grid=args.mask_grid)
+    report = generate(args.out, seed=args.seed, config=cfg, workers=args.workers)
+    o = report["oracle_auroc"]
+    print(f"Wrote {report['n_patients']} synthetic patients to {args.out} "
+          f"({report['n_short_pfs']} short PFS, {report['n_long_pfs']} long PFS, "
+          f"{report['n_censored_before_horizon']} censored before the horizon).")
+    print(f"Oracle AUROC (latent risk vs label): all {o['all']:.3f}; labs {o['lab']:.3f}; "
+          f"PET {o['pet']:.3f}; CT {o['ct']:.3f}")
+    print(f"Manifest: {Path(args.out) / 'manifest.yaml'}")
+    return 0
+
+
+def _run(args) -> int:
+    from .manifest import ManifestError
+    from .runs import RunError, run
+
+    try:
+        d = run(args.manifest, args.profile, args.run_dir, seed=args.seed, notebooks_dir=args.notebooks_dir,
+                cache_dir=args.cache_dir)
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    except RunError as exc:
+        print(f"Run failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    info = json.loads((d / "run.json").read_text())
+    print(f"Run complete in {info['wall_time_s']} s: {d}")
+    return 0
+
+
+def _book(args) -> int:
+    from .runs import RunError, build_book
+
+    try:
+        index = build_book(args.run_dir)
+    except RunError as exc:
+        print(f"Book build failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Book: {index}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .runs import DEFAULT_SEED
+
+    p = argparse.ArgumentParser(prog="prrt", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a data manifest and print a summary (exit 2 if invalid)")
+    v.add_argument("manifest")
+    v.add_argument("--check-images", choices=["none", "exists", "header", "full"], default="full",
+                   help="how far to check image files (default: read every image and check its values)")
+    v.set_defaults(func=_validate)
+
+    d = sub.add_parser("demo-data", help="write a synthetic cohort (images, table, manifest)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    d.add_argument("--n-patients", type=int, default=116, help="labelled patients (default 116, as in the study)")
+    d.add_argument("--censored-before-horizon", type=int, default=0,
+                   help="extra patients lost to follow-up before 12 months (default 0)")
+    d.add_argument("--geometry", choices=["standard", "small"], default="standard")
+    d.add_argument("--mask-grid", choices=["pet", "ct"], default="pet")
+    d.add_argument("--workers", type=int, default=None)
+    d.set_defaults(func=_demo_data)
+
+    r = sub.add_parser("run", help="execute the notebooks into a run directory")
+    r.add_argument("--manifest", required=True)
+    r.add_argument("--profile", required=True, choices=["smoke", "demo", "paper"])
+    r.add_argument("--run-dir", required=True)
+    r.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    r.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)
+    r.add_argument("--cache-dir", default=None, help="preprocessed-image cache (default: beside the run)")
+    r.set_defaults(func=_run)
+
+    b = sub.add_parser("book", help="build the Jupyter Book of a run")
+    b.add_argument("--run-dir", required=True)
+    b.set_defaults(func=_book)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

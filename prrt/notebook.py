@@ -1,0 +1,102 @@
+"""Helpers that the notebooks call at their start: load the run's inputs and show what this run is.
+
+Papermill injects the run's parameters as a cell that the book hides; :func:`start` shows them as a
+small table instead, and a warning box at the top of the page when the data is synthetic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .manifest import Cohort, load_manifest
+from .profiles import Profile, get_profile
+
+SYNTHETIC_NOTE = (
+    "Every number and image on this page comes from a <b>synthetic cohort</b> made by "
+    "<code>prrt demo-data</code>, not from patients. It mirrors the study's design (116 patients, "
+    "42 with PFS at or under 12 months) so that the analysis can be run and checked by anyone; its "
+    "results say nothing about PRRT. Point the <code>manifest</code> parameter at your own data "
+    "to analyse a real cohort."
+)
+
+
+@dataclass
+class Context:
+    """What a notebook works with: the cohort, the profile, the seed and where outputs go."""
+
+    cohort: Cohort
+    profile: Profile
+    seed: int
+    run_dir: Path
+    cache_dir: Path
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory; its folder is created."""
+        p = self.run_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def default_cache_dir(run_dir) -> Path:
+    """Preprocessed images are shared by all runs beside ``run_dir`` (keyed by content)."""
+    return Path(run_dir).resolve().parent / ".prrt-cache"
+
+
+def start(manifest, run_dir, profile: str, seed: int, cache_dir=None, show: bool = True) -> Context:
+    """Load the manifest and profile, prepare the run directory and show the run's parameters."""
+    cohort = load_manifest(manifest, check_images="exists")
+    prof = get_profile(profile)
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(cohort, prof, int(seed), run_dir,
+                  Path(cache_dir).resolve() if cache_dir else default_cache_dir(run_dir))
+    if show:
+        from IPython.display import HTML, display
+
+        if cohort.synthetic:
+            display(HTML(synthetic_banner_html()))
+        display(parameters_table(ctx))
+    return ctx
+
+
+def synthetic_banner_html() -> str:
+    return ('<div class="admonition warning"><p class="admonition-title">Synthetic data</p>'
+            f"<p>{SYNTHETIC_NOTE}</p></div>")
+
+
+def parameters_table(ctx: Context) -> pd.DataFrame:
+    """The parameters of this run, as a small table (no paths that could name a patient)."""
+    c, p = ctx.cohort, ctx.profile
+    rows = [
+        ("cohort", f"{c.name}" + (" (synthetic)" if c.synthetic else "")),
+        ("manifest", c.manifest_path.name),
+        ("patients", f"{c.n_patients} ({len(c.labelled)} labelled)"),
+        ("profile", f"{p.name}: {p.description}"),
+        ("input size (voxels)", " × ".join(str(s) for s in p.input_size_voxels)),
+        ("voxel spacing (mm)", " × ".join(f"{s:g}" for s in p.voxel_spacing_mm)),
+        ("cross-validation", f"{p.n_repeats} × repeated stratified {p.n_folds}-fold"),
+        ("seed", str(ctx.seed)),
+    ]
+    return pd.DataFrame(rows, columns=["parameter", "value"]).set_index("parameter")
+
+
+def synthetic_report(cohort: Cohort) -> dict | None:
+    """The generator's report (oracle AUROCs) when the cohort is synthetic and the report is there."""
+    if not cohort.synthetic:
+        return None
+    f = cohort.input_files[1].parent / "synthetic_report.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+
+def oracle_table(report: dict) -> pd.DataFrame:
+    """The synthetic generator's oracle AUROCs as a small table."""
+    names = {"all": "all modalities (latent risk)", "lab": "laboratory values", "pet": "SR-PET", "ct": "CT"}
+    return pd.DataFrame(
+        [(names.get(k, k), round(v, 3)) for k, v in report["oracle_auroc"].items()],
+        columns=["what the model sees", "oracle AUROC"],
+    ).set_index("what the model sees")

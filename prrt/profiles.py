@@ -1,0 +1,106 @@
+"""Run profiles: the one place where sizes, repeats and epochs of a run are defined.
+
+=========  ==========================  ====================================================
+profile    used by                     what it must achieve
+=========  ==========================  ====================================================
+smoke      tests and CI                every notebook runs end to end on tiny volumes in minutes
+demo       ``make book``               meaningful results on the synthetic cohort on a laptop CPU
+paper      a GPU                       the study's protocol: repeated 3-fold CV, full resolution
+=========  ==========================  ====================================================
+
+Notebooks take the profile's *name* as a papermill parameter and call :func:`get_profile`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Settings of one run profile.
+
+    Attributes
+    ----------
+    name:
+        Profile name (``smoke``, ``demo`` or ``paper``).
+    input_size_voxels:
+        Shape (x, y, z) of the preprocessed image tensors fed to the networks.
+    field_of_view_mm:
+        Physical extent (x, y, z) in millimetres that the input tensor covers, centred on the body.
+        The voxel spacing is ``field_of_view_mm / input_size_voxels``.
+    hu_window:
+        CT window (lower, upper) in Hounsfield units, mapped linearly to [0, 1].
+    suv_range:
+        SR-PET standardised uptake values (lower, upper) mapped linearly to [0, 1].
+    n_folds, n_repeats:
+        Repeated stratified k-fold cross-validation (the study used 3 folds).
+    epochs, batch_size:
+        CNN training budget.
+    montage_patients:
+        How many pseudonymous patients the cohort chapter shows as PET/CT montages.
+    """
+
+    name: str
+    input_size_voxels: tuple[int, int, int]
+    field_of_view_mm: tuple[float, float, float] = (384.0, 384.0, 320.0)
+    hu_window: tuple[float, float] = (-160.0, 240.0)
+    suv_range: tuple[float, float] = (0.0, 30.0)
+    n_folds: int = 3
+    n_repeats: int = 5
+    epochs: int = 30
+    batch_size: int = 8
+    montage_patients: int = 4
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def voxel_spacing_mm(self) -> tuple[float, float, float]:
+        """Spacing (x, y, z) in mm of the preprocessed tensors."""
+        return tuple(f / s for f, s in zip(self.field_of_view_mm, self.input_size_voxels))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["voxel_spacing_mm"] = list(self.voxel_spacing_mm)
+        return d
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        input_size_voxels=(24, 24, 20),
+        n_repeats=2,
+        epochs=2,
+        batch_size=8,
+        montage_patients=2,
+        description="Tiny volumes and few repeats: proves that every notebook runs end to end.",
+    ),
+    "demo": Profile(
+        name="demo",
+        input_size_voxels=(48, 48, 40),
+        n_repeats=5,
+        epochs=25,
+        batch_size=8,
+        montage_patients=4,
+        description="Sized for the synthetic cohort on a 2-core laptop CPU.",
+    ),
+    "paper": Profile(
+        name="paper",
+        input_size_voxels=(128, 128, 112),
+        n_repeats=10,
+        epochs=100,
+        batch_size=8,
+        montage_patients=6,
+        description="The study's protocol (repeated 3-fold CV, full resolution); needs a GPU.",
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the profile called ``name``; a clear error lists the known names otherwise."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown profile {name!r}; choose one of {', '.join(sorted(PROFILES))}"
+        ) from None
