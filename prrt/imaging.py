@@ -1,9 +1,9 @@
 """Image loading and preprocessing for SR-PET and CT.
 
 Reading
-    NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and MetaImage (``.mha``, ``.mhd``)
-    are read with SimpleITK, which keeps each image's position in patient space (origin, spacing,
-    direction), so PET, CT and masks on different grids line up by their affines.
+    NIfTI (``.nii``, ``.nii.gz``) is read with nibabel, NRRD (``.nrrd``, ``.nhdr``) and MetaImage
+    (``.mha``, ``.mhd``) with SimpleITK; each image keeps its position in patient space (origin,
+    spacing, direction), so PET, CT and masks on different grids line up by their affines.
 
 Preprocessing (:func:`preprocess`), for one patient
     1. a common target grid is defined: the profile's ``field_of_view_mm`` sampled at
@@ -116,32 +116,34 @@ def _first_line(exc) -> str:
     return lines[-1] if lines else repr(exc)
 
 
-def _check_nifti_complete(path: Path, modality, patient) -> None:
-    """SimpleITK fills a truncated NIfTI with zeros without a word; check that every byte is there."""
-    import gzip
-    import zlib
+def _read_nifti(path: Path, modality, patient) -> sitk.Image:
+    """Read a NIfTI with nibabel (its RAS affine turned into ITK's LPS geometry).
 
+    nibabel is used for NIfTI because SimpleITK silently zero-fills a truncated file and turns NaN
+    into 0; nibabel raises on the first and keeps the second, so both can be reported.
+    """
     import nibabel as nib
 
     try:
-        header = nib.load(str(path)).header
-    except Exception as exc:  # nibabel raises several types for damaged headers
-        raise ImageError(f"cannot be read (corrupt NIfTI header): {exc}", path, modality, patient) from None
-    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    if path.name.lower().endswith(".gz"):
-        got = 0
-        try:
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    got += len(chunk)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise ImageError(f"cannot be read (truncated or corrupt gzip stream: {exc})", path, modality,
-                             patient) from None
-    else:
-        got = path.stat().st_size
-    if got < expected:
-        raise ImageError(f"cannot be read: the file is truncated ({got} of {expected} bytes)", path, modality,
-                         patient)
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises several types for damaged or truncated files
+        raise ImageError(f"cannot be read (corrupt or truncated): {exc}", path, modality, patient) from None
+    if data.ndim != 3:
+        _check_geometry(data.shape, path, modality, patient)
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    flip = np.diag([-1.0, -1.0, 1.0])
+    lps = flip @ img.affine[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    direction = lps / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise ImageError("has a sheared affine; resample it to an orthogonal grid first", path, modality, patient)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin((flip @ img.affine[:3, 3]).tolist())
+    image.SetDirection(direction.flatten().tolist())
+    return image
 
 
 def read_image(path, modality: str | None = None, patient: str | None = None) -> sitk.Image:
@@ -153,12 +155,13 @@ def read_image(path, modality: str | None = None, patient: str | None = None) ->
     path = Path(path)
     read_header(path, modality, patient)
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path, modality, patient)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ImageError(f"cannot be read (corrupt or truncated): {_first_line(exc)}", path, modality,
-                         patient) from None
+        image = _read_nifti(path, modality, patient)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise ImageError(f"cannot be read (corrupt or truncated): {_first_line(exc)}", path, modality,
+                             patient) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "a scalar volume is needed", path, modality, patient)

@@ -1,0 +1,139 @@
+"""Table 1 statistics against scipy and known answers; Kaplan–Meier summary against lifelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from prrt import cohort as cs
+
+
+@pytest.fixture
+def small():
+    """10 patients: 4 short PFS, 6 long PFS."""
+    return pd.DataFrame({
+        "label": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+        "cga": [900.0, 1200.0, 450.0, np.nan, 150.0, 210.0, 95.0, 300.0, 180.0, 120.0],
+        "sex": ["F", "F", "F", "M", "M", "M", "M", "F", "M", "M"],
+        "site": ["a", "b", "c", "a", "a", "b", "a", "c", "b", "a"],
+    })
+
+
+def test_mann_whitney_matches_scipy(small):
+    t = cs.table1(small, "label", ["cga"])
+    expected = stats.mannwhitneyu([900, 1200, 450], [150, 210, 95, 300, 180, 120], alternative="two-sided").pvalue
+    row = t.iloc[0]
+    assert row["test"] == "Mann–Whitney U"
+    assert row["p"] == pytest.approx(expected)
+    assert row["p"] == pytest.approx(1 / 42, rel=1e-9)  # exact: the 3 short values are the 3 largest of 9
+    assert row["missing"] == 1
+    assert row["Short PFS (n=4)"] == "900 [675–1050]"
+
+
+def test_fisher_exact_2x2_known_answer():
+    # Fisher's tea-tasting experiment: [[3, 1], [1, 3]], two-sided p = 34/70
+    test, p = cs.compare_categorical(np.array([[3, 1], [1, 3]]))
+    assert test == "Fisher exact" and p == pytest.approx(34 / 70)
+
+
+def test_chi_square_when_expected_counts_are_large():
+    table = np.array([[30, 12], [40, 34]])
+    test, p = cs.compare_categorical(table)
+    assert test == "chi-square"
+    assert p == pytest.approx(stats.chi2_contingency(table).pvalue)
+
+
+def test_fisher_r_by_c_is_reproducible_and_close_to_exact():
+    table = np.array([[3, 1, 0], [1, 3, 4]])
+    t1, p1 = cs.compare_categorical(table, seed=1)
+    _, p2 = cs.compare_categorical(table, seed=1)
+    assert t1 == "Fisher (Monte Carlo)" and p1 == p2
+    # exact p by enumeration of all tables with these margins (small enough here)
+    exact = _exact_fisher_rxc(table)
+    assert p1 == pytest.approx(exact, abs=0.01)
+
+
+def _exact_fisher_rxc(table):
+    from itertools import product
+    from math import comb
+
+    rows, cols = table.sum(axis=1), table.sum(axis=0)
+    n = table.sum()
+
+    def prob(t):
+        p = 1.0
+        remaining = n
+        col_left = cols.copy()
+        for r in t[:-1]:
+            p_row = 1
+            for k, c in zip(r, col_left):
+                p_row *= comb(int(c), int(k))
+            p *= p_row / comb(int(remaining), int(r.sum()))
+            remaining -= r.sum()
+            col_left = col_left - r
+        return p
+
+    p_obs = prob(table)
+    total = 0.0
+    for first in product(*[range(int(c) + 1) for c in cols]):
+        first = np.array(first)
+        if first.sum() != rows[0]:
+            continue
+        t = np.vstack([first, cols - first])
+        pt = prob(t)
+        if pt <= p_obs * (1 + 1e-7):
+            total += pt
+    return total
+
+
+def test_categorical_rows_and_percentages(small):
+    t = cs.table1(small, "label", ["sex", "site"], categorical=["sex", "site"])
+    head = t[t["variable"] == "sex, n (%)"].iloc[0]
+    assert head["test"] == "Fisher exact"
+    assert head["p"] == pytest.approx(stats.fisher_exact([[3, 1], [1, 5]]).pvalue)
+    f_row = t[t["variable"] == "    F"].iloc[0]
+    assert f_row["Short PFS (n=4)"] == "3 (75 %)" and f_row["Long PFS (n=6)"] == "1 (17 %)"
+
+
+def test_unlabelled_patients_are_left_out(small):
+    d = small.copy()
+    d.loc[len(d)] = [np.nan, 5000.0, "F", "a"]
+    t = cs.table1(d, "label", ["cga"])
+    assert "All (n=10)" in t.columns
+
+
+def test_format_p():
+    assert cs.format_p(0.0004) == "<0.001" and cs.format_p(0.0312) == "0.031" and cs.format_p(np.nan) == "–"
+
+
+def test_km_summary_matches_lifelines_and_a_hand_example():
+    from lifelines import KaplanMeierFitter
+
+    time = np.array([2, 4, 6, 8, 10, 14, 16, 20, 24, 30.0])
+    event = np.array([1, 1, 0, 1, 1, 1, 0, 1, 0, 0])
+    s = cs.km_summary(time, event, 12)
+    km = KaplanMeierFitter().fit(time, event)
+    assert s["median_pfs_months"] == km.median_survival_time_
+    # by hand: S(12) = (9/10)(8/9)(6/7)(5/6) = 4/7
+    assert s["pfs_rate_at_horizon"] == pytest.approx(4 / 7)
+    lo, hi = s["pfs_rate_ci"]
+    assert lo < 4 / 7 < hi
+
+
+def test_cohort_table1_and_examples(small_cohort_dir):
+    from prrt.manifest import load_manifest
+
+    c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    t = cs.cohort_table1(c, seed=0)
+    first = [v for v in t["variable"] if not v.startswith("    ")]
+    assert first[0].startswith("age") and first[-1].startswith("ldh")
+    assert len(first) == len(c.clinical) + len(c.labs)
+    shown = cs.display_table1(t)
+    assert "p" in shown.columns and "p_text" not in shown.columns
+    ex = cs.pick_example_patients(c, 4, seed=3)
+    assert len(ex) == 4 and sorted(c.data.loc[ex, "label"]) == [0, 0, 1, 1]
+    assert ex == cs.pick_example_patients(c, 4, seed=3)
+    e = cs.exclusion_summary(c).set_index("")["patients"]
+    assert e.iloc[0] == 26 and e.iloc[1] == 2

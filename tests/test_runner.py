@@ -1,0 +1,121 @@
+"""End to end: `prrt run` on the smoke profile, `prrt book`, and what happens when a notebook fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from prrt import runs
+from prrt.cli import main
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(small_cohort_dir, tmp_path_factory):
+    """One smoke run of every notebook plus its book (shared by the tests of this module)."""
+    runs_root = tmp_path_factory.mktemp("runs")
+    run_dir = runs_root / "smoke"
+    assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
+                 "--run-dir", str(run_dir), "--seed", "11"]) == 0
+    assert main(["book", "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
+    info = json.loads((smoke_run / "run.json").read_text())
+    assert info["status"] == "complete" and info["seed"] == 11 and info["profile"]["name"] == "smoke"
+    assert [n["name"] for n in info["notebooks"]] == [p.name for p in runs.list_notebooks()]
+    assert all(n["wall_time_s"] > 0 for n in info["notebooks"])
+    assert info["packages"]["torch"].startswith("2.13.0") and info["packages"]["monai"]
+    assert len(info["git"]["commit"] or "x" * 40) == 40
+    from prrt.imaging import file_sha256
+
+    assert info["inputs"]["table"]["sha256"] == file_sha256(small_cohort_dir / "cohort.csv")
+    assert len(info["inputs"]["images"]) == 26 and set(info["inputs"]["images"]["P001"]) == {"ct", "pet", "mask"}
+    assert (smoke_run / "notebooks" / "01_cohort.ipynb").is_file()
+    t1 = pd.read_csv(smoke_run / "cohort" / "table1.csv")
+    assert t1["variable"].iloc[0].startswith("age")
+    assert (smoke_run / "cohort" / "km_pfs.png").stat().st_size > 10_000
+    assert (smoke_run / "cohort" / "montage.png").stat().st_size > 10_000
+    # the image cache lives beside the run and was filled
+    assert any((smoke_run.parent / ".prrt-cache").rglob("*.npz"))
+
+
+def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_dir):
+    book = smoke_run / "book"
+    page = book / "notebooks" / "01_cohort.html"
+    assert (book / "index.html").is_file() and page.is_file()
+    html = page.read_text()
+    assert "Table 1" in html and "Synthetic data" in html and "Kaplan" in html
+    assert html.count("<img") >= 2  # KM curve and montage
+    assert "injected-parameters" not in html and "cache_dir =" not in html  # parameter cells hidden
+    assert "voxel spacing (mm)" in html  # ... and shown as a table instead
+    assert (book / "book" / "this_run.html").is_file()
+    ids = pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"]
+    text = "".join(f.read_text(errors="ignore") for f in book.rglob("*") if f.suffix in {".html", ".js", ".txt"})
+    assert not [i for i in ids if i in text]
+    assert "P0" in html  # pseudonyms are what the montage shows
+
+
+def test_executed_notebook_keeps_no_patient_ids(smoke_run, small_cohort_dir):
+    ids = pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"]
+    text = (smoke_run / "notebooks" / "01_cohort.ipynb").read_text()
+    assert not [i for i in ids if i in text]
+
+
+def test_find_identifiers_catches_a_leak(tmp_path):
+    (tmp_path / "page.html").write_text("<p>patient SYN-ABC123 had a lesion</p><p>SYN-ABC1234</p>")
+    assert runs.find_identifiers(tmp_path, {"SYN-ABC123": "P001", "SYN-000001": "P002", "12": "P003"}) == [
+        ("page.html", "P001")]
+
+
+def _failing_notebooks(tmp_path) -> Path:
+    d = tmp_path / "nbs"
+    d.mkdir()
+    shutil.copy(REPO / "notebooks" / "01_cohort.ipynb", d)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("manifest = run_dir = profile = seed = cache_dir = None",
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("raise ValueError('deliberate failure for the test')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, d / "02_broken.ipynb")
+    return d
+
+
+def test_failed_run_leaves_previous_run_and_book_untouched(smoke_run, small_cohort_dir, tmp_path, capsys):
+    before = {p: p.read_bytes() for p in [smoke_run / "run.json", smoke_run / "book" / "index.html",
+                                           smoke_run / "notebooks" / "01_cohort.ipynb"]}
+    rc = main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
+               "--run-dir", str(smoke_run), "--notebooks-dir", str(_failing_notebooks(tmp_path))])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "02_broken.ipynb failed" in err and "ValueError: deliberate failure for the test" in err
+    assert "untouched" in err
+    for p, content in before.items():
+        assert p.read_bytes() == content
+    failed = smoke_run.with_name(f".{smoke_run.name}.failed")
+    assert (failed / "notebooks" / "02_broken.ipynb").is_file()
+
+
+def test_invalid_manifest_stops_the_run_before_anything_runs(tmp_path, small_cohort_dir, capsys):
+    shutil.copytree(small_cohort_dir, tmp_path / "c")
+    df = pd.read_csv(tmp_path / "c" / "cohort.csv", dtype=str)
+    df.loc[0, "ggt"] = "lots"
+    df.to_csv(tmp_path / "c" / "cohort.csv", index=False)
+    rc = main(["run", "--manifest", str(tmp_path / "c" / "manifest.yaml"), "--profile", "smoke",
+               "--run-dir", str(tmp_path / "r")])
+    assert rc == 2 and "'lots' is not a number" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_book_refuses_an_incomplete_run(tmp_path):
+    with pytest.raises(runs.RunError, match="not a run directory"):
+        runs.build_book(tmp_path)
