@@ -58,6 +58,9 @@ def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_di
     assert "injected-parameters" not in html and "cache_dir =" not in html  # parameter cells hidden
     assert "voxel spacing (mm)" in html  # ... and shown as a table instead
     assert (book / "book" / "this_run.html").is_file()
+    log = (smoke_run / "book-build.log").read_text()
+    assert "WARNING:" not in log and "ERROR:" not in log, log[-3000:]
+    assert "Baur" in (book / "book" / "references.html").read_text()  # the bibliography was built
     ids = pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"]
     text = "".join(f.read_text(errors="ignore") for f in book.rglob("*") if f.suffix in {".html", ".js", ".txt"})
     assert not [i for i in ids if i in text]
