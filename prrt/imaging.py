@@ -44,7 +44,8 @@ PREPROCESS_VERSION = 1
 #: SUV above this at the 95th percentile of positive voxels means the PET is not in SUV.
 PET_SUV_P95_LIMIT = 200.0
 CT_AIR_THRESHOLD_HU = -500.0
-FILL_VALUE = {"ct": -1024.0, "pet": 0.0, "mask": 0}
+FILL_VALUE = {"ct": -1024.0, "pet": 0.0, "mask": 0, "organs": 0}
+LABEL_MAPS = ("mask", "organs")
 
 
 class ImageError(ValueError):
@@ -174,7 +175,7 @@ def check_values(array: np.ndarray, path, modality: str | None, patient: str | N
     """Value checks of :func:`read_image` (exposed for arrays from other readers)."""
     if not np.all(np.isfinite(array)):
         raise ImageError("contains NaN or infinite values", path, modality, patient)
-    if modality != "mask" and float(array.std()) == 0.0:
+    if modality not in LABEL_MAPS and float(array.std()) == 0.0:
         raise ImageError(f"Standard deviation is 0 (every voxel is {float(array.flat[0]):g}): the image is empty",
                          path, modality, patient)
     if modality == "pet":
@@ -194,7 +195,7 @@ def check_values(array: np.ndarray, path, modality: str | None, patient: str | N
             raise ImageError(
                 f"values {lo:g}..{hi:g} look like raw stored values, not Hounsfield units (air should be "
                 "near -1000 HU); apply the DICOM rescale slope and intercept", path, modality, patient)
-    elif modality == "mask":
+    elif modality in LABEL_MAPS:
         values = np.unique(array)
         if values.size > 64 or not np.allclose(values, np.round(values)):
             raise ImageError("does not look like a label mask (expected a few integer labels)",
@@ -246,7 +247,7 @@ def _antialias(image: sitk.Image, target_spacing) -> sitk.Image:
 
 def resample_to(image: sitk.Image, reference: sitk.Image, modality: str) -> np.ndarray:
     """Resample ``image`` onto ``reference`` by position in patient space; returns (x, y, z) array."""
-    if modality == "mask":
+    if modality in LABEL_MAPS:
         interp, src = sitk.sitkNearestNeighbor, image
         out_type = sitk.sitkUInt8
     else:
@@ -294,7 +295,8 @@ def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = 
     -------
     dict
         ``ct`` and ``pet`` as float32 arrays in [0, 1], ``mask`` as uint8, each (x, y, z) of shape
-        ``settings.input_size_voxels``; ``suv`` (PET in SUV on the grid, float32) when a PET exists.
+        ``settings.input_size_voxels``; ``suv`` (PET in SUV on the grid, float32) when a PET exists;
+        ``organs`` (uint8 labels) when an organ label map is given.
     """
     images = {m: read_image(p, m, patient) for m, p in paths.items() if p is not None}
     if "ct" not in images and "pet" not in images:
@@ -306,6 +308,8 @@ def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = 
         arr = resample_to(image, ref, modality)
         if modality == "mask":
             out["mask"] = (arr > 0).astype(np.uint8)
+        elif modality == "organs":
+            out["organs"] = arr.astype(np.uint8)
         else:
             if modality == "pet":
                 out["suv"] = arr.astype(np.float32)

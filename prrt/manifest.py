@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("manifest_schema.json")
-MODALITIES = ("ct", "pet", "mask")
+MODALITIES = ("ct", "pet", "mask", "organs")
 #: At most this many problems are listed in one error message (the count of the rest is given).
 MAX_LISTED_PROBLEMS = 50
 

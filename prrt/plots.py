@@ -77,3 +77,106 @@ def montage(arrays: dict, titles: dict, suv_max: float = 15.0):
             ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+# ---- evaluation figures ------------------------------------------------------------------------
+def roc_pr_curves(predictions: dict, prevalence: float | None = None):
+    """Mean ROC and precision–recall curves across repeats, with a ±1 SD band, for several models.
+
+    ``predictions``: ``{model name: out-of-fold predictions}`` (see :mod:`prrt.evaluate`).
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from .evaluate import labelled
+
+    grid = np.linspace(0, 1, 101)
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for name, pred in predictions.items():
+        tprs, precs = [], []
+        for _, g in labelled(pred).groupby("repeat"):
+            y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
+            fpr, tpr, _ = roc_curve(y, p)
+            tprs.append(np.interp(grid, fpr, tpr))
+            prec, rec, _ = precision_recall_curve(y, p)
+            # interpolated precision: the best precision at this recall or more
+            # (scikit-learn orders the points by decreasing recall)
+            prec_i = np.maximum.accumulate(prec)
+            precs.append(np.interp(grid, rec[::-1], prec_i[::-1]))
+        for ax, curves in ((ax_roc, tprs), (ax_pr, precs)):
+            c = np.asarray(curves)
+            line, = ax.plot(grid, c.mean(axis=0), label=name)
+            ax.fill_between(grid, c.mean(axis=0) - c.std(axis=0), c.mean(axis=0) + c.std(axis=0),
+                            color=line.get_color(), alpha=0.15)
+    ax_roc.plot([0, 1], [0, 1], "k:", lw=1, label="chance")
+    ax_roc.set(xlabel="1 − specificity", ylabel="sensitivity", title="ROC (mean ± SD across repeats)")
+    if prevalence is not None:
+        ax_pr.axhline(prevalence, color="k", ls=":", lw=1, label=f"chance (prevalence {prevalence:.2f})")
+    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision–recall (mean ± SD)")
+    for ax in (ax_roc, ax_pr):
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "upper right")
+    fig.tight_layout()
+    return fig
+
+
+def importance_plot(summary, title: str, xlabel: str, ax=None):
+    """Horizontal bars of mean importance with SD error bars (``summary`` from importance_summary)."""
+    s = summary.iloc[::-1]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 0.35 * len(s) + 1.2))
+    ax.barh(s.index, s["mean"], xerr=s["sd"], color="tab:blue", alpha=0.8, capsize=2)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(title=title, xlabel=xlabel)
+    ax.figure.tight_layout()
+    return ax
+
+
+def km_risk_groups_plot(time, event, high, p_value: float, horizon_months: float | None = None, ax=None,
+                        title: str = ""):
+    """Kaplan–Meier curves of predicted high- and low-risk groups with the log-rank p-value."""
+    from lifelines import KaplanMeierFitter
+    from lifelines.plotting import add_at_risk_counts
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    time, event, high = np.asarray(time, float), np.asarray(event, int), np.asarray(high, bool)
+    fitters = []
+    for mask, label, color in ((~high, "predicted low risk", "tab:green"), (high, "predicted high risk", "tab:red")):
+        km = KaplanMeierFitter(label=f"{label} (n={mask.sum()})").fit(time[mask], event[mask])
+        km.plot_survival_function(ax=ax, ci_show=True, color=color, show_censors=True,
+                                  censor_styles={"ms": 5, "marker": "|"})
+        fitters.append(km)
+    if horizon_months is not None:
+        ax.axvline(horizon_months, color="grey", ls="--", lw=1)
+    ax.set(xlabel="months since start of PRRT", ylabel="progression-free survival", ylim=(0, 1.02),
+           title=f"{title} log-rank p = {p_value:.3g}".strip())
+    ax.set_xlim(left=0)
+    add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"])
+    ax.figure.tight_layout()
+    return ax
+
+
+def calibration_and_decision_plot(curves: dict, decision: dict):
+    """Calibration curves (left) and decision curves (right) of several models.
+
+    ``curves``: ``{model: DataFrame(predicted, observed)}``; ``decision``: ``{model: net-benefit DataFrame}``.
+    """
+    fig, (ax_c, ax_d) = plt.subplots(1, 2, figsize=(11, 4.4))
+    ax_c.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+    for name, c in curves.items():
+        ax_c.plot(c["predicted"], c["observed"], "o-", label=name)
+    ax_c.set(xlabel="mean predicted probability of short PFS", ylabel="observed share with short PFS",
+             title="Calibration (quantile bins)", xlim=(0, 1), ylim=(0, 1))
+    ax_c.legend(fontsize=8)
+    first = next(iter(decision.values()))
+    ax_d.plot(first["threshold"], first["treat_all"], color="grey", label="treat all")
+    ax_d.plot(first["threshold"], first["treat_none"], color="k", label="treat none")
+    for name, d in decision.items():
+        ax_d.plot(d["threshold"], d["model"], label=name)
+    low = min(-0.05, float(np.nanmin([d["model"].min() for d in decision.values()])))
+    ax_d.set(xlabel="threshold probability", ylabel="net benefit", title="Decision curve",
+             ylim=(max(low, -0.3), float(first["treat_all"].max()) + 0.05))
+    ax_d.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -39,6 +39,12 @@ class Profile:
         CNN training budget.
     montage_patients:
         How many pseudonymous patients the cohort chapter shows as PET/CT montages.
+    rf_trees:
+        Trees of each Random Forest.
+    permutation_repeats:
+        Shuffles per feature and fold for permutation importance.
+    n_bootstrap:
+        Bootstrap resamples for confidence intervals.
     """
 
     name: str
@@ -51,6 +57,9 @@ class Profile:
     epochs: int = 30
     batch_size: int = 8
     montage_patients: int = 4
+    rf_trees: int = 500
+    permutation_repeats: int = 10
+    n_bootstrap: int = 1000
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -73,6 +82,9 @@ PROFILES: dict[str, Profile] = {
         epochs=2,
         batch_size=8,
         montage_patients=2,
+        rf_trees=100,
+        permutation_repeats=2,
+        n_bootstrap=200,
         description="Tiny volumes and few repeats: proves that every notebook runs end to end.",
     ),
     "demo": Profile(
@@ -82,6 +94,8 @@ PROFILES: dict[str, Profile] = {
         epochs=25,
         batch_size=8,
         montage_patients=4,
+        rf_trees=300,
+        permutation_repeats=3,
         description="Sized for the synthetic cohort on a 2-core laptop CPU.",
     ),
     "paper": Profile(
@@ -91,6 +105,7 @@ PROFILES: dict[str, Profile] = {
         epochs=100,
         batch_size=8,
         montage_patients=6,
+        n_bootstrap=2000,
         description="The study's protocol (repeated 3-fold CV, full resolution); needs a GPU.",
     ),
 }

@@ -11,7 +11,8 @@ What is generated
   (different voxel spacings, fields of view and axis orientations, each with a proper affine), with
   body outline, subcutaneous fat, lungs, liver, spleen, kidneys, aorta, spine, liver metastases,
   lymph-node metastases and (in some) a primary tumour; physiological SSTR uptake in spleen,
-  kidneys and liver; a lesion mask on the PET grid (or the CT grid).
+  kidneys and liver; a lesion mask on the PET grid (or the CT grid), and a label map of the
+  reference organs (1 liver, 2 spleen, 3 kidneys) on the PET grid for uptake ratios.
 
 Where the signal is
 -------------------
@@ -309,6 +310,21 @@ def _render(coords, ph, value_index, lesion_key):
     return v, mask
 
 
+ORGAN_LABELS = {"liver": 1, "spleen": 2, "kidney_r": 3, "kidney_l": 3}
+
+
+def _organ_labels(coords, ph, lesion_mask):
+    """Reference organs on a grid (1 liver, 2 spleen, 3 kidneys), lesions left out."""
+    shape = tuple(len(a) for a in coords)
+    labels = np.zeros(shape, np.uint8)
+    s = ph["shapes"]
+    inner = _inside(coords, s["inner"]["c"], s["inner"]["r"])
+    for name, value in ORGAN_LABELS.items():
+        labels[_inside(coords, s[name]["c"], s[name]["r"]) & inner] = value
+    labels[lesion_mask > 0] = 0
+    return labels
+
+
 def _patient_images(out_dir: Path, pid: str, geom: Geometry, mask_grid: str, seed_seq, z_pet, z_ct) -> dict:
     rng = np.random.default_rng(seed_seq)
     ph = _phantom(rng, z_pet, z_ct)
@@ -329,7 +345,8 @@ def _patient_images(out_dir: Path, pid: str, geom: Geometry, mask_grid: str, see
 
     folder = out_dir / "images" / pid
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"ct": folder / "ct.nii.gz", "pet": folder / "pet.nii.gz", "mask": folder / "lesion_mask.nii.gz"}
+    files = {"ct": folder / "ct.nii.gz", "pet": folder / "pet.nii.gz", "mask": folder / "lesion_mask.nii.gz",
+             "organs": folder / "organs.nii.gz"}
     for arr, aff, f, units in [(ct, ct_affine, files["ct"], "HU"), (pet, pet_affine, files["pet"], "SUVbw")]:
         img = nib.Nifti1Image(arr, aff)
         img.header.set_xyzt_units("mm")
@@ -337,11 +354,13 @@ def _patient_images(out_dir: Path, pid: str, geom: Geometry, mask_grid: str, see
         nib.save(img, f)
     mask, mask_aff = (pet_mask, pet_affine) if mask_grid == "pet" else (ct_mask, ct_affine)
     nib.save(nib.Nifti1Image(mask, mask_aff), files["mask"])
+    nib.save(nib.Nifti1Image(_organ_labels(pet_coords, ph, pet_mask), pet_affine), files["organs"])
     burden_ml = sum(4 / 3 * np.pi * les["r"][0] ** 3 for les in ph["lesions"]) / 1000
     return {
         "ct_path": str(files["ct"].relative_to(out_dir)),
         "pet_path": str(files["pet"].relative_to(out_dir)),
         "lesion_mask_path": str(files["mask"].relative_to(out_dir)),
+        "organ_mask_path": str(files["organs"].relative_to(out_dir)),
         "n_lesions": len(ph["lesions"]),
         "tumour_volume_ml": round(float(burden_ml), 2),
         "lesion_suv": round(float(np.mean([les["suv"] for les in ph["lesions"]])) if ph["lesions"] else 0.0, 2),
@@ -357,7 +376,7 @@ def generate(out_dir, seed: int = DEFAULT_SEED, config: SyntheticConfig | None =
     """Write a synthetic cohort into ``out_dir`` and return its report.
 
     Files written: ``cohort.csv`` (the table), ``manifest.yaml`` (ready to use),
-    ``images/<patient_id>/{ct,pet,lesion_mask}.nii.gz``, ``truth.csv`` (latent factors; never a
+    ``images/<patient_id>/{ct,pet,lesion_mask,organs}.nii.gz``, ``truth.csv`` (latent factors; never a
     model input) and ``synthetic_report.json`` (configuration, counts and oracle AUROCs).
     """
     from tqdm.auto import tqdm
@@ -386,7 +405,7 @@ def generate(out_dir, seed: int = DEFAULT_SEED, config: SyntheticConfig | None =
     else:
         results = [_patient_images(*j) for j in tqdm(jobs, **bar)]
     img = pd.DataFrame(results)
-    for col in ["ct_path", "pet_path", "lesion_mask_path"]:
+    for col in ["ct_path", "pet_path", "lesion_mask_path", "organ_mask_path"]:
         table[col] = img[col]
     for col in ["n_lesions", "tumour_volume_ml", "lesion_suv"]:
         truth[col] = img[col]
@@ -430,7 +449,7 @@ def manifest_dict(table_rel: str, image_root: str, cfg: SyntheticConfig | None =
         "image_root": image_root,
         "id": "patient_id",
         "endpoint": {"time": "pfs_months", "event": "progressed", "horizon_months": cfg.horizon_months},
-        "images": {"ct": "ct_path", "pet": "pet_path", "mask": "lesion_mask_path"},
+        "images": {"ct": "ct_path", "pet": "pet_path", "mask": "lesion_mask_path", "organs": "organ_mask_path"},
         "labs": list(LAB_PANEL),
         "clinical": list(CLINICAL),
         "units": dict(UNITS),

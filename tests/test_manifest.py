@@ -39,7 +39,7 @@ def test_valid_cohort_loads_with_pseudonyms_and_labels(small_cohort_dir):
         expected = 1.0 if (e == 1 and t <= 12) else 0.0 if t > 12 else np.nan
         assert (np.isnan(lab) and np.isnan(expected)) or lab == expected
     assert c.n_excluded_censored == 2 and len(c.labelled) == 24
-    assert c.modalities == ["ct", "pet", "mask"]
+    assert c.modalities == ["ct", "pet", "mask", "organs"]
     assert "sex" in c.categorical and "age" not in c.categorical
     assert c.data["chromogranin_a"].dtype == float
 
@@ -84,7 +84,7 @@ def test_validate_cli_prints_summary(small_cohort_dir, capsys):
     assert "patients: 26" in out
     assert "labelled at 12 months: 24" in out
     assert "censored before the horizon): 2" in out
-    assert "ct 26/26, pet 26/26, mask 26/26" in out
+    assert "ct 26/26, pet 26/26, mask 26/26, organs 26/26" in out
     assert "missing values" in out
 
 

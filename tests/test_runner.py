@@ -38,12 +38,24 @@ def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
     from prrt.imaging import file_sha256
 
     assert info["inputs"]["table"]["sha256"] == file_sha256(small_cohort_dir / "cohort.csv")
-    assert len(info["inputs"]["images"]) == 26 and set(info["inputs"]["images"]["P001"]) == {"ct", "pet", "mask"}
+    assert len(info["inputs"]["images"]) == 26 and set(info["inputs"]["images"]["P001"]) == {"ct", "pet", "mask", "organs"}
     assert (smoke_run / "notebooks" / "01_cohort.ipynb").is_file()
     t1 = pd.read_csv(smoke_run / "cohort" / "table1.csv")
     assert t1["variable"].iloc[0].startswith("age")
     assert (smoke_run / "cohort" / "km_pfs.png").stat().st_size > 10_000
     assert (smoke_run / "cohort" / "montage.png").stat().st_size > 10_000
+    # chapter 02: shared splits, predictions of every model that ran, the summary
+    splits = pd.read_csv(smoke_run / "splits.csv")
+    assert set(splits.columns) == {"patient", "repeat", "fold"} and splits["repeat"].nunique() == 2
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv").set_index("model")
+    assert list(summary.index) == ["lab_rf", "lab_rf_with_cycles", "pet_features_rf", "lab_pet_features_rf"]
+    assert (summary["status"] == "ran").all() and summary["auroc_mean"].between(0, 1).all()
+    for model in summary.index:
+        pred = pd.read_csv(smoke_run / "predictions" / f"{model}.csv")
+        lab = pred[pred["fold"] >= 0].merge(splits, on=["patient", "repeat"], suffixes=("", "_s"))
+        assert (lab["fold"] == lab["fold_s"]).all() and len(lab) == len(splits)  # the saved splits were used
+        assert pred.loc[pred["fold"] == -1, "label"].isna().all()
+    assert (smoke_run / "features" / "pet_features.csv").is_file()
     # the image cache lives beside the run and was filled
     assert any((smoke_run.parent / ".prrt-cache").rglob("*.npz"))
 
@@ -51,6 +63,7 @@ def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
 def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_dir):
     book = smoke_run / "book"
     page = book / "notebooks" / "01_cohort.html"
+    assert "Permutation importance" in (book / "notebooks" / "02_lab_random_forest.html").read_text()
     assert (book / "index.html").is_file() and page.is_file()
     html = page.read_text()
     assert "Table 1" in html and "Synthetic data" in html and "Kaplan" in html

@@ -1,0 +1,138 @@
+"""Quantitative SR-PET features, computed on the PET's own grid in SUV.
+
+For each patient:
+
+===========================  =====================================================================
+``suv_max``                  highest lesion voxel SUV
+``suv_mean``                 mean SUV over all lesion voxels
+``suv_peak``                 highest mean SUV in a 1 mL sphere (radius 6.2 mm) centred on a lesion
+                             voxel (the sphere may reach outside the lesion, as in PERCIST)
+``mtv_ml``                   metabolic tumour volume: lesion voxels × voxel volume, in mL
+``tlse``                     total lesion SSTR expression: ``suv_mean × mtv_ml`` (the analogue of
+                             total lesion glycolysis)
+``lesion_count``             connected lesion regions (26-connectivity)
+``tumour_to_liver``          ``suv_max`` / mean SUV of the liver (reference label 1)
+``tumour_to_spleen``         ``suv_max`` / mean SUV of the spleen (reference label 2)
+===========================  =====================================================================
+
+Lesions come from the manifest's lesion mask, resampled onto the PET grid by its affine (nearest
+neighbour) when drawn on the CT. Without a mask, a **threshold segmentation** is used: voxels with
+SUV at or above ``1.5 × liver mean + 2 × liver SD`` (the PERCIST rule for measurable disease,
+applied to the somatostatin-receptor PET) when a liver reference is given, otherwise at or above a
+fixed ``THRESHOLD_SUV``; spleen and kidney voxels (labels 2 and 3) are left out when an organ map is
+given. Without an organ map, physiological uptake of spleen and kidneys is counted as lesion: the
+book says so when this happens.
+
+A patient without any lesion voxel gets ``mtv_ml = tlse = lesion_count = 0`` and missing (NaN)
+SUV statistics, which the models impute inside each training fold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .imaging import read_image
+
+FEATURES = ["suv_max", "suv_mean", "suv_peak", "mtv_ml", "tlse", "lesion_count", "tumour_to_liver",
+            "tumour_to_spleen"]
+PEAK_SPHERE_ML = 1.0
+THRESHOLD_SUV = 10.0
+LIVER, SPLEEN, KIDNEYS = 1, 2, 3
+
+
+def _on_pet_grid(image: sitk.Image, pet: sitk.Image) -> np.ndarray:
+    """A label image resampled onto the PET grid by position (nearest neighbour), as (z, y, x)."""
+    same = (image.GetSize() == pet.GetSize() and np.allclose(image.GetSpacing(), pet.GetSpacing())
+            and np.allclose(image.GetOrigin(), pet.GetOrigin()) and np.allclose(image.GetDirection(), pet.GetDirection()))
+    if not same:
+        image = sitk.Resample(image, pet, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(image).astype(np.int32)
+
+
+def sphere_kernel(spacing_mm, volume_ml: float = PEAK_SPHERE_ML) -> np.ndarray:
+    """Normalised spherical kernel of ``volume_ml`` on a grid of ``spacing_mm`` (z, y, x order)."""
+    r = (3 * volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
+    half = [int(np.floor(r / s)) for s in spacing_mm]
+    grids = np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, spacing_mm)], indexing="ij")
+    k = (sum(g**2 for g in grids) <= r**2).astype(float)
+    return k / k.sum()
+
+
+def lesion_features(suv: np.ndarray, lesions: np.ndarray, spacing_zyx, organs: np.ndarray | None = None) -> dict:
+    """Features of one patient from arrays on the PET grid (``spacing_zyx`` in mm, z/y/x order)."""
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000
+    lesion = lesions > 0
+    out = dict.fromkeys(FEATURES, np.nan)
+    n = int(lesion.sum())
+    out["mtv_ml"] = n * voxel_ml
+    _, out["lesion_count"] = ndimage.label(lesion, structure=np.ones((3, 3, 3)))
+    out["lesion_count"] = int(out["lesion_count"])
+    if n:
+        vals = suv[lesion]
+        out["suv_max"] = float(vals.max())
+        out["suv_mean"] = float(vals.mean())
+        peak_map = ndimage.correlate(suv.astype(np.float64), sphere_kernel(spacing_zyx), mode="constant")
+        out["suv_peak"] = float(peak_map[lesion].max())
+        out["tlse"] = out["suv_mean"] * out["mtv_ml"]
+    else:
+        out["tlse"] = 0.0
+    if organs is not None:
+        for key, label in (("tumour_to_liver", LIVER), ("tumour_to_spleen", SPLEEN)):
+            ref = (organs == label) & ~lesion
+            if ref.any() and n:
+                out[key] = out["suv_max"] / float(suv[ref].mean())
+    return out
+
+
+def threshold_segmentation(suv: np.ndarray, organs: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """Lesion voxels by threshold when there is no mask; returns the mask and the rule used."""
+    if organs is not None and (organs == LIVER).any():
+        liver = suv[organs == LIVER]
+        thr = 1.5 * float(liver.mean()) + 2 * float(liver.std())
+        rule = f"SUV >= 1.5 x liver mean + 2 x liver SD ({thr:.1f})"
+    else:
+        thr = THRESHOLD_SUV
+        rule = f"SUV >= {THRESHOLD_SUV:g} (no liver reference)"
+    mask = suv >= thr
+    if organs is not None:
+        mask &= ~np.isin(organs, [SPLEEN, KIDNEYS])
+        rule += ", spleen and kidneys left out"
+    else:
+        rule += ", physiological uptake included"
+    return mask, rule
+
+
+def patient_features(pet_path, mask_path=None, organs_path=None, patient: str | None = None) -> dict:
+    """Features of one patient from files; ``segmentation`` says where the lesions came from."""
+    pet = read_image(pet_path, "pet", patient)
+    suv = sitk.GetArrayFromImage(pet).astype(np.float32)
+    spacing_zyx = pet.GetSpacing()[::-1]
+    organs = _on_pet_grid(read_image(organs_path, "organs", patient), pet) if organs_path else None
+    if mask_path:
+        lesions = _on_pet_grid(read_image(mask_path, "mask", patient), pet)
+        how = "lesion mask"
+    else:
+        lesions, how = threshold_segmentation(suv, organs)
+    out = lesion_features(suv, lesions, spacing_zyx, organs)
+    out["segmentation"] = how
+    return out
+
+
+def cohort_features(cohort, progress: bool = True) -> pd.DataFrame:
+    """PET features of every patient with a PET (index = pseudonym)."""
+    from tqdm.auto import tqdm
+
+    if "pet" not in cohort.modalities:
+        raise ValueError("the manifest names no PET images")
+    rows = {}
+    for pid in tqdm(list(cohort.data.index), desc="PET features", unit="patient", disable=not progress):
+        pet = cohort.image_path(pid, "pet")
+        if pet is None:
+            continue
+        rows[pid] = patient_features(pet, cohort.image_path(pid, "mask"), cohort.image_path(pid, "organs"), pid)
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "patient"
+    return df

@@ -1,0 +1,181 @@
+"""Tabular models (laboratory values, PET features) on the run's shared splits.
+
+Every model is a scikit-learn ``Pipeline``, so that imputation (and anything else that learns from
+data) is fitted on the training part of each fold only. :func:`cross_validate` fits one pipeline per
+repeat and fold of ``splits.csv`` and returns out-of-fold predictions in the format of
+:mod:`prrt.evaluate`, with permutation importance computed on the held-out fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.inspection import permutation_importance
+from sklearn.pipeline import Pipeline
+
+from .splits import iter_folds
+
+
+def random_forest(seed: int, n_trees: int = 500) -> Pipeline:
+    """Median imputation + Random Forest with balanced class weights (36 % / 64 % imbalance).
+
+    ``min_samples_leaf=3`` keeps the leaves from memorising single patients of a ~77-patient
+    training fold; ``max_features="sqrt"`` is scikit-learn's default for classification.
+    """
+    return Pipeline([
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("forest", RandomForestClassifier(n_estimators=n_trees, class_weight="balanced", min_samples_leaf=3,
+                                          max_features="sqrt", random_state=seed, n_jobs=-1)),
+    ])
+
+
+def _single_threaded_prediction(model) -> None:
+    """Fit in parallel, predict in one thread: for ~40 patients a thread pool costs more than it saves."""
+    est = model[-1] if isinstance(model, Pipeline) else model
+    if "n_jobs" in est.get_params():
+        est.set_params(n_jobs=1)
+
+
+@dataclass
+class CVResult:
+    """Out-of-fold predictions and importances of one model."""
+
+    name: str
+    features: list[str]
+    predictions: pd.DataFrame
+    permutation: pd.DataFrame  # repeat, fold, feature, importance (AUROC drop on the held-out fold)
+    impurity: pd.DataFrame  # repeat, fold, feature, importance (mean decrease in impurity, training data)
+    models: dict = field(default_factory=dict, repr=False)
+
+
+def cross_validate(name: str, X: pd.DataFrame, y: pd.Series, splits: pd.DataFrame, make_model, seed: int,
+                   permutation_repeats: int = 10, keep_models: bool = False, progress: bool = True) -> CVResult:
+    """Fit ``make_model()`` on every training part of ``splits`` and predict its test part.
+
+    Parameters
+    ----------
+    X:
+        Features, one row per patient (index = pseudonym), for all patients: those without a label
+        are predicted by every fold model (they are in no training part).
+    y:
+        Label per patient (1 = short PFS), NaN for unlabelled patients.
+    make_model:
+        Callable returning a fresh, unfitted estimator with ``predict_proba``.
+    """
+    from tqdm.auto import tqdm
+
+    unlabelled = [p for p in X.index if p not in set(splits["patient"])]
+    folds = list(iter_folds(splits))
+    preds, perm, imp, models = [], [], [], {}
+    extra = {}
+    for f in tqdm(folds, desc=name, unit="fold", disable=not progress):
+        if set(f.train) & set(f.test):
+            raise AssertionError(f"repeat {f.repeat}, fold {f.fold}: a patient is in training and test")
+        model = clone(make_model())
+        model.fit(X.loc[f.train], y.loc[f.train].astype(int))
+        _single_threaded_prediction(model)
+        p = model.predict_proba(X.loc[f.test])[:, 1]
+        preds.append(pd.DataFrame({"patient": f.test, "repeat": f.repeat, "fold": f.fold, "probability": p,
+                                   "label": y.loc[f.test].astype(int).to_numpy()}))
+        if unlabelled:
+            extra.setdefault(f.repeat, []).append(model.predict_proba(X.loc[unlabelled])[:, 1])
+        if permutation_repeats:
+            pi = permutation_importance(model, X.loc[f.test], y.loc[f.test].astype(int), scoring="roc_auc",
+                                        n_repeats=permutation_repeats, random_state=seed + 1000 * f.repeat + f.fold)
+            perm.append(pd.DataFrame({"repeat": f.repeat, "fold": f.fold, "feature": X.columns,
+                                      "importance": pi.importances_mean}))
+        est = model[-1] if isinstance(model, Pipeline) else model
+        if hasattr(est, "feature_importances_"):
+            imp.append(pd.DataFrame({"repeat": f.repeat, "fold": f.fold, "feature": X.columns,
+                                     "importance": est.feature_importances_}))
+        if keep_models:
+            models[(f.repeat, f.fold)] = model
+    for repeat, probs in extra.items():
+        preds.append(pd.DataFrame({"patient": unlabelled, "repeat": repeat, "fold": -1,
+                                   "probability": np.mean(probs, axis=0), "label": np.nan}))
+    predictions = pd.concat(preds, ignore_index=True).sort_values(["repeat", "fold", "patient"], ignore_index=True)
+    return CVResult(name, list(X.columns), predictions,
+                    pd.concat(perm, ignore_index=True) if perm else pd.DataFrame(),
+                    pd.concat(imp, ignore_index=True) if imp else pd.DataFrame(), models)
+
+
+def importance_summary(imp: pd.DataFrame) -> pd.DataFrame:
+    """Mean and SD of an importance across repeats and folds, most important first."""
+    g = imp.groupby("feature")["importance"]
+    return pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1)}).sort_values("mean", ascending=False)
+
+
+# ---- the models of the laboratory / PET-features chapter ------------------------------------------
+@dataclass
+class TabularSpec:
+    """A tabular model: its name, what it sees, and why it is skipped when it cannot run."""
+
+    name: str
+    description: str
+    features: list[str] | None
+    reason: str = ""
+    oracle: str | None = None  # which oracle AUROC of a synthetic cohort bounds it
+    importance: bool = False  # compute permutation importance (costly: shown for some models only)
+
+    @property
+    def inputs(self) -> str:
+        return self.description
+
+
+def feature_table(cohort, pet: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Model inputs for every patient: laboratory values, numeric clinical variables, PET features."""
+    numeric_clinical = [c for c in cohort.clinical if c not in cohort.categorical]
+    X = cohort.data[cohort.labs + numeric_clinical].astype(float)
+    if pet is not None:
+        from .pet_features import FEATURES
+
+        X = X.join(pet[FEATURES].astype(float), how="left")
+    return X
+
+
+def lab_chapter_specs(cohort, pet: pd.DataFrame | None) -> list[TabularSpec]:
+    """The four models of chapter 02, each with the reason it is skipped when its inputs are missing."""
+    from .pet_features import FEATURES
+
+    labs = list(cohort.labs)
+    has_cycles = "prrt_cycles" in cohort.clinical and "prrt_cycles" not in cohort.categorical
+    no_labs = "the manifest lists no laboratory values"
+    no_pet = "the manifest names no PET images"
+    return [
+        TabularSpec("lab_rf", "laboratory values", labs or None, no_labs, oracle="lab", importance=True),
+        TabularSpec("lab_rf_with_cycles", "laboratory values + PRRT cycles (sensitivity analysis)",
+                    labs + ["prrt_cycles"] if labs and has_cycles else None,
+                    no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'"),
+        TabularSpec("pet_features_rf", "SR-PET quantitative features", FEATURES if pet is not None else None, no_pet,
+                    oracle="pet"),
+        TabularSpec("lab_pet_features_rf", "laboratory values + SR-PET features",
+                    labs + FEATURES if (labs and pet is not None) else None,
+                    no_labs if not labs else no_pet, oracle="all", importance=True),
+    ]
+
+
+def run_specs(specs: list[TabularSpec], X: pd.DataFrame, cohort, splits: pd.DataFrame, profile, seed: int,
+              run_dir, chapter: str, progress: bool = True):
+    """Cross-validate every runnable spec, write its predictions, and return results and summary rows."""
+    from .evaluate import summarise
+    from .results import skipped, write_predictions
+
+    results, rows = {}, []
+    for spec in specs:
+        if spec.features is None:
+            rows.append(skipped(spec.name, chapter, spec.inputs, spec.reason))
+            continue
+        res = cross_validate(spec.name, X[spec.features], cohort.data["label"], splits,
+                             lambda: random_forest(seed, profile.rf_trees), seed,
+                             permutation_repeats=profile.permutation_repeats if spec.importance else 0,
+                             progress=progress)
+        write_predictions(run_dir, spec.name, res.predictions)
+        results[spec.name] = res
+        rows.append({"model": spec.name, "chapter": chapter, "inputs": spec.inputs, "status": "ran",
+                     **summarise(res.predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
+    return results, rows

@@ -1,0 +1,206 @@
+"""Splits, metrics and tests of prrt.evaluate, each against a known answer or a direct definition."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from prrt import evaluate as ev
+from prrt import splits as sp
+
+
+def fake_predictions(y: pd.Series, n_repeats=3, n_folds=3, signal=1.0, seed=0):
+    """Out-of-fold predictions on real splits: probability = sigmoid(signal * label + noise)."""
+    s = sp.make_splits(y, n_folds, n_repeats, seed)
+    rng = np.random.default_rng(seed)
+    s["label"] = y.loc[s["patient"]].to_numpy()
+    s["probability"] = 1 / (1 + np.exp(-(signal * (s["label"] - 0.5) + rng.normal(0, 1, len(s)))))
+    return s[ev.PRED_COLUMNS], s[["patient", "repeat", "fold"]]
+
+
+@pytest.fixture
+def labels():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(21), np.zeros(37)]
+    rng.shuffle(y)
+    return pd.Series(y, index=[f"P{i:03d}" for i in range(1, 59)])
+
+
+# ---- splits ------------------------------------------------------------------------------------------
+def test_splits_are_stratified_disjoint_and_complete(labels):
+    s = sp.make_splits(labels, 3, 4, seed=1)
+    assert len(s) == 4 * len(labels)
+    for r, g in s.groupby("repeat"):
+        assert sorted(g["patient"]) == sorted(labels.index)  # every patient tested once per repeat
+        for f, part in g.groupby("fold"):
+            share = labels.loc[part["patient"]].mean()
+            assert abs(share - labels.mean()) < 0.05
+    for f in sp.iter_folds(s):
+        assert not set(f.train) & set(f.test)
+        assert len(f.train) + len(f.test) == len(labels)
+    # repeats differ, and the same seed gives the same splits
+    assert not s[s.repeat == 0]["fold"].equals(s[s.repeat == 1]["fold"].reset_index(drop=True))
+    pd.testing.assert_frame_equal(s, sp.make_splits(labels, 3, 4, seed=1))
+
+
+def test_unlabelled_patients_are_in_no_fold(labels):
+    y = labels.copy()
+    y["P900"] = np.nan
+    s = sp.make_splits(y, 3, 2, seed=0)
+    assert "P900" not in set(s["patient"])
+
+
+def test_splits_round_trip_and_mismatch(tmp_path, small_cohort_dir):
+    from prrt.manifest import load_manifest
+    from prrt.profiles import get_profile
+
+    c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    s = sp.ensure_splits(c, get_profile("smoke"), 5, tmp_path)
+    pd.testing.assert_frame_equal(s, sp.load_splits(tmp_path, c))
+    # a second call (another seed) reads the saved file instead of making new splits
+    again = sp.ensure_splits(c, get_profile("smoke"), 999, tmp_path)
+    pd.testing.assert_frame_equal(s, again)
+    bad = s[s["patient"] != "P001"]
+    sp.save_splits(bad, tmp_path)
+    with pytest.raises(ValueError, match="does not match the cohort"):
+        sp.load_splits(tmp_path, c)
+
+
+def test_too_few_patients_for_stratified_folds():
+    y = pd.Series([1, 1, 0, 0, 0, 0], index=list("abcdef"), dtype=float)
+    with pytest.raises(ValueError, match="at least 3 patients in each class"):
+        sp.make_splits(y, 3, 1, 0)
+
+
+# ---- metrics ------------------------------------------------------------------------------------------
+def test_per_repeat_metrics_match_scikit_learn(labels):
+    pred, _ = fake_predictions(labels)
+    m = ev.per_repeat_metrics(pred)
+    for _, row in m.iterrows():
+        g = pred[pred["repeat"] == row["repeat"]]
+        assert row["auroc"] == pytest.approx(roc_auc_score(g["label"], g["probability"]))
+        assert row["auprc"] == pytest.approx(average_precision_score(g["label"], g["probability"]))
+        assert row["brier"] == pytest.approx(brier_score_loss(g["label"], g["probability"]))
+
+
+def test_fast_auroc_and_ap_match_scikit_learn_with_ties():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        y = rng.integers(0, 2, 30)
+        if y.min() == y.max():
+            continue
+        s = np.round(rng.random(30), 1)
+        assert ev.auroc_fast(y, s[:, None])[0] == pytest.approx(roc_auc_score(y, s))
+        assert ev.average_precision_fast(y, s) == pytest.approx(average_precision_score(y, s))
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_signal(labels):
+    pred, _ = fake_predictions(labels, signal=2.0)
+    mean = ev.per_repeat_metrics(pred)["auroc"].mean()
+    ci = ev.bootstrap_ci(pred, n_boot=300, seed=0)
+    assert ci["auroc_ci"][0] < mean < ci["auroc_ci"][1]
+    assert ci == ev.bootstrap_ci(pred, n_boot=300, seed=0)
+    strong, _ = fake_predictions(labels, signal=6.0)
+    ci_strong = ev.bootstrap_ci(strong, n_boot=300, seed=0)
+    assert np.diff(ci_strong["auroc_ci"])[0] < np.diff(ci["auroc_ci"])[0]
+
+
+# ---- DeLong -------------------------------------------------------------------------------------------
+def delong_by_definition(y, a, b):
+    """DeLong et al. (1988) straight from the definition: psi kernels and their covariance."""
+    y = np.asarray(y)
+    X = [np.asarray(a)[y == 1], np.asarray(b)[y == 1]]
+    Y = [np.asarray(a)[y == 0], np.asarray(b)[y == 0]]
+    m, n = len(X[0]), len(Y[0])
+    psi = lambda x, yy: 1.0 if x > yy else 0.5 if x == yy else 0.0  # noqa: E731
+    V10 = np.array([[np.mean([psi(X[r][i], Y[r][j]) for j in range(n)]) for i in range(m)] for r in range(2)])
+    V01 = np.array([[np.mean([psi(X[r][i], Y[r][j]) for i in range(m)]) for j in range(n)] for r in range(2)])
+    auc = V10.mean(axis=1)
+    S = np.cov(V10) / m + np.cov(V01) / n
+    var = S[0, 0] + S[1, 1] - 2 * S[0, 1]
+    z = (auc[0] - auc[1]) / np.sqrt(var)
+    return auc, z, 2 * stats.norm.sf(abs(z))
+
+
+def test_delong_small_hand_checkable_example():
+    # 3 short-PFS and 3 long-PFS patients; model A ranks perfectly, model B makes one swap and one tie
+    y = [1, 1, 1, 0, 0, 0]
+    a = [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]
+    b = [0.9, 0.4, 0.6, 0.5, 0.6, 0.1]
+    r = ev.delong_test(y, a, b)
+    # AUROC of B by counting the 9 pairs: (0.9 beats all 3), (0.4 beats 0.1 only), (0.6 beats 0.5 and
+    # 0.1, ties 0.6) -> (3 + 1 + 2.5) / 9
+    assert r["auroc_a"] == pytest.approx(1.0)
+    assert r["auroc_b"] == pytest.approx(6.5 / 9)
+    auc, z, p = delong_by_definition(y, a, b)
+    assert r["z"] == pytest.approx(z) and r["p"] == pytest.approx(p)
+
+
+def test_delong_matches_definition_on_random_data():
+    rng = np.random.default_rng(2)
+    y = np.r_[np.ones(12), np.zeros(17)].astype(int)
+    a = y + rng.normal(0, 1, len(y))
+    b = 0.5 * y + rng.normal(0, 1, len(y))
+    r = ev.delong_test(y, a, b)
+    auc, z, p = delong_by_definition(y, a, b)
+    assert (r["auroc_a"], r["auroc_b"]) == pytest.approx(tuple(auc))
+    assert r["auroc_a"] == pytest.approx(roc_auc_score(y, a))
+    assert r["p"] == pytest.approx(p)
+    assert ev.delong_test(y, a, a)["p"] == 1.0
+
+
+# ---- corrected resampled t-test --------------------------------------------------------------------------
+def test_corrected_t_against_its_formula_and_the_naive_test():
+    d = np.array([0.05, 0.02, 0.08, -0.01, 0.04, 0.06])
+    r = ev.corrected_resampled_ttest(d, n_train=80, n_test=40)
+    t = d.mean() / np.sqrt((1 / 6 + 40 / 80) * d.var(ddof=1))
+    assert r["t"] == pytest.approx(t) and r["df"] == 5
+    assert r["p"] == pytest.approx(2 * stats.t.sf(abs(t), 5))
+    # without the correction term it is the ordinary one-sample t-test
+    naive = ev.corrected_resampled_ttest(d, n_train=10**12, n_test=1)
+    assert naive["p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue, rel=1e-6)
+    assert r["p"] > naive["p"]  # the correction is conservative
+
+
+def test_compare_models_on_shared_splits(labels):
+    a, s = fake_predictions(labels, signal=3.0, seed=4)
+    b = a.copy()
+    b["probability"] = np.random.default_rng(9).random(len(b))
+    c = ev.compare_models(a, b, s)
+    assert c["auroc_difference"] > 0.2 and c["p_corrected_t"] < 0.05 and c["p_delong"] < 0.05
+    other, _ = fake_predictions(labels, seed=5)
+    with pytest.raises(ValueError):
+        ev.compare_models(a, other[other["repeat"] < 2], s)
+
+
+# ---- survival, calibration, decision curve ---------------------------------------------------------------
+def test_c_index_hand_example_and_lifelines():
+    from lifelines.utils import concordance_index
+
+    time = np.array([2.0, 5.0, 8.0, 12.0, 20.0])
+    event = np.array([1, 1, 0, 1, 0])
+    risk = np.array([0.9, 0.5, 0.7, 0.4, 0.1])
+    # comparable pairs (earlier time had an event): (1,2) (1,3) (1,4) (1,5) (2,3) (2,4) (2,5) (4,5)
+    # concordant when the earlier one has the higher risk: all but (2,3) -> 7 / 8
+    assert ev.c_index(time, event, risk) == pytest.approx(7 / 8)
+    assert ev.c_index(time, event, risk) == pytest.approx(concordance_index(time, -risk, event))
+
+
+def test_logrank_groups_and_net_benefit():
+    time = np.array([1, 2, 3, 4, 20, 25, 30, 35.0])
+    event = np.ones(8)
+    risk = np.array([0.9, 0.8, 0.85, 0.7, 0.2, 0.1, 0.3, 0.15])
+    g = ev.risk_groups_logrank(time, event, risk)
+    assert g["high"].tolist() == [True] * 4 + [False] * 4 and g["p"] < 0.01
+    y = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.8, 0.4, 0.6, 0.1, 0.2])
+    nb = ev.net_benefit(y, p, [0.5]).iloc[0]
+    # treat p >= 0.5: TP = 1, FP = 1 -> 1/5 - 1/5 * 1 = 0; treat all: 2/5 - 3/5 = -0.2
+    assert nb["model"] == pytest.approx(0.0) and nb["treat_all"] == pytest.approx(-0.2)
+    cal = ev.calibration(np.r_[np.zeros(50), np.ones(50)], np.r_[np.full(50, 0.1), np.full(50, 0.9)], n_bins=2)
+    assert cal["observed"].tolist() == [0.0, 1.0]

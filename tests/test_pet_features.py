@@ -1,0 +1,101 @@
+"""PET features on phantoms with known SUVs and volumes."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from prrt import pet_features as pf
+
+
+def phantom(tmp_path, spacing=(2.0, 2.0, 2.0), shape=(60, 60, 60), mask_on_ct=False):
+    """Background SUV 1; liver block SUV 5 (label 1); spleen block SUV 10 (label 2); two lesions SUV 20 and 12."""
+    x, y, z = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    suv = np.ones(shape, np.float32)
+    organs = np.zeros(shape, np.uint8)
+    liver = (x < 40) & (y < 40)
+    spleen = (x > 80) & (y > 80)
+    suv[liver], organs[liver] = 5.0, 1
+    suv[spleen], organs[spleen] = 10.0, 2
+    l1 = (x - 60) ** 2 + (y - 60) ** 2 + (z - 60) ** 2 <= 10.0**2  # radius 10 mm
+    l2 = (x - 20) ** 2 + (y - 90) ** 2 + (z - 30) ** 2 <= 8.0**2
+    suv[l1], suv[l2] = 20.0, 12.0
+    lesions = (l1 | l2).astype(np.uint8)
+    aff = np.diag([*spacing, 1.0])
+    nib.save(nib.Nifti1Image(suv, aff), tmp_path / "pet.nii.gz")
+    nib.save(nib.Nifti1Image(organs, aff), tmp_path / "organs.nii.gz")
+    if mask_on_ct:  # the same lesions drawn on a finer CT grid (1 mm), placed by its own affine
+        xc, yc, zc = np.meshgrid(*[np.arange(n * 2) * 1.0 for n in shape], indexing="ij")
+        m = (((xc - 60) ** 2 + (yc - 60) ** 2 + (zc - 60) ** 2 <= 100) |
+             ((xc - 20) ** 2 + (yc - 90) ** 2 + (zc - 30) ** 2 <= 64)).astype(np.uint8)
+        nib.save(nib.Nifti1Image(m, np.diag([1.0, 1.0, 1.0, 1.0])), tmp_path / "mask.nii.gz")
+    else:
+        nib.save(nib.Nifti1Image(lesions, aff), tmp_path / "mask.nii.gz")
+    return l1, l2, np.prod(spacing) / 1000
+
+
+@pytest.mark.parametrize("mask_on_ct", [False, True])
+def test_known_suvs_volume_count_and_ratios(tmp_path, mask_on_ct):
+    l1, l2, voxel_ml = phantom(tmp_path, mask_on_ct=mask_on_ct)
+    f = pf.patient_features(tmp_path / "pet.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "organs.nii.gz")
+    n1, n2 = l1.sum(), l2.sum()
+    assert f["suv_max"] == pytest.approx(20.0)
+    assert f["lesion_count"] == 2
+    assert f["mtv_ml"] == pytest.approx((n1 + n2) * voxel_ml, rel=0.05 if mask_on_ct else 1e-9)
+    # the voxelised spheres are close to their true volumes (4.19 mL and 2.14 mL)
+    assert f["mtv_ml"] == pytest.approx(4 / 3 * np.pi * (1000 + 512) / 1000, rel=0.05)
+    if not mask_on_ct:
+        assert f["suv_mean"] == pytest.approx((20 * n1 + 12 * n2) / (n1 + n2))
+        assert f["tlse"] == pytest.approx(f["suv_mean"] * f["mtv_ml"])
+    assert f["suv_peak"] == pytest.approx(20.0)  # a 1 mL sphere (r 6.2 mm) fits inside the 10 mm lesion
+    assert f["tumour_to_liver"] == pytest.approx(4.0)
+    assert f["tumour_to_spleen"] == pytest.approx(2.0)
+    assert f["segmentation"] == "lesion mask"
+
+
+def test_suv_peak_is_diluted_in_a_small_lesion(tmp_path):
+    shape, spacing = (40, 40, 40), (2.0, 2.0, 2.0)
+    x, y, z = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    suv = np.ones(shape, np.float32)
+    tiny = (x - 40) ** 2 + (y - 40) ** 2 + (z - 40) ** 2 <= 3.0**2  # radius 3 mm << 6.2 mm
+    suv[tiny] = 30.0
+    out = pf.lesion_features(suv, tiny.astype(np.uint8), spacing)
+    assert out["suv_max"] == 30.0
+    k = pf.sphere_kernel(spacing)
+    assert abs(k.size and (k > 0).sum() * 8 / 1000 - 1.0) < 0.2  # about 1 mL of 2 mm voxels
+    assert 1.0 < out["suv_peak"] < 15.0
+
+
+def test_threshold_segmentation_without_mask(tmp_path):
+    phantom(tmp_path)
+    f = pf.patient_features(tmp_path / "pet.nii.gz", None, tmp_path / "organs.nii.gz")
+    # threshold 1.5 x 5 + 2 x 0 = 7.5: both lesions, not the spleen (SUV 10, left out as label 2)
+    assert f["lesion_count"] == 2 and f["suv_max"] == 20.0
+    assert f["segmentation"].startswith("SUV >= 1.5 x liver mean")
+    g = pf.patient_features(tmp_path / "pet.nii.gz", None, None)
+    # without organs: fixed SUV 10, so the spleen block is counted as a lesion and the SUV-12 lesion too
+    assert g["lesion_count"] == 3 and "physiological uptake included" in g["segmentation"]
+    assert np.isnan(g["tumour_to_liver"])
+
+
+def test_no_lesion_gives_zero_volume_and_missing_suv():
+    suv = np.ones((10, 10, 10), np.float32)
+    out = pf.lesion_features(suv, np.zeros_like(suv, dtype=np.uint8), (4.0, 4.0, 4.0))
+    assert out["mtv_ml"] == 0 and out["lesion_count"] == 0 and out["tlse"] == 0
+    assert np.isnan(out["suv_max"]) and np.isnan(out["suv_peak"])
+
+
+def test_cohort_features_on_the_synthetic_cohort(small_cohort_dir):
+    import pandas as pd
+    from scipy import stats
+
+    from prrt.manifest import load_manifest
+
+    c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    f = pf.cohort_features(c, progress=False)
+    assert list(f.index) == list(c.data.index) and set(pf.FEATURES) <= set(f.columns)
+    truth = pd.read_csv(small_cohort_dir / "truth.csv").set_index("patient_id")
+    truth.index = [c.pseudonym_of_id()[i] for i in truth.index]
+    vol = truth.loc[f.index, "tumour_volume_ml"]
+    assert stats.spearmanr(vol, f["mtv_ml"]).statistic > 0.8  # MTV follows the generated burden

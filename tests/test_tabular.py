@@ -1,0 +1,108 @@
+"""Tabular models on shared splits: no leakage, skipped models, permuted labels give chance AUROC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import edit_manifest
+from prrt import evaluate as ev
+from prrt import splits as sp
+from prrt import synthetic, tabular
+from prrt.manifest import load_manifest
+
+
+@pytest.fixture(scope="module")
+def lab_data():
+    """The default synthetic 116-patient laboratory table (no images needed)."""
+    table, truth = synthetic._cohort_table(synthetic.SyntheticConfig(), np.random.default_rng(synthetic.DEFAULT_SEED))
+    X = table[list(synthetic.LAB_PANEL)].set_axis([f"P{i:03d}" for i in range(1, 117)])
+    y = pd.Series(truth["short_pfs"].to_numpy(), index=X.index)
+    return X, y
+
+
+def test_permuted_labels_give_chance_auroc(lab_data):
+    X, y = lab_data
+    aurocs = []
+    for k in range(4):
+        yp = pd.Series(np.random.default_rng(100 + k).permutation(y.to_numpy()), index=y.index)
+        s = sp.make_splits(yp, 3, 3, seed=k)
+        res = tabular.cross_validate("perm", X, yp, s, lambda: tabular.random_forest(k, 100), k,
+                                     permutation_repeats=0, progress=False)
+        aurocs += list(ev.per_repeat_metrics(res.predictions)["auroc"])
+    assert abs(np.mean(aurocs) - 0.5) < 0.06, aurocs
+    # ... while the real labels are learnt (chromogranin A and gamma-GT carry signal)
+    s = sp.make_splits(y, 3, 2, seed=0)
+    res = tabular.cross_validate("real", X, y, s, lambda: tabular.random_forest(0, 100), 0, permutation_repeats=0,
+                                 progress=False)
+    assert ev.per_repeat_metrics(res.predictions)["auroc"].mean() > 0.6
+
+
+def test_imputation_is_fitted_on_the_training_folds_only(lab_data):
+    X, y = lab_data
+    X = X.copy()
+    X.iloc[:5, 0] = np.nan
+    s = sp.make_splits(y, 3, 1, seed=0)
+    res = tabular.cross_validate("imp", X, y, s, lambda: tabular.random_forest(0, 20), 0, permutation_repeats=0,
+                                 keep_models=True, progress=False)
+    for f in sp.iter_folds(s):
+        imputer = res.models[(f.repeat, f.fold)].named_steps["impute"]
+        np.testing.assert_allclose(imputer.statistics_, X.loc[f.train].median().to_numpy())
+        assert not np.allclose(imputer.statistics_, X.median().to_numpy())
+
+
+def test_every_patient_is_predicted_once_per_repeat_by_a_model_that_did_not_see_it(lab_data):
+    X, y = lab_data
+    y = y.copy()
+    y.iloc[:3] = np.nan  # three patients censored before the horizon
+    s = sp.make_splits(y, 3, 2, seed=1)
+    res = tabular.cross_validate("oof", X, y, s, lambda: tabular.random_forest(0, 20), 0, permutation_repeats=0,
+                                 keep_models=True, progress=False)
+    p = res.predictions
+    lab = p[p["fold"] >= 0]
+    assert lab.groupby("repeat")["patient"].apply(lambda x: sorted(x) == sorted(y.dropna().index)).all()
+    merged = lab.merge(s, on=["patient", "repeat"], suffixes=("", "_split"))
+    assert (merged["fold"] == merged["fold_split"]).all()
+    unl = p[p["fold"] == -1]
+    assert sorted(unl["patient"].unique()) == sorted(y.index[:3]) and unl["label"].isna().all()
+    # the unlabelled patients' prediction is the mean of the fold models of the repeat
+    r0 = [res.models[(0, f)].predict_proba(X.loc[y.index[:3]])[:, 1] for f in range(3)]
+    np.testing.assert_allclose(unl[unl["repeat"] == 0].sort_values("patient")["probability"], np.mean(r0, axis=0))
+
+
+def test_same_seed_same_predictions(lab_data):
+    X, y = lab_data
+    s = sp.make_splits(y, 3, 1, seed=2)
+    a = tabular.cross_validate("a", X, y, s, lambda: tabular.random_forest(7, 50), 7, permutation_repeats=2, progress=False)
+    b = tabular.cross_validate("a", X, y, s, lambda: tabular.random_forest(7, 50), 7, permutation_repeats=2, progress=False)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    pd.testing.assert_frame_equal(a.permutation, b.permutation)
+
+
+def test_manifest_without_labs_skips_the_lab_models(cohort_copy, tmp_path):
+    m = edit_manifest(cohort_copy / "manifest.yaml", labs=[])
+    c = load_manifest(m, check_images="none")
+    specs = tabular.lab_chapter_specs(c, pet=None)
+    assert [s.features for s in specs] == [None] * 4
+    s = sp.make_splits(c.data["label"], 3, 1, 0)
+    from prrt.profiles import get_profile
+
+    results, rows = tabular.run_specs(specs, tabular.feature_table(c), c, s, get_profile("smoke"), 0, tmp_path, "02",
+                                      progress=False)
+    assert results == {}
+    status = {r["model"]: r["status"] for r in rows}
+    assert status["lab_rf"] == "skipped: the manifest lists no laboratory values"
+    assert status["pet_features_rf"] == "skipped: the manifest names no PET images"
+    from prrt.results import update_summary
+
+    summary = update_summary(tmp_path, rows)
+    assert summary["status"].str.startswith("skipped").all() and summary["auroc_mean"].isna().all()
+
+
+def test_summary_rows_are_replaced_not_duplicated(tmp_path):
+    from prrt.results import update_summary
+
+    update_summary(tmp_path, [{"model": "a", "status": "ran", "auroc_mean": 0.6}, {"model": "b", "status": "ran"}])
+    s = update_summary(tmp_path, [{"model": "a", "status": "ran", "auroc_mean": 0.7}])
+    assert sorted(s["model"]) == ["a", "b"] and s.set_index("model").loc["a", "auroc_mean"] == 0.7
