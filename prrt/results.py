@@ -88,5 +88,5 @@ def comparison_with_study(summary: pd.DataFrame, synthetic: bool, oracle: dict |
     })
     if oracle and oracle_keys:
         out["oracle AUROC"] = [f"{oracle[oracle_keys[m]]:.2f}" if oracle_keys.get(m) else "–" for m in ran["model"]]
-    out["comparable with the study"] = "no: synthetic data" if synthetic else "same protocol, other cohort"
+    out["comparable with the study"] = "not comparable: synthetic data" if synthetic else "same protocol, another cohort"
     return out.set_index("model")

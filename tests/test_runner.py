@@ -135,3 +135,16 @@ def test_invalid_manifest_stops_the_run_before_anything_runs(tmp_path, small_coh
 def test_book_refuses_an_incomplete_run(tmp_path):
     with pytest.raises(runs.RunError, match="not a run directory"):
         runs.build_book(tmp_path)
+
+
+def test_a_manifest_without_labs_or_images_runs_and_skips_with_reasons(small_cohort_dir, tmp_path):
+    (tmp_path / "m.yaml").write_text(
+        f"name: bare\ntable: {small_cohort_dir / 'cohort.csv'}\nid: patient_id\n"
+        "endpoint: {time: pfs_months, event: progressed, horizon_months: 12}\nlabs: []\nclinical: [age, sex, grade]\n")
+    assert main(["run", "--manifest", str(tmp_path / "m.yaml"), "--profile", "smoke",
+                 "--run-dir", str(tmp_path / "run")]) == 0
+    summary = pd.read_csv(tmp_path / "run" / "results" / "summary.csv").set_index("model")
+    assert summary.loc["lab_rf", "status"] == "skipped: the manifest lists no laboratory values"
+    assert summary.loc["pet_features_rf", "status"] == "skipped: the manifest names no PET images"
+    nb = (tmp_path / "run" / "notebooks" / "01_cohort.ipynb").read_text()
+    assert "The manifest names no images." in nb and "Synthetic data" not in nb
