@@ -40,7 +40,7 @@ import SimpleITK as sitk
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Bumped whenever preprocessing changes, so that cached arrays of older code are not reused.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 #: SUV above this at the 95th percentile of positive voxels means the PET is not in SUV.
 PET_SUV_P95_LIMIT = 200.0
 CT_AIR_THRESHOLD_HU = -500.0
@@ -242,7 +242,8 @@ def _antialias(image: sitk.Image, target_spacing) -> sitk.Image:
     sigma = np.sqrt(np.clip(tgt_on_axes**2 - src**2, 0, None)) / 2.3548
     if np.all(sigma < 0.25 * src):
         return image
-    return sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma.tolist())
+    # a discrete Gaussian accepts zero width along axes that do not get coarser
+    return sitk.DiscreteGaussian(sitk.Cast(image, sitk.sitkFloat32), (sigma**2).tolist(), 32, 0.01, True)
 
 
 def resample_to(image: sitk.Image, reference: sitk.Image, modality: str) -> np.ndarray:
@@ -273,8 +274,9 @@ class PreprocessSettings:
     suv_range: tuple
 
     @classmethod
-    def from_profile(cls, profile) -> "PreprocessSettings":
-        return cls(tuple(profile.input_size_voxels), tuple(profile.field_of_view_mm),
+    def from_profile(cls, profile, size=None) -> "PreprocessSettings":
+        """The profile's settings; ``size`` replaces its input size (e.g. its display size)."""
+        return cls(tuple(size or profile.input_size_voxels), tuple(profile.field_of_view_mm),
                    tuple(profile.hu_window), tuple(profile.suv_range))
 
     def key(self) -> dict:
@@ -376,15 +378,15 @@ class ImageCache:
         return arrays
 
 
-def preprocess_cohort(cohort, profile, cache, patients=None, progress: bool = True) -> dict:
+def preprocess_cohort(cohort, profile, cache, patients=None, progress: bool = True, size=None) -> dict:
     """Preprocessed arrays for ``patients`` (default: all) of a cohort, through ``cache``.
 
-    ``cache`` is an :class:`ImageCache` or its directory. Returns ``{pseudonym: arrays}`` (see
-    :func:`preprocess`).
+    ``cache`` is an :class:`ImageCache` or its directory; ``size`` (voxels) replaces the profile's
+    input size. Returns ``{pseudonym: arrays}`` (see :func:`preprocess`).
     """
     from tqdm.auto import tqdm
 
-    settings = PreprocessSettings.from_profile(profile)
+    settings = PreprocessSettings.from_profile(profile, size)
     if not isinstance(cache, ImageCache):
         cache = ImageCache(cache)
     patients = list(cohort.data.index if patients is None else patients)

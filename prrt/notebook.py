@@ -100,3 +100,8 @@ def oracle_table(report: dict) -> pd.DataFrame:
         [(names.get(k, k), round(v, 3)) for k, v in report["oracle_auroc"].items()],
         columns=["what the model sees", "oracle AUROC"],
     ).set_index("what the model sees")
+
+
+def table_from_dict(values: dict, name: str = "setting") -> pd.DataFrame:
+    """A small two-column table of settings."""
+    return pd.DataFrame([(k, str(v)) for k, v in values.items()], columns=[name, "value"]).set_index(name)

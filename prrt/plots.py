@@ -180,3 +180,30 @@ def calibration_and_decision_plot(curves: dict, decision: dict):
     ax_d.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def learning_curves(curves: dict):
+    """Mean training and validation loss, and validation AUROC, per epoch across repeats and folds.
+
+    ``curves``: ``{model: curves DataFrame}`` from :func:`prrt.train.cross_validate_images`. The band
+    is ± one SD across folds; the dots mark the epochs whose weights were kept (lowest validation loss).
+    """
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, c in curves.items():
+        g = c.groupby("epoch")
+        for col, ls in (("train_loss", "-"), ("val_loss", "--")):
+            m, s = g[col].mean(), g[col].std().fillna(0)
+            line, = ax_l.plot(m.index, m, ls, label=f"{name}: {col.replace('_', ' ')}")
+            ax_l.fill_between(m.index, m - s, m + s, color=line.get_color(), alpha=0.1)
+        m = g["val_auroc"].mean()
+        line, = ax_a.plot(m.index, m, label=name)
+        best = c[c["best"]]
+        ax_a.plot(best["epoch"], best["val_auroc"], "o", color=line.get_color(), alpha=0.4, ms=4)
+    ax_l.set(xlabel="epoch", ylabel="weighted binary cross-entropy", title="Loss (mean ± SD over folds)")
+    ax_a.axhline(0.5, color="k", ls=":", lw=1)
+    ax_a.set(xlabel="epoch", ylabel="AUROC on the inner validation part",
+             title="Inner validation AUROC (dots: kept epochs)", ylim=(0, 1))
+    ax_l.legend(fontsize=8)
+    ax_a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

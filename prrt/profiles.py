@@ -45,6 +45,10 @@ class Profile:
         Shuffles per feature and fold for permutation importance.
     n_bootstrap:
         Bootstrap resamples for confidence intervals.
+    encoder:
+        Image encoder of the CNNs (see :mod:`prrt.networks`).
+    display_size_voxels:
+        Grid of the images the book shows (finer than the networks' input where CPU time is short).
     """
 
     name: str
@@ -60,6 +64,8 @@ class Profile:
     rf_trees: int = 500
     permutation_repeats: int = 10
     n_bootstrap: int = 1000
+    encoder: str = "compact"
+    display_size_voxels: tuple[int, int, int] = (96, 96, 80)
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -78,6 +84,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         input_size_voxels=(24, 24, 20),
+        display_size_voxels=(48, 48, 40),
         n_repeats=2,
         epochs=2,
         batch_size=8,
@@ -89,9 +96,9 @@ PROFILES: dict[str, Profile] = {
     ),
     "demo": Profile(
         name="demo",
-        input_size_voxels=(48, 48, 40),
+        input_size_voxels=(32, 32, 28),
         n_repeats=5,
-        epochs=25,
+        epochs=20,
         batch_size=8,
         montage_patients=4,
         rf_trees=300,

@@ -48,7 +48,8 @@ def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
     splits = pd.read_csv(smoke_run / "splits.csv")
     assert set(splits.columns) == {"patient", "repeat", "fold"} and splits["repeat"].nunique() == 2
     summary = pd.read_csv(smoke_run / "results" / "summary.csv").set_index("model")
-    assert list(summary.index) == ["lab_rf", "lab_rf_with_cycles", "pet_features_rf", "lab_pet_features_rf"]
+    assert list(summary.index) == ["lab_rf", "lab_rf_with_cycles", "pet_features_rf", "lab_pet_features_rf",
+                                   "pet_cnn", "ct_cnn"]
     assert (summary["status"] == "ran").all() and summary["auroc_mean"].between(0, 1).all()
     for model in summary.index:
         pred = pd.read_csv(smoke_run / "predictions" / f"{model}.csv")
@@ -56,6 +57,10 @@ def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
         assert (lab["fold"] == lab["fold_s"]).all() and len(lab) == len(splits)  # the saved splits were used
         assert pred.loc[pred["fold"] == -1, "label"].isna().all()
     assert (smoke_run / "features" / "pet_features.csv").is_file()
+    # chapter 03: a checkpoint and a training curve per repeat and fold
+    for model in ("pet_cnn", "ct_cnn"):
+        assert len(list((smoke_run / "checkpoints" / model).glob("r*_f*.pt"))) == 6
+        assert pd.read_csv(smoke_run / "checkpoints" / model / "curves.csv")["epoch"].max() == 2
     # the image cache lives beside the run and was filled
     assert any((smoke_run.parent / ".prrt-cache").rglob("*.npz"))
 
@@ -64,6 +69,7 @@ def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_di
     book = smoke_run / "book"
     page = book / "notebooks" / "01_cohort.html"
     assert "Permutation importance" in (book / "notebooks" / "02_lab_random_forest.html").read_text()
+    assert "Learning curves" in (book / "notebooks" / "03_unimodal_cnn.html").read_text()
     assert (book / "index.html").is_file() and page.is_file()
     html = page.read_text()
     assert "Table 1" in html and "Synthetic data" in html and "Kaplan" in html
@@ -146,5 +152,7 @@ def test_a_manifest_without_labs_or_images_runs_and_skips_with_reasons(small_coh
     summary = pd.read_csv(tmp_path / "run" / "results" / "summary.csv").set_index("model")
     assert summary.loc["lab_rf", "status"] == "skipped: the manifest lists no laboratory values"
     assert summary.loc["pet_features_rf", "status"] == "skipped: the manifest names no PET images"
+    assert summary.loc["pet_cnn", "status"] == "skipped: the manifest names no PET images"
+    assert summary.loc["ct_cnn", "status"] == "skipped: the manifest names no CT images"
     nb = (tmp_path / "run" / "notebooks" / "01_cohort.ipynb").read_text()
     assert "The manifest names no images." in nb and "Synthetic data" not in nb

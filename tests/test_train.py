@@ -1,0 +1,122 @@
+"""The image training engine: determinism, learning, no leakage, clear errors, encoders."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prrt import splits as sp
+from prrt import train
+from prrt.evaluate import per_repeat_metrics
+from prrt.networks import ENCODERS, ImageClassifier, build_encoder
+
+
+def separable(n=48, size=(24, 24, 20), seed=0, n_unlabelled=0):
+    """Noise images; short-PFS ones carry a bright cube at a random place."""
+    rng = np.random.default_rng(seed)
+    y = pd.Series(np.r_[np.ones(18), np.zeros(n - 18), np.full(n_unlabelled, np.nan)],
+                  index=[f"P{i:03d}" for i in range(n + n_unlabelled)])
+    x = torch.from_numpy(rng.random((len(y), 1, *size)).astype(np.float32) * 0.3)
+    for i in np.flatnonzero(y.to_numpy() == 1):
+        c = rng.integers(5, 15, 3)
+        x[i, 0, c[0] - 3:c[0] + 3, c[1] - 3:c[1] + 3, c[2] - 3:c[2] + 3] += 0.7
+    return x, y
+
+
+def test_learns_a_trivially_separable_image_set():
+    x, y = separable()
+    s = sp.make_splits(y, 3, 1, 0)
+    res = train.cross_validate_images("sep", x, list(y.index), y, s, train.TrainConfig(epochs=6), seed=1, progress=False)
+    assert per_repeat_metrics(res.predictions)["auroc"].iloc[0] > 0.9
+
+
+def test_same_seed_gives_identical_out_of_fold_predictions_on_cpu():
+    x, y = separable(seed=1)
+    s = sp.make_splits(y, 3, 1, 0)
+    cfg = train.TrainConfig(epochs=2)
+    a = train.cross_validate_images("a", x, list(y.index), y, s, cfg, seed=3, progress=False)
+    b = train.cross_validate_images("a", x, list(y.index), y, s, cfg, seed=3, progress=False)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    pd.testing.assert_frame_equal(a.curves, b.curves)
+    c = train.cross_validate_images("a", x, list(y.index), y, s, cfg, seed=4, progress=False)
+    assert not np.allclose(a.predictions["probability"], c.predictions["probability"])
+
+
+def test_no_test_patient_reaches_training_or_inner_validation(tmp_path):
+    x, y = separable(n=36, n_unlabelled=2)
+    s = sp.make_splits(y, 3, 2, 5)
+    res = train.cross_validate_images("leak", x, list(y.index), y, s, train.TrainConfig(epochs=1), seed=0,
+                                      run_dir=tmp_path, progress=False)
+    for f in sp.iter_folds(s):
+        val = set(res.inner_validation[(f.repeat, f.fold)])
+        assert val <= set(f.train) and not val & set(f.test)
+        fit, val2 = train.inner_split(f.train, y, 0.2, 0 + 1000 * f.repeat + f.fold)
+        assert set(val2) == val and not set(fit) & val and set(fit) | val == set(f.train)
+        assert y.loc[list(val)].sum() >= 1  # stratified: the validation part has short-PFS patients
+    # each labelled patient is predicted once per repeat, in its own test fold; unlabelled ones by every fold
+    lab = res.predictions[res.predictions["fold"] >= 0].merge(s, on=["patient", "repeat"], suffixes=("", "_s"))
+    assert len(lab) == len(s) and (lab["fold"] == lab["fold_s"]).all()
+    assert set(res.predictions.loc[res.predictions["fold"] == -1, "patient"]) == {"P036", "P037"}
+    # checkpoints and curves are written per repeat and fold, and load back
+    ck = torch.load(tmp_path / "checkpoints" / "leak" / "r1_f2.pt", weights_only=False)
+    model = ImageClassifier(build_encoder("compact"))
+    model.load_state_dict(ck["state_dict"])
+    curves = pd.read_csv(tmp_path / "checkpoints" / "leak" / "curves.csv")
+    assert set(zip(curves["repeat"], curves["fold"])) == {(r, f) for r in range(2) for f in range(3)}
+
+
+def test_augmentation_is_seeded_and_keeps_shape():
+    x = torch.rand(4, 1, 16, 16, 12)
+    a, b = train.BatchAugmenter(1)(x), train.BatchAugmenter(1)(x)
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_encoders_expose_their_feature_vector(name):
+    torch.manual_seed(0)
+    enc = build_encoder(name, in_channels=2)
+    model = ImageClassifier(enc).eval()
+    x = torch.rand(2, 2, 32, 32, 32)
+    with torch.no_grad():
+        f = model.features(x)
+        out = model(x)
+    assert f.shape == (2, enc.feature_dim) and out.shape == (2,)
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_encoder("vgg")
+
+
+def test_cpu_is_chosen_without_cuda():
+    assert train.select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert train.select_device("cpu").type == "cpu"
+
+
+def test_corrupt_or_missing_image_stops_training_naming_patient_and_file(cohort_copy):
+    from prrt.imaging import ImageError
+    from prrt.manifest import load_manifest
+    from prrt.profiles import get_profile
+
+    c = load_manifest(cohort_copy / "manifest.yaml", check_images="none")
+    victim = c.data.index[3]
+    pet = c.image_path(victim, "pet")
+    pet.write_bytes(gzip.compress(b"garbage" * 100))
+    with pytest.raises(ImageError, match=rf"patient '{victim}', image \"pet\" \(.*pet.nii.gz\): cannot be read"):
+        train.image_tensors(c, get_profile("smoke"), cohort_copy / "cache", "pet", progress=False)
+    other = c.data.index[5]
+    c.image_path(other, "ct").unlink()
+    with pytest.raises(ImageError, match=rf"patient '{other}', image \"ct\" .*file not found"):
+        train.image_tensors(c, get_profile("smoke"), cohort_copy / "cache", "ct", progress=False)
+
+
+def test_image_tensors_shape_and_cache(small_cohort_dir, tmp_path):
+    from prrt.manifest import load_manifest
+    from prrt.profiles import get_profile
+
+    c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    x, patients = train.image_tensors(c, get_profile("smoke"), tmp_path, "pet", progress=False)
+    assert x.shape == (26, 1, 24, 24, 20) and x.dtype == torch.float32 and patients == list(c.data.index)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
