@@ -103,9 +103,11 @@ def test_corrupt_or_missing_image_stops_training_naming_patient_and_file(cohort_
     c = load_manifest(cohort_copy / "manifest.yaml", check_images="none")
     victim = c.data.index[3]
     pet = c.image_path(victim, "pet")
+    original = pet.read_bytes()
     pet.write_bytes(gzip.compress(b"garbage" * 100))
     with pytest.raises(ImageError, match=rf"patient '{victim}', image \"pet\" \(.*pet.nii.gz\): cannot be read"):
         train.image_tensors(c, get_profile("smoke"), cohort_copy / "cache", "pet", progress=False)
+    pet.write_bytes(original)
     other = c.data.index[5]
     c.image_path(other, "ct").unlink()
     with pytest.raises(ImageError, match=rf"patient '{other}', image \"ct\" .*file not found"):
