@@ -357,6 +357,9 @@ class ImageCache:
 
     def get(self, paths: dict, settings: PreprocessSettings, patient: str | None = None) -> dict:
         """The preprocessed arrays of one patient, computed and stored on a miss."""
+        for modality, p in paths.items():
+            if p is not None and not Path(p).is_file():
+                raise ImageError("file not found", p, modality, patient)
         key = self.key(paths, settings)
         file = self.directory / key[:2] / f"{key}.npz"
         if file.is_file():
