@@ -35,6 +35,25 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 PRED_COLUMNS = ["patient", "repeat", "fold", "probability", "label"]
 
 
+def assemble_predictions(test_parts: list[pd.DataFrame], unlabelled: list[str], extra: dict) -> pd.DataFrame:
+    """Out-of-fold predictions of a cross-validated model in the format above.
+
+    ``test_parts``: one frame per (repeat, fold) with the test patients' rows; ``extra``: for each
+    repeat, the probabilities that each fold model gave the ``unlabelled`` patients (averaged here).
+    """
+    parts = list(test_parts)
+    for repeat, probs in extra.items():
+        parts.append(pd.DataFrame({"patient": unlabelled, "repeat": repeat, "fold": -1,
+                                   "probability": np.mean(probs, axis=0), "label": np.nan}))
+    return pd.concat(parts, ignore_index=True).sort_values(["repeat", "fold", "patient"], ignore_index=True)
+
+
+def fold_test_rows(fold, probability, y: pd.Series) -> pd.DataFrame:
+    """The rows of one fold's test patients (``fold`` is a :class:`prrt.splits.Fold`)."""
+    return pd.DataFrame({"patient": fold.test, "repeat": fold.repeat, "fold": fold.fold, "probability": probability,
+                         "label": y.loc[fold.test].astype(int).to_numpy()})
+
+
 def labelled(pred: pd.DataFrame) -> pd.DataFrame:
     return pred[pred["fold"] >= 0]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
@@ -18,6 +17,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 
+from .evaluate import assemble_predictions, fold_test_rows
 from .splits import iter_folds
 
 
@@ -79,9 +79,7 @@ def cross_validate(name: str, X: pd.DataFrame, y: pd.Series, splits: pd.DataFram
         model = clone(make_model())
         model.fit(X.loc[f.train], y.loc[f.train].astype(int))
         _single_threaded_prediction(model)
-        p = model.predict_proba(X.loc[f.test])[:, 1]
-        preds.append(pd.DataFrame({"patient": f.test, "repeat": f.repeat, "fold": f.fold, "probability": p,
-                                   "label": y.loc[f.test].astype(int).to_numpy()}))
+        preds.append(fold_test_rows(f, model.predict_proba(X.loc[f.test])[:, 1], y))
         if unlabelled:
             extra.setdefault(f.repeat, []).append(model.predict_proba(X.loc[unlabelled])[:, 1])
         if permutation_repeats:
@@ -95,11 +93,7 @@ def cross_validate(name: str, X: pd.DataFrame, y: pd.Series, splits: pd.DataFram
                                      "importance": est.feature_importances_}))
         if keep_models:
             models[(f.repeat, f.fold)] = model
-    for repeat, probs in extra.items():
-        preds.append(pd.DataFrame({"patient": unlabelled, "repeat": repeat, "fold": -1,
-                                   "probability": np.mean(probs, axis=0), "label": np.nan}))
-    predictions = pd.concat(preds, ignore_index=True).sort_values(["repeat", "fold", "patient"], ignore_index=True)
-    return CVResult(name, list(X.columns), predictions,
+    return CVResult(name, list(X.columns), assemble_predictions(preds, unlabelled, extra),
                     pd.concat(perm, ignore_index=True) if perm else pd.DataFrame(),
                     pd.concat(imp, ignore_index=True) if imp else pd.DataFrame(), models)
 

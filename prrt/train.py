@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from .evaluate import assemble_predictions, fold_test_rows
 from .networks import ImageClassifier, build_encoder
 from .splits import iter_folds
 
@@ -238,9 +239,7 @@ def cross_validate_images(name: str, x: torch.Tensor, patients: list[str], y: pd
         take = lambda ids: x[[row[p] for p in ids]]  # noqa: E731
         out = train_model(take(fit), y.loc[fit].to_numpy(int), take(val), y.loc[val].to_numpy(int), cfg, fold_seed,
                           desc=f"r{f.repeat} f{f.fold}", progress=progress)
-        p = predict(out.model, take(f.test), device)
-        preds.append(pd.DataFrame({"patient": f.test, "repeat": f.repeat, "fold": f.fold, "probability": p,
-                                   "label": y.loc[f.test].astype(int).to_numpy()}))
+        preds.append(fold_test_rows(f, predict(out.model, take(f.test), device), y))
         if unlabelled:
             extra.setdefault(f.repeat, []).append(predict(out.model, take(unlabelled), device))
         c = out.curve.assign(repeat=f.repeat, fold=f.fold, best=lambda d: d["epoch"] == out.best_epoch)
@@ -250,10 +249,7 @@ def cross_validate_images(name: str, x: torch.Tensor, patients: list[str], y: pd
             ck.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"state_dict": out.model.state_dict(), "config": cfg.to_dict(), "best_epoch": out.best_epoch,
                         "in_channels": int(x.shape[1])}, ck)
-    for repeat, probs in extra.items():
-        preds.append(pd.DataFrame({"patient": unlabelled, "repeat": repeat, "fold": -1,
-                                   "probability": np.mean(probs, axis=0), "label": np.nan}))
-    predictions = pd.concat(preds, ignore_index=True).sort_values(["repeat", "fold", "patient"], ignore_index=True)
+    predictions = assemble_predictions(preds, unlabelled, extra)
     curves_df = pd.concat(curves, ignore_index=True)
     if run_dir is not None:
         curves_df.to_csv(Path(run_dir) / "checkpoints" / name / "curves.csv", index=False)
