@@ -151,6 +151,8 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
     device = select_device(cfg.device)
     _setup_backend(device)
     seed_everything(seed)
+    # the images stay on the device for all epochs (one transfer); augmentation runs there too
+    x_fit, x_val = x_fit.to(device), x_val.to(device)
     model = ImageClassifier(build_encoder(cfg.encoder, in_channels=x_fit.shape[1]), cfg.dropout).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
@@ -171,7 +173,7 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
             idx = order[i:i + cfg.batch_size]
             if len(idx) < 2:  # instance statistics of a single patient are not worth a step
                 continue
-            xb = x_fit[idx]
+            xb = x_fit[idx.to(device)]
             if aug is not None:
                 xb = aug(xb)
             xb, yb = _to_device(xb, device), y_fit_t[idx].to(device)
