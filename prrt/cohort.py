@@ -154,7 +154,6 @@ def km_summary(time, event, horizon_months: float) -> dict:
         "median_pfs_ci": (float(med_ci.iloc[0, 0]), float(med_ci.iloc[0, 1])),
         "pfs_rate_at_horizon": rate,
         "pfs_rate_ci": (float(ci.loc[idx].iloc[0]), float(ci.loc[idx].iloc[1])),
-        "fitter": km,
     }
 
 

@@ -13,7 +13,7 @@ Notebooks take the profile's *name* as a papermill parameter and call :func:`get
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,6 @@ class Profile:
     encoder: str = "compact"
     display_size_voxels: tuple[int, int, int] = (96, 96, 80)
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def voxel_spacing_mm(self) -> tuple[float, float, float]:
