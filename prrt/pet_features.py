@@ -34,7 +34,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .imaging import read_image
+from .imaging import read_image, resample_to
 
 FEATURES = ["suv_max", "suv_mean", "suv_peak", "mtv_ml", "tlse", "lesion_count", "tumour_to_liver",
             "tumour_to_spleen"]
@@ -43,13 +43,9 @@ THRESHOLD_SUV = 10.0
 LIVER, SPLEEN, KIDNEYS = 1, 2, 3
 
 
-def _on_pet_grid(image: sitk.Image, pet: sitk.Image) -> np.ndarray:
-    """A label image resampled onto the PET grid by position (nearest neighbour), as (z, y, x)."""
-    same = (image.GetSize() == pet.GetSize() and np.allclose(image.GetSpacing(), pet.GetSpacing())
-            and np.allclose(image.GetOrigin(), pet.GetOrigin()) and np.allclose(image.GetDirection(), pet.GetDirection()))
-    if not same:
-        image = sitk.Resample(image, pet, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(image).astype(np.int32)
+def _on_pet_grid(image: sitk.Image, pet: sitk.Image, modality: str) -> np.ndarray:
+    """A label image placed on the PET grid by position (nearest neighbour), as (z, y, x)."""
+    return resample_to(image, pet, modality).transpose(2, 1, 0).astype(np.int32)
 
 
 def sphere_kernel(spacing_mm, volume_ml: float = PEAK_SPHERE_ML) -> np.ndarray:
@@ -110,9 +106,9 @@ def patient_features(pet_path, mask_path=None, organs_path=None, patient: str | 
     pet = read_image(pet_path, "pet", patient)
     suv = sitk.GetArrayFromImage(pet).astype(np.float32)
     spacing_zyx = pet.GetSpacing()[::-1]
-    organs = _on_pet_grid(read_image(organs_path, "organs", patient), pet) if organs_path else None
+    organs = _on_pet_grid(read_image(organs_path, "organs", patient), pet, "organs") if organs_path else None
     if mask_path:
-        lesions = _on_pet_grid(read_image(mask_path, "mask", patient), pet)
+        lesions = _on_pet_grid(read_image(mask_path, "mask", patient), pet, "mask")
         how = "lesion mask"
     else:
         lesions, how = threshold_segmentation(suv, organs)

@@ -54,6 +54,10 @@ class Fold:
     train: list[str]
     test: list[str]
 
+    def __post_init__(self):
+        if set(self.train) & set(self.test):
+            raise ValueError(f"repeat {self.repeat}, fold {self.fold}: a patient is in training and test")
+
 
 def iter_folds(splits: pd.DataFrame):
     """Yield :class:`Fold` for every repeat and fold, in order."""

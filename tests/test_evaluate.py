@@ -48,6 +48,11 @@ def test_splits_are_stratified_disjoint_and_complete(labels):
     pd.testing.assert_frame_equal(s, sp.make_splits(labels, 3, 4, seed=1))
 
 
+def test_a_fold_with_a_patient_in_training_and_test_is_refused():
+    with pytest.raises(ValueError, match="a patient is in training and test"):
+        sp.Fold(0, 1, ["P001", "P002"], ["P002", "P003"])
+
+
 def test_unlabelled_patients_are_in_no_fold(labels):
     y = labels.copy()
     y["P900"] = np.nan
