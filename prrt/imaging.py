@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Bumped whenever preprocessing changes, so that cached arrays of older code are not reused.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 #: SUV above this at the 95th percentile of positive voxels means the PET is not in SUV.
 PET_SUV_P95_LIMIT = 200.0
 CT_AIR_THRESHOLD_HU = -500.0
@@ -202,7 +203,12 @@ def check_values(array: np.ndarray, path, modality: str | None, patient: str | N
                              path, modality, patient)
 
 
-# ---- resampling ---------------------------------------------------------------------------------
+# ---- the input grid: body-centred or lesion-centred ----------------------------------------------
+ROI_MODES = ("body", "lesions")
+#: Where a ``lesions`` box came from, recorded per patient (see :func:`input_box`).
+ROI_SOURCES = ("lesion mask", "PET threshold", "body (no lesion found)", "body")
+
+
 def body_centre_mm(ct: sitk.Image | None = None, pet: sitk.Image | None = None) -> np.ndarray:
     """Centroid of the body in patient coordinates (mm): CT above -500 HU, else PET uptake."""
     if ct is not None:
@@ -220,6 +226,114 @@ def body_centre_mm(ct: sitk.Image | None = None, pet: sitk.Image | None = None) 
     return np.asarray(image.TransformContinuousIndexToPhysicalPoint(c.tolist()))
 
 
+def _grid_matrix(geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(origin, direction @ diag(spacing), size) of a SimpleITK image or a :func:`read_header` dict."""
+    if isinstance(geometry, sitk.Image):
+        origin, spacing, direction, size = (geometry.GetOrigin(), geometry.GetSpacing(), geometry.GetDirection(),
+                                            geometry.GetSize())
+    else:
+        origin, spacing, direction, size = (geometry["origin_mm"], geometry["spacing_mm"], geometry["direction"],
+                                            geometry["size"])
+    m = np.asarray(direction, float).reshape(3, 3) @ np.diag(spacing)
+    return np.asarray(origin, float), m, np.asarray(size)
+
+
+def field_of_view_bounds_mm(geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned (LPS) bounds in mm of an image's field of view, voxel edges included."""
+    origin, m, size = _grid_matrix(geometry)
+    corners = np.array([[a, b, c] for a in (-0.5, size[0] - 0.5) for b in (-0.5, size[1] - 0.5)
+                        for c in (-0.5, size[2] - 0.5)])
+    world = origin + corners @ m.T
+    return world.min(axis=0), world.max(axis=0)
+
+
+def lesion_bounds_mm(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
+    """Axis-aligned (LPS) bounds in mm of the voxels > 0 of a label image, voxel edges included.
+
+    Computed on the grid the mask was drawn on (PET, CT or any other), from the corners of the
+    lesion voxels, so that no resampling can shrink a small lesion away. ``None`` if the mask is empty.
+    """
+    arr = sitk.GetArrayViewFromImage(mask) > 0  # (z, y, x)
+    if not arr.any():
+        return None
+    ranges = []
+    for axis in (2, 1, 0):  # x, y, z
+        other = tuple(a for a in (0, 1, 2) if a != axis)
+        hit = np.flatnonzero(arr.any(axis=other))
+        ranges.append((hit[0] - 0.5, hit[-1] + 0.5))
+    origin, m, _ = _grid_matrix(mask)
+    corners = np.array([[a, b, c] for a in ranges[0] for b in ranges[1] for c in ranges[2]])
+    world = origin + corners @ m.T
+    return world.min(axis=0), world.max(axis=0)
+
+
+def voxels_inside(mask: sitk.Image, geometry) -> tuple[int, int]:
+    """(lesion voxels of ``mask`` whose centres lie in the field of view of ``geometry``, all lesion voxels)."""
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)  # (x, y, z)
+    origin, m, _ = _grid_matrix(mask)
+    world = origin + idx @ m.T
+    o2, m2, size2 = _grid_matrix(geometry)
+    cont = (world - o2) @ np.linalg.inv(m2).T
+    inside = np.all((cont >= -0.5) & (cont <= size2 - 0.5), axis=1)
+    return int(inside.sum()), len(idx)
+
+
+@dataclass(frozen=True)
+class InputBox:
+    """The grid one patient's network input covers: axes along ITK's LPS, positions in mm.
+
+    ``roi``: the profile's region of interest (``body`` or ``lesions``); ``source``: where the box
+    came from (one of :data:`ROI_SOURCES`); ``lesion_lo_mm``/``lesion_hi_mm``: bounds of the lesion
+    voxels (before the margin) when there were any; ``note``: why a fallback was used, or the
+    threshold rule of a PET segmentation.
+    """
+
+    roi: str
+    source: str
+    centre_mm: tuple
+    spacing_mm: tuple
+    size_voxels: tuple
+    lesion_lo_mm: tuple | None = None
+    lesion_hi_mm: tuple | None = None
+    note: str = ""
+
+    @property
+    def origin_mm(self) -> np.ndarray:
+        """Position (LPS, mm) of the centre of voxel (0, 0, 0)."""
+        return np.asarray(self.centre_mm) - (np.asarray(self.size_voxels) - 1) / 2 * np.asarray(self.spacing_mm)
+
+    @property
+    def extent_mm(self) -> np.ndarray:
+        return np.asarray(self.size_voxels) * np.asarray(self.spacing_mm)
+
+    def affine_ras(self) -> np.ndarray:
+        """The grid's affine in the RAS convention of nibabel and TorchIO."""
+        return grid_affine_ras(self.origin_mm, self.spacing_mm)
+
+    def reference(self) -> sitk.Image:
+        """An empty SimpleITK image with this grid."""
+        return target_grid(self.centre_mm, self.size_voxels, self.extent_mm)
+
+    def to_record(self) -> dict:
+        """A flat record (for ``inputs/<roi>_boxes.csv`` and the cache key): centre, extent, spacing."""
+        rec = {"roi": self.roi, "source": self.source, "note": self.note}
+        for name, values in [("centre", self.centre_mm), ("extent", self.extent_mm), ("spacing", self.spacing_mm)]:
+            rec.update({f"{name}_{a}_mm": round(float(v), 3) for a, v in zip("xyz", values)})
+        for name, values in [("lesion_lo", self.lesion_lo_mm), ("lesion_hi", self.lesion_hi_mm)]:
+            rec.update({f"{name}_{a}_mm": (round(float(v), 3) if values is not None else np.nan)
+                        for a, v in zip("xyz", values if values is not None else (0, 0, 0))})
+        return rec
+
+
+def grid_affine_ras(origin_lps_mm, spacing_mm) -> np.ndarray:
+    """RAS affine (nibabel/TorchIO convention) of a grid whose axes follow ITK's LPS axes."""
+    flip = np.diag([-1.0, -1.0, 1.0])
+    aff = np.eye(4)
+    aff[:3, :3] = flip @ np.diag(np.asarray(spacing_mm, float))
+    aff[:3, 3] = flip @ np.asarray(origin_lps_mm, float)
+    return aff
+
+
 def target_grid(centre_mm, size_voxels, field_of_view_mm) -> sitk.Image:
     """An empty reference image: ``size_voxels`` covering ``field_of_view_mm`` around ``centre_mm``."""
     size = [int(s) for s in size_voxels]
@@ -232,82 +346,255 @@ def target_grid(centre_mm, size_voxels, field_of_view_mm) -> sitk.Image:
     return ref
 
 
-def _antialias(image: sitk.Image, target_spacing) -> sitk.Image:
-    """Gaussian smoothing so that a coarser target grid does not alias (FWHM matching)."""
-    src = np.asarray(image.GetSpacing())
-    # image axes may be permuted relative to the target; compare per-axis physical extents
-    tgt = np.asarray(target_spacing)
-    direction = np.abs(np.asarray(image.GetDirection()).reshape(3, 3))
-    tgt_on_axes = direction.T @ tgt  # target spacing along each image axis (axis-aligned case)
-    sigma = np.sqrt(np.clip(tgt_on_axes**2 - src**2, 0, None)) / 2.3548
-    if np.all(sigma < 0.25 * src):
-        return image
-    # a discrete Gaussian accepts zero width along axes that do not get coarser
-    return sitk.DiscreteGaussian(sitk.Cast(image, sitk.sitkFloat32), (sigma**2).tolist(), 32, 0.01, True)
+def fit_box(lo_mm, hi_mm, margin_mm: float, size_voxels, min_spacing_mm: float) -> tuple[np.ndarray, float]:
+    """Centre and isotropic spacing of a grid of ``size_voxels`` that holds ``[lo, hi]`` plus the margin.
+
+    The spacing is the smallest that fits the box along every axis, but not finer than
+    ``min_spacing_mm``; the other axes are padded (never stretched), and a box larger than the input
+    at ``min_spacing_mm`` is downsampled to fit (never cut).
+    """
+    lo, hi = np.asarray(lo_mm, float), np.asarray(hi_mm, float)
+    extent = hi - lo + 2 * float(margin_mm)
+    spacing = max(float(np.max(extent / np.asarray(size_voxels, float))), float(min_spacing_mm))
+    return (lo + hi) / 2, spacing
+
+
+def _pet_threshold_mask(pet: sitk.Image, organs: sitk.Image | None) -> tuple[sitk.Image, str]:
+    """The PET threshold segmentation of :mod:`prrt.pet_features`, as a label image on the PET grid."""
+    from .pet_features import threshold_segmentation
+
+    suv = sitk.GetArrayViewFromImage(pet)
+    organ_arr = None
+    if organs is not None:
+        organ_arr = resample_to(organs, pet, "organs").transpose(2, 1, 0)
+    seg, rule = threshold_segmentation(suv, organ_arr)
+    image = sitk.GetImageFromArray(seg.astype(np.uint8))
+    image.CopyInformation(pet)
+    return image, rule
+
+
+def _body_box(settings: "PreprocessSettings", images: dict, headers: dict, roi: str, source: str,
+              note: str = "") -> "InputBox":
+    ct, pet = images.get("ct"), None
+    if ct is None and "ct" in headers:
+        ct = read_image(headers["ct"]["path"], "ct")
+    if ct is None:
+        pet = images.get("pet")
+        if pet is None:
+            pet = read_image(headers["pet"]["path"], "pet")
+    centre = body_centre_mm(ct, pet)
+    size = np.asarray(settings.input_size_voxels, float)
+    spacing = np.asarray(settings.field_of_view_mm, float) / size
+    if roi == "lesions":  # the fallback keeps the voxels isotropic, as every lesion box does
+        spacing = np.full(3, spacing.max())
+    return InputBox(roi, source, tuple(map(float, centre)), tuple(map(float, spacing)),
+                    tuple(int(s) for s in size), note=note)
+
+
+def input_box(paths: dict, settings: "PreprocessSettings", patient: str | None = None,
+              images: dict | None = None) -> tuple["InputBox", sitk.Image | None]:
+    """The input grid of one patient, and the lesion segmentation it was built from (if any).
+
+    ``roi = "body"``: the profile's ``field_of_view_mm`` centred on the body centroid.
+
+    ``roi = "lesions"``: the bounds of every lesion voxel of the mask (on whichever grid it was
+    drawn), plus ``roi_margin_mm`` on each side, fitted to the input shape with isotropic voxels no
+    finer than ``roi_min_spacing_mm`` (:func:`fit_box`). A patient whose mask is missing or empty
+    falls back to the PET threshold segmentation of :mod:`prrt.pet_features` (PERCIST-like with a
+    liver reference, else SUV ≥ 10), and without a PET, or with no voxel above the threshold, to a
+    box around the body (the profile's field of view, isotropic); ``source`` records which.
+
+    A mask none of whose lesion voxels lies inside the PET's (or the CT's) field of view raises
+    :class:`ImageError` naming the patient and the mask file.
+
+    ``images`` holds already-read SimpleITK images; the rest is read from ``paths`` as needed (for a
+    lesion mask, only the mask and the headers of the scans).
+    """
+    images = dict(images or {})
+    paths = {m: p for m, p in paths.items() if p is not None}
+    headers = {m: {**read_header(p, m, patient), "path": p} for m, p in paths.items() if m in ("ct", "pet")}
+    if not headers:
+        raise ValueError(f"patient {patient!r}: neither a CT nor a PET to preprocess")
+    if settings.roi not in ROI_MODES:
+        raise ValueError(f"unknown roi {settings.roi!r}; choose one of {', '.join(ROI_MODES)}")
+    if settings.roi == "body":
+        return _body_box(settings, images, headers, "body", "body"), images.get("mask")
+
+    segmentation, bounds, source, note = None, None, "lesion mask", ""
+    if "mask" in paths:
+        segmentation = images.get("mask")
+        if segmentation is None:
+            segmentation = read_image(paths["mask"], "mask", patient)
+        bounds = lesion_bounds_mm(segmentation)
+        if bounds is None:
+            note = "the lesion mask is empty"
+        else:
+            for modality, header in headers.items():
+                inside, total = voxels_inside(segmentation, header)
+                if inside == 0:
+                    lo, hi = field_of_view_bounds_mm(header)
+                    raise ImageError(
+                        f"the lesion mask does not overlap the {modality.upper()}: none of its {total} lesion "
+                        f"voxels lies inside the {modality.upper()}'s field of view (LPS x {lo[0]:.0f}..{hi[0]:.0f}, "
+                        f"y {lo[1]:.0f}..{hi[1]:.0f}, z {lo[2]:.0f}..{hi[2]:.0f} mm; lesions at x "
+                        f"{bounds[0][0]:.0f}..{bounds[1][0]:.0f}, y {bounds[0][1]:.0f}..{bounds[1][1]:.0f}, z "
+                        f"{bounds[0][2]:.0f}..{bounds[1][2]:.0f} mm). Check that the mask belongs to this patient "
+                        "and scan, and that its affine (origin, spacing, orientation) was kept on export",
+                        paths["mask"], "mask", patient)
+    else:
+        note = "no lesion mask"
+    if bounds is None and "pet" in headers:
+        pet = images.get("pet")
+        if pet is None:
+            pet = read_image(paths["pet"], "pet", patient)
+        organs = images.get("organs")
+        if organs is None and "organs" in paths:
+            organs = read_image(paths["organs"], "organs", patient)
+        segmentation, rule = _pet_threshold_mask(pet, organs)
+        bounds = lesion_bounds_mm(segmentation)
+        source, note = "PET threshold", f"{note}; {rule}"
+        if bounds is None:
+            segmentation, note = None, f"{note}: no voxel above the threshold"
+    if bounds is None:
+        box = _body_box(settings, images, headers, "lesions", "body (no lesion found)", note)
+        return box, segmentation
+    centre, spacing = fit_box(bounds[0], bounds[1], settings.roi_margin_mm, settings.input_size_voxels,
+                              settings.roi_min_spacing_mm)
+    box = InputBox("lesions", source, tuple(map(float, centre)), (spacing,) * 3,
+                   tuple(int(s) for s in settings.input_size_voxels), tuple(map(float, bounds[0])),
+                   tuple(map(float, bounds[1])), note)
+    return box, segmentation
+
+
+# ---- resampling and intensities (TorchIO) ---------------------------------------------------------
+def _tio_image(image: sitk.Image, modality: str):
+    """A SimpleITK image as a TorchIO image: ``LabelMap`` for masks, ``ScalarImage`` otherwise.
+
+    TorchIO's ``Resample`` fills voxels outside the scan with 0; CT is therefore handed over as
+    ``HU + 1024`` (air = 0) and shifted back afterwards, so that those voxels become air.
+    """
+    import torch
+    import torchio as tio
+
+    array, affine = tio.io.sitk_to_nib(image)
+    if modality == "ct":
+        array = array.astype(np.float32) - FILL_VALUE["ct"]
+    cls = tio.LabelMap if modality in LABEL_MAPS else tio.ScalarImage
+    return cls(tensor=torch.as_tensor(np.ascontiguousarray(array)), affine=affine)
+
+
+def resample_images(images: dict, size_voxels, affine_ras: np.ndarray) -> dict:
+    """Resample images onto one grid with TorchIO; returns ``{modality: (x, y, z) array}``.
+
+    The chain is ``ToCanonical`` (every image to RAS axes, so that the anti-aliasing below compares
+    like axes) → ``Resample`` onto ``(size_voxels, affine_ras)`` by position in patient space:
+    linear interpolation with Gaussian anti-aliasing along axes that get coarser (Cardoso et al.
+    2015) for CT and PET, nearest neighbour for label maps. CT stays in HU, PET in SUV.
+    """
+    import torchio as tio
+
+    subject = tio.Subject({m: _tio_image(img, m) for m, img in images.items()})
+    chain = tio.Compose([tio.ToCanonical(), tio.Resample((tuple(int(s) for s in size_voxels), affine_ras),
+                                                         antialias=True)])
+    out = chain(subject)
+    arrays = {}
+    for m in images:
+        a = out[m].data[0].numpy()
+        arrays[m] = np.ascontiguousarray(a + FILL_VALUE["ct"] if m == "ct" else a)
+    return arrays
 
 
 def resample_to(image: sitk.Image, reference: sitk.Image, modality: str) -> np.ndarray:
-    """Resample ``image`` onto ``reference`` by position in patient space; returns (x, y, z) array."""
-    if modality in LABEL_MAPS:
-        interp, src = sitk.sitkNearestNeighbor, image
-        out_type = sitk.sitkUInt8
-    else:
-        interp, src = sitk.sitkLinear, _antialias(image, reference.GetSpacing())
-        out_type = sitk.sitkFloat32
-    res = sitk.Resample(src, reference, sitk.Transform(), interp, float(FILL_VALUE[modality]), out_type)
-    return np.ascontiguousarray(sitk.GetArrayFromImage(res).transpose(2, 1, 0))
+    """Resample ``image`` onto the grid of ``reference`` by position in patient space; (x, y, z) array."""
+    import torchio as tio
+
+    affine = tio.io.get_ras_affine_from_sitk(reference)
+    arr = resample_images({modality: image}, reference.GetSize(), affine)[modality]
+    return arr.astype(np.uint8) if modality in LABEL_MAPS else arr.astype(np.float32)
 
 
 def scale_intensity(array: np.ndarray, modality: str, hu_window, suv_range) -> np.ndarray:
-    """CT: window ``hu_window`` (HU) → [0, 1]; PET: clip ``suv_range`` (SUV) → [0, 1]."""
+    """CT: window ``hu_window`` (HU) → [0, 1]; PET: clip ``suv_range`` (SUV) → [0, 1].
+
+    TorchIO's ``Clamp`` and ``RescaleIntensity`` with fixed input ranges (never per-image
+    percentiles, so that an SUV or a HU value means the same in every patient).
+    """
+    import torch
+    import torchio as tio
+
     lo, hi = hu_window if modality == "ct" else suv_range
-    return np.clip((array - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    array = np.asarray(array, np.float32)
+    image = tio.ScalarImage(tensor=torch.as_tensor(array.reshape(1, -1, 1, 1).copy()), affine=np.eye(4))
+    chain = tio.Compose([tio.Clamp(float(lo), float(hi)), tio.RescaleIntensity((0.0, 1.0), in_min_max=(lo, hi))])
+    return chain(image).data.numpy().reshape(array.shape).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Everything that determines the preprocessed arrays (part of the cache key)."""
+    """Everything that determines the preprocessed arrays (part of the cache key).
+
+    ``input_size_voxels`` (x, y, z); ``field_of_view_mm`` of the ``body`` grid; ``hu_window`` (HU) and
+    ``suv_range`` (SUV) mapped to [0, 1]; ``roi`` (``body`` or ``lesions``); for ``lesions``,
+    ``roi_margin_mm`` added around the lesions on each side and ``roi_min_spacing_mm``, the finest
+    voxel spacing allowed (a small tumour burden is not magnified beyond it).
+    """
 
     input_size_voxels: tuple
     field_of_view_mm: tuple
     hu_window: tuple
     suv_range: tuple
+    roi: str = "body"
+    roi_margin_mm: float = 20.0
+    roi_min_spacing_mm: float = 4.0
 
     @classmethod
-    def from_profile(cls, profile, size=None) -> "PreprocessSettings":
-        """The profile's settings; ``size`` replaces its input size (e.g. its display size)."""
+    def from_profile(cls, profile, size=None, roi: str | None = None) -> "PreprocessSettings":
+        """The profile's settings; ``size`` replaces its input size, ``roi`` its region of interest."""
         return cls(tuple(size or profile.input_size_voxels), tuple(profile.field_of_view_mm),
-                   tuple(profile.hu_window), tuple(profile.suv_range))
+                   tuple(profile.hu_window), tuple(profile.suv_range), roi or profile.roi,
+                   float(profile.roi_margin_mm), float(profile.roi_min_spacing_mm))
 
     def key(self) -> dict:
-        return {"version": PREPROCESS_VERSION, **{k: list(v) for k, v in self.__dict__.items()}}
+        d = {"version": PREPROCESS_VERSION}
+        for k, v in self.__dict__.items():
+            d[k] = list(v) if isinstance(v, tuple) else v
+        if self.roi == "body":  # the lesion settings do not change a body grid
+            d.pop("roi_margin_mm"), d.pop("roi_min_spacing_mm")
+        return d
 
 
-def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = None) -> dict:
+def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = None,
+               box: InputBox | None = None) -> dict:
     """Preprocess one patient's images.
 
     Parameters
     ----------
     paths:
-        ``{"ct": path, "pet": path, "mask": path}``; any may be missing or None.
+        ``{"ct": path, "pet": path, "mask": path, "organs": path}``; any may be missing or None.
     settings:
-        Target grid and intensity scaling.
+        Region of interest, input size and intensity scaling.
+    box:
+        The input grid, when already computed by :func:`input_box`.
 
     Returns
     -------
     dict
-        ``ct`` and ``pet`` as float32 arrays in [0, 1], ``mask`` as uint8, each (x, y, z) of shape
+        ``ct`` and ``pet`` as float32 arrays in [0, 1], ``mask`` as uint8 (the lesion mask, or the
+        PET threshold segmentation a ``lesions`` box fell back to), each (x, y, z) of shape
         ``settings.input_size_voxels``; ``suv`` (PET in SUV on the grid, float32) when a PET exists;
-        ``organs`` (uint8 labels) when an organ label map is given.
+        ``organs`` (uint8 labels) when an organ label map is given; ``box``: the grid as JSON
+        (see :func:`box_of`).
     """
     images = {m: read_image(p, m, patient) for m, p in paths.items() if p is not None}
     if "ct" not in images and "pet" not in images:
         raise ValueError(f"patient {patient!r}: neither a CT nor a PET to preprocess")
-    centre = body_centre_mm(images.get("ct"), images.get("pet"))
-    ref = target_grid(centre, settings.input_size_voxels, settings.field_of_view_mm)
+    computed, segmentation = input_box(paths, settings, patient, images)
+    box = box or computed
+    if segmentation is not None:
+        images["mask"] = segmentation
+    arrays = resample_images(images, box.size_voxels, box.affine_ras())
     out = {}
-    for modality, image in images.items():
-        arr = resample_to(image, ref, modality)
+    for modality, arr in arrays.items():
         if modality == "mask":
             out["mask"] = (arr > 0).astype(np.uint8)
         elif modality == "organs":
@@ -316,7 +603,13 @@ def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = 
             if modality == "pet":
                 out["suv"] = arr.astype(np.float32)
             out[modality] = scale_intensity(arr, modality, settings.hu_window, settings.suv_range)
+    out["box"] = np.array(json.dumps(box.to_record()))
     return out
+
+
+def box_of(arrays: dict) -> dict:
+    """The input-grid record stored with a patient's preprocessed arrays."""
+    return json.loads(str(arrays["box"]))
 
 
 # ---- cache --------------------------------------------------------------------------------------
@@ -338,8 +631,11 @@ def file_sha256(path) -> str:
 
 
 class ImageCache:
-    """Preprocessed arrays on disk, keyed by the inputs' SHA-256 and the settings.
+    """Preprocessed arrays on disk, keyed by the inputs' SHA-256, the settings and the input grid.
 
+    For ``roi = "lesions"`` the patient's input box (:func:`input_box`, from the mask and the scans'
+    headers) is computed before the lookup and is part of the key, so a change of the box rule is
+    never served stale. A ``body`` grid is a function of the CT content, which the key holds already.
     ``hits`` and ``misses`` count lookups since the cache object was made.
     """
 
@@ -348,19 +644,22 @@ class ImageCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, paths: dict, settings: PreprocessSettings) -> str:
+    def key(self, paths: dict, settings: PreprocessSettings, box: InputBox | None = None) -> str:
         spec = {
             "files": {m: file_sha256(p) for m, p in sorted(paths.items()) if p is not None},
             "settings": settings.key(),
         }
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        if box is not None:
+            spec["box"] = box.to_record()
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
     def get(self, paths: dict, settings: PreprocessSettings, patient: str | None = None) -> dict:
         """The preprocessed arrays of one patient, computed and stored on a miss."""
         for modality, p in paths.items():
             if p is not None and not Path(p).is_file():
                 raise ImageError("file not found", p, modality, patient)
-        key = self.key(paths, settings)
+        box = input_box(paths, settings, patient)[0] if settings.roi == "lesions" else None
+        key = self.key(paths, settings, box)
         file = self.directory / key[:2] / f"{key}.npz"
         if file.is_file():
             try:
@@ -370,7 +669,7 @@ class ImageCache:
                 return arrays
             except (OSError, ValueError):
                 pass  # a damaged cache entry is recomputed
-        arrays = preprocess(paths, settings, patient)
+        arrays = preprocess(paths, settings, patient, box)
         self.misses += 1
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".npz.partial")
@@ -381,20 +680,30 @@ class ImageCache:
         return arrays
 
 
-def preprocess_cohort(cohort, profile, cache, patients=None, progress: bool = True, size=None) -> dict:
+def preprocess_cohort(cohort, profile, cache, patients=None, progress: bool = True, size=None,
+                      roi: str | None = None) -> dict:
     """Preprocessed arrays for ``patients`` (default: all) of a cohort, through ``cache``.
 
     ``cache`` is an :class:`ImageCache` or its directory; ``size`` (voxels) replaces the profile's
-    input size. Returns ``{pseudonym: arrays}`` (see :func:`preprocess`).
+    input size and ``roi`` its region of interest. Returns ``{pseudonym: arrays}`` (see
+    :func:`preprocess`).
     """
     from tqdm.auto import tqdm
 
-    settings = PreprocessSettings.from_profile(profile, size)
+    settings = PreprocessSettings.from_profile(profile, size, roi)
     if not isinstance(cache, ImageCache):
         cache = ImageCache(cache)
     patients = list(cohort.data.index if patients is None else patients)
     out = {}
-    for pid in tqdm(patients, desc="preprocessing images", unit="patient", disable=not progress):
+    desc = f"preprocessing images ({settings.roi})"
+    for pid in tqdm(patients, desc=desc, unit="patient", disable=not progress):
         paths = {m: cohort.image_path(pid, m) for m in cohort.modalities}
         out[pid] = cache.get(paths, settings, patient=pid)
     return out
+
+
+def input_boxes(arrays: dict) -> pd.DataFrame:
+    """The input grid of every patient (``{pseudonym: arrays}``) as a table indexed by pseudonym."""
+    df = pd.DataFrame.from_dict({p: box_of(a) for p, a in arrays.items()}, orient="index")
+    df.index.name = "patient"
+    return df

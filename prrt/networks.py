@@ -4,9 +4,13 @@ Every encoder maps a batch ``(N, C, X, Y, Z)`` to a feature vector ``(N, feature
 unimodal models of chapter 03 and the fusion models of a later chapter share them.
 
 =============  ==============================================================================
-``compact``    the default: four blocks of 3×3×3 convolution, instance normalisation and
+``compact``    the default: four blocks of 3×3×3 convolution, batch normalisation and
                LeakyReLU, each halving the resolution, then global average pooling; about 0.1 M
                parameters, sized for ~100 training patients
+``compact_instance``  the same with instance normalisation, which rescales every image by its own
+               mean and spread, and so blurs the absolute uptake level and the amount of lesion
+               that a PET and a lesion mask carry (see book/methods.md for what it cost on the
+               tuning cohort)
 ``resnet10``   MONAI's 3D ResNet-10 (about 14 M parameters)
 ``resnet18``   MONAI's 3D ResNet-18 (about 33 M parameters)
 ``densenet121`` MONAI's 3D DenseNet-121 (about 11 M parameters)
@@ -18,20 +22,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ENCODERS = ("compact", "resnet10", "resnet18", "densenet121")
+ENCODERS = ("compact", "compact_instance", "resnet10", "resnet18", "densenet121")
 
 
 class CompactCNN3D(nn.Module):
-    """A small 3D CNN: ``n_blocks`` × (conv → instance norm → LeakyReLU → conv → … → max-pool)."""
+    """A small 3D CNN: ``n_blocks`` × (conv → norm → LeakyReLU → max-pool), then global average pooling.
 
-    def __init__(self, in_channels: int = 1, width: int = 8, n_blocks: int = 4):
+    ``norm``: ``"batch"`` (default) or ``"instance"``; ``width``: channels of the first block, doubled
+    in each of the next.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 8, n_blocks: int = 4, norm: str = "batch"):
         super().__init__()
         layers, c_in = [], in_channels
+        norms = {"instance": lambda c: nn.InstanceNorm3d(c, affine=True), "batch": nn.BatchNorm3d,
+                 "none": lambda c: nn.Identity()}
         for i in range(n_blocks):
             c_out = width * 2**i
             layers += [
-                nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
-                nn.InstanceNorm3d(c_out, affine=True),
+                nn.Conv3d(c_in, c_out, 3, padding=1, bias=norm == "none"),
+                norms[norm](c_out),
                 nn.LeakyReLU(0.1, inplace=True),
                 nn.MaxPool3d(2, ceil_mode=True),
             ]
@@ -72,7 +82,11 @@ class MonaiEncoder(nn.Module):
 def build_encoder(name: str = "compact", in_channels: int = 1) -> nn.Module:
     """An encoder by name (see the module docstring); it has a ``feature_dim`` attribute."""
     if name == "compact":
-        return CompactCNN3D(in_channels)
+        return CompactCNN3D(in_channels, norm="batch")
+    if name == "compact_instance":
+        return CompactCNN3D(in_channels, norm="instance")
+    if name == "compact_nonorm":
+        return CompactCNN3D(in_channels, norm="none")
     if name in ENCODERS:
         return MonaiEncoder(name, in_channels)
     raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")

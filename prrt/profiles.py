@@ -26,9 +26,21 @@ class Profile:
         Profile name (``smoke``, ``demo`` or ``paper``).
     input_size_voxels:
         Shape (x, y, z) of the preprocessed image tensors fed to the networks.
+    roi:
+        Region of interest of the networks' input: ``lesions`` (a box around every lesion voxel of
+        the mask plus ``roi_margin_mm``, isotropic voxels) or ``body`` (``field_of_view_mm`` centred
+        on the body). See :func:`prrt.imaging.input_box`.
+    roi_margin_mm:
+        Margin added around the lesions on each side (``lesions`` only).
+    roi_min_spacing_mm:
+        Finest voxel spacing of a ``lesions`` input: a small tumour burden is not magnified beyond it;
+        a burden larger than ``input_size_voxels × roi_min_spacing_mm`` gets coarser voxels.
+    mask_channel:
+        Whether the networks see the lesion mask as a second input channel.
     field_of_view_mm:
-        Physical extent (x, y, z) in millimetres that the input tensor covers, centred on the body.
-        The voxel spacing is ``field_of_view_mm / input_size_voxels``.
+        Physical extent (x, y, z) in millimetres of the ``body`` grid, centred on the body (also the
+        fallback of a ``lesions`` box for a patient with no lesion found). Its voxel spacing is
+        ``field_of_view_mm / input_size_voxels``.
     hu_window:
         CT window (lower, upper) in Hounsfield units, mapped linearly to [0, 1].
     suv_range:
@@ -53,6 +65,10 @@ class Profile:
 
     name: str
     input_size_voxels: tuple[int, int, int]
+    roi: str = "lesions"
+    roi_margin_mm: float = 20.0
+    roi_min_spacing_mm: float = 6.0
+    mask_channel: bool = True
     field_of_view_mm: tuple[float, float, float] = (384.0, 384.0, 320.0)
     hu_window: tuple[float, float] = (-160.0, 240.0)
     suv_range: tuple[float, float] = (0.0, 30.0)
@@ -70,7 +86,9 @@ class Profile:
 
     @property
     def voxel_spacing_mm(self) -> tuple[float, float, float]:
-        """Spacing (x, y, z) in mm of the preprocessed tensors."""
+        """Spacing (x, y, z) in mm of the ``body`` grid; the finest spacing of a ``lesions`` input."""
+        if self.roi == "lesions":
+            return (float(self.roi_min_spacing_mm),) * 3
         return tuple(f / s for f, s in zip(self.field_of_view_mm, self.input_size_voxels))
 
     def to_dict(self) -> dict:
@@ -83,6 +101,9 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         input_size_voxels=(24, 24, 20),
+        roi="lesions",
+        roi_min_spacing_mm=8.0,
+        mask_channel=True,
         display_size_voxels=(48, 48, 40),
         n_repeats=2,
         epochs=2,
@@ -95,9 +116,12 @@ PROFILES: dict[str, Profile] = {
     ),
     "demo": Profile(
         name="demo",
-        input_size_voxels=(32, 32, 28),
+        input_size_voxels=(32, 32, 32),
+        roi="lesions",
+        roi_min_spacing_mm=6.0,
+        mask_channel=True,
         n_repeats=5,
-        epochs=20,
+        epochs=12,
         batch_size=8,
         montage_patients=4,
         rf_trees=300,
@@ -106,7 +130,10 @@ PROFILES: dict[str, Profile] = {
     ),
     "paper": Profile(
         name="paper",
-        input_size_voxels=(128, 128, 112),
+        input_size_voxels=(96, 96, 96),
+        roi="lesions",
+        roi_min_spacing_mm=2.0,
+        mask_channel=True,
         n_repeats=10,
         epochs=100,
         batch_size=8,

@@ -7,10 +7,15 @@
   algorithms, so that the same seed gives the same predictions.
 * **Class imbalance.** Binary cross-entropy with ``pos_weight = n_long / n_short`` of the training
   patients.
+* **Schedule and the kept weights.** AdamW with a cosine-annealed learning rate over the profile's
+  epochs; by default (``selection = "last"``) the weights after the last epoch are kept.
+  ``selection = "val_loss"`` keeps the epoch with the lowest inner-validation loss instead: on the
+  tuning cohort (generator seed 7) that choice, made on ~15 validation patients, mostly picked
+  epoch 1-5, before the network had learnt anything (see book/methods.md).
 * **Inner validation.** Each training fold is split once more, stratified, into a part that fits
-  the network and a validation part (``val_fraction``) that selects the checkpoint: the epoch with
-  the lowest validation loss (more stable than the AUROC of ~15 patients). The test fold is never
-  seen before its single prediction.
+  the network and a validation part (``val_fraction``) whose loss and AUROC per epoch are the
+  learning curves (and that selects the epoch with ``selection = "val_loss"``). The test fold is
+  never seen before its single prediction.
 * **Augmentation** on training batches only: a random affine (rotation up to ±0.1 rad, scaling
   ±5 %, translation ±5 % of the field of view) applied to the whole batch at once with MONAI's
   ``AffineTransform`` layer, and a random intensity scaling of ±10 %.
@@ -39,7 +44,11 @@ from .splits import iter_folds
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one image model (the profile sets ``epochs`` and ``batch_size``)."""
+    """Hyper-parameters of one image model (the profile sets ``encoder``, ``epochs`` and ``batch_size``).
+
+    ``selection``: ``"last"`` (the weights after the last epoch) or ``"val_loss"`` (the epoch with
+    the lowest inner-validation loss); ``lr_schedule``: ``"cosine"`` or ``"constant"``.
+    """
 
     encoder: str = "compact"
     epochs: int = 20
@@ -49,6 +58,9 @@ class TrainConfig:
     dropout: float = 0.3
     val_fraction: float = 0.2
     augment: bool = True
+    selection: str = "last"
+    lr_schedule: str = "cosine"
+    precise_bn: bool = True
     device: str = "auto"
 
     def to_dict(self) -> dict:
@@ -148,6 +160,10 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
     """Train one network; keep the weights of the epoch with the lowest validation loss."""
     from tqdm.auto import tqdm
 
+    if cfg.selection not in ("last", "val_loss"):
+        raise ValueError(f"selection must be 'last' or 'val_loss', not {cfg.selection!r}")
+    if cfg.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', not {cfg.lr_schedule!r}")
     device = select_device(cfg.device)
     _setup_backend(device)
     seed_everything(seed)
@@ -157,6 +173,8 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) \
+        if cfg.lr_schedule == "cosine" else None
     y_fit_t = torch.as_tensor(y_fit, dtype=torch.float32)
     n_pos = float(y_fit_t.sum())
     pos_weight = torch.tensor((len(y_fit_t) - n_pos) / max(n_pos, 1.0), device=device)
@@ -185,19 +203,51 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
             opt.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
+        if cfg.precise_bn:  # validation (and the kept weights) see the statistics of these weights
+            recompute_batch_norm(model, x_fit, cfg.batch_size, device)
         p_val = torch.as_tensor(predict(model, x_val, device), device=device)
         val_loss = float(F.binary_cross_entropy(p_val.clamp(1e-6, 1 - 1e-6), y_val_t,
                                                 weight=torch.where(y_val_t == 1, pos_weight, 1.0)))
         val_auroc = roc_auc_score(y_val, p_val.cpu().numpy()) if 0 < y_val.sum() < len(y_val) else np.nan
         rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                      "val_auroc": val_auroc})
-        if val_loss < best:
+        if sched is not None:
+            sched.step()
+        if cfg.selection == "last" or val_loss < best:
             best, best_epoch = val_loss, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", val_loss=f"{val_loss:.3f}")
     if best_state is not None:
         model.load_state_dict(best_state)
     return TrainOutput(model, pd.DataFrame(rows), best_epoch)
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Replace the running statistics of every batch-norm layer by their mean over ``x`` (no augmentation).
+
+    The running averages kept during training mix the statistics of early weights and of augmented
+    batches; with a few dozen steps per epoch they can be far from what the final weights produce,
+    which skews every prediction (the "precise BN" step of Wu & Johnson, 2021). Only training
+    images are used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    model.train()
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        if len(xb) < 2:
+            continue
+        with _autocast(device):
+            model(_to_device(xb, device))
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    model.eval()
 
 
 @dataclass
@@ -258,18 +308,29 @@ def cross_validate_images(name: str, x: torch.Tensor, patients: list[str], y: pd
     return ImageCVResult(name, predictions, curves_df, inner)
 
 
-def image_tensors(cohort, profile, cache_dir, modality: str, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
-    """All patients' preprocessed ``modality`` (``"pet"`` or ``"ct"``) as one (N, 1, X, Y, Z) tensor.
+def image_tensors(cohort, profile, cache_dir, modality: str, progress: bool = True, roi: str | None = None,
+                  mask_channel: bool | None = None, arrays: dict | None = None) -> tuple[torch.Tensor, list[str]]:
+    """All patients' preprocessed ``modality`` (``"pet"`` or ``"ct"``) as one (N, C, X, Y, Z) tensor.
 
-    Patients without that image are left out. A missing or corrupt file raises
-    :class:`prrt.imaging.ImageError` naming the patient and the file, before any training starts.
+    ``roi`` and ``mask_channel`` default to the profile's; with a mask channel, C = 2 and the second
+    channel is the lesion mask (or the PET threshold segmentation a ``lesions`` box fell back to;
+    zeros for a patient with neither). ``arrays`` (``{pseudonym: arrays}`` from
+    :func:`prrt.imaging.preprocess_cohort`) skips the cache lookup. Patients without that image are
+    left out. A missing or corrupt file raises :class:`prrt.imaging.ImageError` naming the patient
+    and the file, before any training starts.
     """
     from .imaging import preprocess_cohort
 
     col = f"{modality}_path"
     patients = [p for p in cohort.data.index if col in cohort.data.columns and pd.notna(cohort.data.at[p, col])]
-    arrays = preprocess_cohort(cohort, profile, cache_dir, patients=patients, progress=progress)
-    x = torch.from_numpy(np.stack([arrays[p][modality] for p in patients])[:, None].astype(np.float32))
+    if arrays is None:
+        arrays = preprocess_cohort(cohort, profile, cache_dir, patients=patients, progress=progress, roi=roi)
+    mask_channel = profile.mask_channel if mask_channel is None else mask_channel
+    channels = [np.stack([arrays[p][modality] for p in patients])]
+    if mask_channel:
+        channels.append(np.stack([arrays[p]["mask"] if "mask" in arrays[p] else np.zeros_like(arrays[p][modality])
+                                  for p in patients]))
+    x = torch.from_numpy(np.stack(channels, axis=1).astype(np.float32))
     return x, patients
 
 
@@ -281,11 +342,21 @@ def config_from_profile(profile, **overrides) -> TrainConfig:
     return TrainConfig(encoder=profile.encoder, epochs=profile.epochs, batch_size=profile.batch_size, **overrides)
 
 
+def input_description(profile, base: str) -> str:
+    """``base`` (e.g. "SR-PET, 3D CNN") with the input the profile gives it: mask channel and region."""
+    modality, _, net = base.partition(", ")
+    mask = " + lesion mask" if profile.mask_channel else ""
+    where = "lesion-centred" if profile.roi == "lesions" else "whole body"
+    return f"{modality}{mask} ({where}), {net}"
+
+
 def run_image_models(cohort, profile, seed: int, run_dir, cache_dir, splits: pd.DataFrame, chapter: str = "03",
-                     progress: bool = True):
+                     progress: bool = True, arrays: dict | None = None):
     """Train the PET CNN and the CT CNN on the shared splits; write predictions; return results and summary rows.
 
-    A model whose images the manifest does not name is skipped with the reason.
+    ``arrays``: the preprocessed inputs (``{pseudonym: arrays}`` for the profile's region of
+    interest), when the caller has them already. A model whose images the manifest does not name is
+    skipped with the reason.
     """
     from .evaluate import summarise
     from .results import skipped, write_predictions
@@ -293,13 +364,20 @@ def run_image_models(cohort, profile, seed: int, run_dir, cache_dir, splits: pd.
     cfg = config_from_profile(profile)
     results, rows = {}, []
     for name, (modality, description, _) in IMAGE_MODELS.items():
+        description = input_description(profile, description)
         if modality not in cohort.modalities:
             rows.append(skipped(name, chapter, description, f"the manifest names no {modality.upper()} images"))
             continue
-        x, patients = image_tensors(cohort, profile, cache_dir, modality, progress=progress)
+        x, patients = image_tensors(cohort, profile, cache_dir, modality, progress=progress, arrays=arrays)
         res = cross_validate_images(name, x, patients, cohort.data["label"], splits, cfg, seed, run_dir, progress)
         write_predictions(run_dir, name, res.predictions)
         results[name] = res
         rows.append({"model": name, "chapter": chapter, "inputs": description, "status": "ran",
                      **summarise(res.predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
     return results, rows
+
+
+def count_weights(cfg: TrainConfig, in_channels: int = 1) -> int:
+    """Trainable weights of the network that ``cfg`` builds."""
+    model = ImageClassifier(build_encoder(cfg.encoder, in_channels=in_channels), cfg.dropout)
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))

@@ -119,6 +119,41 @@ def test_image_tensors_shape_and_cache(small_cohort_dir, tmp_path):
     from prrt.profiles import get_profile
 
     c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
-    x, patients = train.image_tensors(c, get_profile("smoke"), tmp_path, "pet", progress=False)
-    assert x.shape == (26, 1, 24, 24, 20) and x.dtype == torch.float32 and patients == list(c.data.index)
+    smoke = get_profile("smoke")
+    x, patients = train.image_tensors(c, smoke, tmp_path, "pet", progress=False)
+    assert smoke.mask_channel and smoke.roi == "lesions"
+    assert x.shape == (26, 2, 24, 24, 20) and x.dtype == torch.float32 and patients == list(c.data.index)
     assert 0 <= float(x.min()) and float(x.max()) <= 1
+    # the second channel is the lesion mask on the same grid, and the PET is hot inside it
+    from prrt.imaging import preprocess_cohort
+
+    arrays = preprocess_cohort(c, smoke, tmp_path, progress=False)
+    for i, p in enumerate(patients):
+        np.testing.assert_array_equal(x[i, 1].numpy(), arrays[p]["mask"])
+        np.testing.assert_array_equal(x[i, 0].numpy(), arrays[p]["pet"])
+    inside = x[:, 0][x[:, 1] > 0].mean()
+    assert float(inside) > 2 * float(x[:, 0][x[:, 1] == 0].mean())
+    one, _ = train.image_tensors(c, smoke, tmp_path, "ct", progress=False, mask_channel=False)
+    assert one.shape == (26, 1, 24, 24, 20)
+
+
+def test_training_options_are_checked():
+    x, y = separable(n=24)
+    with pytest.raises(ValueError, match="selection must be"):
+        train.train_model(x[:12], y.iloc[:12].to_numpy(int), x[12:], y.iloc[12:].to_numpy(int),
+                          train.TrainConfig(epochs=1, selection="best_auc"), seed=0, progress=False)
+
+
+def test_batch_norm_statistics_come_from_the_kept_weights():
+    """After training, the running statistics equal those of the final weights on the fitting images."""
+    x, y = separable(n=30)
+    cfg = train.TrainConfig(epochs=3, augment=True)
+    out = train.train_model(x[:20], y.iloc[:20].to_numpy(int), x[20:], y.iloc[20:].to_numpy(int), cfg, seed=0,
+                            progress=False)
+    bn = next(m for m in out.model.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    first_conv = out.model.encoder.body[0]
+    with torch.no_grad():
+        act = first_conv(x[:20])
+    # recomputed in batches of 8, 8 and 4 without augmentation: the average of the batch means
+    expected = torch.stack([act[i:i + 8].mean(dim=(0, 2, 3, 4)) for i in (0, 8, 16)]).mean(dim=0)
+    np.testing.assert_allclose(bn.running_mean.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
