@@ -10,8 +10,8 @@
 * **Schedule and the kept weights.** AdamW with a cosine-annealed learning rate over the profile's
   epochs; by default (``selection = "last"``) the weights after the last epoch are kept.
   ``selection = "val_loss"`` keeps the epoch with the lowest inner-validation loss instead: on the
-  tuning cohort (generator seed 7) that choice, made on ~15 validation patients, mostly picked
-  epoch 1-5, before the network had learnt anything (see book/methods.md).
+  tuning cohort (generator seed 7) that choice, made on ~15 validation patients, kept one of the
+  first five epochs in 19 of 42 folds (see book/methods.md).
 * **Inner validation.** Each training fold is split once more, stratified, into a part that fits
   the network and a validation part (``val_fraction``) whose loss and AUROC per epoch are the
   learning curves (and that selects the epoch with ``selection = "val_loss"``). The test fold is
