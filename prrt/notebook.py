@@ -76,12 +76,21 @@ def parameters_table(ctx: Context) -> pd.DataFrame:
         ("manifest", c.manifest_path.name),
         ("patients", f"{c.n_patients} ({len(c.labelled)} labelled)"),
         ("profile", f"{p.name}: {p.description}"),
+        ("network input", network_input_text(p)),
         ("input size (voxels)", " × ".join(str(s) for s in p.input_size_voxels)),
-        ("voxel spacing (mm)", " × ".join(f"{s:g}" for s in p.voxel_spacing_mm)),
+        ("voxel spacing (mm)", " × ".join(f"{s:g}" for s in p.voxel_spacing_mm)
+         + (" or coarser (cubic, fitted to each patient's lesions)" if p.roi == "lesions" else "")),
         ("cross-validation", f"{p.n_repeats} × repeated stratified {p.n_folds}-fold"),
         ("seed", str(ctx.seed)),
     ]
     return pd.DataFrame(rows, columns=["parameter", "value"]).set_index("parameter")
+
+
+def network_input_text(p: Profile) -> str:
+    """The image networks' input in words: region of interest and channels."""
+    where = (f"box around the lesions + {p.roi_margin_mm:g} mm margin" if p.roi == "lesions"
+             else "whole body, " + " × ".join(f"{f:g}" for f in p.field_of_view_mm) + " mm")
+    return where + (", lesion mask as a second channel" if p.mask_channel else "")
 
 
 def synthetic_report(cohort: Cohort) -> dict | None:
