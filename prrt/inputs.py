@@ -82,11 +82,11 @@ def input_signal_table(stats: dict, labels: pd.Series) -> pd.DataFrame:
 
 def format_signal_table(table: pd.DataFrame) -> pd.DataFrame:
     """The input-signal table as the book shows it: statistics as rows, one AUROC column per input."""
-    t = table.assign(shown=[("–" if pd.isna(a) else f"{e:.2f} ({'↑' if a >= 0.5 else '↓'})")
+    t = table.assign(shown=[("–" if pd.isna(a) else f"{e:.2f}\u00a0({'↑' if a >= 0.5 else '↓'})")
                             for a, e in zip(table["auroc"], table["auroc_either_direction"])])
     wide = t.pivot_table(index=["modality", "statistic"], columns="input", values="shown", aggfunc="first",
                          sort=False)
-    wide.columns.name = "AUROC (↑ higher / ↓ lower value → short PFS)"
+    wide.columns = [f"AUROC, {roi} input" for roi in wide.columns]
     return wide
 
 

@@ -41,7 +41,7 @@ def test_input_statistics_and_their_auroc():
     assert table.loc["mean value in the lesions", "direction"] == "lower → short PFS"
     assert table.loc["mean value in the lesions", "auroc_either_direction"] == pytest.approx(1.0)
     shown = inputs.format_signal_table(table.reset_index())
-    assert shown.loc[("pet", "mean value in the lesions"), "lesions"] == "1.00 (↓)"
+    assert shown.loc[("pet", "mean value in the lesions"), "AUROC, lesions input"] == "1.00\u00a0(↓)"
 
 
 def test_unlabelled_patients_and_missing_masks_are_left_out():
