@@ -6,24 +6,34 @@ Reading
     spacing, direction), so PET, CT and masks on different grids line up by their affines.
 
 Preprocessing (:func:`preprocess`), for one patient
-    1. a common target grid is defined: the profile's ``field_of_view_mm`` sampled at
-       ``input_size_voxels`` (so the spacing is ``field_of_view_mm / input_size_voxels``), axes
-       aligned with the patient (ITK's LPS orientation), centred on the centroid of the body
-       (CT voxels above -500 HU, or PET voxels above 5 % of the 99th percentile without a CT);
-    2. CT and PET are smoothed with a Gaussian that matches the target resolution (anti-aliasing,
-       only along axes that get coarser) and resampled onto that grid with linear interpolation;
-       the lesion mask, on whichever grid it was drawn, is resampled with nearest neighbour;
-    3. CT is windowed (``hu_window``) and PET clipped to ``suv_range``, both mapped to [0, 1].
+    1. the input grid (:func:`input_box`): for ``roi = "lesions"`` a box around every lesion voxel
+       of the mask (on whichever grid it was drawn) plus a margin, fitted to the input shape with
+       cubic voxels no finer than ``roi_min_spacing_mm`` (PET-threshold, then body fallbacks for a
+       patient without lesions, recorded in the box); for ``roi = "body"`` the profile's
+       ``field_of_view_mm`` centred on the centroid of the body (CT voxels above -500 HU, or PET
+       voxels above 5 % of the 99th percentile without a CT). Axes follow ITK's LPS orientation;
+    2. TorchIO (:func:`resample_images`): ``ToCanonical``, then ``Resample`` onto that grid by
+       position in patient space, with Gaussian anti-aliasing and linear interpolation for CT and
+       PET, nearest neighbour for the lesion mask and organ labels;
+    3. TorchIO (:func:`scale_intensity`): ``Clamp`` and ``RescaleIntensity`` map the CT window
+       (``hu_window``) and the PET range (``suv_range``) to [0, 1].
+
+    Hand-written code remains where TorchIO lacks the step: reading (nibabel/SimpleITK with the
+    checks below), the box rule (``CropOrPad`` with a mask crops on one image's voxel grid; the box
+    here spans images on different grids and is sampled in one interpolation) and the padding of CT
+    with air (TorchIO's ``Resample`` pads with 0, so CT is resampled as HU + 1024).
 
 Caching
     :class:`ImageCache` stores the preprocessed arrays on disk under a key made of the SHA-256 of
-    every input file and of the settings, so a second run (or another notebook) does not redo the
-    work, and a changed file or setting is never served stale.
+    every input file, the settings and (for lesion boxes) the box, so a second run (or another
+    notebook) does not redo the work, and a changed file or setting is never served stale. The box
+    is stored with the arrays (:func:`box_of`).
 
 Checks
     Unreadable or corrupt files, 2D or 4D images, empty (constant) images, PET values that look like
-    activity concentration (Bq/mL) rather than SUV, and CT values that are not Hounsfield units
-    raise :class:`ImageError` naming the patient, the image and the file.
+    activity concentration (Bq/mL) rather than SUV, CT values that are not Hounsfield units, and a
+    lesion mask that lies entirely outside the PET or the CT raise :class:`ImageError` naming the
+    patient, the image and the file.
 """
 
 from __future__ import annotations
