@@ -328,8 +328,10 @@ def load_manifest(path: str | Path, *, check_images: str = "header") -> Cohort:
             problems.append(Problem(f"label is {label.iloc[i]:g}; it must be 1 (short PFS) or 0 (long PFS)",
                                     patient=ids[i], column=endpoint["label"], file=tfile))
     elif horizon is not None:
+        # short PFS: progression (or death) at or before the horizon; long PFS: followed beyond the
+        # horizon, or censored exactly at it (progression-free through the horizon)
         short = (event == 1) & (time <= horizon)
-        long_ = time > horizon
+        long_ = (time > horizon) | ((event == 0) & (time >= horizon))
         label = pd.Series(np.where(short, 1.0, np.where(long_, 0.0, np.nan)), index=range(n))
 
     # -- labs: numeric, missing allowed ---------------------------------------------------------------

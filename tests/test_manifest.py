@@ -36,7 +36,7 @@ def test_valid_cohort_loads_with_pseudonyms_and_labels(small_cohort_dir):
     for _, row in raw.iterrows():
         t, e = float(row["pfs_months"]), int(row["progressed"])
         lab = c.data.at[ids[row["patient_id"]], "label"]
-        expected = 1.0 if (e == 1 and t <= 12) else 0.0 if t > 12 else np.nan
+        expected = 1.0 if (e == 1 and t <= 12) else 0.0 if (t > 12 or (e == 0 and t >= 12)) else np.nan
         assert (np.isnan(lab) and np.isnan(expected)) or lab == expected
     assert c.n_excluded_censored == 2 and len(c.labelled) == 24
     assert c.modalities == ["ct", "pet", "mask", "organs"]
@@ -252,3 +252,21 @@ def test_validate_cli_exit_code_2(cohort_copy, capsys):
     write(cohort_copy, df)
     assert main(["validate", str(cohort_copy / "manifest.yaml")]) == 2
     assert "event is 2" in capsys.readouterr().err
+
+
+def test_labels_at_the_horizon(cohort_copy):
+    """Event at 12.0 = short PFS; censored at exactly 12.0 = long PFS (progression-free through it);
+    censored at 11.9 = no label; event after 12 = long PFS."""
+    import pandas as pd
+
+    path = cohort_copy / "cohort.csv"
+    df = pd.read_csv(path)
+    cases = [(12.0, 1, 1.0), (12.0, 0, 0.0), (11.9, 0, np.nan), (12.1, 1, 0.0), (12.1, 0, 0.0)]
+    for i, (t, e, _) in enumerate(cases):
+        df.loc[i, ["pfs_months", "progressed"]] = [t, e]
+    df.to_csv(path, index=False)
+    c = load_manifest(cohort_copy / "manifest.yaml", check_images="none")
+    ids = c.pseudonym_of_id()
+    for i, (t, e, expected) in enumerate(cases):
+        got = c.data.at[ids[df.loc[i, "patient_id"]], "label"]
+        assert (np.isnan(got) and np.isnan(expected)) or got == expected, (t, e, got)
