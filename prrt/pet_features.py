@@ -17,8 +17,10 @@ For each patient:
 
 Lesions come from the manifest's lesion mask, resampled onto the PET grid by its affine (nearest
 neighbour) when drawn on the CT. Without a mask, a **threshold segmentation** is used: voxels with
-SUV at or above ``1.5 × liver mean + 2 × liver SD`` (the PERCIST rule for measurable disease,
-applied to the somatostatin-receptor PET) when a liver reference is given, otherwise at or above a
+SUV at or above ``1.5 × liver median + 2 × liver robust SD`` (the PERCIST rule for measurable
+disease, applied to the somatostatin-receptor PET, with the median and 1.4826 × MAD standing for
+the mean and SD of a normal-liver VOI, so that metastases inside the liver label do not raise the
+threshold) when a liver reference is given, otherwise at or above a
 fixed ``THRESHOLD_SUV``; spleen and kidney voxels (labels 2 and 3) are left out when an organ map is
 given. Without an organ map, physiological uptake of spleen and kidneys is counted as lesion: the
 book says so when this happens.
@@ -83,12 +85,25 @@ def lesion_features(suv: np.ndarray, lesions: np.ndarray, spacing_zyx, organs: n
     return out
 
 
+def robust_liver_reference(liver_suv: np.ndarray) -> tuple[float, float]:
+    """Median and robust SD (1.4826 × median absolute deviation) of the SUV in a liver label.
+
+    A whole-liver label (TotalSegmentator, say) includes the liver metastases; their high uptake
+    would raise a mean and an SD, and with them the threshold, until lesions are missed. The median
+    and the MAD describe the normal liver as long as it makes up most of the label, as PERCIST's
+    normal-liver VOI intends.
+    """
+    v = np.asarray(liver_suv, float)
+    median = float(np.median(v))
+    return median, 1.4826 * float(np.median(np.abs(v - median)))
+
+
 def threshold_segmentation(suv: np.ndarray, organs: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Lesion voxels by threshold when there is no mask; returns the mask and the rule used."""
     if organs is not None and (organs == LIVER).any():
-        liver = suv[organs == LIVER]
-        thr = 1.5 * float(liver.mean()) + 2 * float(liver.std())
-        rule = f"SUV >= 1.5 x liver mean + 2 x liver SD ({thr:.1f})"
+        centre, spread = robust_liver_reference(suv[organs == LIVER])
+        thr = 1.5 * centre + 2 * spread
+        rule = f"SUV >= 1.5 x liver median + 2 x liver robust SD ({thr:.1f})"
     else:
         thr = THRESHOLD_SUV
         rule = f"SUV >= {THRESHOLD_SUV:g} (no liver reference)"

@@ -113,6 +113,7 @@ class TabularSpec:
     reason: str = ""
     oracle: str | None = None  # which oracle AUROC of a synthetic cohort bounds it
     importance: bool = False  # compute permutation importance (costly: shown for some models only)
+    sensitivity: bool = False  # a sensitivity analysis (e.g. uses PRRT cycles): never a headline model
 
     @property
     def inputs(self) -> str:
@@ -142,13 +143,27 @@ def lab_chapter_specs(cohort, pet: pd.DataFrame | None) -> list[TabularSpec]:
         TabularSpec("lab_rf", "laboratory values", labs or None, no_labs, oracle="lab", importance=True),
         TabularSpec("lab_rf_with_cycles", "laboratory values + PRRT cycles (sensitivity analysis)",
                     labs + ["prrt_cycles"] if labs and has_cycles else None,
-                    no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'"),
+                    no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'",
+                    sensitivity=True),
         TabularSpec("pet_features_rf", "SR-PET quantitative features", FEATURES if pet is not None else None, no_pet,
                     oracle="pet"),
         TabularSpec("lab_pet_features_rf", "laboratory values + SR-PET features",
                     labs + FEATURES if (labs and pet is not None) else None,
                     no_labs if not labs else no_pet, oracle="all", importance=True),
     ]
+
+
+#: Models for the survival view of chapter 02, in order of preference: baseline predictors only.
+RISK_GROUP_MODELS = ("lab_pet_features_rf", "lab_rf", "pet_features_rf")
+
+
+def risk_group_model(results: dict) -> str | None:
+    """The model whose risk groups chapter 02 shows: the first of :data:`RISK_GROUP_MODELS` that ran.
+
+    Chosen by name, never a sensitivity analysis (the number of PRRT cycles is a consequence of
+    early progression and would leak the outcome into the risk groups); ``None`` if none ran.
+    """
+    return next((name for name in RISK_GROUP_MODELS if name in results), None)
 
 
 def run_specs(specs: list[TabularSpec], X: pd.DataFrame, cohort, splits: pd.DataFrame, profile, seed: int,

@@ -72,7 +72,7 @@ def test_threshold_segmentation_without_mask(tmp_path):
     f = pf.patient_features(tmp_path / "pet.nii.gz", None, tmp_path / "organs.nii.gz")
     # threshold 1.5 x 5 + 2 x 0 = 7.5: both lesions, not the spleen (SUV 10, left out as label 2)
     assert f["lesion_count"] == 2 and f["suv_max"] == 20.0
-    assert f["segmentation"].startswith("SUV >= 1.5 x liver mean")
+    assert f["segmentation"].startswith("SUV >= 1.5 x liver median")
     g = pf.patient_features(tmp_path / "pet.nii.gz", None, None)
     # without organs: fixed SUV 10, so the spleen block is counted as a lesion and the SUV-12 lesion too
     assert g["lesion_count"] == 3 and "physiological uptake included" in g["segmentation"]
@@ -99,3 +99,20 @@ def test_cohort_features_on_the_synthetic_cohort(small_cohort_dir):
     truth.index = [c.pseudonym_of_id()[i] for i in truth.index]
     vol = truth.loc[f.index, "tumour_volume_ml"]
     assert stats.spearmanr(vol, f["mtv_ml"]).statistic > 0.8  # MTV follows the generated burden
+
+
+def test_threshold_is_robust_to_metastases_inside_the_liver_label():
+    """A whole-liver label of which a fifth is metastasis (SUV 15 in a liver of SUV 6): mean and SD
+    would put the threshold above 15 and miss them; median and MAD keep it near normal liver."""
+    from prrt.pet_features import LIVER, robust_liver_reference, threshold_segmentation
+
+    rng = np.random.default_rng(0)
+    suv = rng.normal(6.0, 0.4, (20, 20, 20)).astype(np.float32)
+    organs = np.full(suv.shape, LIVER, np.uint8)
+    suv[:4] = 15.0  # 20 % of the liver label
+    assert 1.5 * suv.mean() + 2 * suv.std() > 15.0  # the old rule misses every metastasis
+    centre, spread = robust_liver_reference(suv[organs == LIVER])
+    assert centre == pytest.approx(6.0, abs=0.2) and 0.3 < spread < 1.0
+    mask, rule = threshold_segmentation(suv, organs)
+    assert mask[:4].all() and not mask[4:].any()
+    assert "median" in rule

@@ -106,3 +106,14 @@ def test_summary_rows_are_replaced_not_duplicated(tmp_path):
     update_summary(tmp_path, [{"model": "a", "status": "ran", "auroc_mean": 0.6}, {"model": "b", "status": "ran"}])
     s = update_summary(tmp_path, [{"model": "a", "status": "ran", "auroc_mean": 0.7}])
     assert sorted(s["model"]) == ["a", "b"] and s.set_index("model").loc["a", "auroc_mean"] == 0.7
+
+
+def test_risk_groups_never_use_the_sensitivity_model():
+    from prrt.tabular import risk_group_model
+
+    # with PET missing, the last model that ran is the sensitivity model with PRRT cycles
+    ran = dict.fromkeys(["lab_rf", "lab_rf_with_cycles"])
+    assert risk_group_model(ran) == "lab_rf"
+    assert risk_group_model(dict.fromkeys(["lab_rf", "lab_rf_with_cycles", "pet_features_rf", "lab_pet_features_rf"])) \
+        == "lab_pet_features_rf"
+    assert risk_group_model(dict.fromkeys(["lab_rf_with_cycles"])) is None
