@@ -101,6 +101,12 @@ def ensure_splits(cohort, profile, seed: int, run_dir) -> pd.DataFrame:
     return splits
 
 
+def mean_training_patients(splits: pd.DataFrame) -> int:
+    """Training patients per fold, averaged over every repeat and fold (rounded)."""
+    folds = list(iter_folds(splits))
+    return int(round(sum(len(f.train) for f in folds) / len(folds))) if folds else 0
+
+
 def describe_splits(splits: pd.DataFrame, cohort) -> pd.DataFrame:
     """Test-part size and short-PFS count of every repeat and fold (a check of the stratification)."""
     d = splits.join(cohort.data["label"], on="patient")

@@ -22,7 +22,7 @@ from .splits import iter_folds
 
 
 def random_forest(seed: int, n_trees: int = 500) -> Pipeline:
-    """Median imputation + Random Forest with balanced class weights (36 % / 64 % imbalance).
+    """Median imputation + Random Forest with class weights that balance the two outcome groups.
 
     ``min_samples_leaf=3`` keeps the leaves from memorising single patients of a ~77-patient
     training fold; ``max_features="sqrt"`` is scikit-learn's default for classification.

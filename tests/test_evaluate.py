@@ -209,3 +209,9 @@ def test_logrank_groups_and_net_benefit():
     assert nb["model"] == pytest.approx(0.0) and nb["treat_all"] == pytest.approx(-0.2)
     cal = ev.calibration(np.r_[np.zeros(50), np.ones(50)], np.r_[np.full(50, 0.1), np.full(50, 0.9)], n_bins=2)
     assert cal["observed"].tolist() == [0.0, 1.0]
+
+
+def test_mean_training_patients_per_fold():
+    y = pd.Series([1.0] * 42 + [0.0] * 74, index=[f"P{i:03d}" for i in range(116)])
+    s = sp.make_splits(y, 3, 2, 0)
+    assert sp.mean_training_patients(s) == 77  # two thirds of 116
