@@ -86,7 +86,8 @@ def table1(data: pd.DataFrame, group: str, variables: list[str], categorical: li
     d = data[data[group].notna()]
     g1, g0 = d[d[group] == 1], d[d[group] == 0]
     n_all, n1, n0 = len(d), len(g1), len(g0)
-    c_all, c1, c0 = f"All (n={n_all})", f"{group_names[0]} (n={n1})", f"{group_names[1]} (n={n0})"
+    c_all = f"All (n={n_all})" if n_all == len(data) else f"All labelled (n={n_all} of {len(data)})"
+    c1, c0 = f"{group_names[0]} (n={n1})", f"{group_names[1]} (n={n0})"
     rows = []
     for var in variables:
         unit = units.get(var)
@@ -110,6 +111,23 @@ def table1(data: pd.DataFrame, group: str, variables: list[str], categorical: li
                              "missing": np.nan, "test": "", "p": np.nan})
     out = pd.DataFrame(rows)
     out["p_text"] = [format_p(p) if t else "" for p, t in zip(out["p"], out["test"])]
+    out["p_holm"] = holm(out["p"].where(out["test"] != ""))
+    out["p_holm_text"] = [format_p(p) if t else "" for p, t in zip(out["p_holm"], out["test"])]
+    return out
+
+
+def holm(p_values: pd.Series) -> pd.Series:
+    """Holm-adjusted p-values (statsmodels ``multipletests``) of the non-missing entries; NaN elsewhere.
+
+    Holm's step-down method controls the family-wise error rate over all the variables of the
+    table, without assuming that the tests are independent.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    out = pd.Series(np.nan, index=p_values.index)
+    ok = p_values.notna()
+    if ok.any():
+        out[ok] = multipletests(p_values[ok].to_numpy(float), method="holm")[1]
     return out
 
 
@@ -159,7 +177,7 @@ def km_summary(time, event, horizon_months: float) -> dict:
 
 def display_table1(t: pd.DataFrame) -> pd.DataFrame:
     """Table 1 as shown in the book: formatted p-values, variables as the index."""
-    out = t.drop(columns="p").rename(columns={"p_text": "p"})
+    out = t.drop(columns=["p", "p_holm"]).rename(columns={"p_text": "p", "p_holm_text": "p (Holm)"})
     out["missing"] = [("" if pd.isna(m) else str(int(m))) for m in out["missing"]]
     return out.set_index("variable")
 

@@ -101,7 +101,25 @@ def test_unlabelled_patients_are_left_out(small):
     d = small.copy()
     d.loc[len(d)] = [np.nan, 5000.0, "F", "a"]
     t = cs.table1(d, "label", ["cga"])
-    assert "All (n=10)" in t.columns
+    assert "All labelled (n=10 of 11)" in t.columns  # the column says whom it holds
+    assert "All (n=10)" in cs.table1(small, "label", ["cga"]).columns
+
+
+def test_holm_adjusted_p_values(small):
+    t = cs.table1(small, "label", ["cga", "sex", "site"], categorical=["sex", "site"])
+    tested = t[t["test"] != ""]
+    p = tested["p"].to_numpy()
+    # Holm by hand: sort, multiply by (m - rank), running maximum, cap at 1
+    order = np.argsort(p)
+    m = len(p)
+    adj = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    expected = np.empty(m)
+    expected[order] = adj
+    np.testing.assert_allclose(tested["p_holm"].to_numpy(), expected)
+    assert (tested["p_holm"] >= tested["p"]).all()
+    assert t.loc[t["test"] == "", "p_holm"].isna().all()
+    shown = cs.display_table1(t)
+    assert "p (Holm)" in shown.columns and "p_holm" not in shown.columns
 
 
 def test_format_p():
