@@ -215,3 +215,27 @@ def test_mean_training_patients_per_fold():
     y = pd.Series([1.0] * 42 + [0.0] * 74, index=[f"P{i:03d}" for i in range(116)])
     s = sp.make_splits(y, 3, 2, 0)
     assert sp.mean_training_patients(s) == 77  # two thirds of 116
+
+
+def test_auprc_is_reported_for_both_classes():
+    from prrt.results import STUDY_REPORTED, comparison_with_study
+
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(42), np.zeros(74)]
+    rows = []
+    for r in range(3):
+        p = np.clip(0.36 + 0.25 * (y - 0.36) + rng.normal(0, 0.2, len(y)), 0, 1)
+        rows += [{"patient": f"P{i:03d}", "repeat": r, "fold": i % 3, "probability": p[i], "label": y[i]}
+                 for i in range(len(y))]
+    pred = pd.DataFrame(rows)
+    m = ev.per_repeat_metrics(pred)
+    g = pred[pred["repeat"] == 0]
+    assert m["auprc_long"].iloc[0] == pytest.approx(average_precision_score(1 - g["label"], 1 - g["probability"]))
+    assert m["auprc"].iloc[0] == pytest.approx(average_precision_score(g["label"], g["probability"]))
+    # with prevalence 0.36 the long-PFS AUPRC is the larger one at the same AUROC
+    assert (m["auprc_long"] > m["auprc"]).all()
+    s = ev.summarise(pred, n_boot=50)
+    assert s["auprc_long_mean"] == pytest.approx(m["auprc_long"].mean())
+    table = comparison_with_study(pd.DataFrame([{"model": "x", "inputs": "labs", "status": "ran", **s}]), True)
+    assert "AUPRC, long PFS positive (as the study's)" in table.columns
+    assert "long PFS positive" in STUDY_REPORTED.columns[-1]
