@@ -98,3 +98,35 @@ def test_profiles_are_defined_in_one_place():
 def test_real_ct_ships_with_its_attribution():
     readme = (REPO / "tests" / "data" / "README.md").read_text()
     assert "example_ct.nii.gz" in readme and "TotalSegmentator" in readme and "Wasserthal" in readme
+
+
+def test_every_pinned_package_is_used_and_documented():
+    """Each pin is imported by the code or run as a program by it, as the README's table says."""
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Dependencies", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] not in ("package", "---") and not set(cells[0]) <= {"-"}:
+            rows[cells[0].lower()] = cells[1]
+    assert set(rows) == set(pins), f"README table and requirements.txt differ: {set(rows) ^ set(pins)}"
+    code = "\n".join(p.read_text() for d in ("prrt", "tests", "benchmarks") for p in (REPO / d).rglob("*.py"))
+    for nb in (REPO / "notebooks").glob("*.ipynb"):
+        code += "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+    invoked = (REPO / "Makefile").read_text() + (REPO / "prrt" / "runs.py").read_text()
+    for package, how in rows.items():
+        if how.startswith("program:"):
+            program = re.search(r"`([^`]+)`", how).group(1)
+            needle = {"python3": 'kernel_name="python3"', "jupyter lab": "jupyter lab",
+                      "pytest": "pytest"}.get(program, program)
+            assert needle in invoked, f"{package}: {program!r} is not run by the Makefile or prrt.runs"
+        else:
+            module = how.strip("`")
+            assert re.search(rf"^\s*(import|from)\s+{re.escape(module)}(\.|\s|$)", code, re.M), \
+                f"{package} is pinned, but nothing imports {module}"
