@@ -34,6 +34,41 @@ def random_forest(seed: int, n_trees: int = 500) -> Pipeline:
     ])
 
 
+def logistic_regression(seed: int) -> Pipeline:
+    """Median imputation + Yeo-Johnson transformation and standardisation + L2-penalised logistic regression.
+
+    Every step is fitted on the training part of a fold only: the imputer's medians, the
+    transformation that makes skewed laboratory values (chromogranin A, gamma-GT, …) roughly
+    normal (scikit-learn's ``PowerTransformer``, which estimates one exponent per feature from the
+    training data, instead of a log chosen by hand), and the penalty strength, picked from ten
+    values by an inner stratified 3-fold cross-validation of the training part (log-loss). No class
+    weights: the predicted probabilities keep the training prevalence.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import PowerTransformer
+
+    return Pipeline([
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("transform", PowerTransformer(method="yeo-johnson", standardize=True)),
+        ("logistic", LogisticRegressionCV(Cs=10, cv=StratifiedKFold(3, shuffle=True, random_state=seed % 2**32),
+                                          scoring="neg_log_loss", max_iter=5000, l1_ratios=(0.0,),
+                                          use_legacy_attributes=False)),
+    ])
+
+
+MODEL_KINDS = {"rf": "Random Forest", "logreg": "logistic regression"}
+
+
+def make_model(kind: str, seed: int, profile) -> Pipeline:
+    """A fresh pipeline of ``kind`` (``rf`` or ``logreg``)."""
+    if kind == "rf":
+        return random_forest(seed, profile.rf_trees)
+    if kind == "logreg":
+        return logistic_regression(seed)
+    raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+
+
 def _single_threaded_prediction(model) -> None:
     """Fit in parallel, predict in one thread: for ~40 patients a thread pool costs more than it saves."""
     est = model[-1] if isinstance(model, Pipeline) else model
@@ -114,6 +149,7 @@ class TabularSpec:
     oracle: str | None = None  # which oracle AUROC of a synthetic cohort bounds it
     importance: bool = False  # compute permutation importance (costly: shown for some models only)
     sensitivity: bool = False  # a sensitivity analysis (e.g. uses PRRT cycles): never a headline model
+    kind: str = "rf"  # see MODEL_KINDS
 
     @property
     def inputs(self) -> str:
@@ -132,7 +168,7 @@ def feature_table(cohort, pet: pd.DataFrame | None = None) -> pd.DataFrame:
 
 
 def lab_chapter_specs(cohort, pet: pd.DataFrame | None) -> list[TabularSpec]:
-    """The four models of chapter 02, each with the reason it is skipped when its inputs are missing."""
+    """The models of chapter 02, each with the reason it is skipped when its inputs are missing."""
     from .pet_features import FEATURES
 
     labs = list(cohort.labs)
@@ -145,8 +181,12 @@ def lab_chapter_specs(cohort, pet: pd.DataFrame | None) -> list[TabularSpec]:
                     labs + ["prrt_cycles"] if labs and has_cycles else None,
                     no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'",
                     sensitivity=True),
+        TabularSpec("lab_logreg", "laboratory values, logistic regression", labs or None, no_labs, oracle="lab",
+                    kind="logreg"),
         TabularSpec("pet_features_rf", "SR-PET quantitative features", FEATURES if pet is not None else None, no_pet,
                     oracle="pet"),
+        TabularSpec("pet_features_logreg", "SR-PET quantitative features, logistic regression",
+                    FEATURES if pet is not None else None, no_pet, oracle="pet", kind="logreg"),
         TabularSpec("lab_pet_features_rf", "laboratory values + SR-PET features",
                     labs + FEATURES if (labs and pet is not None) else None,
                     no_labs if not labs else no_pet, oracle="all", importance=True),
@@ -178,7 +218,7 @@ def run_specs(specs: list[TabularSpec], X: pd.DataFrame, cohort, splits: pd.Data
             rows.append(skipped(spec.name, chapter, spec.inputs, spec.reason))
             continue
         res = cross_validate(spec.name, X[spec.features], cohort.data["label"], splits,
-                             lambda: random_forest(seed, profile.rf_trees), seed,
+                             lambda: make_model(spec.kind, seed, profile), seed,
                              permutation_repeats=profile.permutation_repeats if spec.importance else 0,
                              progress=progress)
         write_predictions(run_dir, spec.name, res.predictions)
@@ -186,3 +226,53 @@ def run_specs(specs: list[TabularSpec], X: pd.DataFrame, cohort, splits: pd.Data
         rows.append({"model": spec.name, "chapter": chapter, "inputs": spec.inputs, "status": "ran",
                      **summarise(res.predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
     return results, rows
+
+
+def odds_ratio_table(data: pd.DataFrame, features: list[str], label: str = "label") -> pd.DataFrame:
+    """Univariable logistic regressions (statsmodels ``Logit``) on all labelled patients: descriptive.
+
+    One model per feature, on the patients with a value. A feature whose values are all positive and
+    right-skewed (sample skewness above 1) enters as log2, and its odds ratio is per doubling;
+    any other per standard deviation. Returns odds ratio, 95 % CI (Wald), p-value and patients, one
+    row per feature. These are associations in the whole cohort, not a validated model: nothing is
+    held out.
+    """
+    import numpy as np
+    import statsmodels.api as sm
+    from scipy.stats import skew
+
+    rows = []
+    d = data[data[label].notna()]
+    for feat in features:
+        x = d[feat].astype(float)
+        ok = x.notna()
+        x, y = x[ok], d.loc[ok, label].astype(int)
+        if len(x) < 10 or y.nunique() < 2 or x.nunique() < 2:
+            rows.append({"feature": feat, "scale": "–", "odds_ratio": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                         "p": np.nan, "n": int(len(x))})
+            continue
+        if (x > 0).all() and skew(x) > 1:
+            z, scale = np.log2(x), "per doubling"
+        else:
+            z, scale = (x - x.mean()) / x.std(ddof=1), "per SD"
+        fit = sm.Logit(y.to_numpy(), sm.add_constant(z.to_numpy())).fit(disp=0)
+        lo, hi = fit.conf_int()[1]
+        rows.append({"feature": feat, "scale": scale, "odds_ratio": float(np.exp(fit.params[1])),
+                     "ci_low": float(np.exp(lo)), "ci_high": float(np.exp(hi)), "p": float(fit.pvalues[1]),
+                     "n": int(len(x))})
+    return pd.DataFrame(rows).set_index("feature")
+
+
+def format_odds_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """The odds-ratio table as the book shows it."""
+    from .cohort import format_p
+
+    def ci(r):
+        return "–" if pd.isna(r["odds_ratio"]) else f"{r['odds_ratio']:.2f} ({r['ci_low']:.2f}–{r['ci_high']:.2f})"
+
+    out = pd.DataFrame({"odds ratio (95 % CI)": [ci(r) for _, r in table.iterrows()], "scale": table["scale"],
+                        "p": [("–" if pd.isna(p) else format_p(p)) for p in table["p"]]}, index=table.index)
+    if "p (Holm)" in table:
+        out["p (Holm)"] = [("–" if pd.isna(p) else format_p(p)) for p in table["p (Holm)"]]
+    out["patients"] = table["n"]
+    return out

@@ -48,7 +48,8 @@ def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
     splits = pd.read_csv(smoke_run / "splits.csv")
     assert set(splits.columns) == {"patient", "repeat", "fold"} and splits["repeat"].nunique() == 2
     summary = pd.read_csv(smoke_run / "results" / "summary.csv").set_index("model")
-    assert list(summary.index) == ["lab_rf", "lab_rf_with_cycles", "pet_features_rf", "lab_pet_features_rf",
+    assert list(summary.index) == ["lab_rf", "lab_rf_with_cycles", "lab_logreg", "pet_features_rf",
+                                   "pet_features_logreg", "lab_pet_features_rf",
                                    "pet_cnn", "ct_cnn"]
     assert (summary["status"] == "ran").all() and summary["auroc_mean"].between(0, 1).all()
     for model in summary.index:

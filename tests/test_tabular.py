@@ -84,7 +84,7 @@ def test_manifest_without_labs_skips_the_lab_models(cohort_copy, tmp_path):
     m = edit_manifest(cohort_copy / "manifest.yaml", labs=[])
     c = load_manifest(m, check_images="none")
     specs = tabular.lab_chapter_specs(c, pet=None)
-    assert [s.features for s in specs] == [None] * 4
+    assert [s.features for s in specs] == [None] * 6
     s = sp.make_splits(c.data["label"], 3, 1, 0)
     from prrt.profiles import get_profile
 
@@ -94,6 +94,7 @@ def test_manifest_without_labs_skips_the_lab_models(cohort_copy, tmp_path):
     status = {r["model"]: r["status"] for r in rows}
     assert status["lab_rf"] == "skipped: the manifest lists no laboratory values"
     assert status["pet_features_rf"] == "skipped: the manifest names no PET images"
+    assert status["lab_logreg"] == "skipped: the manifest lists no laboratory values"
     from prrt.results import update_summary
 
     summary = update_summary(tmp_path, rows)
@@ -117,3 +118,43 @@ def test_risk_groups_never_use_the_sensitivity_model():
     assert risk_group_model(dict.fromkeys(["lab_rf", "lab_rf_with_cycles", "pet_features_rf", "lab_pet_features_rf"])) \
         == "lab_pet_features_rf"
     assert risk_group_model(dict.fromkeys(["lab_rf_with_cycles"])) is None
+
+
+def test_logistic_regression_learns_in_fold_and_keeps_the_prevalence():
+    """A skewed marker that separates the groups: the pipeline ranks well, its transformation and
+    penalty are fitted on the training part only, and its probabilities are not pushed to 0.5."""
+    rng = np.random.default_rng(0)
+    n = 120
+    y = pd.Series((np.arange(n) < 43).astype(float), index=[f"P{i:03d}" for i in range(n)])
+    X = pd.DataFrame({"cga": np.exp(rng.normal(5 + 1.2 * y, 1.0)), "noise": rng.normal(size=n)}, index=y.index)
+    X.iloc[3, 0] = np.nan  # imputed inside the fold
+    s = sp.make_splits(y, 3, 2, 0)
+    res = tabular.cross_validate("lr", X, y, s, lambda: tabular.logistic_regression(0), 0, permutation_repeats=0,
+                                 keep_models=True, progress=False)
+    from prrt.evaluate import per_repeat_metrics
+
+    assert per_repeat_metrics(res.predictions)["auroc"].mean() > 0.75
+    assert abs(res.predictions["probability"].mean() - y.mean()) < 0.05
+    # the fitted transformation of a fold equals one fitted on that fold's training patients alone
+    f = next(sp.iter_folds(s))
+    model = res.models[(f.repeat, f.fold)]
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import PowerTransformer
+
+    own = PowerTransformer().fit(SimpleImputer(strategy="median").fit_transform(X.loc[f.train]))
+    np.testing.assert_allclose(model.named_steps["transform"].lambdas_, own.lambdas_)
+
+
+def test_odds_ratio_table_matches_statsmodels_and_marks_the_scale(small_cohort_dir):
+    import statsmodels.api as sm
+
+    c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    t = tabular.odds_ratio_table(c.data, ["chromogranin_a", "haemoglobin"])
+    assert t.loc["chromogranin_a", "scale"] == "per doubling" and t.loc["haemoglobin", "scale"] == "per SD"
+    d = c.data[c.data["label"].notna() & c.data["chromogranin_a"].notna()]
+    fit = sm.Logit(d["label"].astype(int), sm.add_constant(np.log2(d["chromogranin_a"]))).fit(disp=0)
+    assert t.loc["chromogranin_a", "odds_ratio"] == pytest.approx(float(np.exp(fit.params.iloc[1])))
+    assert t.loc["chromogranin_a", "p"] == pytest.approx(float(fit.pvalues.iloc[1]))
+    assert t.loc["chromogranin_a", "n"] == len(d)
+    shown = tabular.format_odds_ratios(t)
+    assert shown.columns[0] == "odds ratio (95 % CI)"
