@@ -5,8 +5,10 @@ For each patient:
 ===========================  =====================================================================
 ``suv_max``                  highest lesion voxel SUV
 ``suv_mean``                 mean SUV over all lesion voxels
-``suv_peak``                 highest mean SUV in a 1 mL sphere (radius 6.2 mm) centred on a lesion
-                             voxel (the sphere may reach outside the lesion, as in PERCIST)
+``suv_peak``                 highest mean SUV in a 1 mL sphere (radius 6.2 mm) centred on any
+                             lesion voxel, not only on the hottest one (the sphere may reach outside
+                             the lesion, as in PERCIST); voxels weighted by their overlap with the
+                             sphere, so that it holds 1 mL on any grid
 ``mtv_ml``                   metabolic tumour volume: lesion voxels × voxel volume, in mL
 ``tlse``                     total lesion SSTR expression: ``suv_mean × mtv_ml`` (the analogue of
                              total lesion glycolysis)
@@ -50,13 +52,31 @@ def _on_pet_grid(image: sitk.Image, pet: sitk.Image, modality: str) -> np.ndarra
     return resample_to(image, pet, modality).transpose(2, 1, 0).astype(np.int32)
 
 
-def sphere_kernel(spacing_mm, volume_ml: float = PEAK_SPHERE_ML) -> np.ndarray:
-    """Normalised spherical kernel of ``volume_ml`` on a grid of ``spacing_mm`` (z, y, x order)."""
+def sphere_overlap(spacing_mm, volume_ml: float = PEAK_SPHERE_ML, subsamples: int = 7) -> np.ndarray:
+    """Fraction of each voxel (grid ``spacing_mm``, z/y/x order) inside a centred sphere of ``volume_ml``.
+
+    Estimated on ``subsamples``³ points per voxel. ``overlap.sum() × voxel volume`` is the sphere's
+    volume on that grid (within about 1 %), whereas counting whole voxels whose centre lies inside
+    gives 0.8-1.2 mL for a 1 mL sphere, depending on the spacing.
+    """
     r = (3 * volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
-    half = [int(np.floor(r / s)) for s in spacing_mm]
-    grids = np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, spacing_mm)], indexing="ij")
-    k = (sum(g**2 for g in grids) <= r**2).astype(float)
-    return k / k.sum()
+    spacing = np.asarray(spacing_mm, float)
+    half = [int(np.ceil(r / s + 0.5)) for s in spacing]
+    offsets = (np.arange(subsamples) + 0.5) / subsamples - 0.5  # sub-voxel positions, in voxels
+    grids = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
+    inside = np.zeros(grids[0].shape)
+    for dz in offsets:
+        for dy in offsets:
+            for dx in offsets:
+                inside += (((grids[0] + dz) * spacing[0]) ** 2 + ((grids[1] + dy) * spacing[1]) ** 2
+                           + ((grids[2] + dx) * spacing[2]) ** 2) <= r**2
+    return inside / subsamples**3
+
+
+def sphere_kernel(spacing_mm, volume_ml: float = PEAK_SPHERE_ML) -> np.ndarray:
+    """Averaging kernel of a sphere of ``volume_ml``: voxels weighted by their overlap, weights summing to 1."""
+    w = sphere_overlap(spacing_mm, volume_ml)
+    return w / w.sum()
 
 
 def lesion_features(suv: np.ndarray, lesions: np.ndarray, spacing_zyx, organs: np.ndarray | None = None) -> dict:

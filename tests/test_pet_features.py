@@ -62,8 +62,6 @@ def test_suv_peak_is_diluted_in_a_small_lesion(tmp_path):
     suv[tiny] = 30.0
     out = pf.lesion_features(suv, tiny.astype(np.uint8), spacing)
     assert out["suv_max"] == 30.0
-    k = pf.sphere_kernel(spacing)
-    assert abs(k.size and (k > 0).sum() * 8 / 1000 - 1.0) < 0.2  # about 1 mL of 2 mm voxels
     assert 1.0 < out["suv_peak"] < 15.0
 
 
@@ -116,3 +114,12 @@ def test_threshold_is_robust_to_metastases_inside_the_liver_label():
     mask, rule = threshold_segmentation(suv, organs)
     assert mask[:4].all() and not mask[4:].any()
     assert "median" in rule
+
+
+@pytest.mark.parametrize("spacing", [(5.0, 4.8, 4.8), (4.0, 4.0, 4.0), (3.0, 2.0, 2.0), (2.0, 2.0, 2.0),
+                                     (4.0, 3.5, 3.5)])
+def test_suv_peak_sphere_holds_one_millilitre_on_any_grid(spacing):
+    overlap = pf.sphere_overlap(spacing)
+    assert overlap.sum() * np.prod(spacing) / 1000 == pytest.approx(1.0, abs=0.012)
+    k = pf.sphere_kernel(spacing)
+    assert k.sum() == pytest.approx(1.0) and k.max() == pytest.approx(k[tuple(np.array(k.shape) // 2)])
