@@ -523,6 +523,62 @@ def resample_to(image: sitk.Image, reference: sitk.Image, modality: str) -> np.n
     return arr.astype(np.uint8) if modality in LABEL_MAPS else arr.astype(np.float32)
 
 
+def _signed_permutation(direction: np.ndarray) -> bool:
+    return bool(np.allclose(np.abs(direction), np.round(np.abs(direction)), atol=1e-6))
+
+
+def resample_fraction(label: sitk.Image, reference: sitk.Image, subsamples: int = 5) -> np.ndarray:
+    """Fraction of each voxel of ``reference`` covered by the voxels > 0 of ``label``; (x, y, z) array.
+
+    When both grids are aligned with the patient axes (any order and sign, as PET and CT are), the
+    overlap of two voxels is the product of three interval overlaps, so the fractions are exact:
+    one overlap matrix per axis, contracted with the mask. Otherwise each reference voxel is sampled
+    at ``subsamples``³ points (nearest neighbour, TorchIO) and the hits averaged. A mask drawn on
+    another grid (the CT's) then keeps the volume of a small lesion, where nearest neighbour alone
+    makes a 1 cm lesion anything from 0.35 to 0.9 mL; a mask already on the reference grid comes
+    back as exactly 0 and 1.
+    """
+    d_ref = np.asarray(reference.GetDirection(), float).reshape(3, 3)
+    d_lab = np.asarray(label.GetDirection(), float).reshape(3, 3)
+    mask = sitk.GetArrayFromImage(label).transpose(2, 1, 0) > 0  # (x, y, z) of the label grid
+    n_ref = np.asarray(reference.GetSize())
+    out = np.zeros(n_ref, np.float64)
+    if not mask.any():
+        return out
+    if _signed_permutation(d_ref) and _signed_permutation(d_lab):
+        s_ref, s_lab = np.asarray(reference.GetSpacing(), float), np.asarray(label.GetSpacing(), float)
+        o_ref, o_lab = np.asarray(reference.GetOrigin(), float), np.asarray(label.GetOrigin(), float)
+        # crop the mask to its lesions (the contraction then costs little)
+        lo = [int(np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0]) for a in range(3)]
+        hi = [int(np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[-1]) + 1 for a in range(3)]
+        m = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float64)
+        weights, order = [], []
+        for p in range(3):
+            u = d_ref[:, p]
+            a = int(np.argmax(np.abs(d_lab.T @ u)))
+            sign = float(np.sign(d_lab[:, a] @ u))
+            t_ref = u @ o_ref + np.arange(n_ref[p]) * s_ref[p]
+            t_lab = u @ o_lab + sign * np.arange(lo[a], hi[a]) * s_lab[a]
+            w = (np.minimum(t_ref[:, None] + s_ref[p] / 2, t_lab[None, :] + s_lab[a] / 2)
+                 - np.maximum(t_ref[:, None] - s_ref[p] / 2, t_lab[None, :] - s_lab[a] / 2))
+            weights.append(np.clip(w, 0, None) / s_ref[p])
+            order.append(a)
+        m = m.transpose(order)
+        return np.einsum("ia,jb,kc,abc->ijk", weights[0], weights[1], weights[2], m, optimize=True)
+    import torchio as tio
+
+    k = int(subsamples)
+    spacing = np.asarray(reference.GetSpacing(), float)
+    fine = sitk.Image([int(n) * k for n in reference.GetSize()], sitk.sitkUInt8)
+    fine.SetSpacing((spacing / k).tolist())
+    fine.SetDirection(reference.GetDirection())
+    fine.SetOrigin((np.asarray(reference.GetOrigin()) + d_ref @ (spacing * (0.5 / k - 0.5))).tolist())
+    binary = sitk.Cast(label > 0, sitk.sitkUInt8)
+    hits = resample_images({"mask": binary}, fine.GetSize(), tio.io.get_ras_affine_from_sitk(fine))["mask"] > 0
+    n = reference.GetSize()
+    return hits.reshape(n[0], k, n[1], k, n[2], k).mean(axis=(1, 3, 5))
+
+
 def scale_intensity(array: np.ndarray, modality: str, hu_window, suv_range) -> np.ndarray:
     """CT: window ``hu_window`` (HU) → [0, 1]; PET: clip ``suv_range`` (SUV) → [0, 1].
 

@@ -17,8 +17,10 @@ For each patient:
 ``tumour_to_spleen``         ``suv_max`` / mean SUV of the spleen (reference label 2)
 ===========================  =====================================================================
 
-Lesions come from the manifest's lesion mask, resampled onto the PET grid by its affine (nearest
-neighbour) when drawn on the CT. Without a mask, a **threshold segmentation** is used: voxels with
+Lesions come from the manifest's lesion mask, placed on the PET grid by its affine. A mask drawn on
+another grid (the CT's) becomes the fraction of each PET voxel that it covers
+(:func:`prrt.imaging.resample_fraction`), and the volume-type features weight voxels by it, so that
+the MTV of a small lesion does not jump with its sub-voxel position. Without a mask, a **threshold segmentation** is used: voxels with
 SUV at or above ``1.5 × liver median + 2 × liver robust SD`` (the PERCIST rule for measurable
 disease, applied to the somatostatin-receptor PET, with the median and 1.4826 × MAD standing for
 the mean and SD of a normal-liver VOI, so that metastases inside the liver label do not raise the
@@ -38,7 +40,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .imaging import read_image, resample_to
+from .imaging import read_image, resample_fraction, resample_to
 
 FEATURES = ["suv_max", "suv_mean", "suv_peak", "mtv_ml", "tlse", "lesion_count", "tumour_to_liver",
             "tumour_to_spleen"]
@@ -80,18 +82,27 @@ def sphere_kernel(spacing_mm, volume_ml: float = PEAK_SPHERE_ML) -> np.ndarray:
 
 
 def lesion_features(suv: np.ndarray, lesions: np.ndarray, spacing_zyx, organs: np.ndarray | None = None) -> dict:
-    """Features of one patient from arrays on the PET grid (``spacing_zyx`` in mm, z/y/x order)."""
+    """Features of one patient from arrays on the PET grid (``spacing_zyx`` in mm, z/y/x order).
+
+    ``lesions`` is a binary mask or, for a mask drawn on another grid, the fraction of each PET
+    voxel that is lesion (:func:`prrt.imaging.resample_fraction`). The volume (MTV), SUVmean and
+    TLSE weight every voxel by that fraction; SUVmax, SUVpeak, the lesion count and the reference
+    regions use the voxels that are at least half lesion (or, for a lesion smaller than half a
+    voxel everywhere, its most covered voxels).
+    """
     voxel_ml = float(np.prod(spacing_zyx)) / 1000
-    lesion = lesions > 0
+    fraction = np.clip(np.asarray(lesions, np.float64), 0, 1)
+    lesion = fraction >= 0.5
+    if not lesion.any() and fraction.any():
+        lesion = fraction == fraction.max()
     out = dict.fromkeys(FEATURES, np.nan)
-    n = int(lesion.sum())
-    out["mtv_ml"] = n * voxel_ml
+    total = float(fraction.sum())
+    out["mtv_ml"] = total * voxel_ml
     _, out["lesion_count"] = ndimage.label(lesion, structure=np.ones((3, 3, 3)))
     out["lesion_count"] = int(out["lesion_count"])
-    if n:
-        vals = suv[lesion]
-        out["suv_max"] = float(vals.max())
-        out["suv_mean"] = float(vals.mean())
+    if total > 0:
+        out["suv_max"] = float(suv[lesion].max())
+        out["suv_mean"] = float((suv * fraction).sum() / total)
         peak_map = ndimage.correlate(suv.astype(np.float64), sphere_kernel(spacing_zyx), mode="constant")
         out["suv_peak"] = float(peak_map[lesion].max())
         out["tlse"] = out["suv_mean"] * out["mtv_ml"]
@@ -99,8 +110,8 @@ def lesion_features(suv: np.ndarray, lesions: np.ndarray, spacing_zyx, organs: n
         out["tlse"] = 0.0
     if organs is not None:
         for key, label in (("tumour_to_liver", LIVER), ("tumour_to_spleen", SPLEEN)):
-            ref = (organs == label) & ~lesion
-            if ref.any() and n:
+            ref = (organs == label) & ~(fraction > 0)
+            if ref.any() and total > 0:
                 out[key] = out["suv_max"] / float(suv[ref].mean())
     return out
 
@@ -143,7 +154,7 @@ def patient_features(pet_path, mask_path=None, organs_path=None, patient: str | 
     spacing_zyx = pet.GetSpacing()[::-1]
     organs = _on_pet_grid(read_image(organs_path, "organs", patient), pet, "organs") if organs_path else None
     if mask_path:
-        lesions = _on_pet_grid(read_image(mask_path, "mask", patient), pet, "mask")
+        lesions = resample_fraction(read_image(mask_path, "mask", patient), pet).transpose(2, 1, 0)
         how = "lesion mask"
     else:
         lesions, how = threshold_segmentation(suv, organs)

@@ -123,3 +123,34 @@ def test_suv_peak_sphere_holds_one_millilitre_on_any_grid(spacing):
     assert overlap.sum() * np.prod(spacing) / 1000 == pytest.approx(1.0, abs=0.012)
     k = pf.sphere_kernel(spacing)
     assert k.sum() == pytest.approx(1.0) and k.max() == pytest.approx(k[tuple(np.array(k.shape) // 2)])
+
+
+def test_mask_on_the_ct_grid_keeps_the_lesion_volume_on_the_pet_grid(tmp_path):
+    """A 1 cm lesion drawn on the CT grid, at several sub-voxel positions: its MTV on the PET grid is
+    the mask's own volume (exact overlap fractions), where nearest neighbour scatters it widely."""
+    import SimpleITK as sitk
+
+    from prrt import imaging
+    from test_roi import spheres
+
+    pet_grid = dict(shape=(40, 40, 30), spacing=(4.8, 4.8, 5.0), origin=(-96.0, -96.0, -75.0))
+    ct_grid = dict(shape=(100, 100, 60), spacing=(3.0, 3.0, 4.0), origin=(148.5, 148.5, -118.0), flip_xy=True)
+    rng = np.random.default_rng(1)
+    ours, nearest, own = [], [], []
+    for i in range(8):
+        c = tuple(rng.uniform(-3, 3, 3))
+        pet = spheres(tmp_path / f"pet{i}.nii.gz", [(c, 5.0)], 20.0, 1.0, **pet_grid)
+        mask = spheres(tmp_path / f"mask{i}.nii.gz", [(c, 5.0)], 1, 0, dtype=np.uint8, **ct_grid)
+        m = imaging.read_image(mask, "mask")
+        own.append((sitk.GetArrayViewFromImage(m) > 0).sum() * 36 / 1000)
+        ours.append(pf.patient_features(pet, mask)["mtv_ml"])
+        p = imaging.read_image(pet, "pet")
+        nearest.append((imaging.resample_to(m, p, "mask") > 0).sum() * np.prod(p.GetSpacing()) / 1000)
+    np.testing.assert_allclose(ours, own, rtol=1e-6)
+    err = lambda v: np.max(np.abs(np.asarray(v) - own))  # noqa: E731
+    assert err(nearest) > 3 * err(ours) + 0.1
+    # a mask on the PET grid itself: fractions are exactly 0 and 1, features as with the binary mask
+    same = spheres(tmp_path / "same.nii.gz", [((0, 0, 0), 12.0)], 1, 0, dtype=np.uint8, **pet_grid)
+    pet = spheres(tmp_path / "pet.nii.gz", [((0, 0, 0), 12.0)], 20.0, 1.0, **pet_grid)
+    frac = imaging.resample_fraction(imaging.read_image(same, "mask"), imaging.read_image(pet, "pet"))
+    assert set(np.unique(frac)) == {0.0, 1.0}
