@@ -54,6 +54,23 @@ def fold_test_rows(fold, probability, y: pd.Series) -> pd.DataFrame:
                          "label": y.loc[fold.test].astype(int).to_numpy()})
 
 
+def prior_correction(probability, prevalence: float) -> np.ndarray:
+    """Undo class balancing: turn probabilities of a model trained as if both classes were equally
+    frequent into probabilities for a class share of ``prevalence`` (the training part's).
+
+    A model fitted with balanced class weights (or a ``pos_weight`` of n_negative / n_positive)
+    estimates odds multiplied by ``(1 - prevalence) / prevalence``; dividing them back gives
+    ``p' = p π / (p π + (1 - p)(1 - π))``. The transformation is monotone, so it leaves the ranking
+    (AUROC) of one model's predictions unchanged and moves the probabilities to the right level for
+    calibration plots and decision curves.
+    """
+    p = np.clip(np.asarray(probability, float), 1e-12, 1 - 1e-12)
+    pi = float(prevalence)
+    if not 0 < pi < 1:
+        raise ValueError(f"prevalence must lie strictly between 0 and 1, not {pi}")
+    return p * pi / (p * pi + (1 - p) * (1 - pi))
+
+
 def labelled(pred: pd.DataFrame) -> pd.DataFrame:
     return pred[pred["fold"] >= 0]
 

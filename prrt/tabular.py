@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.inspection import permutation_importance
@@ -21,16 +21,54 @@ from .evaluate import assemble_predictions, fold_test_rows
 from .splits import iter_folds
 
 
+class PriorCorrected(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
+    """A classifier trained with balanced class weights whose probabilities are prior-corrected.
+
+    ``fit`` records the share of positives in the training data; ``predict_proba`` applies
+    :func:`prrt.evaluate.prior_correction` with it, so the probabilities are risks at the training
+    prevalence rather than at the 50 % that the class weights pretend. Nothing from outside the
+    training part is used.
+    """
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def fit(self, X, y):
+        import numpy as np
+
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        self.classes_ = self.estimator_.classes_
+        self.prevalence_ = float(np.mean(np.asarray(y) == self.classes_[1]))
+        return self
+
+    def predict_proba(self, X):
+        import numpy as np
+
+        from .evaluate import prior_correction
+
+        q = prior_correction(self.estimator_.predict_proba(X)[:, 1], self.prevalence_)
+        return np.column_stack([1 - q, q])
+
+    def predict(self, X):
+        return self.classes_[(self.predict_proba(X)[:, 1] >= 0.5).astype(int)]
+
+    @property
+    def feature_importances_(self):
+        return self.estimator_.feature_importances_
+
+
 def random_forest(seed: int, n_trees: int = 500) -> Pipeline:
-    """Median imputation + Random Forest with class weights that balance the two outcome groups.
+    """Median imputation + Random Forest with class weights that balance the two outcome groups,
+    its probabilities prior-corrected to the training prevalence (:class:`PriorCorrected`).
 
     ``min_samples_leaf=3`` keeps the leaves from memorising single patients of a ~77-patient
     training fold; ``max_features="sqrt"`` is scikit-learn's default for classification.
     """
     return Pipeline([
         ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-        ("forest", RandomForestClassifier(n_estimators=n_trees, class_weight="balanced", min_samples_leaf=3,
-                                          max_features="sqrt", random_state=seed, n_jobs=-1)),
+        ("forest", PriorCorrected(RandomForestClassifier(n_estimators=n_trees, class_weight="balanced",
+                                                         min_samples_leaf=3, max_features="sqrt", random_state=seed,
+                                                         n_jobs=-1))),
     ])
 
 
@@ -72,6 +110,7 @@ def make_model(kind: str, seed: int, profile) -> Pipeline:
 def _single_threaded_prediction(model) -> None:
     """Fit in parallel, predict in one thread: for ~40 patients a thread pool costs more than it saves."""
     est = model[-1] if isinstance(model, Pipeline) else model
+    est = getattr(est, "estimator_", est)
     if "n_jobs" in est.get_params():
         est.set_params(n_jobs=1)
 

@@ -6,7 +6,8 @@
   ``channels_last_3d`` memory format and cuDNN autotuning; on the CPU: float32 and deterministic
   algorithms, so that the same seed gives the same predictions.
 * **Class imbalance.** Binary cross-entropy with ``pos_weight = n_long / n_short`` of the training
-  patients.
+  patients; the test predictions are then prior-corrected with the fitting part's share of short
+  PFS (:func:`prrt.evaluate.prior_correction`), so that they read as risks.
 * **Schedule and the kept weights.** AdamW with a cosine-annealed learning rate over the profile's
   epochs; by default (``selection = "last"``) the weights after the last epoch are kept.
   ``selection = "val_loss"`` keeps the epoch with the lowest inner-validation loss instead: on the
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from .evaluate import assemble_predictions, fold_test_rows
+from .evaluate import assemble_predictions, fold_test_rows, prior_correction
 from .networks import ImageClassifier, build_encoder
 from .splits import iter_folds
 
@@ -291,9 +292,12 @@ def cross_validate_images(name: str, x: torch.Tensor, patients: list[str], y: pd
         take = lambda ids: x[[row[p] for p in ids]]  # noqa: E731
         out = train_model(take(fit), y.loc[fit].to_numpy(int), take(val), y.loc[val].to_numpy(int), cfg, fold_seed,
                           desc=f"r{f.repeat} f{f.fold}", progress=progress)
-        preds.append(fold_test_rows(f, predict(out.model, take(f.test), device), y))
+        # pos_weight trains as if both classes were equally frequent: back to the fitting part's share
+        prevalence = float(y.loc[fit].mean())
+        preds.append(fold_test_rows(f, prior_correction(predict(out.model, take(f.test), device), prevalence), y))
         if unlabelled:
-            extra.setdefault(f.repeat, []).append(predict(out.model, take(unlabelled), device))
+            extra.setdefault(f.repeat, []).append(
+                prior_correction(predict(out.model, take(unlabelled), device), prevalence))
         c = out.curve.assign(repeat=f.repeat, fold=f.fold, best=lambda d: d["epoch"] == out.best_epoch)
         curves.append(c)
         if run_dir is not None:

@@ -239,3 +239,13 @@ def test_auprc_is_reported_for_both_classes():
     table = comparison_with_study(pd.DataFrame([{"model": "x", "inputs": "labs", "status": "ran", **s}]), True)
     assert "AUPRC, long PFS positive (as the study's)" in table.columns
     assert "long PFS positive" in STUDY_REPORTED.columns[-1]
+
+
+def test_prior_correction_undoes_balanced_weights():
+    p = np.array([0.1, 0.5, 0.9])
+    q = ev.prior_correction(p, 0.36)
+    assert q[1] == pytest.approx(0.36)  # "no information" under balanced weights = the prevalence
+    np.testing.assert_allclose(q / (1 - q), p / (1 - p) * 0.36 / 0.64)
+    assert np.all(np.diff(q) > 0)  # monotone: the ranking is kept
+    with pytest.raises(ValueError, match="prevalence"):
+        ev.prior_correction(p, 0.0)

@@ -158,3 +158,21 @@ def test_odds_ratio_table_matches_statsmodels_and_marks_the_scale(small_cohort_d
     assert t.loc["chromogranin_a", "n"] == len(d)
     shown = tabular.format_odds_ratios(t)
     assert shown.columns[0] == "odds ratio (95 % CI)"
+
+
+def test_class_weighted_forest_predicts_risks_at_the_training_prevalence():
+    """Balanced class weights push a forest's probabilities towards 0.5; the prior correction brings
+    them back to the share of short PFS, fitted on each training part."""
+    rng = np.random.default_rng(0)
+    n = 150
+    y = pd.Series((np.arange(n) < 54).astype(float), index=[f"P{i:03d}" for i in range(n)])  # 36 %
+    X = pd.DataFrame({"a": rng.normal(size=n) + 0.8 * y, "b": rng.normal(size=n)}, index=y.index)
+    s = sp.make_splits(y, 3, 1, 0)
+    res = tabular.cross_validate("rf", X, y, s, lambda: tabular.random_forest(0, 100), 0, permutation_repeats=0,
+                                 keep_models=True, progress=False)
+    assert abs(res.predictions["probability"].mean() - 0.36) < 0.05
+    f = next(sp.iter_folds(s))
+    model = res.models[(f.repeat, f.fold)]
+    raw = model[:-1].transform(X.loc[f.test])
+    assert model[-1].estimator_.predict_proba(raw)[:, 1].mean() > 0.42  # what the weights alone give
+    assert model[-1].prevalence_ == pytest.approx(y.loc[f.train].mean())

@@ -157,3 +157,16 @@ def test_batch_norm_statistics_come_from_the_kept_weights():
     # recomputed in batches of 8, 8 and 4 without augmentation: the average of the batch means
     expected = torch.stack([act[i:i + 8].mean(dim=(0, 2, 3, 4)) for i in (0, 8, 16)]).mean(dim=0)
     np.testing.assert_allclose(bn.running_mean.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_predictions_are_prior_corrected_to_the_fitting_prevalence():
+    """Noise images with labels unrelated to them: a pos_weighted network says about 0.5 for
+    everyone; after the prior correction the predictions sit near the share of short PFS."""
+    rng = np.random.default_rng(2)
+    n = 45
+    y = pd.Series(np.r_[np.ones(16), np.zeros(n - 16)], index=[f"P{i:03d}" for i in range(n)])
+    x = torch.from_numpy(rng.random((n, 1, 12, 12, 10)).astype(np.float32))
+    s = sp.make_splits(y, 3, 1, 0)
+    res = train.cross_validate_images("null", x, list(y.index), y, s, train.TrainConfig(epochs=2), seed=0,
+                                      progress=False)
+    assert abs(res.predictions["probability"].mean() - 16 / 45) < 0.08
