@@ -56,11 +56,23 @@ def start(manifest, run_dir, profile: str, seed: int, cache_dir=None, show: bool
                   Path(cache_dir).resolve() if cache_dir else default_cache_dir(run_dir))
     if show:
         from IPython.display import HTML, display
+        from myst_nb import glue
 
+        from IPython.display import Markdown
+
+        # run-specific words that the pages' prose uses ({glue:md}`horizon`), never typed into it;
+        # glued as Markdown so that a string shows without quotes
+        glue("horizon", Markdown(horizon_text(cohort)), display=False)
         if cohort.synthetic:
             display(HTML(synthetic_banner_html()))
         display(parameters_table(ctx))
     return ctx
+
+
+def horizon_text(cohort: Cohort) -> str:
+    """The PFS horizon of the cohort in words (``"12 months"``), or where its label comes from."""
+    h = cohort.horizon_months
+    return f"{h:g} months" if h is not None else "set by the manifest's own label"
 
 
 def synthetic_banner_html() -> str:

@@ -270,3 +270,16 @@ def test_labels_at_the_horizon(cohort_copy):
     for i, (t, e, expected) in enumerate(cases):
         got = c.data.at[ids[df.loc[i, "patient_id"]], "label"]
         assert (np.isnan(got) and np.isnan(expected)) or got == expected, (t, e, got)
+
+
+def test_horizon_text_for_both_endpoint_forms(small_cohort_dir, cohort_copy):
+    from prrt.notebook import horizon_text
+
+    assert horizon_text(load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")) == "12 months"
+    import pandas as pd
+
+    df = pd.read_csv(cohort_copy / "cohort.csv")
+    df["short_pfs"] = ((df["progressed"] == 1) & (df["pfs_months"] <= 12)).astype(int)
+    df.to_csv(cohort_copy / "cohort.csv", index=False)
+    m = edit_manifest(cohort_copy / "manifest.yaml", endpoint={"label": "short_pfs"})
+    assert "own label" in horizon_text(load_manifest(m, check_images="none"))

@@ -77,6 +77,9 @@ def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_di
 
     assert re.search(r"about\s*(<[^>]+>\s*)*16(\s*<[^>]+>)*\s*training patients per fold", ch3), "glued number missing"
     assert "Does the input still carry the signal?" in ch3 and "AUROC, lesions input" in ch3
+    ch1 = (book / "notebooks" / "01_cohort.html").read_text()
+    assert re.search(r"horizon \(\s*(<[^>]+>\s*)*12 months", ch1), "glued horizon missing"
+    assert "p (Holm)" in ch1
     assert (book / "index.html").is_file() and page.is_file()
     html = page.read_text()
     assert "Table 1" in html and "Synthetic data" in html and "Kaplan" in html
