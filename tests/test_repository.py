@@ -102,12 +102,7 @@ def test_real_ct_ships_with_its_attribution():
 
 def test_every_pinned_package_is_used_and_documented():
     """Each pin is imported by the code or run as a program by it, as the README's table says."""
-    pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, version = line.split("==")
-            pins[name.lower()] = version
+    pins = requirement_pins()
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Dependencies", 1)[1].split("\n## ", 1)[0]
     rows = {}
