@@ -65,7 +65,8 @@ def start(manifest, run_dir, profile: str, seed: int, cache_dir=None, show: bool
         glue("horizon", Markdown(horizon_text(cohort)), display=False)
         if cohort.synthetic:
             display(HTML(synthetic_banner_html()))
-        display(parameters_table(ctx))
+        # a Styler shows every value whole (a DataFrame's HTML cuts long cells at 50 characters)
+        display(parameters_table(ctx).style)
     return ctx
 
 
@@ -91,7 +92,7 @@ def parameters_table(ctx: Context) -> pd.DataFrame:
         ("network input", network_input_text(p)),
         ("input size (voxels)", " × ".join(str(s) for s in p.input_size_voxels)),
         ("voxel spacing (mm)", " × ".join(f"{s:g}" for s in p.voxel_spacing_mm)
-         + (" or coarser (cubic, fitted to each patient's lesions)" if p.roi == "lesions" else "")),
+         + (" or coarser (cubic, per patient)" if p.roi == "lesions" else "")),
         ("cross-validation", f"{p.n_repeats} × repeated stratified {p.n_folds}-fold"),
         ("seed", str(ctx.seed)),
     ]
