@@ -179,7 +179,7 @@ def test_compare_models_on_shared_splits(labels):
     c = ev.compare_models(a, b, s)
     assert c["auroc_difference"] > 0.2 and c["p_corrected_t"] < 0.05 and c["p_delong"] < 0.05
     other, _ = fake_predictions(labels, seed=5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not evaluated on the same repeats and folds"):
         ev.compare_models(a, other[other["repeat"] < 2], s)
 
 
@@ -249,3 +249,22 @@ def test_prior_correction_undoes_balanced_weights():
     assert np.all(np.diff(q) > 0)  # monotone: the ranking is kept
     with pytest.raises(ValueError, match="prevalence"):
         ev.prior_correction(p, 0.0)
+
+
+def test_bootstrap_resamples_keep_the_class_counts(monkeypatch):
+    """Every resample of the patient bootstrap holds as many short- and long-PFS patients as the data."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(3), np.zeros(37)]
+    pred = pd.DataFrame({"patient": [f"P{i:03d}" for i in range(40)], "repeat": 0, "fold": np.arange(40) % 3,
+                         "probability": rng.random(40), "label": y})
+    seen = []
+    real = ev.auroc_fast
+
+    def spy(yb, P):
+        seen.append(int(np.sum(yb)))
+        return real(yb, P)
+
+    monkeypatch.setattr(ev, "auroc_fast", spy)
+    ci = ev.bootstrap_ci(pred, n_boot=300, seed=1)
+    assert len(seen) == 300 and set(seen) == {3}  # unstratified resampling would vary the count (0 to 8)
+    assert np.all(np.isfinite(ci["auroc_ci"]))

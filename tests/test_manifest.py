@@ -283,3 +283,14 @@ def test_horizon_text_for_both_endpoint_forms(small_cohort_dir, cohort_copy):
     df.to_csv(cohort_copy / "cohort.csv", index=False)
     m = edit_manifest(cohort_copy / "manifest.yaml", endpoint={"label": "short_pfs"})
     assert "own label" in horizon_text(load_manifest(m, check_images="none"))
+
+
+def test_pseudonyms_follow_the_salted_hash_not_the_ids():
+    """A fixed expected mapping (sorted by SHA-256 of "cohort:ID", not by ID or row order), and
+    another cohort name gives another mapping."""
+    from prrt.manifest import pseudonymise
+
+    ids = ["A-1", "B-2", "C-3", "D-4"]
+    assert pseudonymise(ids, "cohort-x") == {"C-3": "P001", "A-1": "P002", "D-4": "P003", "B-2": "P004"}
+    assert pseudonymise(ids[::-1], "cohort-x") == pseudonymise(ids, "cohort-x")  # row order does not matter
+    assert pseudonymise(ids, "cohort-y") == {"C-3": "P001", "B-2": "P002", "D-4": "P003", "A-1": "P004"}

@@ -13,7 +13,6 @@ import pytest
 from prrt import runs
 from prrt.cli import main
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,13 +27,16 @@ def smoke_run(small_cohort_dir, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
     info = json.loads((smoke_run / "run.json").read_text())
     assert info["status"] == "complete" and info["seed"] == 11 and info["profile"]["name"] == "smoke"
     assert [n["name"] for n in info["notebooks"]] == [p.name for p in runs.list_notebooks()]
     assert all(n["wall_time_s"] > 0 for n in info["notebooks"])
     assert info["packages"]["torch"].startswith("2.13.0") and info["packages"]["monai"]
-    assert len(info["git"]["commit"] or "x" * 40) == 40
+    import re
+
+    assert re.fullmatch(r"[0-9a-f]{40}", info["git"]["commit"] or ""), info["git"]  # tests run in a git checkout
     from prrt.imaging import file_sha256
 
     assert info["inputs"]["table"]["sha256"] == file_sha256(small_cohort_dir / "cohort.csv")
@@ -66,6 +68,7 @@ def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
     assert any((smoke_run.parent / ".prrt-cache").rglob("*.npz"))
 
 
+@pytest.mark.slow
 def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_dir):
     book = smoke_run / "book"
     page = book / "notebooks" / "01_cohort.html"
@@ -96,10 +99,18 @@ def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_di
     assert "P0" in html  # pseudonyms are what the montage shows
 
 
-def test_executed_notebook_keeps_no_patient_ids(smoke_run, small_cohort_dir):
-    ids = pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"]
-    text = (smoke_run / "notebooks" / "01_cohort.ipynb").read_text()
-    assert not [i for i in ids if i in text]
+@pytest.mark.slow
+def test_no_file_of_the_run_holds_a_patient_id(smoke_run, small_cohort_dir):
+    """Every text file of the run folder (notebooks, tables, predictions, boxes, run.json, book pages)."""
+    ids = list(pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"])
+    scanned = 0
+    for path in smoke_run.rglob("*"):
+        if path.suffix not in {".ipynb", ".csv", ".json", ".html", ".md", ".txt", ".log"} or not path.is_file():
+            continue
+        text = path.read_text(errors="ignore")
+        scanned += 1
+        assert not [i for i in ids if i in text], path
+    assert scanned > 20 and (smoke_run / "inputs" / "boxes_lesions.csv").is_file()
 
 
 def test_find_identifiers_catches_a_leak(tmp_path):
@@ -122,6 +133,7 @@ def _failing_notebooks(tmp_path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_failed_run_leaves_previous_run_and_book_untouched(smoke_run, small_cohort_dir, tmp_path, capsys):
     before = {p: p.read_bytes() for p in [smoke_run / "run.json", smoke_run / "book" / "index.html",
                                            smoke_run / "notebooks" / "01_cohort.ipynb"]}
@@ -153,6 +165,7 @@ def test_book_refuses_an_incomplete_run(tmp_path):
         runs.build_book(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_manifest_without_labs_or_images_runs_and_skips_with_reasons(small_cohort_dir, tmp_path):
     (tmp_path / "m.yaml").write_text(
         f"name: bare\ntable: {small_cohort_dir / 'cohort.csv'}\nid: patient_id\n"
@@ -166,3 +179,30 @@ def test_a_manifest_without_labs_or_images_runs_and_skips_with_reasons(small_coh
     assert summary.loc["ct_cnn", "status"] == "skipped: the manifest names no CT images"
     nb = (tmp_path / "run" / "notebooks" / "01_cohort.ipynb").read_text()
     assert "The manifest names no images." in nb and "Synthetic data" not in nb
+
+
+@pytest.mark.slow
+def test_book_with_a_planted_patient_id_is_refused_and_the_previous_book_kept(smoke_run, small_cohort_dir, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_run, run)
+    before = (run / "book" / "index.html").read_bytes()
+    pid = pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"].iloc[5]
+    nb = nbformat.read(run / "notebooks" / "03_unimodal_cnn.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"Note on {pid}"))
+    nbformat.write(nb, run / "notebooks" / "03_unimodal_cnn.ipynb")
+    with pytest.raises(runs.RunError, match=r"would publish patient IDs .*03_unimodal_cnn.html.*nothing was published"):
+        runs.build_book(run, log=lambda *a: None)
+    assert (run / "book" / "index.html").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_failed_book_build_leaves_the_previous_book(smoke_run, tmp_path, monkeypatch):
+    import subprocess
+
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_run, run)
+    before = {p.relative_to(run): p.read_bytes() for p in (run / "book").rglob("*.html")}
+    monkeypatch.setattr(runs.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "boom"))
+    with pytest.raises(runs.RunError, match="the book build failed .*previous book is untouched"):
+        runs.build_book(run, log=lambda *a: None)
+    assert {p.relative_to(run): p.read_bytes() for p in (run / "book").rglob("*.html")} == before

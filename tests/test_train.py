@@ -170,3 +170,49 @@ def test_cnn_predictions_are_prior_corrected_to_the_fitting_prevalence():
     res = train.cross_validate_images("null", x, list(y.index), y, s, train.TrainConfig(epochs=2), seed=0,
                                       progress=False)
     assert abs(res.predictions["probability"].mean() - 16 / 45) < 0.08
+
+
+def test_training_never_receives_a_test_fold_image(monkeypatch):
+    """Each patient's image is filled with its own number; the wrapped training function records
+    which patients it was given to fit and to validate on."""
+    n = 30
+    y = pd.Series(np.r_[np.ones(11), np.zeros(n - 11)], index=[f"P{i:03d}" for i in range(n)])
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1, 1).expand(n, 1, 8, 8, 6).contiguous()
+    s = sp.make_splits(y, 3, 2, 0)
+    seen = []
+    real = train.train_model
+
+    def spy(x_fit, y_fit, x_val, y_val, cfg, seed, **kw):
+        seen.append(({int(v) for v in x_fit[:, 0, 0, 0, 0]}, {int(v) for v in x_val[:, 0, 0, 0, 0]}))
+        return real(x_fit, y_fit, x_val, y_val, cfg, seed, **kw)
+
+    monkeypatch.setattr(train, "train_model", spy)
+    train.cross_validate_images("spy", x, list(y.index), y, s, train.TrainConfig(epochs=1, augment=False), seed=0,
+                                progress=False)
+    folds = list(sp.iter_folds(s))
+    assert len(seen) == len(folds)
+    for (fit, val), f in zip(seen, folds):
+        test = {int(p[1:]) for p in f.test}
+        train_ids = {int(p[1:]) for p in f.train}
+        assert not (fit | val) & test and fit | val == train_ids and not fit & val
+
+
+def test_val_loss_selection_keeps_the_best_epoch_not_the_last():
+    # noise with labels unrelated to it: the network memorises, and the validation loss rises
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.random((36, 1, 12, 12, 10)).astype(np.float32))
+    y = pd.Series(rng.permutation(np.r_[np.ones(13), np.zeros(23)]))
+    cfg = train.TrainConfig(epochs=12, selection="val_loss", lr_schedule="constant", lr=1e-3, augment=False)
+    out = train.train_model(x[:24], y.iloc[:24].to_numpy(int), x[24:], y.iloc[24:].to_numpy(int), cfg, seed=0,
+                            progress=False)
+    best = int(out.curve["val_loss"].idxmin()) + 1
+    assert out.best_epoch == best and best != cfg.epochs, out.curve  # this set has its minimum before the end
+    # the returned weights are those of that epoch: their validation loss is the curve's minimum
+    p = torch.as_tensor(train.predict(out.model, x[24:]))
+    yv = torch.as_tensor(y.iloc[24:].to_numpy(), dtype=torch.float32)
+    pw = (24 - y.iloc[:24].sum()) / y.iloc[:24].sum()
+    loss = torch.nn.functional.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), yv, weight=torch.where(yv == 1, pw, 1.0))
+    assert float(loss) == pytest.approx(out.curve["val_loss"].min(), rel=1e-4)
+    last = train.train_model(x[:24], y.iloc[:24].to_numpy(int), x[24:], y.iloc[24:].to_numpy(int),
+                             train.TrainConfig(epochs=3), seed=0, progress=False)
+    assert last.best_epoch == 3
