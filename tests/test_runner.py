@@ -206,3 +206,24 @@ def test_failed_book_build_leaves_the_previous_book(smoke_run, tmp_path, monkeyp
     with pytest.raises(runs.RunError, match="the book build failed .*previous book is untouched"):
         runs.build_book(run, log=lambda *a: None)
     assert {p.relative_to(run): p.read_bytes() for p in (run / "book").rglob("*.html")} == before
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers_other_seed_other_numbers(smoke_run, small_cohort_dir, tmp_path):
+    """A second smoke run with the seed of the first gives byte-identical predictions and summary (CPU);
+    a run with another seed does not."""
+    def run(name, seed):
+        d = tmp_path / name
+        assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
+                     "--run-dir", str(d), "--seed", str(seed)]) == 0
+        return d
+
+    files = ["results/summary.csv", "splits.csv", *[f"predictions/{p.name}" for p in (smoke_run / "predictions").glob("*.csv")]]
+    assert len(files) > 8
+    again = run("again", 11)
+    for f in files:
+        assert (again / f).read_bytes() == (smoke_run / f).read_bytes(), f
+    other = run("other", 12)
+    assert (other / "splits.csv").read_bytes() != (smoke_run / "splits.csv").read_bytes()
+    for model in ("lab_rf", "pet_cnn", "ct_cnn"):
+        assert (other / "predictions" / f"{model}.csv").read_bytes() != (smoke_run / "predictions" / f"{model}.csv").read_bytes()
