@@ -257,6 +257,15 @@ def field_of_view_bounds_mm(geometry) -> tuple[np.ndarray, np.ndarray]:
     return world.min(axis=0), world.max(axis=0)
 
 
+def _nonzero_index_ranges(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of the True entries of a non-empty boolean array, along each of its axes."""
+    ranges = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        ranges.append((int(hit[0]), int(hit[-1])))
+    return ranges
+
+
 def lesion_bounds_mm(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
     """Axis-aligned (LPS) bounds in mm of the voxels > 0 of a label image, voxel edges included.
 
@@ -266,11 +275,7 @@ def lesion_bounds_mm(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
     arr = sitk.GetArrayViewFromImage(mask) > 0  # (z, y, x)
     if not arr.any():
         return None
-    ranges = []
-    for axis in (2, 1, 0):  # x, y, z
-        other = tuple(a for a in (0, 1, 2) if a != axis)
-        hit = np.flatnonzero(arr.any(axis=other))
-        ranges.append((hit[0] - 0.5, hit[-1] + 0.5))
+    ranges = [(first - 0.5, last + 0.5) for first, last in _nonzero_index_ranges(arr)[::-1]]  # x, y, z
     origin, m, _ = _grid_matrix(mask)
     corners = np.array([[a, b, c] for a in ranges[0] for b in ranges[1] for c in ranges[2]])
     world = origin + corners @ m.T
@@ -319,10 +324,6 @@ class InputBox:
     def affine_ras(self) -> np.ndarray:
         """The grid's affine in the RAS convention of nibabel and TorchIO."""
         return grid_affine_ras(self.origin_mm, self.spacing_mm)
-
-    def reference(self) -> sitk.Image:
-        """An empty SimpleITK image with this grid."""
-        return target_grid(self.centre_mm, self.size_voxels, self.extent_mm)
 
     def to_record(self) -> dict:
         """A flat record (for ``inputs/<roi>_boxes.csv`` and the cache key): centre, extent, spacing."""
@@ -549,8 +550,8 @@ def resample_fraction(label: sitk.Image, reference: sitk.Image, subsamples: int 
         s_ref, s_lab = np.asarray(reference.GetSpacing(), float), np.asarray(label.GetSpacing(), float)
         o_ref, o_lab = np.asarray(reference.GetOrigin(), float), np.asarray(label.GetOrigin(), float)
         # crop the mask to its lesions (the contraction then costs little)
-        lo = [int(np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0]) for a in range(3)]
-        hi = [int(np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[-1]) + 1 for a in range(3)]
+        ranges = _nonzero_index_ranges(mask)
+        lo, hi = [first for first, _ in ranges], [last + 1 for _, last in ranges]
         m = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float64)
         weights, order = [], []
         for p in range(3):
@@ -630,7 +631,7 @@ class PreprocessSettings:
 
 
 def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = None,
-               box: InputBox | None = None) -> dict:
+               box: tuple[InputBox, sitk.Image | None] | None = None) -> dict:
     """Preprocess one patient's images.
 
     Parameters
@@ -640,7 +641,8 @@ def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = 
     settings:
         Region of interest, input size and intensity scaling.
     box:
-        The input grid, when already computed by :func:`input_box`.
+        What :func:`input_box` returned (the grid and the segmentation it was built from), when it
+        was computed already; otherwise it is computed here.
 
     Returns
     -------
@@ -654,8 +656,7 @@ def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = 
     images = {m: read_image(p, m, patient) for m, p in paths.items() if p is not None}
     if "ct" not in images and "pet" not in images:
         raise ValueError(f"patient {patient!r}: neither a CT nor a PET to preprocess")
-    computed, segmentation = input_box(paths, settings, patient, images)
-    box = box or computed
+    box, segmentation = box or input_box(paths, settings, patient, images)
     if segmentation is not None:
         images["mask"] = segmentation
     arrays = resample_images(images, box.size_voxels, box.affine_ras())
@@ -724,8 +725,8 @@ class ImageCache:
         for modality, p in paths.items():
             if p is not None and not Path(p).is_file():
                 raise ImageError("file not found", p, modality, patient)
-        box = input_box(paths, settings, patient)[0] if settings.roi == "lesions" else None
-        key = self.key(paths, settings, box)
+        box = input_box(paths, settings, patient) if settings.roi == "lesions" else None
+        key = self.key(paths, settings, box[0] if box else None)
         file = self.directory / key[:2] / f"{key}.npz"
         if file.is_file():
             try:

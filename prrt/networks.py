@@ -35,12 +35,11 @@ class CompactCNN3D(nn.Module):
     def __init__(self, in_channels: int = 1, width: int = 8, n_blocks: int = 4, norm: str = "batch"):
         super().__init__()
         layers, c_in = [], in_channels
-        norms = {"instance": lambda c: nn.InstanceNorm3d(c, affine=True), "batch": nn.BatchNorm3d,
-                 "none": lambda c: nn.Identity()}
+        norms = {"instance": lambda c: nn.InstanceNorm3d(c, affine=True), "batch": nn.BatchNorm3d}
         for i in range(n_blocks):
             c_out = width * 2**i
             layers += [
-                nn.Conv3d(c_in, c_out, 3, padding=1, bias=norm == "none"),
+                nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
                 norms[norm](c_out),
                 nn.LeakyReLU(0.1, inplace=True),
                 nn.MaxPool3d(2, ceil_mode=True),
@@ -85,8 +84,6 @@ def build_encoder(name: str = "compact", in_channels: int = 1) -> nn.Module:
         return CompactCNN3D(in_channels, norm="batch")
     if name == "compact_instance":
         return CompactCNN3D(in_channels, norm="instance")
-    if name == "compact_nonorm":
-        return CompactCNN3D(in_channels, norm="none")
     if name in ENCODERS:
         return MonaiEncoder(name, in_channels)
     raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .evaluate import PRED_COLUMNS
@@ -32,7 +31,7 @@ STUDY_REPORTED = pd.DataFrame([
 
 
 def _mean_sd(mean, sd) -> str:
-    return "–" if mean is None or pd.isna(mean) else f"{mean:.2f} ± {sd:.2f}"
+    return "–" if pd.isna(mean) else f"{mean:.2f} ± {sd:.2f}"
 
 
 def write_predictions(run_dir, name: str, pred: pd.DataFrame) -> Path:
@@ -80,8 +79,8 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
         "status": summary["status"],
         "AUROC mean ± SD [95 % CI]": [fmt(r, "auroc") for _, r in summary.iterrows()],
         "AUPRC, short PFS positive: mean ± SD [95 % CI]": [fmt(r, "auprc") for _, r in summary.iterrows()],
-        "AUPRC, long PFS positive": [_mean_sd(r.get("auprc_long_mean"), r.get("auprc_long_sd"))
-                                     for _, r in summary.iterrows()],
+        "AUPRC, long PFS positive": [_mean_sd(m, s) for m, s in zip(summary["auprc_long_mean"],
+                                                                    summary["auprc_long_sd"])],
         "C-index": [("–" if pd.isna(c) else f"{c:.2f}") for c in summary["c_index"]],
     })
     return out.set_index("model")
@@ -97,8 +96,7 @@ def comparison_with_study(summary: pd.DataFrame, synthetic: bool, oracle: dict |
         "AUROC": [f"{m:.2f} ± {s:.2f}" for m, s in zip(ran["auroc_mean"], ran["auroc_sd"])],
         "AUPRC, short PFS positive": [_mean_sd(m, s) for m, s in zip(ran["auprc_mean"], ran["auprc_sd"])],
         "AUPRC, long PFS positive (as the study's)": [_mean_sd(m, s) for m, s in
-                                                      zip(ran.get("auprc_long_mean", pd.Series(np.nan, index=ran.index)),
-                                                          ran.get("auprc_long_sd", pd.Series(np.nan, index=ran.index)))],
+                                                      zip(ran["auprc_long_mean"], ran["auprc_long_sd"])],
     })
     if oracle and oracle_keys:
         out["oracle AUROC"] = [f"{oracle[oracle_keys[m]]:.2f}" if oracle_keys.get(m) else "–" for m in ran["model"]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.ensemble import RandomForestClassifier
@@ -34,16 +35,12 @@ class PriorCorrected(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         self.estimator = estimator
 
     def fit(self, X, y):
-        import numpy as np
-
         self.estimator_ = clone(self.estimator).fit(X, y)
         self.classes_ = self.estimator_.classes_
         self.prevalence_ = float(np.mean(np.asarray(y) == self.classes_[1]))
         return self
 
     def predict_proba(self, X):
-        import numpy as np
-
         from .evaluate import prior_correction
 
         q = prior_correction(self.estimator_.predict_proba(X)[:, 1], self.prevalence_)
@@ -187,7 +184,6 @@ class TabularSpec:
     reason: str = ""
     oracle: str | None = None  # which oracle AUROC of a synthetic cohort bounds it
     importance: bool = False  # compute permutation importance (costly: shown for some models only)
-    sensitivity: bool = False  # a sensitivity analysis (e.g. uses PRRT cycles): never a headline model
     kind: str = "rf"  # see MODEL_KINDS
 
     @property
@@ -218,8 +214,7 @@ def lab_chapter_specs(cohort, pet: pd.DataFrame | None) -> list[TabularSpec]:
         TabularSpec("lab_rf", "laboratory values", labs or None, no_labs, oracle="lab", importance=True),
         TabularSpec("lab_rf_with_cycles", "laboratory values + PRRT cycles (sensitivity analysis)",
                     labs + ["prrt_cycles"] if labs and has_cycles else None,
-                    no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'",
-                    sensitivity=True),
+                    no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'"),
         TabularSpec("lab_logreg", "laboratory values, logistic regression", labs or None, no_labs, oracle="lab",
                     kind="logreg"),
         TabularSpec("pet_features_rf", "SR-PET quantitative features", FEATURES if pet is not None else None, no_pet,
@@ -276,7 +271,6 @@ def odds_ratio_table(data: pd.DataFrame, features: list[str], label: str = "labe
     row per feature. These are associations in the whole cohort, not a validated model: nothing is
     held out.
     """
-    import numpy as np
     import statsmodels.api as sm
     from scipy.stats import skew
 

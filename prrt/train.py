@@ -214,7 +214,9 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
                      "val_auroc": val_auroc})
         if sched is not None:
             sched.step()
-        if cfg.selection == "last" or val_loss < best:
+        if cfg.selection == "last":  # the model holds these weights already
+            best_epoch = epoch + 1
+        elif val_loss < best:
             best, best_epoch = val_loss, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", val_loss=f"{val_loss:.3f}")
