@@ -1,4 +1,4 @@
-"""Table 1 statistics against scipy and known answers; Kaplan–Meier summary against lifelines."""
+"""Table 1 statistics against scipy and known answers; Kaplan–Meier summary against a hand calculation."""
 
 from __future__ import annotations
 
@@ -126,18 +126,24 @@ def test_format_p():
     assert cs.format_p(0.0004) == "<0.001" and cs.format_p(0.0312) == "0.031" and cs.format_p(np.nan) == "–"
 
 
-def test_km_summary_matches_lifelines_and_a_hand_example():
-    from lifelines import KaplanMeierFitter
-
+def test_km_summary_against_a_hand_calculation():
+    """Every number worked out by hand (product-limit, Greenwood with the log(-log) transform)."""
     time = np.array([2, 4, 6, 8, 10, 14, 16, 20, 24, 30.0])
     event = np.array([1, 1, 0, 1, 1, 1, 0, 1, 0, 0])
     s = cs.km_summary(time, event, 12)
-    km = KaplanMeierFitter().fit(time, event)
-    assert s["median_pfs_months"] == km.median_survival_time_
-    # by hand: S(12) = (9/10)(8/9)(6/7)(5/6) = 4/7
-    assert s["pfs_rate_at_horizon"] == pytest.approx(4 / 7)
+    # S(t) steps at 2, 4, 8, 10, 14: 9/10, 8/10, 8/10*6/7, *5/6 = 4/7, *4/5 = 16/35 (first <= 0.5)
+    assert s["median_pfs_months"] == 14.0
+    assert s["pfs_rate_at_horizon"] == pytest.approx(4 / 7, abs=1e-12)
+    # Greenwood: sum d/(n(n-d)) over the events up to 12 months; CI S^exp(+-z se), se = sqrt(v)/|log S|
+    z = 1.959963984540054
+    v = 1 / (10 * 9) + 1 / (9 * 8) + 1 / (7 * 6) + 1 / (6 * 5)
+    se = np.sqrt(v) / abs(np.log(4 / 7))
     lo, hi = s["pfs_rate_ci"]
-    assert lo < 4 / 7 < hi
+    assert lo == pytest.approx((4 / 7) ** np.exp(z * se), abs=1e-9)  # 0.2172
+    assert hi == pytest.approx((4 / 7) ** np.exp(-z * se), abs=1e-9)  # 0.8146
+    # median CI: the lower band is already below 0.5 after the first event (0.9^exp(z*0.35) = 0.473),
+    # the upper band never reaches 0.5 before the last event (0.617 at 20 months) -> (2, inf)
+    assert s["median_pfs_ci"] == (2.0, np.inf)
 
 
 def test_cohort_table1_and_examples(small_cohort_dir):

@@ -62,7 +62,11 @@ def test_suv_peak_is_diluted_in_a_small_lesion(tmp_path):
     suv[tiny] = 30.0
     out = pf.lesion_features(suv, tiny.astype(np.uint8), spacing)
     assert out["suv_max"] == 30.0
-    assert 1.0 < out["suv_peak"] < 15.0
+    # The 19 voxels whose centre lies within 3 mm all lie wholly inside the 1 mL sphere (farthest
+    # corner 4.4 mm < 6.2 mm), which covers 1000 / 8 = 125 voxels: peak = 1 + 29 x 19 / 125 = 5.408,
+    # up to the ~0.2 % by which the sub-sampled sphere's volume differs from 1 mL.
+    assert tiny.sum() == 19
+    assert out["suv_peak"] == pytest.approx(1 + 29 * 19 / 125, rel=0.005)
 
 
 def test_threshold_segmentation_without_mask(tmp_path):
