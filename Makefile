@@ -12,7 +12,7 @@ DEMO_DIR ?= data/demo
 MANIFEST ?= data_manifest/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: book test lab venv demo-data run clean-runs
+.PHONY: book test lab venv demo-data run clean-runs mutate
 
 # requirements.txt is the one place where versions are pinned; torch (its CPU build) goes first.
 $(BIN)/.installed: requirements.txt pyproject.toml
@@ -37,6 +37,14 @@ book: run
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Mutation testing of the code behind the published numbers (slow: about an hour on 2 cores; see CONTRIBUTING.md)
+$(BIN)/.installed-dev: requirements-dev.txt $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+mutate: $(BIN)/.installed-dev
+	$(BIN)/python tools/mutate.py
 
 lab: venv demo-data
 	$(BIN)/jupyter lab notebooks/

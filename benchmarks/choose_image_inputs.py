@@ -22,7 +22,7 @@ import numpy as np
 
 
 def main(argv=None):
-    from prrt import evaluate, imaging
+    from prrt import evaluate, imaging, models
     from prrt import splits as sp
     from prrt import train
     from prrt.manifest import load_manifest
@@ -56,8 +56,9 @@ def main(argv=None):
     cfg = train.TrainConfig(encoder=a.encoder, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay,
                             selection=a.selection, lr_schedule=a.lr_schedule)
     t0 = time.perf_counter()
-    res = train.cross_validate_images(a.modality, x, patients, cohort.data["label"], splits, cfg, a.seed,
-                                      progress=False)
+    data = models.ModelData(cohort.data["label"], images={a.modality: models.ImageSet(x, patients)})
+    spec = train.image_spec(a.modality, a.modality, cfg, "03", a.modality, available=True)
+    res = models.cross_validate(spec, data, splits, a.seed, progress=False)
     m = evaluate.per_repeat_metrics(res.predictions)
     best = res.curves[res.curves["best"]]["epoch"].tolist()
     print(json.dumps({**vars(a), "auroc_per_repeat": np.round(m["auroc"].to_numpy(), 3).tolist(),

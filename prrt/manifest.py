@@ -79,6 +79,18 @@ def pseudonymise(ids: list[str], cohort_name: str) -> dict[str, str]:
     return {pid: f"P{k + 1:0{width}d}" for k, pid in enumerate(order)}
 
 
+def pfs_label(time, event, horizon_months: float) -> np.ndarray:
+    """The binary endpoint: 1 = short PFS, 0 = long PFS, NaN = censored before the horizon (no label).
+
+    Short PFS is progression (or death) at or before the horizon; long PFS is follow-up beyond the
+    horizon, or censoring exactly at it (progression-free through the horizon).
+    """
+    time, event = np.asarray(time, float), np.asarray(event, float)
+    short = (event == 1) & (time <= horizon_months)
+    long_ = (time > horizon_months) | ((event == 0) & (time >= horizon_months))
+    return np.where(short, 1.0, np.where(long_, 0.0, np.nan))
+
+
 @dataclass
 class Cohort:
     """A validated cohort.
@@ -328,11 +340,7 @@ def load_manifest(path: str | Path, *, check_images: str = "header") -> Cohort:
             problems.append(Problem(f"label is {label.iloc[i]:g}; it must be 1 (short PFS) or 0 (long PFS)",
                                     patient=ids[i], column=endpoint["label"], file=tfile))
     elif horizon is not None:
-        # short PFS: progression (or death) at or before the horizon; long PFS: followed beyond the
-        # horizon, or censored exactly at it (progression-free through the horizon)
-        short = (event == 1) & (time <= horizon)
-        long_ = (time > horizon) | ((event == 0) & (time >= horizon))
-        label = pd.Series(np.where(short, 1.0, np.where(long_, 0.0, np.nan)), index=range(n))
+        label = pd.Series(pfs_label(time, event, horizon), index=range(n))
 
     # -- labs: numeric, missing allowed ---------------------------------------------------------------
     lab_values = {c: _numeric_column(df, c, ids, problems, allow_missing=True, table_path=tfile) for c in labs}

@@ -185,7 +185,7 @@ def calibration_and_decision_plot(curves: dict, decision: dict):
 def learning_curves(curves: dict):
     """Mean training and validation loss, and validation AUROC, per epoch across repeats and folds.
 
-    ``curves``: ``{model: curves DataFrame}`` from :func:`prrt.train.cross_validate_images`. The band
+    ``curves``: ``{model: curves DataFrame}`` from :func:`prrt.models.cross_validate` (``CVResult.curves``). The band
     is ± one SD across folds; the dots mark the epochs whose weights were kept (lowest validation loss).
     """
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -1,14 +1,12 @@
 """Tabular models (laboratory values, PET features) on the run's shared splits.
 
 Every model is a scikit-learn ``Pipeline``, so that imputation (and anything else that learns from
-data) is fitted on the training part of each fold only. :func:`cross_validate` fits one pipeline per
-repeat and fold of ``splits.csv`` and returns out-of-fold predictions in the format of
-:mod:`prrt.evaluate`, with permutation importance computed on the held-out fold.
+data) is fitted on the training part of each fold only. :class:`TableModel` puts a pipeline behind
+the model interface of :mod:`prrt.models`, whose loop fits one per repeat and fold of ``splits.csv``
+(permutation importance is computed on the held-out fold).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -18,8 +16,6 @@ from sklearn.impute import SimpleImputer
 from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 
-from .evaluate import assemble_predictions, fold_test_rows
-from .splits import iter_folds
 
 
 class PriorCorrected(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
@@ -112,59 +108,58 @@ def _single_threaded_prediction(model) -> None:
         est.set_params(n_jobs=1)
 
 
-@dataclass
-class CVResult:
-    """Out-of-fold predictions and importances of one model."""
+class TableModel:
+    """A scikit-learn pipeline on some columns of the table: the tabular side of :mod:`prrt.models`.
 
-    name: str
-    features: list[str]
-    predictions: pd.DataFrame
-    permutation: pd.DataFrame  # repeat, fold, feature, importance (AUROC drop on the held-out fold)
-    impurity: pd.DataFrame  # repeat, fold, feature, importance (mean decrease in impurity, training data)
-    models: dict = field(default_factory=dict, repr=False)
-
-
-def cross_validate(name: str, X: pd.DataFrame, y: pd.Series, splits: pd.DataFrame, make_model, seed: int,
-                   permutation_repeats: int = 10, keep_models: bool = False, progress: bool = True) -> CVResult:
-    """Fit ``make_model()`` on every training part of ``splits`` and predict its test part.
-
-    Parameters
-    ----------
-    X:
-        Features, one row per patient (index = pseudonym), for all patients: those without a label
-        are predicted by every fold model (they are in no training part).
-    y:
-        Label per patient (1 = short PFS), NaN for unlabelled patients.
-    make_model:
-        Callable returning a fresh, unfitted estimator with ``predict_proba``.
+    It fits on the whole training part of a fold (imputation and everything else that learns is
+    inside the pipeline, so it sees training patients only) and needs no inner validation part.
     """
-    from tqdm.auto import tqdm
 
-    unlabelled = [p for p in X.index if p not in set(splits["patient"])]
-    folds = list(iter_folds(splits))
-    preds, perm, imp, models = [], [], [], {}
-    extra = {}
-    for f in tqdm(folds, desc=name, unit="fold", disable=not progress):
-        model = clone(make_model())
-        model.fit(X.loc[f.train], y.loc[f.train].astype(int))
-        _single_threaded_prediction(model)
-        preds.append(fold_test_rows(f, model.predict_proba(X.loc[f.test])[:, 1], y))
-        if unlabelled:
-            extra.setdefault(f.repeat, []).append(model.predict_proba(X.loc[unlabelled])[:, 1])
-        if permutation_repeats:
-            pi = permutation_importance(model, X.loc[f.test], y.loc[f.test].astype(int), scoring="roc_auc",
-                                        n_repeats=permutation_repeats, random_state=seed + 1000 * f.repeat + f.fold)
-            perm.append(pd.DataFrame({"repeat": f.repeat, "fold": f.fold, "feature": X.columns,
-                                      "importance": pi.importances_mean}))
-        est = model[-1] if isinstance(model, Pipeline) else model
-        if hasattr(est, "feature_importances_"):
-            imp.append(pd.DataFrame({"repeat": f.repeat, "fold": f.fold, "feature": X.columns,
-                                     "importance": est.feature_importances_}))
-        if keep_models:
-            models[(f.repeat, f.fold)] = model
-    return CVResult(name, list(X.columns), assemble_predictions(preds, unlabelled, extra),
-                    pd.concat(perm, ignore_index=True) if perm else pd.DataFrame(),
-                    pd.concat(imp, ignore_index=True) if imp else pd.DataFrame(), models)
+    def __init__(self, estimator, columns: list[str]):
+        self.estimator, self.columns = estimator, list(columns)
+
+    def _x(self, data, patients):
+        return data.table.loc[patients, self.columns]
+
+    def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
+        train = part.all
+        self.estimator_ = clone(self.estimator).fit(self._x(data, train), data.y.loc[train].astype(int))
+        _single_threaded_prediction(self.estimator_)
+        return None
+
+    def predict(self, data, patients: list[str]) -> np.ndarray:
+        return self.estimator_.predict_proba(self._x(data, patients))[:, 1]
+
+    def features(self, data, patients: list[str]) -> dict[str, np.ndarray]:
+        """The inputs as the last step sees them (imputed, transformed with the training part's statistics)."""
+        x = self._x(data, patients)
+        steps = self.estimator_[:-1] if isinstance(self.estimator_, Pipeline) else None
+        return {"table": np.asarray(steps.transform(x) if steps is not None and len(steps) else x, float)}
+
+    def permutation_importance(self, data, patients: list[str], repeats: int, seed: int) -> pd.DataFrame:
+        """Drop in AUROC on ``patients`` (a held-out fold) when one column is shuffled (scikit-learn)."""
+        pi = permutation_importance(self.estimator_, self._x(data, patients), data.y.loc[patients].astype(int),
+                                    scoring="roc_auc", n_repeats=repeats, random_state=seed)
+        return pd.DataFrame({"feature": self.columns, "importance": pi.importances_mean})
+
+    def impurity_importance(self) -> pd.DataFrame:
+        est = self.estimator_[-1] if isinstance(self.estimator_, Pipeline) else self.estimator_
+        if not hasattr(est, "feature_importances_"):
+            return pd.DataFrame(columns=["feature", "importance"])
+        return pd.DataFrame({"feature": self.columns, "importance": est.feature_importances_})
+
+
+def table_spec(name: str, chapter: str, inputs: str, columns: list[str] | None, make, reason: str = "",
+               oracle: str | None = None, permutation_repeats: int = 0):
+    """A :class:`prrt.models.ModelSpec` of a scikit-learn model: ``make(seed)`` returns the unfitted estimator.
+
+    ``columns=None`` means the manifest lacks the inputs (the spec is skipped with ``reason``).
+    """
+    from .models import ModelSpec
+
+    build = (lambda seed: TableModel(make(seed), columns)) if columns else None
+    return ModelSpec(name, chapter, inputs, build, reason=reason, oracle=oracle,
+                     permutation_repeats=permutation_repeats, columns=columns)
 
 
 def importance_summary(imp: pd.DataFrame) -> pd.DataFrame:
@@ -174,23 +169,6 @@ def importance_summary(imp: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- the models of the laboratory / PET-features chapter ------------------------------------------
-@dataclass
-class TabularSpec:
-    """A tabular model: its name, what it sees, and why it is skipped when it cannot run."""
-
-    name: str
-    description: str
-    features: list[str] | None
-    reason: str = ""
-    oracle: str | None = None  # which oracle AUROC of a synthetic cohort bounds it
-    importance: bool = False  # compute permutation importance (costly: shown for some models only)
-    kind: str = "rf"  # see MODEL_KINDS
-
-    @property
-    def inputs(self) -> str:
-        return self.description
-
-
 def feature_table(cohort, pet: pd.DataFrame | None = None) -> pd.DataFrame:
     """Model inputs for every patient: laboratory values, numeric clinical variables, PET features."""
     numeric_clinical = [c for c in cohort.clinical if c not in cohort.categorical]
@@ -202,28 +180,33 @@ def feature_table(cohort, pet: pd.DataFrame | None = None) -> pd.DataFrame:
     return X
 
 
-def lab_chapter_specs(cohort, pet: pd.DataFrame | None) -> list[TabularSpec]:
-    """The models of chapter 02, each with the reason it is skipped when its inputs are missing."""
+def lab_chapter_specs(cohort, pet: pd.DataFrame | None, profile, chapter: str = "02") -> list:
+    """The models of chapter 02 (:class:`prrt.models.ModelSpec`), each with the reason it is skipped
+    when its inputs are missing. Permutation importance is computed for two of them (it is costly)."""
     from .pet_features import FEATURES
 
     labs = list(cohort.labs)
     has_cycles = "prrt_cycles" in cohort.clinical and "prrt_cycles" not in cohort.categorical
     no_labs = "the manifest lists no laboratory values"
     no_pet = "the manifest names no PET images"
+    rf = lambda seed: make_model("rf", seed, profile)  # noqa: E731
+    logreg = lambda seed: make_model("logreg", seed, profile)  # noqa: E731
+    perm = profile.permutation_repeats
     return [
-        TabularSpec("lab_rf", "laboratory values", labs or None, no_labs, oracle="lab", importance=True),
-        TabularSpec("lab_rf_with_cycles", "laboratory values + PRRT cycles (sensitivity analysis)",
-                    labs + ["prrt_cycles"] if labs and has_cycles else None,
-                    no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'"),
-        TabularSpec("lab_logreg", "laboratory values, logistic regression", labs or None, no_labs, oracle="lab",
-                    kind="logreg"),
-        TabularSpec("pet_features_rf", "SR-PET quantitative features", FEATURES if pet is not None else None, no_pet,
-                    oracle="pet"),
-        TabularSpec("pet_features_logreg", "SR-PET quantitative features, logistic regression",
-                    FEATURES if pet is not None else None, no_pet, oracle="pet", kind="logreg"),
-        TabularSpec("lab_pet_features_rf", "laboratory values + SR-PET features",
-                    labs + FEATURES if (labs and pet is not None) else None,
-                    no_labs if not labs else no_pet, oracle="all", importance=True),
+        table_spec("lab_rf", chapter, "laboratory values", labs or None, rf, no_labs, oracle="lab",
+                   permutation_repeats=perm),
+        table_spec("lab_rf_with_cycles", chapter, "laboratory values + PRRT cycles (sensitivity analysis)",
+                   labs + ["prrt_cycles"] if labs and has_cycles else None, rf,
+                   no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'"),
+        table_spec("lab_logreg", chapter, "laboratory values, logistic regression", labs or None, logreg, no_labs,
+                   oracle="lab"),
+        table_spec("pet_features_rf", chapter, "SR-PET quantitative features", FEATURES if pet is not None else None,
+                   rf, no_pet, oracle="pet"),
+        table_spec("pet_features_logreg", chapter, "SR-PET quantitative features, logistic regression",
+                   FEATURES if pet is not None else None, logreg, no_pet, oracle="pet"),
+        table_spec("lab_pet_features_rf", chapter, "laboratory values + SR-PET features",
+                   labs + FEATURES if (labs and pet is not None) else None, rf, no_labs if not labs else no_pet,
+                   oracle="all", permutation_repeats=perm),
     ]
 
 
@@ -238,28 +221,6 @@ def risk_group_model(results: dict) -> str | None:
     early progression and would leak the outcome into the risk groups); ``None`` if none ran.
     """
     return next((name for name in RISK_GROUP_MODELS if name in results), None)
-
-
-def run_specs(specs: list[TabularSpec], X: pd.DataFrame, cohort, splits: pd.DataFrame, profile, seed: int,
-              run_dir, chapter: str, progress: bool = True):
-    """Cross-validate every runnable spec, write its predictions, and return results and summary rows."""
-    from .evaluate import summarise
-    from .results import skipped, write_predictions
-
-    results, rows = {}, []
-    for spec in specs:
-        if spec.features is None:
-            rows.append(skipped(spec.name, chapter, spec.inputs, spec.reason))
-            continue
-        res = cross_validate(spec.name, X[spec.features], cohort.data["label"], splits,
-                             lambda: make_model(spec.kind, seed, profile), seed,
-                             permutation_repeats=profile.permutation_repeats if spec.importance else 0,
-                             progress=progress)
-        write_predictions(run_dir, spec.name, res.predictions)
-        results[spec.name] = res
-        rows.append({"model": spec.name, "chapter": chapter, "inputs": spec.inputs, "status": "ran",
-                     **summarise(res.predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
-    return results, rows
 
 
 def odds_ratio_table(data: pd.DataFrame, features: list[str], label: str = "label") -> pd.DataFrame:

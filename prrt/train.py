@@ -29,18 +29,15 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
-from .evaluate import assemble_predictions, fold_test_rows, prior_correction
+from .evaluate import prior_correction
 from .networks import ImageClassifier, build_encoder
-from .splits import iter_folds
 
 
 @dataclass(frozen=True)
@@ -253,65 +250,40 @@ def recompute_batch_norm(model: torch.nn.Module, x: torch.Tensor, batch_size: in
     model.eval()
 
 
-@dataclass
-class ImageCVResult:
-    name: str
-    predictions: pd.DataFrame
-    curves: pd.DataFrame  # repeat, fold, epoch, train_loss, val_loss, val_auroc, best
-    inner_validation: dict  # (repeat, fold) -> validation patients
+class ImageModel:
+    """A CNN on one image modality: the image side of the model interface of :mod:`prrt.models`.
 
-
-def inner_split(train: list[str], y: pd.Series, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split training patients into fitting and validation parts, stratified by label."""
-    fit, val = train_test_split(sorted(train), test_size=val_fraction, stratify=y.loc[sorted(train)].astype(int),
-                                random_state=seed % 2**32)
-    return sorted(fit), sorted(val)
-
-
-def cross_validate_images(name: str, x: torch.Tensor, patients: list[str], y: pd.Series, splits: pd.DataFrame,
-                          cfg: TrainConfig, seed: int, run_dir=None, progress: bool = True) -> ImageCVResult:
-    """Train and predict one image model on every repeat and fold of the shared splits.
-
-    ``x`` holds one image per entry of ``patients`` (pseudonyms); ``y`` the labels (NaN = unlabelled).
-    Unlabelled patients are predicted by every fold model of a repeat (mean), as for tabular models.
+    ``fit`` trains on the fitting part of a fold with the inner validation part for the learning
+    curve (and, with ``selection = "val_loss"``, for the kept epoch); predictions are prior-corrected
+    with the fitting part's share of short PFS (``pos_weight`` trains as if both classes were equally
+    frequent).
     """
-    from tqdm.auto import tqdm
 
-    row = {p: i for i, p in enumerate(patients)}
-    missing = set(splits["patient"]) - set(row)
-    if missing:
-        raise ValueError(f"{name}: no image for {len(missing)} patients of the splits, e.g. {sorted(missing)[:3]}")
-    unlabelled = [p for p in patients if p not in set(splits["patient"])]
-    folds = list(iter_folds(splits))
-    preds, curves, extra, inner = [], [], {}, {}
-    device = select_device(cfg.device)
-    for f in tqdm(folds, desc=name, unit="fold", disable=not progress):
-        fold_seed = seed + 1000 * f.repeat + f.fold
-        fit, val = inner_split(f.train, y, cfg.val_fraction, fold_seed)
-        if set(f.test) & (set(fit) | set(val)):
-            raise AssertionError(f"repeat {f.repeat}, fold {f.fold}: a test patient reached training")
-        inner[(f.repeat, f.fold)] = val
-        take = lambda ids: x[[row[p] for p in ids]]  # noqa: E731
-        out = train_model(take(fit), y.loc[fit].to_numpy(int), take(val), y.loc[val].to_numpy(int), cfg, fold_seed,
-                          desc=f"r{f.repeat} f{f.fold}", progress=progress)
-        # pos_weight trains as if both classes were equally frequent: back to the fitting part's share
-        prevalence = float(y.loc[fit].mean())
-        preds.append(fold_test_rows(f, prior_correction(predict(out.model, take(f.test), device), prevalence), y))
-        if unlabelled:
-            extra.setdefault(f.repeat, []).append(
-                prior_correction(predict(out.model, take(unlabelled), device), prevalence))
-        c = out.curve.assign(repeat=f.repeat, fold=f.fold, best=lambda d: d["epoch"] == out.best_epoch)
-        curves.append(c)
-        if run_dir is not None:
-            ck = Path(run_dir) / "checkpoints" / name / f"r{f.repeat}_f{f.fold}.pt"
-            ck.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"state_dict": out.model.state_dict(), "config": cfg.to_dict(), "best_epoch": out.best_epoch,
-                        "in_channels": int(x.shape[1])}, ck)
-    predictions = assemble_predictions(preds, unlabelled, extra)
-    curves_df = pd.concat(curves, ignore_index=True)
-    if run_dir is not None:
-        curves_df.to_csv(Path(run_dir) / "checkpoints" / name / "curves.csv", index=False)
-    return ImageCVResult(name, predictions, curves_df, inner)
+    def __init__(self, modality: str, cfg: TrainConfig):
+        self.modality, self.cfg = modality, cfg
+
+    def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
+        from .models import FitRecord
+
+        images, y = data.images[self.modality], data.y
+        out = train_model(images.take(part.fit), y.loc[part.fit].to_numpy(int), images.take(part.val),
+                          y.loc[part.val].to_numpy(int), self.cfg, seed, desc=desc or self.modality, progress=progress)
+        self.model, self.prevalence = out.model, float(y.loc[part.fit].mean())
+        self.device = select_device(self.cfg.device)
+        return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(), "config": self.cfg.to_dict(),
+                                                     "best_epoch": out.best_epoch,
+                                                     "in_channels": int(images.x.shape[1])})
+
+    def predict(self, data, patients: list[str]) -> np.ndarray:
+        x = data.images[self.modality].take(patients)
+        return prior_correction(predict(self.model, x, self.device), self.prevalence)
+
+    @torch.no_grad()
+    def features(self, data, patients: list[str]) -> dict[str, np.ndarray]:
+        x = data.images[self.modality].take(patients)
+        self.model.eval()
+        out = [self.model.features(_to_device(x[i:i + 32], self.device)).float().cpu() for i in range(0, len(x), 32)]
+        return {self.modality: torch.cat(out).numpy() if out else np.zeros((0, self.model.encoder.feature_dim))}
 
 
 def image_tensors(cohort, profile, cache_dir, modality: str, progress: bool = True, roi: str | None = None,
@@ -356,31 +328,38 @@ def input_description(profile, base: str) -> str:
     return f"{modality}{mask} ({where}), {net}"
 
 
-def run_image_models(cohort, profile, seed: int, run_dir, cache_dir, splits: pd.DataFrame, chapter: str = "03",
-                     progress: bool = True, arrays: dict | None = None):
-    """Train the PET CNN and the CT CNN on the shared splits; write predictions; return results and summary rows.
+def image_spec(name: str, modality: str, cfg: TrainConfig, chapter: str, inputs: str, available: bool,
+               oracle: str | None = None):
+    """A :class:`prrt.models.ModelSpec` of a CNN on ``modality`` (skipped when the manifest names no such images)."""
+    from .models import ModelSpec
+
+    return ModelSpec(name, chapter, inputs, (lambda seed: ImageModel(modality, cfg)) if available else None,
+                     reason=f"the manifest names no {modality.upper()} images", oracle=oracle, needs=(modality,),
+                     val_fraction=cfg.val_fraction)
+
+
+def image_specs(cohort, profile, chapter: str = "03") -> list:
+    """The PET CNN and the CT CNN of chapter 03."""
+    cfg = config_from_profile(profile)
+    return [image_spec(name, modality, cfg, chapter, input_description(profile, description),
+                       modality in cohort.modalities, oracle)
+            for name, (modality, description, oracle) in IMAGE_MODELS.items()]
+
+
+def image_data(cohort, profile, cache_dir, arrays: dict | None = None, progress: bool = True, table=None):
+    """:class:`prrt.models.ModelData` with the preprocessed images of every modality the manifest names.
 
     ``arrays``: the preprocessed inputs (``{pseudonym: arrays}`` for the profile's region of
-    interest), when the caller has them already. A model whose images the manifest does not name is
-    skipped with the reason.
+    interest), when the caller has them already.
     """
-    from .evaluate import summarise
-    from .results import skipped, write_predictions
+    from .models import ImageSet, ModelData
 
-    cfg = config_from_profile(profile)
-    results, rows = {}, []
-    for name, (modality, description, _) in IMAGE_MODELS.items():
-        description = input_description(profile, description)
-        if modality not in cohort.modalities:
-            rows.append(skipped(name, chapter, description, f"the manifest names no {modality.upper()} images"))
-            continue
-        x, patients = image_tensors(cohort, profile, cache_dir, modality, progress=progress, arrays=arrays)
-        res = cross_validate_images(name, x, patients, cohort.data["label"], splits, cfg, seed, run_dir, progress)
-        write_predictions(run_dir, name, res.predictions)
-        results[name] = res
-        rows.append({"model": name, "chapter": chapter, "inputs": description, "status": "ran",
-                     **summarise(res.predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
-    return results, rows
+    images = {}
+    for modality in ("pet", "ct"):
+        if modality in cohort.modalities:
+            images[modality] = ImageSet(*image_tensors(cohort, profile, cache_dir, modality, progress=progress,
+                                                       arrays=arrays))
+    return ModelData(cohort.data["label"], table=table, images=images)
 
 
 def count_weights(cfg: TrainConfig, in_channels: int = 1) -> int:

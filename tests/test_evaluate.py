@@ -78,8 +78,60 @@ def test_splits_round_trip_and_mismatch(tmp_path, small_cohort_dir):
 
 def test_too_few_patients_for_stratified_folds():
     y = pd.Series([1, 1, 0, 0, 0, 0], index=list("abcdef"), dtype=float)
-    with pytest.raises(ValueError, match="at least 3 patients in each class"):
+    with pytest.raises(ValueError, match="at least 3 patients in each class; have 2 short-PFS and 4 long-PFS"):
         sp.make_splits(y, 3, 1, 0)
+    # exactly k patients in the smaller class is enough: one per test fold
+    y3 = pd.Series([1, 1, 1, 0, 0, 0], index=list("abcdef"), dtype=float)
+    s = sp.make_splits(y3, 3, 1, 0)
+    assert (s.join(y3.rename("y"), on="patient").groupby("fold")["y"].sum() == 1).all()
+    # a single class cannot be stratified (not even when it is large)
+    with pytest.raises(ValueError, match="have 0 short-PFS and 6 long-PFS"):
+        sp.make_splits(pd.Series(0.0, index=list("abcdef")), 3, 1, 0)
+
+
+def test_folds_come_in_repeat_and_fold_order(labels):
+    s = sp.make_splits(labels, 3, 2, seed=4)
+    assert [(f.repeat, f.fold) for f in sp.iter_folds(s)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    # the order does not depend on the order of the rows
+    shuffled = s.sample(frac=1, random_state=0)
+    assert [(f.repeat, f.fold) for f in sp.iter_folds(shuffled)] == [(r, k) for r in (0, 1) for k in (0, 1, 2)]
+
+
+def test_mean_training_patients(labels):
+    s = sp.make_splits(labels, 3, 2, seed=4)  # 58 patients: test parts of 20, 19, 19 -> training 38, 39, 39
+    assert sp.mean_training_patients(s) == round((38 + 39 + 39) / 3)
+    assert sp.mean_training_patients(s.iloc[:0]) == 0
+
+
+def test_ensure_splits_uses_the_seed_and_checks_saved_splits(tmp_path, small_cohort_dir, labels):
+    from prrt.manifest import load_manifest
+    from prrt.profiles import get_profile
+
+    c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    prof = get_profile("smoke")
+    s = sp.ensure_splits(c, prof, 5, tmp_path)
+    pd.testing.assert_frame_equal(s, sp.make_splits(c.data["label"], prof.n_folds, prof.n_repeats, 5))
+    # the saved file has no index column and reads back with string pseudonyms
+    assert (tmp_path / "splits.csv").read_text().splitlines()[0] == "patient,repeat,fold"
+    # splits saved for another cohort are refused, not reused
+    sp.save_splits(sp.make_splits(labels, 3, 1, 0), tmp_path)
+    with pytest.raises(ValueError, match="does not match the cohort"):
+        sp.ensure_splits(c, prof, 5, tmp_path)
+
+
+def test_describe_splits_counts_each_test_part(small_cohort_dir):
+    from prrt.manifest import load_manifest
+
+    c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    s = sp.make_splits(c.data["label"], 3, 2, 0)
+    d = sp.describe_splits(s, c)
+    assert list(d.columns) == ["test patients", "short PFS", "short PFS share"]
+    for (r, k), row in d.iterrows():
+        part = s[(s["repeat"] == r) & (s["fold"] == k)]["patient"]
+        assert row["test patients"] == len(part)
+        assert row["short PFS"] == int(c.data.loc[part, "label"].sum())
+        assert row["short PFS share"] == round(c.data.loc[part, "label"].mean(), 2)
+    assert d["test patients"].sum() == 2 * len(c.labelled)
 
 
 # ---- metrics ------------------------------------------------------------------------------------------

@@ -272,6 +272,17 @@ def test_labels_at_the_horizon(cohort_copy):
         assert (np.isnan(got) and np.isnan(expected)) or got == expected, (t, e, got)
 
 
+def test_pfs_label_table():
+    from prrt.manifest import pfs_label
+
+    time = [0.0, 3.0, 11.9, 12.0, 12.0, 11.9, 12.1, 12.1, 40.0]
+    event = [1, 1, 1, 1, 0, 0, 1, 0, 0]
+    expected = [1, 1, 1, 1, 0, np.nan, 0, 0, 0]
+    np.testing.assert_array_equal(pfs_label(time, event, 12.0), np.array(expected, float))
+    # another horizon moves the boundary with it
+    np.testing.assert_array_equal(pfs_label([6.0, 6.0, 5.0], [1, 0, 0], 6.0), [1.0, 0.0, np.nan])
+
+
 def test_horizon_text_for_both_endpoint_forms(small_cohort_dir, cohort_copy):
     from prrt.notebook import horizon_text
 

@@ -8,9 +8,18 @@ import pytest
 
 from conftest import edit_manifest
 from prrt import evaluate as ev
+from prrt import models
 from prrt import splits as sp
 from prrt import synthetic, tabular
 from prrt.manifest import load_manifest
+
+
+def cv_table(name, X, y, splits, make, seed, permutation_repeats=0, keep_models=False):
+    """The shared loop of prrt.models on a scikit-learn model (``make()``: a fresh estimator)."""
+    spec = tabular.table_spec(name, "02", "test table", list(X.columns), lambda _: make(),
+                              permutation_repeats=permutation_repeats)
+    return models.cross_validate(spec, models.ModelData(y, table=X), splits, seed, progress=False,
+                                 keep_models=keep_models)
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +37,12 @@ def test_permuted_labels_give_chance_auroc(lab_data):
     for k in range(4):
         yp = pd.Series(np.random.default_rng(100 + k).permutation(y.to_numpy()), index=y.index)
         s = sp.make_splits(yp, 3, 3, seed=k)
-        res = tabular.cross_validate("perm", X, yp, s, lambda: tabular.random_forest(k, 100), k,
-                                     permutation_repeats=0, progress=False)
+        res = cv_table("perm", X, yp, s, lambda: tabular.random_forest(k, 100), k, permutation_repeats=0)
         aurocs += list(ev.per_repeat_metrics(res.predictions)["auroc"])
     assert abs(np.mean(aurocs) - 0.5) < 0.06, aurocs
     # ... while the real labels are learnt (chromogranin A and gamma-GT carry signal)
     s = sp.make_splits(y, 3, 2, seed=0)
-    res = tabular.cross_validate("real", X, y, s, lambda: tabular.random_forest(0, 100), 0, permutation_repeats=0,
-                                 progress=False)
+    res = cv_table("real", X, y, s, lambda: tabular.random_forest(0, 100), 0, permutation_repeats=0)
     assert ev.per_repeat_metrics(res.predictions)["auroc"].mean() > 0.6
 
 
@@ -44,10 +51,9 @@ def test_imputation_is_fitted_on_the_training_folds_only(lab_data):
     X = X.copy()
     X.iloc[:5, 0] = np.nan
     s = sp.make_splits(y, 3, 1, seed=0)
-    res = tabular.cross_validate("imp", X, y, s, lambda: tabular.random_forest(0, 20), 0, permutation_repeats=0,
-                                 keep_models=True, progress=False)
+    res = cv_table("imp", X, y, s, lambda: tabular.random_forest(0, 20), 0, permutation_repeats=0, keep_models=True)
     for f in sp.iter_folds(s):
-        imputer = res.models[(f.repeat, f.fold)].named_steps["impute"]
+        imputer = res.models[(f.repeat, f.fold)].estimator_.named_steps["impute"]
         np.testing.assert_allclose(imputer.statistics_, X.loc[f.train].median().to_numpy())
         assert not np.allclose(imputer.statistics_, X.median().to_numpy())
 
@@ -57,8 +63,7 @@ def test_every_patient_is_predicted_once_per_repeat_by_a_model_that_did_not_see_
     y = y.copy()
     y.iloc[:3] = np.nan  # three patients censored before the horizon
     s = sp.make_splits(y, 3, 2, seed=1)
-    res = tabular.cross_validate("oof", X, y, s, lambda: tabular.random_forest(0, 20), 0, permutation_repeats=0,
-                                 keep_models=True, progress=False)
+    res = cv_table("oof", X, y, s, lambda: tabular.random_forest(0, 20), 0, permutation_repeats=0, keep_models=True)
     p = res.predictions
     lab = p[p["fold"] >= 0]
     assert lab.groupby("repeat")["patient"].apply(lambda x: sorted(x) == sorted(y.dropna().index)).all()
@@ -67,15 +72,15 @@ def test_every_patient_is_predicted_once_per_repeat_by_a_model_that_did_not_see_
     unl = p[p["fold"] == -1]
     assert sorted(unl["patient"].unique()) == sorted(y.index[:3]) and unl["label"].isna().all()
     # the unlabelled patients' prediction is the mean of the fold models of the repeat
-    r0 = [res.models[(0, f)].predict_proba(X.loc[y.index[:3]])[:, 1] for f in range(3)]
+    r0 = [res.models[(0, f)].estimator_.predict_proba(X.loc[y.index[:3]])[:, 1] for f in range(3)]
     np.testing.assert_allclose(unl[unl["repeat"] == 0].sort_values("patient")["probability"], np.mean(r0, axis=0))
 
 
 def test_same_seed_same_predictions(lab_data):
     X, y = lab_data
     s = sp.make_splits(y, 3, 1, seed=2)
-    a = tabular.cross_validate("a", X, y, s, lambda: tabular.random_forest(7, 50), 7, permutation_repeats=2, progress=False)
-    b = tabular.cross_validate("a", X, y, s, lambda: tabular.random_forest(7, 50), 7, permutation_repeats=2, progress=False)
+    a = cv_table("a", X, y, s, lambda: tabular.random_forest(7, 50), 7, permutation_repeats=2)
+    b = cv_table("a", X, y, s, lambda: tabular.random_forest(7, 50), 7, permutation_repeats=2)
     pd.testing.assert_frame_equal(a.predictions, b.predictions)
     pd.testing.assert_frame_equal(a.permutation, b.permutation)
 
@@ -83,13 +88,13 @@ def test_same_seed_same_predictions(lab_data):
 def test_manifest_without_labs_skips_the_lab_models(cohort_copy, tmp_path):
     m = edit_manifest(cohort_copy / "manifest.yaml", labs=[])
     c = load_manifest(m, check_images="none")
-    specs = tabular.lab_chapter_specs(c, pet=None)
-    assert [s.features for s in specs] == [None] * 6
-    s = sp.make_splits(c.data["label"], 3, 1, 0)
     from prrt.profiles import get_profile
 
-    results, rows = tabular.run_specs(specs, tabular.feature_table(c), c, s, get_profile("smoke"), 0, tmp_path, "02",
-                                      progress=False)
+    specs = tabular.lab_chapter_specs(c, None, get_profile("smoke"))
+    assert [s.build for s in specs] == [None] * 6
+    s = sp.make_splits(c.data["label"], 3, 1, 0)
+    results, rows = models.run_models(specs, models.ModelData(c.data["label"], table=tabular.feature_table(c)), c, s,
+                                      get_profile("smoke"), 0, tmp_path, progress=False)
     assert results == {}
     status = {r["model"]: r["status"] for r in rows}
     assert status["lab_rf"] == "skipped: the manifest lists no laboratory values"
@@ -129,15 +134,14 @@ def test_logistic_regression_learns_in_fold_and_keeps_the_prevalence():
     X = pd.DataFrame({"cga": np.exp(rng.normal(5 + 1.2 * y, 1.0)), "noise": rng.normal(size=n)}, index=y.index)
     X.iloc[3, 0] = np.nan  # imputed inside the fold
     s = sp.make_splits(y, 3, 2, 0)
-    res = tabular.cross_validate("lr", X, y, s, lambda: tabular.logistic_regression(0), 0, permutation_repeats=0,
-                                 keep_models=True, progress=False)
+    res = cv_table("lr", X, y, s, lambda: tabular.logistic_regression(0), 0, permutation_repeats=0, keep_models=True)
     from prrt.evaluate import per_repeat_metrics
 
     assert per_repeat_metrics(res.predictions)["auroc"].mean() > 0.75
     assert abs(res.predictions["probability"].mean() - y.mean()) < 0.05
     # the fitted transformation of a fold equals one fitted on that fold's training patients alone
     f = next(sp.iter_folds(s))
-    model = res.models[(f.repeat, f.fold)]
+    model = res.models[(f.repeat, f.fold)].estimator_
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import PowerTransformer
 
@@ -168,11 +172,33 @@ def test_class_weighted_forest_predicts_risks_at_the_training_prevalence():
     y = pd.Series((np.arange(n) < 54).astype(float), index=[f"P{i:03d}" for i in range(n)])  # 36 %
     X = pd.DataFrame({"a": rng.normal(size=n) + 0.8 * y, "b": rng.normal(size=n)}, index=y.index)
     s = sp.make_splits(y, 3, 1, 0)
-    res = tabular.cross_validate("rf", X, y, s, lambda: tabular.random_forest(0, 100), 0, permutation_repeats=0,
-                                 keep_models=True, progress=False)
+    res = cv_table("rf", X, y, s, lambda: tabular.random_forest(0, 100), 0, permutation_repeats=0, keep_models=True)
     assert abs(res.predictions["probability"].mean() - 0.36) < 0.05
     f = next(sp.iter_folds(s))
-    model = res.models[(f.repeat, f.fold)]
+    model = res.models[(f.repeat, f.fold)].estimator_
     raw = model[:-1].transform(X.loc[f.test])
     assert model[-1].estimator_.predict_proba(raw)[:, 1].mean() > 0.42  # what the weights alone give
     assert model[-1].prevalence_ == pytest.approx(y.loc[f.train].mean())
+
+
+def test_shared_loop_gives_what_a_plain_fold_loop_gives(lab_data):
+    """The loop of prrt.models (chapter 02) against the plain definition: for every repeat and fold,
+    a fresh pipeline fitted on the training patients predicts the test patients; permutation
+    importance on the test fold with the fold's seed."""
+    from sklearn.base import clone
+    from sklearn.inspection import permutation_importance
+
+    X, y = lab_data
+    s = sp.make_splits(y, 3, 2, seed=4)
+    res = cv_table("plain", X, y, s, lambda: tabular.random_forest(9, 30), 9, permutation_repeats=2)
+    for f in sp.iter_folds(s):
+        m = clone(tabular.random_forest(9, 30)).fit(X.loc[f.train], y.loc[f.train].astype(int))
+        tabular._single_threaded_prediction(m)  # as the loop does (the trees' sum in one order)
+        got = res.predictions.query("repeat == @f.repeat and fold == @f.fold").set_index("patient")["probability"]
+        np.testing.assert_array_equal(got.loc[f.test].to_numpy(), m.predict_proba(X.loc[f.test])[:, 1])
+        pi = permutation_importance(m, X.loc[f.test], y.loc[f.test].astype(int), scoring="roc_auc", n_repeats=2,
+                                    random_state=9 + 1000 * f.repeat + f.fold)
+        perm = res.permutation.query("repeat == @f.repeat and fold == @f.fold")
+        np.testing.assert_array_equal(perm["importance"].to_numpy(), pi.importances_mean)
+        imp = res.impurity.query("repeat == @f.repeat and fold == @f.fold")
+        np.testing.assert_array_equal(imp["importance"].to_numpy(), m[-1].feature_importances_)

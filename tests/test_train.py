@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from prrt import models
 from prrt import splits as sp
 from prrt import train
 from prrt.evaluate import per_repeat_metrics
@@ -27,35 +28,66 @@ def separable(n=48, size=(24, 24, 20), seed=0, n_unlabelled=0):
     return x, y
 
 
+def cv_images(name, x, y, splits, cfg, seed, run_dir=None):
+    """The shared loop of prrt.models on one image tensor (one image per entry of y)."""
+    data = models.ModelData(y, images={"pet": models.ImageSet(x, list(y.index))})
+    spec = train.image_spec(name, "pet", cfg, "03", "test images", available=True)
+    return models.cross_validate(spec, data, splits, seed, run_dir=run_dir, progress=False)
+
+
 def test_learns_a_trivially_separable_image_set():
     x, y = separable()
     s = sp.make_splits(y, 3, 1, 0)
-    res = train.cross_validate_images("sep", x, list(y.index), y, s, train.TrainConfig(epochs=6), seed=1, progress=False)
+    res = cv_images("sep", x, y, s, train.TrainConfig(epochs=6), seed=1)
     assert per_repeat_metrics(res.predictions)["auroc"].iloc[0] > 0.9
+
+
+def test_shared_loop_gives_what_direct_training_gives():
+    """The loop of prrt.models (chapter 03) against the plain definition: per repeat and fold, the
+    stratified inner split of the training patients with the fold's seed, one network trained on the
+    fitting part, its test predictions prior-corrected with the fitting part's share of short PFS."""
+    from prrt.evaluate import prior_correction
+    from sklearn.model_selection import train_test_split
+
+    x, y = separable(n=30, size=(12, 12, 10), seed=2)
+    s = sp.make_splits(y, 3, 1, 0)
+    cfg = train.TrainConfig(epochs=2)
+    res = cv_images("plain", x, y, s, cfg, seed=5)
+    for f in sp.iter_folds(s):
+        seed = 5 + 1000 * f.repeat + f.fold
+        fit, val = train_test_split(sorted(f.train), test_size=0.2, stratify=y.loc[sorted(f.train)].astype(int),
+                                    random_state=seed)
+        fit, val = sorted(fit), sorted(val)
+        take = lambda ids: x[[int(p[1:]) for p in ids]]  # noqa: E731
+        out = train.train_model(take(fit), y.loc[fit].to_numpy(int), take(val), y.loc[val].to_numpy(int), cfg, seed,
+                                progress=False)
+        expected = prior_correction(train.predict(out.model, take(f.test)), y.loc[fit].mean())
+        got = res.predictions.query("repeat == @f.repeat and fold == @f.fold").set_index("patient")["probability"]
+        np.testing.assert_array_equal(got.loc[f.test].to_numpy(), expected)
 
 
 def test_same_seed_gives_identical_out_of_fold_predictions_on_cpu():
     x, y = separable(seed=1)
     s = sp.make_splits(y, 3, 1, 0)
     cfg = train.TrainConfig(epochs=2)
-    a = train.cross_validate_images("a", x, list(y.index), y, s, cfg, seed=3, progress=False)
-    b = train.cross_validate_images("a", x, list(y.index), y, s, cfg, seed=3, progress=False)
+    a = cv_images("a", x, y, s, cfg, seed=3)
+    b = cv_images("a", x, y, s, cfg, seed=3)
     pd.testing.assert_frame_equal(a.predictions, b.predictions)
     pd.testing.assert_frame_equal(a.curves, b.curves)
-    c = train.cross_validate_images("a", x, list(y.index), y, s, cfg, seed=4, progress=False)
+    c = cv_images("a", x, y, s, cfg, seed=4)
     assert not np.allclose(a.predictions["probability"], c.predictions["probability"])
 
 
 def test_no_test_patient_reaches_training_or_inner_validation(tmp_path):
     x, y = separable(n=36, n_unlabelled=2)
     s = sp.make_splits(y, 3, 2, 5)
-    res = train.cross_validate_images("leak", x, list(y.index), y, s, train.TrainConfig(epochs=1), seed=0,
-                                      run_dir=tmp_path, progress=False)
+    res = cv_images("leak", x, y, s, train.TrainConfig(epochs=1), seed=0,
+                    run_dir=tmp_path)
     for f in sp.iter_folds(s):
         val = set(res.inner_validation[(f.repeat, f.fold)])
         assert val <= set(f.train) and not val & set(f.test)
-        fit, val2 = train.inner_split(f.train, y, 0.2, 0 + 1000 * f.repeat + f.fold)
-        assert set(val2) == val and not set(fit) & val and set(fit) | val == set(f.train)
+        part = models.inner_split(f.train, y, 0.2, 0 + 1000 * f.repeat + f.fold)
+        assert set(part.val) == val and not set(part.fit) & val and set(part.fit) | val == set(f.train)
         assert y.loc[list(val)].sum() >= 1  # stratified: the validation part has short-PFS patients
     # each labelled patient is predicted once per repeat, in its own test fold; unlabelled ones by every fold
     lab = res.predictions[res.predictions["fold"] >= 0].merge(s, on=["patient", "repeat"], suffixes=("", "_s"))
@@ -167,8 +199,7 @@ def test_cnn_predictions_are_prior_corrected_to_the_fitting_prevalence():
     y = pd.Series(np.r_[np.ones(16), np.zeros(n - 16)], index=[f"P{i:03d}" for i in range(n)])
     x = torch.from_numpy(rng.random((n, 1, 12, 12, 10)).astype(np.float32))
     s = sp.make_splits(y, 3, 1, 0)
-    res = train.cross_validate_images("null", x, list(y.index), y, s, train.TrainConfig(epochs=2), seed=0,
-                                      progress=False)
+    res = cv_images("null", x, y, s, train.TrainConfig(epochs=2), seed=0)
     assert abs(res.predictions["probability"].mean() - 16 / 45) < 0.08
 
 
@@ -187,8 +218,7 @@ def test_training_never_receives_a_test_fold_image(monkeypatch):
         return real(x_fit, y_fit, x_val, y_val, cfg, seed, **kw)
 
     monkeypatch.setattr(train, "train_model", spy)
-    train.cross_validate_images("spy", x, list(y.index), y, s, train.TrainConfig(epochs=1, augment=False), seed=0,
-                                progress=False)
+    cv_images("spy", x, y, s, train.TrainConfig(epochs=1, augment=False), seed=0)
     folds = list(sp.iter_folds(s))
     assert len(seen) == len(folds)
     for (fit, val), f in zip(seen, folds):

@@ -1,0 +1,247 @@
+"""One model interface and one cross-validation loop for every model of the book.
+
+Every model, tabular, image or fusion, is described by a :class:`ModelSpec`: its name, the chapter
+that reports it, a description of its inputs, the data it needs, and how to build it. ``build(seed)``
+returns a fresh, unfitted object with three methods:
+
+``fit(data, part, seed, progress=..., desc=...)``
+    learn from the training part of one fold (``part.fit``; a model that selects or monitors
+    epochs uses ``part.val``, an inner validation part drawn from the same training patients);
+    returns a :class:`FitRecord` (learning curve, kept epoch, weights to save) or ``None``.
+``predict(data, patients)``
+    the probability of short PFS for these patients.
+``features(data, patients)``
+    per-modality embeddings ``{modality: array (n, d)}``: what a fusion model or an explanation
+    can build on.
+
+:func:`cross_validate` runs one spec over the saved splits: for every repeat and fold it draws the
+inner validation part from the training patients only, builds and fits a fresh model, predicts the
+test fold once (and the unlabelled patients, who are in no fold), and collects the predictions in
+the format of :mod:`prrt.evaluate`, the learning curves and, for a spec that asks for them,
+permutation importances on the held-out fold. :func:`run_models` does that for a chapter's specs,
+writes ``predictions/<model>.csv``, checkpoints and curves, and returns the summary rows; a spec
+whose inputs the manifest lacks becomes a ``skipped`` row with its reason.
+
+Seeds: the model of (repeat r, fold k) is fitted with ``seed + 1000 r + k``; the inner validation
+part is drawn with the same number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import numpy as np
+import pandas as pd
+
+from .evaluate import assemble_predictions, fold_test_rows
+from .splits import iter_folds
+
+if TYPE_CHECKING:
+    import torch
+
+
+# ---- data ------------------------------------------------------------------------------------------
+@dataclass
+class ImageSet:
+    """Preprocessed images of one modality: one entry of ``x`` (C, X, Y, Z) per pseudonym in ``patients``."""
+
+    x: torch.Tensor
+    patients: list[str]
+
+    def __post_init__(self):
+        if len(self.x) != len(self.patients):
+            raise ValueError(f"{len(self.x)} images for {len(self.patients)} patients")
+        self._row = {p: i for i, p in enumerate(self.patients)}
+
+    def has(self, patient: str) -> bool:
+        return patient in self._row
+
+    def take(self, patients: list[str]):
+        return self.x[[self._row[p] for p in patients]]
+
+
+@dataclass
+class ModelData:
+    """Everything a model may read, for every patient of the cohort (index: pseudonym).
+
+    ``y``: the label (1 short PFS, 0 long PFS, NaN unlabelled). ``table``: tabular inputs (laboratory
+    values, numeric clinical variables, PET features), NaN where missing. ``images``: ``{modality:
+    ImageSet}``; a patient without that image is absent from it.
+    """
+
+    y: pd.Series
+    table: pd.DataFrame | None = None
+    images: dict[str, ImageSet] = field(default_factory=dict)
+
+    def has(self, patient: str, modality: str, columns: list[str] | None = None) -> bool:
+        """Whether ``patient`` has ``modality`` (``"table"`` with ``columns``: any of them measured)."""
+        if modality == "table":
+            return (self.table is not None and patient in self.table.index
+                    and bool(self.table.loc[patient, columns].notna().any()))
+        return modality in self.images and self.images[modality].has(patient)
+
+
+@dataclass
+class TrainingPart:
+    """The training patients of one fold: ``fit`` trains the weights, ``val`` is the inner validation part."""
+
+    fit: list[str]
+    val: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return sorted(self.fit + self.val)
+
+
+@dataclass
+class FitRecord:
+    """What fitting one fold leaves behind besides the model."""
+
+    curve: pd.DataFrame | None = None  # epoch, train_loss, val_loss, val_auroc
+    best_epoch: int | None = None
+    checkpoint: dict | None = None  # saved as checkpoints/<model>/r{repeat}_f{fold}.pt
+
+
+class Model(Protocol):
+    def fit(self, data: ModelData, part: TrainingPart, seed: int, progress: bool = True,
+            desc: str = "") -> FitRecord | None: ...
+
+    def predict(self, data: ModelData, patients: list[str]) -> np.ndarray: ...
+
+    def features(self, data: ModelData, patients: list[str]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class ModelSpec:
+    """A model of the book: what it is called, what it sees, and how to build it.
+
+    ``build(seed)`` returns a fresh unfitted :class:`Model`; ``None`` means the manifest lacks its
+    inputs and ``reason`` says which. ``needs`` lists the modalities a patient must have to be
+    predicted (``"table"``, ``"pet"``, ``"ct"``); a model that copes with a missing modality (the
+    fusion models) lists none. ``val_fraction`` > 0 draws an inner validation part from each training
+    fold. ``permutation_repeats`` > 0 computes permutation importance on each held-out fold.
+    """
+
+    name: str
+    chapter: str
+    inputs: str
+    build: Callable[[int], Model] | None
+    reason: str = ""
+    oracle: str | None = None
+    needs: tuple[str, ...] = ()
+    val_fraction: float = 0.0
+    permutation_repeats: int = 0
+    columns: list[str] | None = None  # the table columns the model reads (for importances)
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+@dataclass
+class CVResult:
+    """Out-of-fold predictions and what each fold's model left behind."""
+
+    name: str
+    predictions: pd.DataFrame
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # repeat, fold, epoch, ..., best
+    permutation: pd.DataFrame = field(default_factory=pd.DataFrame)  # repeat, fold, feature, importance
+    impurity: pd.DataFrame = field(default_factory=pd.DataFrame)  # repeat, fold, feature, importance
+    inner_validation: dict = field(default_factory=dict)  # (repeat, fold) -> validation patients
+    features: list[str] = field(default_factory=list)
+    models: dict = field(default_factory=dict, repr=False)
+
+
+def fold_seed(seed: int, repeat: int, fold: int) -> int:
+    return seed + 1000 * repeat + fold
+
+
+def inner_split(train: list[str], y: pd.Series, val_fraction: float, seed: int) -> TrainingPart:
+    """Split a fold's training patients into a fitting and a validation part, stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    train = sorted(train)
+    if not val_fraction:
+        return TrainingPart(train, [])
+    fit, val = train_test_split(train, test_size=val_fraction, stratify=y.loc[train].astype(int),
+                                random_state=seed % 2**32)
+    return TrainingPart(sorted(fit), sorted(val))
+
+
+def predictable_patients(spec: ModelSpec, data: ModelData) -> list[str]:
+    """The patients the model can predict: those with every modality in ``spec.needs``."""
+    return [p for p in data.y.index if all(data.has(p, m, spec.columns) for m in spec.needs)]
+
+
+def cross_validate(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed: int, run_dir=None,
+                   progress: bool = True, keep_models: bool = False) -> CVResult:
+    """Fit ``spec`` on the training part of every repeat and fold of ``splits``; predict the test part once.
+
+    Patients without a label are predicted by every fold model of a repeat (the mean is kept). With
+    ``run_dir``, each fold's checkpoint and the learning curves go to ``checkpoints/<model>/``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if spec.build is None:
+        raise ValueError(f"{spec.name} cannot run: {spec.reason}")
+    y = data.y
+    in_splits = set(splits["patient"])
+    available = predictable_patients(spec, data)
+    missing = in_splits - set(available)
+    if missing:
+        raise ValueError(f"{spec.name}: {len(missing)} patients of the splits lack its inputs "
+                         f"({', '.join(spec.needs)}), e.g. {sorted(missing)[:3]}")
+    unlabelled = [p for p in available if p not in in_splits]
+    preds, extra, curves, perm, imp, inner, models = [], {}, [], [], [], {}, {}
+    for f in tqdm(list(iter_folds(splits)), desc=spec.name, unit="fold", disable=not progress):
+        s = fold_seed(seed, f.repeat, f.fold)
+        part = inner_split(f.train, y, spec.val_fraction, s)
+        if set(f.test) & set(part.all) or set(part.all) != set(f.train):
+            raise AssertionError(f"repeat {f.repeat}, fold {f.fold}: the training part is not the fold's training set")
+        inner[(f.repeat, f.fold)] = part.val
+        model = spec.build(seed)
+        record = model.fit(data, part, s, progress=progress, desc=f"r{f.repeat} f{f.fold}") or FitRecord()
+        preds.append(fold_test_rows(f, model.predict(data, f.test), y))
+        if unlabelled:
+            extra.setdefault(f.repeat, []).append(model.predict(data, unlabelled))
+        if spec.permutation_repeats and hasattr(model, "permutation_importance"):
+            perm.append(model.permutation_importance(data, f.test, spec.permutation_repeats, s)
+                        .assign(repeat=f.repeat, fold=f.fold))
+        if hasattr(model, "impurity_importance"):
+            imp.append(model.impurity_importance().assign(repeat=f.repeat, fold=f.fold))
+        if record.curve is not None:
+            curves.append(record.curve.assign(repeat=f.repeat, fold=f.fold,
+                                              best=lambda d: d["epoch"] == record.best_epoch))
+        if run_dir is not None and record.checkpoint is not None:
+            ck = Path(run_dir) / "checkpoints" / spec.name / f"r{f.repeat}_f{f.fold}.pt"
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(record.checkpoint, ck)
+        if keep_models:
+            models[(f.repeat, f.fold)] = model
+    order = ["repeat", "fold", "feature", "importance"]
+    curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    if run_dir is not None and curves:
+        curves_df.to_csv(Path(run_dir) / "checkpoints" / spec.name / "curves.csv", index=False)
+    return CVResult(spec.name, assemble_predictions(preds, unlabelled, extra), curves_df,
+                    pd.concat(perm, ignore_index=True)[order] if perm else pd.DataFrame(),
+                    pd.concat(imp, ignore_index=True)[order] if imp else pd.DataFrame(),
+                    inner, list(spec.columns or []), models)
+
+
+def run_models(specs: list[ModelSpec], data: ModelData, cohort, splits: pd.DataFrame, profile, seed: int, run_dir,
+               progress: bool = True) -> tuple[dict[str, CVResult], list[dict]]:
+    """Cross-validate every spec that can run, write its predictions; return the results and summary rows."""
+    from .evaluate import summarise
+    from .results import skipped, write_predictions
+
+    results, rows = {}, []
+    for spec in specs:
+        if spec.build is None:
+            rows.append(skipped(spec.name, spec.chapter, spec.inputs, spec.reason))
+            continue
+        res = cross_validate(spec, data, splits, seed, run_dir=run_dir, progress=progress)
+        write_predictions(run_dir, spec.name, res.predictions)
+        results[spec.name] = res
+        rows.append({"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",
+                     **summarise(res.predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
+    return results, rows

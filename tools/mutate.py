@@ -1,0 +1,119 @@
+"""Mutation testing of the code whose mistakes would silently change published numbers (`make mutate`).
+
+Runs mutmut (configured in pyproject.toml: the files, the fast tests, fork-server isolation) on the
+functions of :data:`SCOPE`, then prints the score per area:
+
+    killed / (mutants - equivalent)
+
+A mutant counts as killed when a test failed or timed out; ``survived`` and ``no tests`` count
+against the score. Equivalent mutants (no input can tell them from the original) are listed, each
+with its reason, in CONTRIBUTING.md under "Equivalent mutants" as ``- `name`: reason``; a listed
+mutant that a test kills is reported so that the list stays true. Exit status 1 when the score is
+below ``--min-score`` (default 0.8).
+
+    python tools/mutate.py            # run, then report
+    python tools/mutate.py --report   # report the last run only
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Area -> mutmut name patterns (module.x_function__mutmut_N; methods are module.xǁClassǁmethod__mutmut_N).
+SCOPE = {
+    "evaluation statistics (prrt.evaluate)": ["prrt.evaluate.*"],
+    "splits (prrt.splits)": ["prrt.splits.*"],
+    "labelling and pseudonyms (prrt.manifest)": ["prrt.manifest.x_pseudonymise__*", "prrt.manifest.x_pfs_label__*",
+                                                 "prrt.manifest.xǁCohortǁ*"],
+    "training selection and weighting (prrt.train, prrt.models)": [
+        "prrt.train.x_train_model__*", "prrt.train.x_recompute_batch_norm__*", "prrt.train.x_predict__*",
+        "prrt.train.xǁImageModelǁ*", "prrt.models.x_inner_split__*", "prrt.models.x_cross_validate__*",
+        "prrt.models.x_predictable_patients__*", "prrt.models.x_fold_seed__*", "prrt.models.xǁImageSetǁ*",
+        "prrt.models.xǁModelDataǁ*"],
+    "results (prrt.results)": ["prrt.results.*"],
+}
+KILLED = {"killed", "timeout"}
+
+
+def area_of(name: str) -> str | None:
+    return next((a for a, pats in SCOPE.items() if any(fnmatch.fnmatch(name, p) for p in pats)), None)
+
+
+def equivalent_mutants(path: Path = ROOT / "CONTRIBUTING.md") -> dict[str, str]:
+    """``{mutant: reason}`` from the "Equivalent mutants" list of CONTRIBUTING.md."""
+    text = path.read_text(encoding="utf-8")
+    section = text.split("### Equivalent mutants", 1)[1] if "### Equivalent mutants" in text else ""
+    section = re.split(r"\n#{1,3} ", section, maxsplit=1)[0]
+    return dict(re.findall(r"^- `([^`]+)`: (.+)$", section, flags=re.M))
+
+
+def results(mutmut: str) -> dict[str, str]:
+    out = subprocess.run([mutmut, "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True, check=True)
+    found = re.findall(r"^\s*(\S+__mutmut_\d+): (.+)$", out.stdout, flags=re.M)
+    return {name: status.strip() for name, status in found}
+
+
+def report(status: dict[str, str], equivalent: dict[str, str], min_score: float) -> int:
+    rows, survivors, stale = [], [], []
+    total_k = total_n = 0
+    for area in SCOPE:
+        names = sorted(n for n in status if area_of(n) == area)
+        k = sum(status[n] in KILLED for n in names)
+        eq = [n for n in names if n in equivalent]
+        stale += [n for n in eq if status[n] in KILLED]
+        eq = [n for n in eq if status[n] not in KILLED]
+        left = [n for n in names if status[n] not in KILLED and n not in equivalent]
+        survivors += [(n, status[n]) for n in left]
+        n_scored = len(names) - len(eq)
+        total_k, total_n = total_k + k, total_n + n_scored
+        rows.append((area, len(names), len(eq), k, n_scored, k / n_scored if n_scored else float("nan")))
+    print(f"{'area':48s} {'mutants':>8s} {'equiv.':>7s} {'killed':>7s} {'score':>7s}")
+    for area, n, eq, k, n_scored, score in rows:
+        print(f"{area:48s} {n:8d} {eq:7d} {k:7d} {score:7.1%}")
+    score = total_k / total_n if total_n else float("nan")
+    print(f"{'all':48s} {sum(r[1] for r in rows):8d} {sum(r[2] for r in rows):7d} {total_k:7d} {score:7.1%}")
+    if survivors:
+        print(f"\n{len(survivors)} mutants not killed and not listed as equivalent (see `mutmut show NAME`):")
+        for n, s in survivors:
+            print(f"  {n}: {s}")
+    if stale:
+        print("\nListed as equivalent in CONTRIBUTING.md but killed by a test (remove them from the list):")
+        for n in stale:
+            print(f"  {n}")
+    unknown = sorted(set(equivalent) - set(status))
+    if unknown:
+        print("\nListed as equivalent but no longer produced by mutmut (remove them from the list):")
+        for n in unknown:
+            print(f"  {n}")
+    if not total_n:
+        print("no mutants in scope: run without --report first", file=sys.stderr)
+        return 1
+    return 0 if score >= min_score else 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", action="store_true", help="only report the last run")
+    ap.add_argument("--min-score", type=float, default=0.8)
+    ap.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+    mutmut = str(Path(sys.executable).parent / "mutmut")
+    if not args.report:
+        # one thread per test process: OpenMP thread pools do not survive mutmut's forks
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        patterns = [p for pats in SCOPE.values() for p in pats]
+        subprocess.run([mutmut, "run", "--max-children", str(args.max_children), *patterns], cwd=ROOT, env=env,
+                       check=True)
+    return report(results(mutmut), equivalent_mutants(), args.min_score)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
