@@ -126,6 +126,7 @@ def test_describe_splits_counts_each_test_part(small_cohort_dir):
     s = sp.make_splits(c.data["label"], 3, 2, 0)
     d = sp.describe_splits(s, c)
     assert list(d.columns) == ["test patients", "short PFS", "short PFS share"]
+    assert d["short PFS"].dtype == np.int64  # counts, shown without decimals
     for (r, k), row in d.iterrows():
         part = s[(s["repeat"] == r) & (s["fold"] == k)]["patient"]
         assert row["test patients"] == len(part)
@@ -320,3 +321,145 @@ def test_bootstrap_resamples_keep_the_class_counts(monkeypatch):
     ci = ev.bootstrap_ci(pred, n_boot=300, seed=1)
     assert len(seen) == 300 and set(seen) == {3}  # unstratified resampling would vary the count (0 to 8)
     assert np.all(np.isfinite(ci["auroc_ci"]))
+
+
+# ---- exact outputs (each test names the mistakes it catches) ------------------------------------------
+class _SurvivalCohort:
+    """The two things summarise reads from a cohort."""
+
+    def __init__(self, data):
+        self.data, self.has_survival = data, True
+
+
+def test_summarise_every_field_against_its_definition(labels):
+    pred, _ = fake_predictions(labels, n_repeats=3, signal=1.5, seed=2)
+    rng = np.random.default_rng(8)
+    data = pd.DataFrame({"pfs_months": rng.exponential(20, len(labels)), "event": rng.integers(0, 2, len(labels))},
+                        index=labels.index)
+    unl = pd.DataFrame({"patient": "P999", "repeat": [0, 1, 2], "fold": -1, "probability": 0.4, "label": np.nan})
+    data.loc["P999"] = [3.0, 0]
+    pred = pd.concat([pred, unl], ignore_index=True)
+    s = ev.summarise(pred, _SurvivalCohort(data), n_boot=40, seed=6)
+    m = ev.per_repeat_metrics(pred)
+    ci = ev.bootstrap_ci(pred, n_boot=40, seed=6)
+    risk = pred.groupby("patient")["probability"].mean()
+    expected = {
+        "auroc_mean": m["auroc"].mean(), "auroc_sd": m["auroc"].std(ddof=1),
+        "auroc_ci_low": ci["auroc_ci"][0], "auroc_ci_high": ci["auroc_ci"][1],
+        "auprc_mean": m["auprc"].mean(), "auprc_sd": m["auprc"].std(ddof=1),
+        "auprc_ci_low": ci["auprc_ci"][0], "auprc_ci_high": ci["auprc_ci"][1],
+        "auprc_long_mean": m["auprc_long"].mean(), "auprc_long_sd": m["auprc_long"].std(ddof=1),
+        "brier_mean": m["brier"].mean(), "n_patients": len(labels), "n_repeats": 3,
+        "c_index": ev.c_index(data.loc[risk.index, "pfs_months"], data.loc[risk.index, "event"], risk),
+        "n_patients_survival": len(labels) + 1,  # the unlabelled patient counts for survival
+    }
+    assert set(s) == set(expected)
+    for k, v in expected.items():
+        assert s[k] == pytest.approx(v, rel=1e-12), k
+    assert ci["auroc_ci"] != ev.bootstrap_ci(pred, n_boot=40, seed=7)["auroc_ci"]  # the seed is used
+    assert ci["auroc_ci"] != ev.bootstrap_ci(pred, n_boot=41, seed=6)["auroc_ci"]  # and n_boot
+    # one repeat: no spread; without survival data: no C-index
+    one = ev.summarise(pred[pred["repeat"] == 0], None, n_boot=20, seed=0)
+    assert (one["auroc_sd"], one["auprc_sd"], one["auprc_long_sd"], one["n_repeats"]) == (0.0, 0.0, 0.0, 1)
+    assert np.isnan(one["c_index"]) and one["n_patients_survival"] == 0
+    two = ev.summarise(pred[pred["repeat"] < 2], None, n_boot=20, seed=0)
+    assert two["auroc_sd"] == pytest.approx(m["auroc"].iloc[:2].std(ddof=1))
+
+
+def test_bootstrap_ci_is_the_percentile_interval_of_the_stratified_resamples(labels):
+    pred, _ = fake_predictions(labels, n_repeats=2, signal=1.0, seed=1)
+    P, y = ev._matrix(pred)
+    rng = np.random.default_rng(5)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    auroc, auprc = [], []
+    for _ in range(60):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        auroc.append(np.mean([roc_auc_score(y[idx], P[idx, r]) for r in range(2)]))
+        auprc.append(np.mean([average_precision_score(y[idx], P[idx, r]) for r in range(2)]))
+    for level in (0.95, 0.5):
+        ci = ev.bootstrap_ci(pred, n_boot=60, seed=5, level=level)
+        a = (1 - level) / 2
+        np.testing.assert_allclose(ci["auroc_ci"], np.quantile(auroc, [a, 1 - a]), rtol=1e-12)
+        np.testing.assert_allclose(ci["auprc_ci"], np.quantile(auprc, [a, 1 - a]), rtol=1e-12)
+
+
+def test_corrected_t_edge_cases_and_fields():
+    # two folds are enough; the fields are exactly these
+    r = ev.corrected_resampled_ttest([0.1, 0.3], n_train=20, n_test=10)
+    assert set(r) == {"mean_difference", "t", "df", "p"} and r["df"] == 1
+    assert r["mean_difference"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="^need at least two folds for a t-test$"):
+        ev.corrected_resampled_ttest([0.1], n_train=20, n_test=10)
+    # no spread: a constant non-zero difference is certain, a zero difference is no difference
+    assert ev.corrected_resampled_ttest([0.25, 0.25, 0.25], 20, 10) == {"mean_difference": 0.25,
+                                                                      "t": np.inf, "df": 2, "p": 0.0}
+    assert ev.corrected_resampled_ttest([0.0, 0.0], 20, 10) == {"mean_difference": 0.0, "t": 0.0, "df": 1, "p": 1.0}
+    # a spread that is not zero but small still goes through the formula
+    d = np.array([1.0, 1.0, 1.0 + 1e-9])
+    assert np.isfinite(ev.corrected_resampled_ttest(d, 20, 10)["t"])
+
+
+def test_delong_edge_cases_and_fields():
+    y = [1, 1, 0, 0]
+    r = ev.delong_test(y, [0.9, 0.6, 0.5, 0.1], [0.2, 0.7, 0.3, 0.4])  # two of each class is enough
+    assert set(r) == {"auroc_a", "auroc_b", "difference", "se", "z", "p", "covariance"}
+    assert r["covariance"].shape == (2, 2)
+    assert r["difference"] == pytest.approx(r["auroc_a"] - r["auroc_b"])
+    var = r["covariance"][0, 0] + r["covariance"][1, 1] - 2 * r["covariance"][0, 1]
+    assert r["se"] == pytest.approx(np.sqrt(var)) and r["z"] == pytest.approx(r["difference"] / np.sqrt(var))
+    for bad in ([1, 0, 0, 0], [1, 1, 1, 0]):
+        with pytest.raises(ValueError, match="^DeLong's test needs at least two patients of each class$"):
+            ev.delong_test(bad, [0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1])
+    # a perfect and a perfectly wrong ranking: no variance, the difference is certain
+    p = ev.delong_test(y, [0.9, 0.8, 0.2, 0.1], [0.1, 0.2, 0.8, 0.9])
+    assert (p["difference"], p["se"], p["z"], p["p"]) == (1.0, 0.0, np.inf, 0.0)
+    # identical scores: no difference
+    same = ev.delong_test(y, [0.9, 0.8, 0.2, 0.1], [0.9, 0.8, 0.2, 0.1])
+    assert (same["difference"], same["z"], same["p"]) == (0.0, 0.0, 1.0)
+
+
+def test_compare_models_combines_the_two_tests_exactly(labels):
+    a, s = fake_predictions(labels, signal=2.0, seed=4)
+    b, _ = fake_predictions(labels, signal=0.5, seed=5)
+    c = ev.compare_models(a, b, s)
+    fa, fb = ev.per_fold_auroc(a), ev.per_fold_auroc(b)
+    n_test = s.groupby(["repeat", "fold"]).size().mean()
+    nb = ev.corrected_resampled_ttest((fa - fb).to_numpy(), n_train=len(labels) - n_test, n_test=n_test)
+    ma, mb = ev.mean_probability(a), ev.mean_probability(b)
+    dl = ev.delong_test(labels.loc[ma.index].to_numpy(int), ma.to_numpy(), mb.loc[ma.index].to_numpy())
+    assert c == {"auroc_difference": pytest.approx(nb["mean_difference"]), "p_corrected_t": pytest.approx(nb["p"]),
+                 "t": pytest.approx(nb["t"]), "df": nb["df"], "p_delong": pytest.approx(dl["p"]),
+                 "delong_difference": pytest.approx(dl["difference"])}
+    assert ev.compare_models(b, a, s)["auroc_difference"] == pytest.approx(-c["auroc_difference"])
+
+
+def test_per_fold_auroc_index_and_values(labels):
+    pred, s = fake_predictions(labels, n_repeats=2, seed=3)
+    f = ev.per_fold_auroc(pred)
+    assert list(f.index) == [(r, k) for r in (0, 1) for k in (0, 1, 2)]
+    for (r, k), v in f.items():
+        g = pred[(pred["repeat"] == r) & (pred["fold"] == k)]
+        assert v == roc_auc_score(g["label"].astype(int), g["probability"])
+
+
+def test_load_splits_reads_pseudonyms_as_text_and_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"splits.csv does not exist: the splits are made by the first model "
+                                                r"chapter \(notebooks/02_lab_random_forest.ipynb\); run the notebooks "
+                                                r"in order$"):
+        sp.load_splits(tmp_path)
+    (tmp_path / "splits.csv").write_text("patient,repeat,fold\n0012,0,1\n0007,1,0\n")
+    s = sp.load_splits(tmp_path)
+    assert s["patient"].tolist() == ["0012", "0007"]
+    assert s.dtypes.to_dict() == {"patient": object, "repeat": np.int64, "fold": np.int64}
+
+
+def test_splits_mismatch_message_counts_both_ways(tmp_path, small_cohort_dir):
+    from prrt.manifest import load_manifest
+
+    c = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    s = sp.make_splits(c.data["label"], 3, 1, 0)
+    s.loc[0, "patient"] = "P900"  # one unknown patient, one labelled patient missing
+    sp.save_splits(s, tmp_path)
+    with pytest.raises(ValueError, match=r"does not match the cohort: 1 patients in the splits are not labelled in "
+                                         r"the cohort, 1 labelled patients are missing from the splits$"):
+        sp.load_splits(tmp_path, c)

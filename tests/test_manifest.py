@@ -305,3 +305,23 @@ def test_pseudonyms_follow_the_salted_hash_not_the_ids():
     assert pseudonymise(ids, "cohort-x") == {"C-3": "P001", "A-1": "P002", "D-4": "P003", "B-2": "P004"}
     assert pseudonymise(ids[::-1], "cohort-x") == pseudonymise(ids, "cohort-x")  # row order does not matter
     assert pseudonymise(ids, "cohort-y") == {"C-3": "P001", "B-2": "P002", "D-4": "P003", "A-1": "P004"}
+
+
+def test_cohort_summary_counts(cohort_copy):
+    import pandas as pd
+
+    path = cohort_copy / "cohort.csv"
+    df = pd.read_csv(path)
+    df.loc[:1, "chromogranin_a"] = np.nan  # two missing values in one lab column
+    df.to_csv(path, index=False)
+    c = load_manifest(cohort_copy / "manifest.yaml", check_images="none")
+    s = c.summary()
+    lab = c.data["label"]
+    assert s["patients"] == 26 and s["labelled"] == 24 and s["excluded_censored_before_horizon"] == 2
+    assert s["short_pfs"] == int((lab == 1).sum()) and s["long_pfs"] == int((lab == 0).sum())
+    assert s["short_pfs"] + s["long_pfs"] == 24 and 0 < s["short_pfs"] < 24
+    missing = {col: int(df[col].isna().sum()) for col in c.labs + c.clinical}
+    assert s["missing_values"] == {col: n for col, n in missing.items() if n > 0}  # complete columns left out
+    assert s["missing_values"]["chromogranin_a"] >= 2 and any(n == 1 for n in missing.values())
+    assert any(n == 0 for n in missing.values())
+    assert s["modalities"] == {m: 26 for m in c.modalities} and s["horizon_months"] == 12
