@@ -56,6 +56,34 @@ def _demo_data(args) -> int:
     print(f"Oracle AUROC (latent risk vs label): all {o['all']:.3f}; labs {o['lab']:.3f}; "
           f"PET {o['pet']:.3f}; CT {o['ct']:.3f}")
     print(f"Manifest: {Path(args.out) / 'manifest.yaml'}")
+    if args.pretrain_ct:
+        from .synthetic import generate_ct_collection
+
+        folder = generate_ct_collection(Path(args.out) / "ct_pretraining", args.pretrain_ct, args.seed,
+                                        geometry=args.geometry)
+        print(f"Unlabelled CT collection for pretraining ({args.pretrain_ct} cases): {folder}")
+    return 0
+
+
+def _pretrain_ct(args) -> int:
+    from .pretrain import PretrainConfig, pretrain_ct, read_card
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    cfg = PretrainConfig(encoder=profile.encoder, epochs=args.epochs or PretrainConfig.epochs)
+    cache = Path(args.cache_dir) if args.cache_dir else Path("runs") / ".prrt-cache"
+    weights = pretrain_ct(args.data, profile, cache, args.seed, cfg, force=args.force)
+    card = read_card(weights)
+    if args.out:
+        import shutil
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, args.out)
+        shutil.copyfile(weights.with_suffix(".json"), Path(args.out).with_suffix(".json"))
+        weights = Path(args.out)
+    curve = card["loss_curve"]
+    print(f"CT encoder pretrained on {card['n_cases']} CTs ({card['epochs']} epochs, loss "
+          f"{curve['train_loss'][0]:.3f} -> {curve['train_loss'][-1]:.3f}): {weights}")
     return 0
 
 
@@ -110,7 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--geometry", choices=["standard", "small"], default="standard")
     d.add_argument("--mask-grid", choices=["pet", "ct"], default="pet")
     d.add_argument("--workers", type=int, default=None)
+    d.add_argument("--pretrain-ct", type=int, default=0, metavar="N",
+                   help="also write N unlabelled CTs (not cohort patients) to <out>/ct_pretraining for pretraining")
     d.set_defaults(func=_demo_data)
+
+    t = sub.add_parser("pretrain-ct", help="pretrain the CT encoder without labels on CTs outside the cohort")
+    t.add_argument("--data", required=True, help="a manifest, a folder of <case>/ct.nii.gz, or a folder of CT files")
+    t.add_argument("--profile", required=True, choices=["smoke", "demo", "paper"])
+    t.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--cache-dir", default=None, help="where results are cached (default runs/.prrt-cache)")
+    t.add_argument("--out", default=None, help="also copy the weights (and their .json card) here")
+    t.add_argument("--force", action="store_true", help="train again even if the cache has this result")
+    t.set_defaults(func=_pretrain_ct)
 
     r = sub.add_parser("run", help="execute the notebooks into a run directory")
     r.add_argument("--manifest", required=True)

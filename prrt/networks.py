@@ -64,18 +64,18 @@ class MonaiEncoder(nn.Module):
             self.net = getattr(nets, name)(spatial_dims=3, n_input_channels=in_channels, feed_forward=False,
                                            shortcut_type="A", bias_downsample=True)
             self.feature_dim = self.net.in_planes
-            self._forward = self.net
         elif name == "densenet121":
             self.net = nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=1)
             self.feature_dim = self.net.class_layers.out.in_features
-            head = self.net.class_layers
-            self._forward = lambda x: head.flatten(head.pool(head.relu(self.net.features(x))))
         else:  # pragma: no cover - guarded by build_encoder
             raise ValueError(name)
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x)
+        if self.name == "densenet121":
+            head = self.net.class_layers
+            return head.flatten(head.pool(head.relu(self.net.features(x))))
+        return self.net(x)
 
 
 def build_encoder(name: str = "compact", in_channels: int = 1) -> nn.Module:

@@ -439,6 +439,42 @@ def generate(out_dir, seed: int = DEFAULT_SEED, config: SyntheticConfig | None =
     return report
 
 
+def _ct_case(out_dir: Path, case: str, geom: Geometry, seed_seq) -> None:
+    rng = np.random.default_rng(seed_seq)
+    ph = _phantom(rng, float(rng.normal()), float(rng.normal()))
+    offset = (rng.normal(0, 6), rng.normal(0, 6), rng.normal(0, 10))
+    coords, affine = _axes(geom.ct_shape, geom.ct_spacing_mm, offset, flip_xy=True)
+    ct, mask = _render(coords, ph, 0, "hu")
+    ct = ndimage.gaussian_filter(ct, 0.6) + rng.normal(0, 12, ct.shape).astype(np.float32)
+    folder = out_dir / case
+    folder.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.clip(np.round(ct), -1024, 3071).astype(np.int16), affine)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = b"synthetic HU"
+    nib.save(img, folder / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), folder / "lesion_mask.nii.gz")
+
+
+def generate_ct_collection(out_dir, n_cases: int, seed: int, geometry: str = "standard",
+                           progress: bool = True) -> Path:
+    """An unlabelled CT collection for pretraining: ``<out_dir>/C###/{ct,lesion_mask}.nii.gz``.
+
+    The cases are drawn like the cohort's patients (anatomy, lesions) but from their own seed
+    sequence, so none of them is a cohort patient; no outcome, no PET, no table.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    geom = GEOMETRIES[geometry]
+    seqs = np.random.SeedSequence([seed, 7001]).spawn(n_cases)
+    for i, sq in enumerate(tqdm(seqs, desc="synthetic pretraining CTs", unit="CT", disable=not progress)):
+        _ct_case(out_dir, f"C{i + 1:03d}", geom, sq)
+    (out_dir / "README.txt").write_text(
+        f"Synthetic CT collection for self-supervised pretraining of the CT encoder ({n_cases} cases, seed "
+        f"{seed}). No outcome labels; none of these cases is a patient of the cohort.\n")
+    return out_dir
+
+
 def manifest_dict(table_rel: str, image_root: str, cfg: SyntheticConfig | None = None) -> dict:
     cfg = cfg or SyntheticConfig()
     return {
