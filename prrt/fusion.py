@@ -1,0 +1,383 @@
+"""Multimodal fusion of laboratory values, SR-PET and CT behind the model interface of :mod:`prrt.models`.
+
+Three mechanisms, each a :class:`prrt.models.ModelSpec`:
+
+``late``
+    Stacking. The unimodal models (their own specs) are cross-validated *inside* the training part
+    of each fold (stratified ``inner_folds``-fold, training patients only); a logistic regression
+    learns how to weigh their out-of-fold logits, and is then applied to the logits of unimodal
+    models refitted on the whole training part. The test fold is never predicted before the single
+    final prediction, and no stacking weight is fitted on a test-fold prediction.
+``intermediate``
+    One network, trained end to end: each modality's encoder (a small MLP on the laboratory
+    values, the CNN encoders for PET and CT) gives an embedding, projected to a common size; the
+    projections are concatenated (a missing modality's slot is zero) and a linear head gives the
+    logit.
+``adaptive``
+    Cross-modal adaptive fusion: the same branches, and per patient a softmax gate over the
+    modalities it has (a learnt score of each projected embedding); the fused embedding is the
+    weighted sum. :meth:`NeuralFusion.modality_weights` returns the weights each patient's
+    modalities received.
+
+Missing modalities: a patient without PET, CT or laboratory values is still predicted. In the
+neural fusions a missing modality is masked (its slot zeroed, or left out of the gate) and, during
+training, each present modality of a patient is dropped at random (``modality_dropout``, never all
+of them) so that the network learns to do without. In late fusion a missing unimodal prediction
+is replaced by that model's mean logit on the training part.
+
+The laboratory branch sees the values imputed (median) and standardised with statistics of the
+fitting part only; the CNN branches see the same preprocessed inputs as chapter 03. With
+``ct_weights`` the CT encoder starts from pretrained weights (:mod:`prrt.pretrain`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import FitRecord, ModelSpec, inner_split
+from .train import TrainConfig, _autocast, _to_device, seed_everything, select_device
+
+MECHANISMS = ("late", "intermediate", "adaptive")
+MODALITIES = ("labs", "pet", "ct")
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+# ---- late fusion -------------------------------------------------------------------------------------
+class LateFusion:
+    """Stacking of unimodal models with a logistic regression fitted on inner out-of-fold predictions."""
+
+    def __init__(self, bases: list[ModelSpec], inner_folds: int = 3):
+        self.bases, self.inner_folds = list(bases), inner_folds
+        self.trace: list[tuple[str, list[str], list[str]]] = []  # (base, trained on, predicted): for checks
+
+    def _available(self, spec, data, patients):
+        return [p for p in patients if all(data.has(p, m, spec.columns) for m in spec.needs)]
+
+    def _fit_base(self, spec, data, train, seed):
+        y = data.y
+        part = inner_split(train, y, spec.val_fraction, seed)
+        model = spec.build(seed)
+        model.fit(data, part, seed, progress=False)
+        return model
+
+    def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold
+
+        train = part.all
+        y = data.y.loc[train].astype(int)
+        oof = np.full((len(train), len(self.bases)), np.nan)
+        row = {p: i for i, p in enumerate(train)}
+        cv = StratifiedKFold(self.inner_folds, shuffle=True, random_state=seed % 2**32)
+        self.models = []
+        for j, spec in enumerate(self.bases):
+            for k, (tr, te) in enumerate(cv.split(np.zeros(len(train)), y)):
+                fit_ids = self._available(spec, data, [train[i] for i in tr])
+                pred_ids = self._available(spec, data, [train[i] for i in te])
+                if not pred_ids:
+                    continue
+                m = self._fit_base(spec, data, fit_ids, seed + 100 * (k + 1))
+                oof[[row[p] for p in pred_ids], j] = _logit(m.predict(data, pred_ids))
+                self.trace.append((spec.name, fit_ids, pred_ids))
+            full = self._available(spec, data, train)
+            self.models.append(self._fit_base(spec, data, full, seed))
+            self.trace.append((spec.name, full, []))
+        self.fill_ = np.nanmean(oof, axis=0)
+        z = np.where(np.isnan(oof), self.fill_, oof)
+        self.stack_ = LogisticRegression(C=1.0).fit(z, y)
+        self.stacked_on_ = list(train)
+        return FitRecord()
+
+    def _z(self, data, patients):
+        z = np.tile(self.fill_, (len(patients), 1))
+        for j, (spec, m) in enumerate(zip(self.bases, self.models)):
+            ids = self._available(spec, data, patients)
+            if ids:
+                pos = [patients.index(p) for p in ids]
+                z[pos, j] = _logit(m.predict(data, ids))
+        return z
+
+    def predict(self, data, patients: list[str]) -> np.ndarray:
+        return self.stack_.predict_proba(self._z(data, list(patients)))[:, 1]
+
+    def features(self, data, patients: list[str]) -> dict[str, np.ndarray]:
+        return {"unimodal_logits": self._z(data, list(patients))}
+
+    def stacking_weights(self) -> pd.Series:
+        return pd.Series(self.stack_.coef_[0], index=[s.name for s in self.bases])
+
+
+# ---- neural fusion ----------------------------------------------------------------------------------
+class LabEncoder(nn.Module):
+    """A small MLP on the (imputed, standardised) laboratory values."""
+
+    def __init__(self, n_inputs: int, width: int = 32, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_inputs, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, width),
+                                 nn.ReLU())
+        self.feature_dim = width
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class FusionNet(nn.Module):
+    """Modality encoders → projections → concatenation (``intermediate``) or gated sum (``adaptive``) → logit."""
+
+    def __init__(self, encoders: dict[str, nn.Module], mechanism: str, dim: int = 32, dropout: float = 0.3):
+        super().__init__()
+        if mechanism not in ("intermediate", "adaptive"):
+            raise ValueError(f"mechanism must be 'intermediate' or 'adaptive', not {mechanism!r}")
+        self.modalities = list(encoders)
+        self.mechanism = mechanism
+        self.encoders = nn.ModuleDict(encoders)
+        self.project = nn.ModuleDict({m: nn.Sequential(nn.Linear(e.feature_dim, dim), nn.ReLU())
+                                      for m, e in encoders.items()})
+        self.gate = nn.ModuleDict({m: nn.Linear(dim, 1) for m in encoders}) if mechanism == "adaptive" else None
+        width = dim if mechanism == "adaptive" else dim * len(encoders)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, 1))
+
+    def embed(self, inputs: dict, present: torch.Tensor):
+        """Projected embeddings (N, M, dim) with missing modalities zeroed, and the gate weights (N, M)."""
+        h = torch.stack([self.project[m](self.encoders[m](inputs[m])) for m in self.modalities], dim=1)
+        h = h * present.unsqueeze(-1)
+        if self.gate is None:
+            w = present / present.sum(dim=1, keepdim=True).clamp(min=1)
+        else:
+            score = torch.cat([self.gate[m](h[:, i]) for i, m in enumerate(self.modalities)], dim=1)
+            w = torch.softmax(score.masked_fill(present == 0, float("-inf")), dim=1)
+            w = torch.nan_to_num(w, nan=0.0)  # a patient with nothing: all zero
+        return h, w
+
+    def forward(self, inputs: dict, present: torch.Tensor, return_weights: bool = False):
+        h, w = self.embed(inputs, present)
+        fused = (h * w.unsqueeze(-1)).sum(dim=1) if self.gate is not None else h.flatten(1)
+        logit = self.head(fused).squeeze(1)
+        return (logit, w) if return_weights else logit
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Settings of a neural fusion; ``train`` holds the shared training settings (epochs, lr, ...)."""
+
+    train: TrainConfig
+    mechanism: str = "intermediate"
+    dim: int = 32
+    modality_dropout: float = 0.2
+    lab_width: int = 32
+
+
+class NeuralFusion:
+    """Intermediate or adaptive fusion, trained end to end (the model interface of :mod:`prrt.models`)."""
+
+    def __init__(self, modalities: list[str], lab_columns: list[str] | None, cfg: FusionConfig,
+                 ct_weights: dict | None = None):
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
+        self.modalities, self.lab_columns, self.cfg, self.ct_weights = list(modalities), lab_columns, cfg, ct_weights
+
+    # -- inputs
+    def _present(self, data, patients) -> torch.Tensor:
+        cols = []
+        for m in self.modalities:
+            key = "table" if m == "labs" else m
+            cols.append([data.has(p, key, self.lab_columns) for p in patients])
+        return torch.tensor(np.array(cols, dtype=np.float32).T.reshape(len(patients), len(self.modalities)))
+
+    def _inputs(self, data, patients) -> dict:
+        out = {}
+        for m in self.modalities:
+            if m == "labs":
+                x = self.scaler_.transform(self.imputer_.transform(data.table.loc[patients, self.lab_columns]))
+                out[m] = torch.as_tensor(np.nan_to_num(x), dtype=torch.float32)
+            else:
+                images = data.images.get(m)
+                shape = self.shapes_[m]
+                x = torch.zeros((len(patients), *shape))
+                for i, p in enumerate(patients):
+                    if images is not None and images.has(p):
+                        x[i] = images.take([p])[0]
+                out[m] = x
+        return out
+
+    def _build(self, data) -> FusionNet:
+        from .networks import build_encoder
+
+        encoders = {}
+        for m in self.modalities:
+            if m == "labs":
+                encoders[m] = LabEncoder(len(self.lab_columns), self.cfg.lab_width)
+            else:
+                enc = build_encoder(self.cfg.train.encoder, in_channels=self.shapes_[m][0])
+                if m == "ct" and self.ct_weights is not None:
+                    from .pretrain import load_encoder_weights
+
+                    load_encoder_weights(enc, self.ct_weights)
+                encoders[m] = enc
+        return FusionNet(encoders, self.cfg.mechanism, self.cfg.dim, self.cfg.train.dropout)
+
+    # -- interface
+    def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
+        from sklearn.impute import SimpleImputer
+        from sklearn.preprocessing import StandardScaler
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg.train
+        seed_everything(seed)
+        self.device = select_device(cfg.device)
+        self.shapes_ = {m: tuple(data.images[m].x.shape[1:]) for m in self.modalities if m in data.images}
+        for m in self.modalities:
+            if m not in ("labs",) and m not in self.shapes_:
+                raise ValueError(f"fusion needs {m.upper()} images for some patients; the data has none")
+        if "labs" in self.modalities:
+            x = data.table.loc[part.fit, self.lab_columns]
+            self.imputer_ = SimpleImputer(strategy="median", keep_empty_features=True).fit(x)
+            self.scaler_ = StandardScaler().fit(self.imputer_.transform(x))
+        model = self._build(data).to(self.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+        y_fit = torch.as_tensor(data.y.loc[part.fit].to_numpy(float), dtype=torch.float32)
+        n_pos = float(y_fit.sum())
+        pos_weight = torch.tensor((len(y_fit) - n_pos) / max(n_pos, 1.0))
+        x_fit, pr_fit = self._inputs(data, part.fit), self._present(data, part.fit)
+        x_val, pr_val = self._inputs(data, part.val), self._present(data, part.val)
+        y_val = data.y.loc[part.val].to_numpy(int)
+        g = torch.Generator().manual_seed(seed)
+        rows, best, best_state, best_epoch = [], np.inf, None, cfg.epochs
+        for epoch in tqdm(range(cfg.epochs), desc=desc or "fusion", unit="epoch", leave=False, disable=not progress):
+            model.train()
+            order = torch.randperm(len(y_fit), generator=g)
+            total, seen = 0.0, 0
+            for i in range(0, len(order), cfg.batch_size):
+                idx = order[i:i + cfg.batch_size]
+                if len(idx) < 2:
+                    continue
+                present = pr_fit[idx].clone()
+                if self.cfg.modality_dropout and len(self.modalities) > 1:
+                    drop = (torch.rand(present.shape, generator=g) < self.cfg.modality_dropout) & (present > 0)
+                    keep_one = (present * ~drop).sum(dim=1) == 0  # never drop every modality of a patient
+                    drop[keep_one] = False
+                    present = present * ~drop
+                xb = {m: _to_device(v[idx], self.device) for m, v in x_fit.items()}
+                with _autocast(self.device):
+                    logits = model(xb, present.to(self.device))
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y_fit[idx].to(self.device),
+                                                          pos_weight=pos_weight.to(self.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
+            sched.step()
+            self._recompute_bn(model, x_fit, pr_fit)
+            self.model, self.prevalence = model, float(y_fit.mean())
+            p_val = self._raw(x_val, pr_val)
+            val_loss = _weighted_bce(p_val, y_val, float(pos_weight)) if len(y_val) else np.nan
+            from sklearn.metrics import roc_auc_score
+
+            val_auroc = roc_auc_score(y_val, p_val) if 0 < y_val.sum() < len(y_val) else np.nan
+            rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
+                         "val_auroc": val_auroc})
+            if cfg.selection == "val_loss" and val_loss < best:
+                best, best_epoch, best_state = val_loss, epoch + 1, copy.deepcopy(model.state_dict())
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        self.model = model
+        return FitRecord(pd.DataFrame(rows), best_epoch, {"state_dict": model.state_dict(),
+                                                          "modalities": self.modalities,
+                                                          "mechanism": self.cfg.mechanism})
+
+    @torch.no_grad()
+    def _recompute_bn(self, model, x, present):
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.train()
+        n = len(present)
+        for i in range(0, n, self.cfg.train.batch_size):
+            if min(n, i + self.cfg.train.batch_size) - i < 2:
+                continue
+            sl = slice(i, i + self.cfg.train.batch_size)
+            model({m: _to_device(v[sl], self.device) for m, v in x.items()}, present[sl].to(self.device))
+        for bn in bns:
+            bn.momentum = 0.1
+        model.eval()
+
+    @torch.no_grad()
+    def _raw(self, x, present, weights: bool = False):
+        self.model.eval()
+        out, ws = [], []
+        for i in range(0, len(present), 32):
+            sl = slice(i, i + 32)
+            with _autocast(self.device):
+                logit, w = self.model({m: _to_device(v[sl], self.device) for m, v in x.items()},
+                                      present[sl].to(self.device), return_weights=True)
+            out.append(torch.sigmoid(logit.float()).cpu())
+            ws.append(w.float().cpu())
+        p = torch.cat(out).numpy() if out else np.zeros(0)
+        return (p, torch.cat(ws).numpy()) if weights else p
+
+    def predict(self, data, patients: list[str]) -> np.ndarray:
+        from .evaluate import prior_correction
+
+        p = self._raw(self._inputs(data, patients), self._present(data, patients))
+        return prior_correction(p, self.prevalence)
+
+    @torch.no_grad()
+    def features(self, data, patients: list[str]) -> dict[str, np.ndarray]:
+        x, present = self._inputs(data, patients), self._present(data, patients)
+        self.model.eval()
+        h, _ = self.model.embed({m: _to_device(v, self.device) for m, v in x.items()}, present.to(self.device))
+        return {m: h[:, i].float().cpu().numpy() for i, m in enumerate(self.modalities)}
+
+    def modality_weights(self, data, patients: list[str]) -> pd.DataFrame:
+        """Each patient's weight per modality (adaptive: the gate; intermediate: equal over present ones)."""
+        _, w = self._raw(self._inputs(data, patients), self._present(data, patients), weights=True)
+        return pd.DataFrame(w, index=list(patients), columns=self.modalities)
+
+
+def _weighted_bce(p, y, pos_weight: float) -> float:
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    y = np.asarray(y, float)
+    w = np.where(y == 1, pos_weight, 1.0)
+    return float(np.mean(-w * (y * np.log(p) + (1 - y) * np.log(1 - p))))
+
+
+# ---- specs -----------------------------------------------------------------------------------------
+def late_fusion_spec(name: str, chapter: str, inputs: str, bases: list[ModelSpec], inner_folds: int = 3,
+                     oracle: str | None = None) -> ModelSpec:
+    runnable = [b for b in bases if b.build is not None]
+    if len(runnable) < 2:
+        return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
+    return ModelSpec(name, chapter, inputs, lambda seed: LateFusion(runnable, inner_folds), oracle=oracle)
+
+
+def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[str], cohort, cfg: FusionConfig,
+                       ct_weights: dict | None = None, oracle: str | None = None) -> ModelSpec:
+    """A neural fusion over the ``modalities`` the manifest has (skipped if fewer than two)."""
+    have = [m for m in modalities if (m == "labs" and cohort.labs) or m in cohort.modalities]
+    if len(have) < 2:
+        return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
+    labs = list(cohort.labs) if "labs" in have else None
+    return ModelSpec(name, chapter, inputs, lambda seed: NeuralFusion(have, labs, cfg, ct_weights), oracle=oracle,
+                     val_fraction=cfg.train.val_fraction)
+
+
+def fusion_config(profile, mechanism: str, **train_overrides) -> FusionConfig:
+    from .train import config_from_profile
+
+    return FusionConfig(train=replace(config_from_profile(profile), **train_overrides), mechanism=mechanism)

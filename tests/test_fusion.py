@@ -1,0 +1,126 @@
+"""Fusion models: nested late fusion, neural fusion with missing modalities, the pretrained CT branch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+
+from prrt import fusion, models, tabular, train
+from prrt import splits as sp
+from prrt.evaluate import per_repeat_metrics
+
+
+def _table(n=90, seed=0):
+    rng = np.random.default_rng(seed)
+    y = pd.Series((np.arange(n) % 3 == 0).astype(float), index=[f"P{i:03d}" for i in range(n)])
+    X = pd.DataFrame({"signal": rng.normal(size=n) + 2.0 * y, "noise": rng.normal(size=n)}, index=y.index)
+    return X, y
+
+
+def test_late_fusion_stacks_on_inner_out_of_fold_predictions_only():
+    """A 1-nearest-neighbour model on pure noise predicts its own training patients perfectly. Stacked
+    on in-sample predictions it would get the larger weight; on inner out-of-fold predictions it is
+    worth nothing and the informative model dominates."""
+    X, y = _table()
+    data = models.ModelData(y, table=X)
+    good = tabular.table_spec("good", "04", "signal", ["signal"], lambda s: LogisticRegression())
+    memo = tabular.table_spec("memo", "04", "noise", ["noise"], lambda s: KNeighborsClassifier(1))
+    spec = fusion.late_fusion_spec("late", "04", "good + memo", [good, memo])
+    s = sp.make_splits(y, 3, 2, 0)
+    res = models.cross_validate(spec, data, s, seed=1, progress=False, keep_models=True)
+    for f in sp.iter_folds(s):
+        m = res.models[(f.repeat, f.fold)]
+        assert sorted(m.stacked_on_) == sorted(f.train)
+        for base, trained_on, predicted in m.trace:
+            assert not set(trained_on) & set(f.test) and not set(predicted) & set(f.test)
+            assert not set(trained_on) & set(predicted)  # every stacking input is out of fold
+        w = m.stacking_weights()
+        assert w["good"] > 0.2 and abs(w["memo"]) < 0.25 * w["good"], w
+    assert per_repeat_metrics(res.predictions)["auroc"].mean() > 0.7
+
+
+def _multimodal(n=36, seed=0, size=(8, 8, 6)):
+    """Labs carry signal; PET images a bright cube for short PFS; CT noise. Some modalities missing."""
+    rng = np.random.default_rng(seed)
+    y = pd.Series(np.r_[np.ones(13), np.zeros(n - 13), [np.nan]], index=[f"P{i:03d}" for i in range(n + 1)])
+    lab = y.fillna(0).to_numpy()
+    X = pd.DataFrame({"cga": rng.normal(size=n + 1) + lab, "ggt": rng.normal(size=n + 1)}, index=y.index)
+    ids = list(y.index)
+    # a fifth lack PET, four others CT, two others every laboratory value; both classes in each group
+    no_pet = [ids[i] for i in (0, 5, 10, 15, 20, 25, 30)]
+    no_ct = [ids[i] for i in (1, 12, 23, 34)]
+    no_labs = [ids[i] for i in (3, 28)]
+    X.loc[no_labs] = np.nan
+    pet = torch.from_numpy(rng.random((n + 1, 2, *size)).astype(np.float32) * 0.3)
+    pet[np.flatnonzero(lab == 1), 0, 2:5, 2:5, 2:4] += 0.8
+    ct = torch.from_numpy(rng.random((n + 1, 2, *size)).astype(np.float32))
+    keep_pet = [i for i, p in enumerate(ids) if p not in no_pet]
+    keep_ct = [i for i, p in enumerate(ids) if p not in no_ct]
+    data = models.ModelData(y, table=X, images={
+        "pet": models.ImageSet(pet[keep_pet], [ids[i] for i in keep_pet]),
+        "ct": models.ImageSet(ct[keep_ct], [ids[i] for i in keep_ct])})
+    return data, y, (no_pet, no_ct, no_labs)
+
+
+class _Cohort:
+    labs = ["cga", "ggt"]
+    modalities = ["pet", "ct"]
+
+
+@pytest.mark.parametrize("mechanism", ["intermediate", "adaptive"])
+def test_neural_fusion_predicts_every_patient_when_modalities_are_missing(mechanism):
+    data, y, (no_pet, no_ct, no_labs) = _multimodal()
+    cfg = fusion.FusionConfig(train.TrainConfig(epochs=2, batch_size=8), mechanism=mechanism)
+    spec = fusion.neural_fusion_spec("f", "04", "labs + PET + CT", ["labs", "pet", "ct"], _Cohort(), cfg)
+    assert spec.needs == ()
+    s = sp.make_splits(y, 3, 2, 0)
+    res = models.cross_validate(spec, data, s, seed=0, progress=False, keep_models=True)
+    p = res.predictions
+    assert np.isfinite(p["probability"]).all()
+    lab = p[p["fold"] >= 0]
+    assert lab.groupby("repeat")["patient"].apply(lambda x: sorted(x) == sorted(y.dropna().index)).all()
+    assert set(p.loc[p["fold"] == -1, "patient"]) == {"P036"}
+    m = res.models[(0, 0)]
+    w = m.modality_weights(data, no_pet + no_ct + no_labs)
+    assert (w.loc[no_pet, "pet"] == 0).all() and (w.loc[no_ct, "ct"] == 0).all() and (w.loc[no_labs, "labs"] == 0).all()
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-5)
+    emb = m.features(data, list(y.index[:5]))
+    assert set(emb) == {"labs", "pet", "ct"} and emb["pet"].shape == (5, cfg.dim)
+
+
+def test_late_fusion_with_missing_unimodal_predictions():
+    data, y, (no_pet, no_ct, _) = _multimodal(seed=1)
+    cfg = train.TrainConfig(epochs=1, batch_size=8)
+    bases = [tabular.table_spec("lab", "04", "labs", ["cga", "ggt"], lambda s: tabular.random_forest(s, 20)),
+             train.image_spec("pet", "pet", cfg, "04", "PET", True), train.image_spec("ct", "ct", cfg, "04", "CT", True)]
+    spec = fusion.late_fusion_spec("late", "04", "all", bases, inner_folds=2)
+    s = sp.make_splits(y, 3, 1, 0)
+    res = models.cross_validate(spec, data, s, seed=0, progress=False)
+    assert np.isfinite(res.predictions["probability"]).all() and len(res.predictions) == 36 + 1
+
+
+def test_ct_branch_starts_from_pretrained_weights():
+    data, y, _ = _multimodal()
+    from prrt.networks import build_encoder
+
+    pre = build_encoder("compact", in_channels=2).state_dict()
+    pre = {k: (torch.full_like(v, 0.5) if v.is_floating_point() else v) for k, v in pre.items()}
+    nf = fusion.NeuralFusion(["pet", "ct"], None, fusion.FusionConfig(train.TrainConfig()), ct_weights=pre)
+    nf.shapes_ = {"pet": (2, 8, 8, 6), "ct": (2, 8, 8, 6)}
+    net = nf._build(data)
+    assert torch.equal(net.encoders["ct"].body[0].weight, pre["body.0.weight"])
+    assert not torch.equal(net.encoders["pet"].body[0].weight, pre["body.0.weight"])
+
+
+def test_a_fusion_without_two_modalities_is_skipped():
+    class OnlyPet:
+        labs = []
+        modalities = ["pet"]
+
+    spec = fusion.neural_fusion_spec("f", "04", "labs + PET", ["labs", "pet"], OnlyPet(),
+                                     fusion.FusionConfig(train.TrainConfig()))
+    assert spec.build is None and "fewer than two" in spec.reason
