@@ -10,6 +10,7 @@ SEED ?= 20251105
 RUN_DIR ?= runs/$(PROFILE)
 DEMO_DIR ?= data/demo
 MANIFEST ?= data_manifest/demo.yaml
+PRETRAIN_CT ?= 60
 PYTEST_ARGS ?=
 
 .PHONY: book test lab venv demo-data run clean-runs mutate
@@ -25,7 +26,7 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 venv: $(BIN)/.installed
 
 $(DEMO_DIR)/cohort.csv: | $(BIN)/.installed
-	$(BIN)/prrt demo-data --out $(DEMO_DIR) --seed $(SEED)
+	$(BIN)/prrt demo-data --out $(DEMO_DIR) --seed $(SEED) --pretrain-ct $(PRETRAIN_CT)
 
 demo-data: $(DEMO_DIR)/cohort.csv
 

@@ -61,6 +61,12 @@ def _demo_data(args) -> int:
 
         folder = generate_ct_collection(Path(args.out) / "ct_pretraining", args.pretrain_ct, args.seed,
                                         geometry=args.geometry)
+        import yaml
+
+        manifest = Path(args.out) / "manifest.yaml"
+        doc = yaml.safe_load(manifest.read_text())
+        doc["ct_pretraining"] = {"data": "ct_pretraining"}
+        manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
         print(f"Unlabelled CT collection for pretraining ({args.pretrain_ct} cases): {folder}")
     return 0
 
@@ -93,7 +99,7 @@ def _run(args) -> int:
 
     try:
         d = run(args.manifest, args.profile, args.run_dir, seed=args.seed, notebooks_dir=args.notebooks_dir,
-                cache_dir=args.cache_dir)
+                cache_dir=args.cache_dir, ct_weights=args.ct_weights, ct_weights_prefix=args.ct_weights_prefix)
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
@@ -159,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=DEFAULT_SEED)
     r.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)
     r.add_argument("--cache-dir", default=None, help="preprocessed-image cache (default: beside the run)")
+    r.add_argument("--ct-weights", default=None, metavar="PATH",
+                   help="start the CT encoder of chapter 04 from this state-dict file (instead of the manifest's "
+                        "ct_pretraining)")
+    r.add_argument("--ct-weights-prefix", action="append", default=[], metavar="OLD=NEW",
+                   help="rename key prefixes of --ct-weights (repeatable), e.g. 'module.=' or '=net.'")
     r.set_defaults(func=_run)
 
     b = sub.add_parser("book", help="build the Jupyter Book of a run")

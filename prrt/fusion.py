@@ -381,3 +381,105 @@ def fusion_config(profile, mechanism: str, **train_overrides) -> FusionConfig:
     from .train import config_from_profile
 
     return FusionConfig(train=replace(config_from_profile(profile), **train_overrides), mechanism=mechanism)
+
+
+#: The models of chapter 04 besides the unimodal ones of chapters 02-03: name -> (modalities, description).
+FUSIONS = {
+    "lab_pet_fusion": (["labs", "pet"], "laboratory values + SR-PET"),
+    "lab_ct_fusion": (["labs", "ct"], "laboratory values + CT"),
+    "pet_ct_fusion": (["pet", "ct"], "SR-PET + CT"),
+    "lab_pet_ct_fusion": (["labs", "pet", "ct"], "laboratory values + SR-PET + CT"),
+}
+HEADLINE = "lab_pet_ct_fusion"
+
+
+def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04") -> list[ModelSpec]:
+    """The models chapter 04 trains: the pretrained CT CNN, the four fusions (the profile's mechanism,
+    pretrained CT branch) and, for laboratory values + SR-PET + CT, the other two mechanisms."""
+    from .tabular import make_model, table_spec
+    from .train import config_from_profile, image_spec, input_description
+
+    cfg = config_from_profile(profile)
+    no_weights = "no CT pretraining in the manifest (ct_pretraining) or the run (--ct-weights)"
+    specs = [image_spec("ct_cnn_pretrained", "ct", cfg, chapter,
+                        input_description(profile, "CT, 3D CNN") + ", encoder pretrained",
+                        "ct" in cohort.modalities and ct_state is not None, oracle="ct", encoder_weights=ct_state,
+                        reason=None if "ct" in cohort.modalities else "the manifest names no CT images")]
+    if "ct" in cohort.modalities and ct_state is None:
+        specs[0].reason = no_weights
+    mech = profile.fusion_mechanism
+    pretrained = " (CT branch pretrained)" if ct_state is not None else ""
+    for name, (mods, text) in FUSIONS.items():
+        specs.append(neural_fusion_spec(name, chapter, f"{text}, {mech} fusion{pretrained if 'ct' in mods else ''}",
+                                        mods, cohort, fusion_config(profile, mech),
+                                        ct_weights=ct_state, oracle="all" if len(mods) == 3 else None))
+    mods = FUSIONS[HEADLINE][0]
+    for other in [m for m in ("intermediate", "adaptive") if m != mech]:
+        specs.append(neural_fusion_spec(f"lab_pet_ct_{other}", chapter,
+                                        f"laboratory values + SR-PET + CT, {other} fusion{pretrained}", mods, cohort,
+                                        fusion_config(profile, other), ct_weights=ct_state, oracle="all"))
+    labs = list(cohort.labs)
+    bases = [table_spec("lab_rf", chapter, "labs", labs or None, lambda s: make_model("rf", s, profile)),
+             image_spec("pet_cnn", "pet", cfg, chapter, "PET", "pet" in cohort.modalities),
+             image_spec("ct_cnn", "ct", cfg, chapter, "CT", "ct" in cohort.modalities,
+                        encoder_weights=ct_state)]
+    specs.append(late_fusion_spec("lab_pet_ct_late", chapter, "laboratory values + SR-PET + CT, late fusion "
+                                  "(stacking of the unimodal models)", bases, profile.late_inner_folds, oracle="all"))
+    if profile.fusion_models == "headline":  # a quick profile: one model of each kind
+        keep = {"ct_cnn_pretrained", HEADLINE, "lab_pet_ct_late"}
+        specs = [s if s.name in keep or s.build is None else
+                 replace(s, build=None, reason=f"not trained in the {profile.name} profile (fusion_models = headline)")
+                 for s in specs]
+    return specs
+
+
+# ---- what chapter 04 shows ---------------------------------------------------------------------------
+SEVEN = ["lab_rf", "pet_cnn", "ct_cnn", "lab_pet_fusion", "lab_ct_fusion", "pet_ct_fusion", HEADLINE]
+UNIMODAL = ["lab_rf", "pet_cnn", "ct_cnn", "ct_cnn_pretrained"]
+#: The strongest classical baseline of chapter 02 (Random Forest on laboratory values + PET features).
+CLASSICAL = "lab_pet_features_rf"
+
+
+def headline_comparisons(run_dir, summary: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Paired tests (corrected resampled t-test, DeLong) of the fusion against the best unimodal model
+    and the classical baseline, and of the pretrained CT CNN against the CT CNN from scratch."""
+    from .evaluate import _fmt_p, compare_models
+    from .results import read_predictions
+
+    ran = set(summary.loc[summary["status"] == "ran", "model"])
+    auroc = summary.set_index("model")["auroc_mean"]
+    pairs = []
+    uni = [m for m in UNIMODAL if m in ran]
+    if HEADLINE in ran and uni:
+        best = max(uni, key=lambda m: auroc[m])
+        pairs.append((HEADLINE, best, "fusion vs the best unimodal model"))
+    if HEADLINE in ran and CLASSICAL in ran:
+        pairs.append((HEADLINE, CLASSICAL, "fusion vs the classical baseline (labs + PET features, Random Forest)"))
+    if {"ct_cnn_pretrained", "ct_cnn"} <= ran:
+        pairs.append(("ct_cnn_pretrained", "ct_cnn", "CT CNN: pretrained encoder vs from scratch"))
+    rows = []
+    for a, b, what in pairs:
+        c = compare_models(read_predictions(run_dir, a), read_predictions(run_dir, b), splits)
+        rows.append({"comparison": what, "model": a, "versus": b,
+                     "AUROC": f"{auroc[a]:.2f} vs {auroc[b]:.2f}",
+                     "difference (mean over folds)": f"{c['auroc_difference']:+.3f}",
+                     "p, corrected resampled t-test": _fmt_p(c["p_corrected_t"]), "p, DeLong": _fmt_p(c["p_delong"])})
+    return pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
+
+
+def modality_weights(result, data) -> pd.DataFrame:
+    """Each patient's modality weights in a neural fusion, from the fold models that tested them (mean over repeats)."""
+    parts = []
+    for (repeat, fold), model in result.models.items():
+        test = result.predictions.query("repeat == @repeat and fold == @fold")["patient"].tolist()
+        if test and hasattr(model, "modality_weights"):
+            parts.append(model.modality_weights(data, test))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts).groupby(level=0).mean()
+
+
+def stacking_weights(result) -> pd.DataFrame:
+    """The late fusion's logistic-regression coefficients per fold (on each unimodal model's logit)."""
+    rows = [m.stacking_weights().rename((r, f)) for (r, f), m in result.models.items() if hasattr(m, "stacking_weights")]
+    return pd.DataFrame(rows) if rows else pd.DataFrame()

@@ -113,6 +113,9 @@ class Cohort:
         Unit per column.
     horizon_months:
         The PFS horizon that defines short PFS (None for a ready label).
+    ct_pretraining:
+        ``data`` (a CT collection from outside the cohort) and/or ``weights`` (a state-dict file),
+        absolute, and ``key_prefixes``: how chapter 04 pretrains its CT encoder (empty: it does not).
     input_files:
         Every input file (manifest, table, images), absolute; hashed into ``run.json``.
     """
@@ -129,6 +132,7 @@ class Cohort:
     horizon_months: float | None
     modalities: list[str]
     input_files: list[Path]
+    ct_pretraining: dict = field(default_factory=dict)
     _id_of_pseudonym: dict[str, str] = field(repr=False, default_factory=dict)
 
     # ---- views -------------------------------------------------------------------------------
@@ -391,6 +395,15 @@ def load_manifest(path: str | Path, *, check_images: str = "header") -> Cohort:
                 except imaging.ImageError as exc:
                     problems.append(Problem(exc.reason, patient=ids[i], column=col, file=str(p)))
         image_paths[modality] = paths
+    pretraining = {}
+    for key, value in (doc.get("ct_pretraining") or {}).items():
+        if key == "key_prefixes":
+            pretraining[key] = list(value)
+            continue
+        p = (base / value).resolve()
+        if not p.exists():
+            problems.append(Problem(f"ct_pretraining {key} not found", column=f"ct_pretraining.{key}", file=str(p)))
+        pretraining[key] = p
     if problems:
         raise ManifestError(path, problems)
 
@@ -422,5 +435,6 @@ def load_manifest(path: str | Path, *, check_images: str = "header") -> Cohort:
         horizon_months=horizon,
         modalities=[m for m in MODALITIES if m in image_paths],
         input_files=files,
+        ct_pretraining=pretraining,
         _id_of_pseudonym={mapping[i]: i for i in ids},
     )

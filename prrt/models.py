@@ -229,7 +229,7 @@ def cross_validate(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed:
 
 
 def run_models(specs: list[ModelSpec], data: ModelData, cohort, splits: pd.DataFrame, profile, seed: int, run_dir,
-               progress: bool = True) -> tuple[dict[str, CVResult], list[dict]]:
+               progress: bool = True, keep_models: bool = False) -> tuple[dict[str, CVResult], list[dict]]:
     """Cross-validate every spec that can run, write its predictions; return the results and summary rows."""
     from .evaluate import summarise
     from .results import skipped, write_predictions
@@ -239,7 +239,7 @@ def run_models(specs: list[ModelSpec], data: ModelData, cohort, splits: pd.DataF
         if spec.build is None:
             rows.append(skipped(spec.name, spec.chapter, spec.inputs, spec.reason))
             continue
-        res = cross_validate(spec, data, splits, seed, run_dir=run_dir, progress=progress)
+        res = cross_validate(spec, data, splits, seed, run_dir=run_dir, progress=progress, keep_models=keep_models)
         write_predictions(run_dir, spec.name, res.predictions)
         results[spec.name] = res
         rows.append({"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",

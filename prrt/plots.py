@@ -207,3 +207,34 @@ def learning_curves(curves: dict):
     ax_a.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def pretraining_curve(curve: dict):
+    """Loss of the self-supervised CT pretraining per epoch (training, and the held-out CTs)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(curve["epoch"], curve["train_loss"], label="training CTs")
+    if any(np.isfinite(v) for v in curve.get("val_loss", [])):
+        ax.plot(curve["epoch"], curve["val_loss"], label="held-out CTs")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("restoration + contrast loss")
+    ax.set_title("CT encoder pretraining (no outcome labels)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def modality_weights_plot(weights, title: str = ""):
+    """Box plot of each modality's weight per patient (columns of ``weights``), with the points."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    cols = list(weights.columns)
+    ax.boxplot([weights[c].to_numpy() for c in cols], showfliers=False)
+    ax.set_xticks(range(1, len(cols) + 1), labels=[{"labs": "laboratory", "pet": "SR-PET", "ct": "CT"}.get(c, c)
+                                                    for c in cols])
+    rng = np.random.default_rng(0)
+    for i, c in enumerate(cols, start=1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(weights)), weights[c], s=8, alpha=0.5, color="0.3")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("weight in the fused embedding")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -356,3 +356,37 @@ def load_encoder_weights(encoder: nn.Module, weights, prefix_map: dict[str, str]
         raise WeightsError("\n".join(lines))
     encoder.load_state_dict(state)
     return {"keys": len(state), "source": str(path)}
+
+
+def ct_encoder_state(cohort, profile, cache_dir, seed: int, ct_weights: str = "", key_prefixes=(),
+                     progress: bool = True) -> tuple[dict | None, dict, str]:
+    """The CT encoder's starting weights for chapter 04: ``(state dict or None, card, how they were made)``.
+
+    ``ct_weights`` (``prrt run --ct-weights``) wins over the manifest's ``ct_pretraining``; its
+    ``weights`` win over its ``data``. With ``data``, the encoder is pretrained (or taken from the
+    cache) on that collection, which must share no CT file with the cohort. The state dict is checked
+    against the profile's encoder before it is returned.
+    """
+    from .networks import build_encoder
+
+    spec = dict(cohort.ct_pretraining)
+    if ct_weights:
+        spec = {"weights": Path(ct_weights), "key_prefixes": list(key_prefixes)}
+    in_channels = 2 if profile.mask_channel else 1
+    if spec.get("weights"):
+        path = Path(spec["weights"])
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state = map_keys(_state_dict_of(obj, path), parse_prefix_map(spec.get("key_prefixes")))
+        load_encoder_weights(build_encoder(profile.encoder, in_channels), state)  # fails early, listing keys
+        card = obj.get("card", {}) if isinstance(obj, dict) else {}
+        if card.get("data_sha256"):
+            check_disjoint(card, cohort)
+        return state, card, f"weights from {path.name}"
+    if spec.get("data"):
+        cfg = PretrainConfig(encoder=profile.encoder, epochs=profile.pretrain_epochs)
+        path = pretrain_ct(spec["data"], profile, cache_dir, seed, cfg, progress=progress)
+        card = read_card(path)
+        check_disjoint(card, cohort)
+        state = torch.load(path, map_location="cpu", weights_only=True)["encoder"]
+        return state, card, f"self-supervised pretraining on {card['n_cases']} CTs outside the cohort"
+    return None, {}, ""

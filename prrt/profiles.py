@@ -59,6 +59,15 @@ class Profile:
         Bootstrap resamples for confidence intervals.
     encoder:
         Image encoder of the CNNs (see :mod:`prrt.networks`).
+    pretrain_epochs:
+        Epochs of the self-supervised CT-encoder pretraining (chapter 04, :mod:`prrt.pretrain`).
+    fusion_mechanism:
+        ``adaptive`` or ``intermediate``: how the four fusions of chapter 04 combine the modalities.
+    late_inner_folds:
+        Inner folds of the late fusion's stacking (nested inside each training part).
+    fusion_models:
+        ``all`` (the seven models and the three mechanisms) or ``headline`` (one model of each kind:
+        the pretrained CT CNN, the laboratory + SR-PET + CT fusion and its late fusion).
     display_size_voxels:
         Grid of the images the book shows (finer than the networks' input where CPU time is short).
     """
@@ -81,6 +90,10 @@ class Profile:
     permutation_repeats: int = 10
     n_bootstrap: int = 1000
     encoder: str = "compact"
+    pretrain_epochs: int = 40
+    fusion_mechanism: str = "adaptive"
+    late_inner_folds: int = 3
+    fusion_models: str = "all"
     display_size_voxels: tuple[int, int, int] = (96, 96, 80)
     description: str = ""
 
@@ -112,6 +125,9 @@ PROFILES: dict[str, Profile] = {
         rf_trees=100,
         permutation_repeats=2,
         n_bootstrap=200,
+        pretrain_epochs=2,
+        late_inner_folds=2,
+        fusion_models="headline",
         description="Tiny volumes and few repeats: proves that every notebook runs end to end.",
     ),
     "demo": Profile(

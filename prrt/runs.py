@@ -138,8 +138,21 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def declared_parameters(notebook) -> set[str]:
+    """Names assigned in a notebook's cell tagged ``parameters`` (read with ``ast``)."""
+    import ast
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)}
+    return set()
+
+
 def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir=None, cache_dir=None,
-        progress: bool = True, log=print) -> Path:
+        progress: bool = True, log=print, ct_weights=None, ct_weights_prefix=()) -> Path:
     """Execute the notebooks in order into ``run_dir``; returns the run directory.
 
     Raises :class:`prrt.manifest.ManifestError` for an invalid manifest (before anything runs) and
@@ -173,7 +186,11 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
         "notebooks": [],
     }
     params = {"manifest": str(manifest), "run_dir": str(staging), "profile": profile, "seed": int(seed),
-              "cache_dir": str(cache_dir)}
+              "cache_dir": str(cache_dir), "ct_weights": str(Path(ct_weights).resolve()) if ct_weights else "",
+              "ct_weights_prefix": ",".join(ct_weights_prefix)}
+    if ct_weights:
+        info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
+                              "key_prefixes": list(ct_weights_prefix)}
     t_run = time.perf_counter()
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     for nb in bar:
@@ -181,7 +198,9 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
         out = staging / "notebooks" / nb.name
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(nb.parent),
+            declared = declared_parameters(nb)  # each notebook gets the parameters it declares
+            pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
+                                cwd=str(nb.parent),
                                 progress_bar=progress, kernel_name="python3")
         except Exception as exc:  # papermill raises PapermillExecutionError, or kernel errors
             failed = run_dir.with_name(f".{run_dir.name}.failed")

@@ -154,8 +154,13 @@ class TrainOutput:
 
 
 def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_val: np.ndarray, cfg: TrainConfig,
-                seed: int, desc: str = "training", progress: bool = True) -> TrainOutput:
-    """Train one network; keep the weights of the epoch with the lowest validation loss."""
+                seed: int, desc: str = "training", progress: bool = True,
+                init_encoder: dict | None = None) -> TrainOutput:
+    """Train one network (see the module docstring for the kept weights).
+
+    ``init_encoder``: a state dict the encoder starts from (pretrained weights) instead of a random
+    initialisation; it must fit the encoder exactly (:func:`prrt.pretrain.load_encoder_weights`).
+    """
     from tqdm.auto import tqdm
 
     if cfg.selection not in ("last", "val_loss"):
@@ -167,7 +172,12 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
     seed_everything(seed)
     # the images stay on the device for all epochs (one transfer); augmentation runs there too
     x_fit, x_val = x_fit.to(device), x_val.to(device)
-    model = ImageClassifier(build_encoder(cfg.encoder, in_channels=x_fit.shape[1]), cfg.dropout).to(device)
+    model = ImageClassifier(build_encoder(cfg.encoder, in_channels=x_fit.shape[1]), cfg.dropout)
+    if init_encoder is not None:
+        from .pretrain import load_encoder_weights
+
+        load_encoder_weights(model.encoder, init_encoder)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -259,15 +269,16 @@ class ImageModel:
     frequent).
     """
 
-    def __init__(self, modality: str, cfg: TrainConfig):
-        self.modality, self.cfg = modality, cfg
+    def __init__(self, modality: str, cfg: TrainConfig, encoder_weights: dict | None = None):
+        self.modality, self.cfg, self.encoder_weights = modality, cfg, encoder_weights
 
     def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
         from .models import FitRecord
 
         images, y = data.images[self.modality], data.y
         out = train_model(images.take(part.fit), y.loc[part.fit].to_numpy(int), images.take(part.val),
-                          y.loc[part.val].to_numpy(int), self.cfg, seed, desc=desc or self.modality, progress=progress)
+                          y.loc[part.val].to_numpy(int), self.cfg, seed, desc=desc or self.modality, progress=progress,
+                          init_encoder=self.encoder_weights)
         self.model, self.prevalence = out.model, float(y.loc[part.fit].mean())
         self.device = select_device(self.cfg.device)
         return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(), "config": self.cfg.to_dict(),
@@ -329,13 +340,13 @@ def input_description(profile, base: str) -> str:
 
 
 def image_spec(name: str, modality: str, cfg: TrainConfig, chapter: str, inputs: str, available: bool,
-               oracle: str | None = None):
+               oracle: str | None = None, encoder_weights: dict | None = None, reason: str | None = None):
     """A :class:`prrt.models.ModelSpec` of a CNN on ``modality`` (skipped when the manifest names no such images)."""
     from .models import ModelSpec
 
-    return ModelSpec(name, chapter, inputs, (lambda seed: ImageModel(modality, cfg)) if available else None,
-                     reason=f"the manifest names no {modality.upper()} images", oracle=oracle, needs=(modality,),
-                     val_fraction=cfg.val_fraction)
+    build = (lambda seed: ImageModel(modality, cfg, encoder_weights)) if available else None
+    return ModelSpec(name, chapter, inputs, build, reason=reason or f"the manifest names no {modality.upper()} images",
+                     oracle=oracle, needs=(modality,), val_fraction=cfg.val_fraction)
 
 
 def image_specs(cohort, profile, chapter: str = "03") -> list:

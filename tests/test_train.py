@@ -246,3 +246,111 @@ def test_val_loss_selection_keeps_the_best_epoch_not_the_last():
     last = train.train_model(x[:24], y.iloc[:24].to_numpy(int), x[24:], y.iloc[24:].to_numpy(int),
                              train.TrainConfig(epochs=3), seed=0, progress=False)
     assert last.best_epoch == 3
+
+
+def test_training_settings_reach_the_optimiser_schedule_augmentation_and_network(monkeypatch):
+    """Each setting of TrainConfig changes what is built: a spy records the optimiser's and the
+    schedule's arguments and whether augmentation is made."""
+    x = torch.rand(12, 2, 16, 16, 16)
+    y = np.r_[np.ones(4), np.zeros(8)].astype(int)
+    seen = {}
+    real_adamw, real_cos, real_aug = torch.optim.AdamW, torch.optim.lr_scheduler.CosineAnnealingLR, train.BatchAugmenter
+
+    def adamw(params, **kw):
+        seen["adamw"] = kw
+        return real_adamw(params, **kw)
+
+    def cosine(opt, **kw):
+        seen["cosine"] = kw
+        return real_cos(opt, **kw)
+
+    def augmenter(seed, *a, **k):
+        seen["augment_seed"] = seed
+        return real_aug(seed, *a, **k)
+
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    monkeypatch.setattr(torch.optim.lr_scheduler, "CosineAnnealingLR", cosine)
+    monkeypatch.setattr(train, "BatchAugmenter", augmenter)
+    cfg = train.TrainConfig(epochs=3, lr=3e-4, weight_decay=0.02, dropout=0.45, augment=True)
+    out = train.train_model(x[:8], y[:8], x[8:], y[8:], cfg, seed=5, progress=False)
+    assert seen["adamw"] == {"lr": 3e-4, "weight_decay": 0.02}
+    assert seen["cosine"] == {"T_max": 3} and seen["augment_seed"] == 5
+    assert out.model.head[0].p == 0.45 and out.model.encoder.body[0].in_channels == 2
+    assert isinstance(out.model.encoder, train.build_encoder("compact").__class__)
+    seen.clear()
+    out = train.train_model(x[:8], y[:8], x[8:], y[8:], replace_cfg(cfg, lr_schedule="constant", augment=False,
+                                                                    encoder="compact_instance", epochs=1),
+                            seed=5, progress=False)
+    assert "cosine" not in seen and "augment_seed" not in seen
+    assert isinstance(out.model.encoder.body[1], torch.nn.InstanceNorm3d)
+    # one epoch: the schedule still has a positive period
+    seen.clear()
+    train.train_model(x[:8], y[:8], x[8:], y[8:], replace_cfg(cfg, epochs=1), seed=5, progress=False)
+    assert seen["cosine"] == {"T_max": 1}
+
+
+def replace_cfg(cfg, **kw):
+    from dataclasses import replace
+
+    return replace(cfg, **kw)
+
+
+def test_the_constant_and_cosine_schedules_end_at_different_learning_rates(monkeypatch):
+    """With a cosine schedule the last epoch's steps are taken at almost no learning rate."""
+    lrs = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    x = torch.rand(12, 1, 8, 8, 6)
+    y = np.r_[np.ones(4), np.zeros(8)].astype(int)
+    train.train_model(x[:8], y[:8], x[8:], y[8:], train.TrainConfig(epochs=4, lr=1e-3), seed=0, progress=False)
+    assert lrs[0] == 1e-3 and lrs[-1] < 0.2e-3
+    lrs.clear()
+    train.train_model(x[:8], y[:8], x[8:], y[8:], train.TrainConfig(epochs=4, lr=1e-3, lr_schedule="constant"), seed=0,
+                      progress=False)
+    assert set(lrs) == {1e-3}
+
+
+def test_pos_weight_for_a_single_short_pfs_patient(monkeypatch):
+    """n_long / n_short with one short-PFS patient is n_long itself (not halved)."""
+    weights = []
+    real = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def spy(logits, target, pos_weight=None, **k):
+        weights.append(float(pos_weight))
+        return real(logits, target, pos_weight=pos_weight, **k)
+
+    monkeypatch.setattr(train.F, "binary_cross_entropy_with_logits", spy)
+    x = torch.rand(10, 1, 8, 8, 6)
+    y = np.r_[1, np.zeros(7), 1, 0].astype(int)
+    train.train_model(x[:8], y[:8], x[8:], y[8:], train.TrainConfig(epochs=1, augment=False), seed=0, progress=False)
+    assert set(weights) == {7.0}
+
+
+def test_image_model_checkpoint_record(tmp_path):
+    x, y = separable(n=30, size=(12, 12, 10), seed=3)
+    s = sp.make_splits(y, 3, 1, 0)
+    cfg = train.TrainConfig(epochs=2, selection="val_loss", augment=False)
+    res = cv_images("ck", torch.cat([x, x], dim=1), y, s, cfg, seed=0, run_dir=tmp_path)
+    ck = torch.load(tmp_path / "checkpoints" / "ck" / "r0_f1.pt", weights_only=False)
+    assert set(ck) == {"state_dict", "config", "best_epoch", "in_channels"}
+    assert ck["config"] == cfg.to_dict() and ck["in_channels"] == 2
+    curve = res.curves.query("repeat == 0 and fold == 1")
+    assert ck["best_epoch"] == int(curve.loc[curve["best"], "epoch"].iloc[0]) == int(curve["val_loss"].idxmin() % 2) + 1
+
+
+def test_model_data_knows_who_has_what():
+    y = pd.Series([1.0, 0.0, 1.0], index=["P1", "P2", "P3"])
+    table = pd.DataFrame({"a": [1.0, np.nan, np.nan], "b": [np.nan, 2.0, np.nan]}, index=y.index)
+    data = models.ModelData(y, table=table, images={"pet": models.ImageSet(torch.zeros(2, 1, 2, 2, 2), ["P1", "P3"])})
+    assert [data.has(p, "table", ["a", "b"]) for p in y.index] == [True, True, False]
+    assert [data.has(p, "table", ["a"]) for p in y.index] == [True, False, False]
+    assert [data.has(p, "pet") for p in y.index] == [True, False, True]
+    assert not data.has("P1", "ct") and not data.has("P9", "table", ["a"])
+    assert not models.ModelData(y).has("P1", "table", ["a"])
+    with pytest.raises(ValueError, match="^2 images for 3 patients$"):
+        models.ImageSet(torch.zeros(2, 1, 2, 2, 2), ["P1", "P2", "P3"])

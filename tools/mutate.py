@@ -48,11 +48,18 @@ def area_of(name: str) -> str | None:
 
 
 def equivalent_mutants(path: Path = ROOT / "CONTRIBUTING.md") -> dict[str, str]:
-    """``{mutant: reason}`` from the "Equivalent mutants" list of CONTRIBUTING.md."""
+    """``{mutant: reason}`` from the "Equivalent mutants" list of CONTRIBUTING.md.
+
+    Each item reads ``- `name`, `name`, ...: reason`` (one reason for several mutants).
+    """
     text = path.read_text(encoding="utf-8")
     section = text.split("### Equivalent mutants", 1)[1] if "### Equivalent mutants" in text else ""
     section = re.split(r"\n#{1,3} ", section, maxsplit=1)[0]
-    return dict(re.findall(r"^- `([^`]+)`: (.+)$", section, flags=re.M))
+    out = {}
+    for names, reason in re.findall(r"^- ((?:`[^`]+`(?:, )?)+): (.+)$", section, flags=re.M):
+        for name in re.findall(r"`([^`]+)`", names):
+            out[name] = reason
+    return out
 
 
 def results(mutmut: str) -> dict[str, str]:
