@@ -61,12 +61,10 @@ def _demo_data(args) -> int:
 
         folder = generate_ct_collection(Path(args.out) / "ct_pretraining", args.pretrain_ct, args.seed,
                                         geometry=args.geometry)
-        import yaml
+        from .synthetic import write_manifest
 
-        manifest = Path(args.out) / "manifest.yaml"
-        doc = yaml.safe_load(manifest.read_text())
-        doc["ct_pretraining"] = {"data": "ct_pretraining"}
-        manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+        write_manifest(Path(args.out) / "manifest.yaml", table_rel="cohort.csv", image_root=".", cfg=cfg,
+                       ct_pretraining="ct_pretraining")
         print(f"Unlabelled CT collection for pretraining ({args.pretrain_ct} cases): {folder}")
     return 0
 

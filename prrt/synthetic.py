@@ -475,9 +475,11 @@ def generate_ct_collection(out_dir, n_cases: int, seed: int, geometry: str = "st
     return out_dir
 
 
-def manifest_dict(table_rel: str, image_root: str, cfg: SyntheticConfig | None = None) -> dict:
+def manifest_dict(table_rel: str, image_root: str, cfg: SyntheticConfig | None = None,
+                  ct_pretraining: str | None = None) -> dict:
+    """The manifest of a synthetic cohort; ``ct_pretraining``: the folder of its unlabelled CT collection."""
     cfg = cfg or SyntheticConfig()
-    return {
+    doc = {
         "name": "synthetic-demo",
         "description": "Synthetic PRRT cohort made by prrt.synthetic (no real patient data).",
         "synthetic": True,
@@ -490,13 +492,17 @@ def manifest_dict(table_rel: str, image_root: str, cfg: SyntheticConfig | None =
         "clinical": list(CLINICAL),
         "units": dict(UNITS),
     }
+    if ct_pretraining:
+        doc["ct_pretraining"] = {"data": ct_pretraining}
+    return doc
 
 
-def write_manifest(path, table_rel: str, image_root: str, cfg: SyntheticConfig | None = None) -> Path:
+def write_manifest(path, table_rel: str, image_root: str, cfg: SyntheticConfig | None = None,
+                   ct_pretraining: str | None = None) -> Path:
     import yaml
 
     path = Path(path)
     text = "# Synthetic PRRT cohort written by `prrt demo-data`; see data_manifest/README.md\n"
-    text += yaml.safe_dump(manifest_dict(table_rel, image_root, cfg), sort_keys=False)
+    text += yaml.safe_dump(manifest_dict(table_rel, image_root, cfg, ct_pretraining), sort_keys=False)
     path.write_text(text)
     return path

@@ -74,7 +74,8 @@ def test_demo_manifest_matches_the_schema_and_generator():
     from prrt.synthetic import manifest_dict
 
     demo = yaml.safe_load((Path(__file__).parents[1] / "data_manifest" / "demo.yaml").read_text())
-    expected = manifest_dict(table_rel="../data/demo/cohort.csv", image_root="../data/demo")
+    expected = manifest_dict(table_rel="../data/demo/cohort.csv", image_root="../data/demo",
+                             ct_pretraining="../data/demo/ct_pretraining")
     assert demo == expected
 
 
