@@ -354,3 +354,22 @@ def test_model_data_knows_who_has_what():
     assert not models.ModelData(y).has("P1", "table", ["a"])
     with pytest.raises(ValueError, match="^2 images for 3 patients$"):
         models.ImageSet(torch.zeros(2, 1, 2, 2, 2), ["P1", "P2", "P3"])
+
+
+def test_pretrained_encoder_weights_are_where_training_starts():
+    """With a learning rate of zero, the trained encoder still holds the given weights: they were
+    loaded before the first step (ImageModel hands them to train_model)."""
+    from prrt.networks import build_encoder
+
+    pre = {k: (v + 0.25 if v.is_floating_point() else v) for k, v in build_encoder("compact", 1).state_dict().items()}
+    x, y = separable(n=24, size=(12, 12, 10), seed=4)
+    data = models.ModelData(y, images={"ct": models.ImageSet(x, list(y.index))})
+    m = train.ImageModel("ct", train.TrainConfig(epochs=1, lr=0.0, weight_decay=0.0, augment=False), encoder_weights=pre)
+    m.fit(data, models.inner_split(list(y.index), y, 0.2, 0), seed=0, progress=False)
+    got = m.model.encoder.state_dict()
+    for k, v in pre.items():
+        if "running" not in k and "num_batches" not in k:  # batch-norm statistics are recomputed
+            assert torch.equal(got[k], v), k
+    fresh = train.ImageModel("ct", train.TrainConfig(epochs=1, lr=0.0, weight_decay=0.0, augment=False))
+    fresh.fit(data, models.inner_split(list(y.index), y, 0.2, 0), seed=0, progress=False)
+    assert not torch.equal(fresh.model.encoder.state_dict()["body.0.weight"], pre["body.0.weight"])
