@@ -425,11 +425,16 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04") -
                         encoder_weights=ct_state)]
     specs.append(late_fusion_spec("lab_pet_ct_late", chapter, "laboratory values + SR-PET + CT, late fusion "
                                   "(stacking of the unimodal models)", bases, profile.late_inner_folds, oracle="all"))
-    if profile.fusion_models == "headline":  # a quick profile: one model of each kind
-        keep = {"ct_cnn_pretrained", HEADLINE, "lab_pet_ct_late"}
+    subsets = {"headline": {"ct_cnn_pretrained", HEADLINE, "lab_pet_ct_late"},  # one model of each kind
+               "fusion": {"ct_cnn_pretrained", HEADLINE}}  # without the nested CNN training of late fusion
+    if profile.fusion_models in subsets:
+        keep = subsets[profile.fusion_models]
         specs = [s if s.name in keep or s.build is None else
-                 replace(s, build=None, reason=f"not trained in the {profile.name} profile (fusion_models = headline)")
+                 replace(s, build=None, reason=f"not trained in the {profile.name} profile "
+                                               f"(fusion_models = {profile.fusion_models})")
                  for s in specs]
+    elif profile.fusion_models != "all":
+        raise ValueError(f"fusion_models must be 'all', 'headline' or 'fusion', not {profile.fusion_models!r}")
     return specs
 
 
