@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import FitRecord, ModelSpec, inner_split
-from .train import TrainConfig, _autocast, _to_device, seed_everything, select_device
+from .train import TrainConfig, _autocast, _to_device, recompute_batch_norm, seed_everything, select_device
 
 MECHANISMS = ("late", "intermediate", "adaptive")
 MODALITIES = ("labs", "pet", "ct")
@@ -280,7 +280,8 @@ class NeuralFusion:
                 opt.step()
                 total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
             sched.step()
-            self._recompute_bn(model, x_fit, pr_fit)
+            recompute_batch_norm(model, pr_fit, cfg.batch_size, self.device, forward=lambda rows: model(
+                {m: _to_device(v[rows], self.device) for m, v in x_fit.items()}, pr_fit[rows].to(self.device)))
             self.model, self.prevalence = model, float(y_fit.mean())
             p_val = self._raw(x_val, pr_val)
             val_loss = _weighted_bce(p_val, y_val, float(pos_weight)) if len(y_val) else np.nan
@@ -297,25 +298,6 @@ class NeuralFusion:
         return FitRecord(pd.DataFrame(rows), best_epoch, {"state_dict": model.state_dict(),
                                                           "modalities": self.modalities,
                                                           "mechanism": self.cfg.mechanism})
-
-    @torch.no_grad()
-    def _recompute_bn(self, model, x, present):
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
-            return
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-        model.train()
-        n = len(present)
-        for i in range(0, n, self.cfg.train.batch_size):
-            if min(n, i + self.cfg.train.batch_size) - i < 2:
-                continue
-            sl = slice(i, i + self.cfg.train.batch_size)
-            model({m: _to_device(v[sl], self.device) for m, v in x.items()}, present[sl].to(self.device))
-        for bn in bns:
-            bn.momentum = 0.1
-        model.eval()
 
     @torch.no_grad()
     def _raw(self, x, present, weights: bool = False):

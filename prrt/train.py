@@ -233,28 +233,29 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
 
 
 @torch.no_grad()
-def recompute_batch_norm(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> None:
+def recompute_batch_norm(model: torch.nn.Module, x, batch_size: int, device: torch.device, forward=None) -> None:
     """Replace the running statistics of every batch-norm layer by their mean over ``x`` (no augmentation).
 
     The running averages kept during training mix the statistics of early weights and of augmented
     batches; with a few dozen steps per epoch they can be far from what the final weights produce,
     which skews every prediction (the "precise BN" step of Wu & Johnson, 2021). Only training
-    images are used.
+    images are used. ``x`` is a tensor of images, or anything with a length when ``forward(rows)``
+    is given to run the model on the batch ``rows`` (a slice), as a multi-input model needs.
     """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
+    forward = forward or (lambda rows: model(_to_device(x[rows], device)))
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the batches below
     model.train()
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        if len(xb) < 2:
+        if min(len(x), i + batch_size) - i < 2:
             continue
         with _autocast(device):
-            model(_to_device(xb, device))
+            forward(slice(i, i + batch_size))
     for bn, m in zip(bns, momenta):
         bn.momentum = m
     model.eval()
