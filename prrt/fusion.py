@@ -32,17 +32,15 @@ fitting part only; the CNN branches see the same preprocessed inputs as chapter 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .models import FitRecord, ModelSpec, inner_split
-from .train import TrainConfig, _autocast, _to_device, recompute_batch_norm, seed_everything, select_device
+from .train import TrainConfig, _autocast, _to_device, fit_network, seed_everything, select_device
 
 MECHANISMS = ("late", "intermediate", "adaptive")
 MODALITIES = ("labs", "pet", "ct")
@@ -232,7 +230,6 @@ class NeuralFusion:
     def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
         from sklearn.impute import SimpleImputer
         from sklearn.preprocessing import StandardScaler
-        from tqdm.auto import tqdm
 
         cfg = self.cfg.train
         seed_everything(seed)
@@ -245,59 +242,31 @@ class NeuralFusion:
             x = data.table.loc[part.fit, self.lab_columns]
             self.imputer_ = SimpleImputer(strategy="median", keep_empty_features=True).fit(x)
             self.scaler_ = StandardScaler().fit(self.imputer_.transform(x))
-        model = self._build(data).to(self.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-        y_fit = torch.as_tensor(data.y.loc[part.fit].to_numpy(float), dtype=torch.float32)
-        n_pos = float(y_fit.sum())
-        pos_weight = torch.tensor((len(y_fit) - n_pos) / max(n_pos, 1.0))
+        model = self._build(data)
+        y_fit = data.y.loc[part.fit].to_numpy(float)
         x_fit, pr_fit = self._inputs(data, part.fit), self._present(data, part.fit)
         x_val, pr_val = self._inputs(data, part.val), self._present(data, part.val)
-        y_val = data.y.loc[part.val].to_numpy(int)
-        g = torch.Generator().manual_seed(seed)
-        rows, best, best_state, best_epoch = [], np.inf, None, cfg.epochs
-        for epoch in tqdm(range(cfg.epochs), desc=desc or "fusion", unit="epoch", leave=False, disable=not progress):
-            model.train()
-            order = torch.randperm(len(y_fit), generator=g)
-            total, seen = 0.0, 0
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i:i + cfg.batch_size]
-                if len(idx) < 2:
-                    continue
-                present = pr_fit[idx].clone()
-                if self.cfg.modality_dropout and len(self.modalities) > 1:
-                    drop = (torch.rand(present.shape, generator=g) < self.cfg.modality_dropout) & (present > 0)
-                    keep_one = (present * ~drop).sum(dim=1) == 0  # never drop every modality of a patient
-                    drop[keep_one] = False
-                    present = present * ~drop
-                xb = {m: _to_device(v[idx], self.device) for m, v in x_fit.items()}
-                with _autocast(self.device):
-                    logits = model(xb, present.to(self.device))
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y_fit[idx].to(self.device),
-                                                          pos_weight=pos_weight.to(self.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
-            sched.step()
-            recompute_batch_norm(model, pr_fit, cfg.batch_size, self.device, forward=lambda rows: model(
-                {m: _to_device(v[rows], self.device) for m, v in x_fit.items()}, pr_fit[rows].to(self.device)))
-            self.model, self.prevalence = model, float(y_fit.mean())
-            p_val = self._raw(x_val, pr_val)
-            val_loss = _weighted_bce(p_val, y_val, float(pos_weight)) if len(y_val) else np.nan
-            from sklearn.metrics import roc_auc_score
+        self.model, self.prevalence = model, float(y_fit.mean())
+        device = self.device
 
-            val_auroc = roc_auc_score(y_val, p_val) if 0 < y_val.sum() < len(y_val) else np.nan
-            rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
-                         "val_auroc": val_auroc})
-            if cfg.selection == "val_loss" and val_loss < best:
-                best, best_epoch, best_state = val_loss, epoch + 1, copy.deepcopy(model.state_dict())
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        self.model = model
-        return FitRecord(pd.DataFrame(rows), best_epoch, {"state_dict": model.state_dict(),
-                                                          "modalities": self.modalities,
-                                                          "mechanism": self.cfg.mechanism})
+        def batch(idx, g):
+            present = pr_fit[idx].clone()
+            if self.cfg.modality_dropout and len(self.modalities) > 1:
+                drop = (torch.rand(present.shape, generator=g) < self.cfg.modality_dropout) & (present > 0)
+                keep_one = (present * ~drop).sum(dim=1) == 0  # never drop every modality of a patient
+                drop[keep_one] = False
+                present = present * ~drop
+            return {m: _to_device(v[idx], device) for m, v in x_fit.items()}, present.to(device)
+
+        out = fit_network(model, y_fit, data.y.loc[part.val].to_numpy(int), cfg, seed, batch,
+                          validate=lambda: self._raw(x_val, pr_val),
+                          bn_forward=lambda rows: model({m: _to_device(v[rows], device) for m, v in x_fit.items()},
+                                                        pr_fit[rows].to(device)),
+                          desc=desc or "fusion", progress=progress)
+        self.model = out.model
+        return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(),
+                                                     "modalities": self.modalities,
+                                                     "mechanism": self.cfg.mechanism})
 
     @torch.no_grad()
     def _raw(self, x, present, weights: bool = False):
@@ -330,13 +299,6 @@ class NeuralFusion:
         """Each patient's weight per modality (adaptive: the gate; intermediate: equal over present ones)."""
         _, w = self._raw(self._inputs(data, patients), self._present(data, patients), weights=True)
         return pd.DataFrame(w, index=list(patients), columns=self.modalities)
-
-
-def _weighted_bce(p, y, pos_weight: float) -> float:
-    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-    y = np.asarray(y, float)
-    w = np.where(y == 1, pos_weight, 1.0)
-    return float(np.mean(-w * (y * np.log(p) + (1 - y) * np.log(1 - p))))
 
 
 # ---- specs -----------------------------------------------------------------------------------------

@@ -24,6 +24,11 @@ whose inputs the manifest lacks becomes a ``skipped`` row with its reason.
 
 Seeds: the model of (repeat r, fold k) is fitted with ``seed + 1000 r + k``; the inner validation
 part is drawn with the same number.
+
+Each (model, repeat, fold) is one job (:func:`fit_fold`) that depends on nothing but the data, the
+spec and the seed. An *engine* runs the jobs: :class:`Sequential` (the default) one after another
+in this process; :class:`prrt.parallel.DaskEngine` spreads them over processes, GPUs or machines.
+The results are gathered in fold order, so the files a run writes do not depend on the engine.
 """
 
 from __future__ import annotations
@@ -172,52 +177,134 @@ def predictable_patients(spec: ModelSpec, data: ModelData) -> list[str]:
     return [p for p in data.y.index if all(data.has(p, m, spec.columns) for m in spec.needs)]
 
 
+@dataclass
+class FoldOutput:
+    """What fitting one spec on one (repeat, fold) gives: the job an engine runs (:func:`fit_fold`)."""
+
+    repeat: int
+    fold: int
+    test: pd.DataFrame  # the test patients' rows (prrt.evaluate format)
+    unlabelled: pd.Series | None  # the probabilities of the patients in no fold (index: pseudonym)
+    val: list[str]  # the inner validation patients
+    record: FitRecord
+    permutation: pd.DataFrame | None = None
+    impurity: pd.DataFrame | None = None
+    model: object = None  # the fitted model, when asked for
+
+
+def fit_fold(spec: ModelSpec, data: ModelData, fold, seed: int, unlabelled: list[str], progress: bool = False,
+             keep_model: bool = False) -> FoldOutput:
+    """Fit ``spec`` on the training part of one fold and predict its test patients (and the unlabelled) once.
+
+    Everything random inside derives from :func:`fold_seed`, so a fold gives the same numbers
+    wherever it runs (on one device type).
+    """
+    s = fold_seed(seed, fold.repeat, fold.fold)
+    part = inner_split(fold.train, data.y, spec.val_fraction, s)
+    if set(fold.test) & set(part.all) or set(part.all) != set(fold.train):
+        raise AssertionError(f"repeat {fold.repeat}, fold {fold.fold}: the training part is not the fold's training set")
+    model = spec.build(seed)
+    record = model.fit(data, part, s, progress=progress, desc=f"r{fold.repeat} f{fold.fold}") or FitRecord()
+    out = FoldOutput(fold.repeat, fold.fold, fold_test_rows(fold, model.predict(data, fold.test), data.y),
+                     pd.Series(model.predict(data, unlabelled), index=unlabelled) if unlabelled else None,
+                     part.val, record)
+    if spec.permutation_repeats and hasattr(model, "permutation_importance"):
+        out.permutation = model.permutation_importance(data, fold.test, spec.permutation_repeats, s)
+    if hasattr(model, "impurity_importance"):
+        out.impurity = model.impurity_importance()
+    if keep_model:
+        out.model = model
+    return out
+
+
+class Sequential:
+    """The default engine: the fold jobs one after another in this process, with a progress bar."""
+
+    def map(self, fn, jobs: list, data: ModelData, progress: bool = True, desc: str = "") -> list:
+        from tqdm.auto import tqdm
+
+        return [fn(job, data) for job in tqdm(jobs, desc=desc, unit="fold", disable=not progress)]
+
+
 def cross_validate(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed: int, run_dir=None,
-                   progress: bool = True, keep_models: bool = False) -> CVResult:
+                   progress: bool = True, keep_models: bool = False, engine=None) -> CVResult:
     """Fit ``spec`` on the training part of every repeat and fold of ``splits``; predict the test part once.
 
     Patients without a label are predicted by every fold model of a repeat (the mean is kept). With
     ``run_dir``, each fold's checkpoint and the learning curves go to ``checkpoints/<model>/``.
+    ``engine`` runs the fold jobs (:class:`Sequential` by default; :mod:`prrt.parallel` spreads them
+    over processes, GPUs or machines with the same results).
     """
-    import torch
-    from tqdm.auto import tqdm
+    return collect(spec, fold_outputs([spec], data, splits, seed, progress, keep_models, engine)[spec.name],
+                   run_dir)
 
+
+def _check_inputs(spec: ModelSpec, data: ModelData, splits: pd.DataFrame) -> list[str]:
+    """The unlabelled patients ``spec`` predicts; an error when a patient of the splits lacks its inputs."""
     if spec.build is None:
         raise ValueError(f"{spec.name} cannot run: {spec.reason}")
-    y = data.y
     in_splits = set(splits["patient"])
     available = predictable_patients(spec, data)
     missing = in_splits - set(available)
     if missing:
         raise ValueError(f"{spec.name}: {len(missing)} patients of the splits lack its inputs "
                          f"({', '.join(spec.needs)}), e.g. {sorted(missing)[:3]}")
-    unlabelled = [p for p in available if p not in in_splits]
+    return [p for p in available if p not in in_splits]
+
+
+def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, seed: int, progress: bool = True,
+                 keep_models: bool = False, engine=None) -> dict[str, list[FoldOutput]]:
+    """Every (model, repeat, fold) job of ``specs``, run by ``engine``; ``{model: outputs in fold order}``."""
+    from functools import partial
+
+    engine = engine or Sequential()
+    folds = list(iter_folds(splits))
+    jobs = [(spec, f, _check_inputs(spec, data, splits)) for spec in specs for f in folds]
+    desc = specs[0].name if len(specs) == 1 else f"{len(specs)} models"
+    outs = engine.map(partial(_run_job, seed=seed, keep_model=keep_models, progress=progress and engine_is_local(engine)),
+                      jobs, data, progress=progress, desc=desc)
+    by_model = {spec.name: [] for spec in specs}
+    for (spec, _, _), out in zip(jobs, outs):
+        by_model[spec.name].append(out)
+    return by_model
+
+
+def engine_is_local(engine) -> bool:
+    """Whether the jobs' own progress bars reach this terminal."""
+    return isinstance(engine, Sequential)
+
+
+def _run_job(job, data: ModelData, seed: int, keep_model: bool, progress: bool) -> FoldOutput:
+    spec, fold, unlabelled = job
+    return fit_fold(spec, data, fold, seed, unlabelled, progress=progress, keep_model=keep_model)
+
+
+def collect(spec: ModelSpec, outs: list[FoldOutput], run_dir=None) -> CVResult:
+    """The :class:`CVResult` of one spec from its fold outputs; writes checkpoints and curves to ``run_dir``."""
+    import torch
+
     preds, extra, curves, perm, imp, inner, models = [], {}, [], [], [], {}, {}
-    for f in tqdm(list(iter_folds(splits)), desc=spec.name, unit="fold", disable=not progress):
-        s = fold_seed(seed, f.repeat, f.fold)
-        part = inner_split(f.train, y, spec.val_fraction, s)
-        if set(f.test) & set(part.all) or set(part.all) != set(f.train):
-            raise AssertionError(f"repeat {f.repeat}, fold {f.fold}: the training part is not the fold's training set")
-        inner[(f.repeat, f.fold)] = part.val
-        model = spec.build(seed)
-        record = model.fit(data, part, s, progress=progress, desc=f"r{f.repeat} f{f.fold}") or FitRecord()
-        preds.append(fold_test_rows(f, model.predict(data, f.test), y))
-        if unlabelled:
-            extra.setdefault(f.repeat, []).append(model.predict(data, unlabelled))
-        if spec.permutation_repeats and hasattr(model, "permutation_importance"):
-            perm.append(model.permutation_importance(data, f.test, spec.permutation_repeats, s)
-                        .assign(repeat=f.repeat, fold=f.fold))
-        if hasattr(model, "impurity_importance"):
-            imp.append(model.impurity_importance().assign(repeat=f.repeat, fold=f.fold))
+    unlabelled = []
+    for out in outs:
+        preds.append(out.test)
+        if out.unlabelled is not None:
+            unlabelled = list(out.unlabelled.index)
+            extra.setdefault(out.repeat, []).append(out.unlabelled.to_numpy())
+        inner[(out.repeat, out.fold)] = out.val
+        if out.permutation is not None:
+            perm.append(out.permutation.assign(repeat=out.repeat, fold=out.fold))
+        if out.impurity is not None:
+            imp.append(out.impurity.assign(repeat=out.repeat, fold=out.fold))
+        record = out.record
         if record.curve is not None:
-            curves.append(record.curve.assign(repeat=f.repeat, fold=f.fold,
-                                              best=lambda d: d["epoch"] == record.best_epoch))
+            curves.append(record.curve.assign(repeat=out.repeat, fold=out.fold,
+                                              best=lambda d, b=record.best_epoch: d["epoch"] == b))
         if run_dir is not None and record.checkpoint is not None:
-            ck = Path(run_dir) / "checkpoints" / spec.name / f"r{f.repeat}_f{f.fold}.pt"
+            ck = Path(run_dir) / "checkpoints" / spec.name / f"r{out.repeat}_f{out.fold}.pt"
             ck.parent.mkdir(parents=True, exist_ok=True)
             torch.save(record.checkpoint, ck)
-        if keep_models:
-            models[(f.repeat, f.fold)] = model
+        if out.model is not None:
+            models[(out.repeat, out.fold)] = out.model
     order = ["repeat", "fold", "feature", "importance"]
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
     if run_dir is not None and curves:
@@ -229,17 +316,29 @@ def cross_validate(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed:
 
 
 def run_models(specs: list[ModelSpec], data: ModelData, cohort, splits: pd.DataFrame, profile, seed: int, run_dir,
-               progress: bool = True, keep_models: bool = False) -> tuple[dict[str, CVResult], list[dict]]:
-    """Cross-validate every spec that can run, write its predictions; return the results and summary rows."""
+               progress: bool = True, keep_models: bool = False, engine=None) -> tuple[dict[str, CVResult], list[dict]]:
+    """Cross-validate every spec that can run, write its predictions; return the results and summary rows.
+
+    ``engine``: :class:`Sequential` (default) runs the models one after another; another engine
+    (:mod:`prrt.parallel`) gets every (model, repeat, fold) job of the chapter at once.
+    """
     from .evaluate import summarise
     from .results import skipped, write_predictions
 
+    engine = engine or Sequential()
+    runnable = [spec for spec in specs if spec.build is not None]
+    if isinstance(engine, Sequential):  # one progress bar per model
+        outs = {}
+        for spec in runnable:
+            outs.update(fold_outputs([spec], data, splits, seed, progress, keep_models, engine))
+    else:
+        outs = fold_outputs(runnable, data, splits, seed, progress, keep_models, engine) if runnable else {}
     results, rows = {}, []
     for spec in specs:
         if spec.build is None:
             rows.append(skipped(spec.name, spec.chapter, spec.inputs, spec.reason))
             continue
-        res = cross_validate(spec, data, splits, seed, run_dir=run_dir, progress=progress, keep_models=keep_models)
+        res = collect(spec, outs[spec.name], run_dir)
         write_predictions(run_dir, spec.name, res.predictions)
         results[spec.name] = res
         rows.append({"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",

@@ -156,19 +156,13 @@ class TrainOutput:
 def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_val: np.ndarray, cfg: TrainConfig,
                 seed: int, desc: str = "training", progress: bool = True,
                 init_encoder: dict | None = None) -> TrainOutput:
-    """Train one network (see the module docstring for the kept weights).
+    """Train one CNN on images (see the module docstring for the kept weights) with :func:`fit_network`.
 
     ``init_encoder``: a state dict the encoder starts from (pretrained weights) instead of a random
     initialisation; it must fit the encoder exactly (:func:`prrt.pretrain.load_encoder_weights`).
     """
-    from tqdm.auto import tqdm
-
-    if cfg.selection not in ("last", "val_loss"):
-        raise ValueError(f"selection must be 'last' or 'val_loss', not {cfg.selection!r}")
-    if cfg.lr_schedule not in ("cosine", "constant"):
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', not {cfg.lr_schedule!r}")
+    check_config(cfg)
     device = select_device(cfg.device)
-    _setup_backend(device)
     seed_everything(seed)
     # the images stay on the device for all epochs (one transfer); augmentation runs there too
     x_fit, x_val = x_fit.to(device), x_val.to(device)
@@ -177,53 +171,93 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
         from .pretrain import load_encoder_weights
 
         load_encoder_weights(model.encoder, init_encoder)
+    aug = BatchAugmenter(seed) if cfg.augment else None
+
+    def batch(idx, g):
+        xb = x_fit[idx.to(device)]
+        return (_to_device(aug(xb) if aug is not None else xb, device),)
+
+    return fit_network(model, y_fit, y_val, cfg, seed, batch, validate=lambda: predict(model, x_val, device),
+                       bn_forward=lambda rows: model(_to_device(x_fit[rows], device)), desc=desc, progress=progress)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    if cfg.selection not in ("last", "val_loss"):
+        raise ValueError(f"selection must be 'last' or 'val_loss', not {cfg.selection!r}")
+    if cfg.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', not {cfg.lr_schedule!r}")
+
+
+def fit_network(model: torch.nn.Module, y_fit: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, seed: int,
+                batch, validate, bn_forward=None, desc: str = "training", progress: bool = True) -> TrainOutput:
+    """The training loop of every network (the image CNNs and the neural fusions of :mod:`prrt.fusion`).
+
+    The caller seeds the global generators and builds ``model`` (its random initialisation);
+    this function moves it to the device and trains it on the fitting patients, whose labels are
+    ``y_fit``:
+
+    * ``batch(idx, g)``: the model's inputs (a tuple, on the device) for the fitting rows ``idx``,
+      with any augmentation or modality dropout drawn from the generator ``g``;
+    * ``validate()``: the probabilities of the validation patients (labels ``y_val``) under the
+      current weights;
+    * ``bn_forward(rows)``: runs the model on the fitting rows ``rows`` (a slice) without
+      augmentation, to recompute the batch-norm statistics after each epoch (``cfg.precise_bn``).
+
+    The loop: AdamW, a cosine or constant learning rate (``cfg.lr_schedule``), binary cross-entropy
+    with ``pos_weight = n_long / n_short`` of the fitting patients, shuffled batches of
+    ``cfg.batch_size`` from a generator seeded with ``seed`` (a last batch of one patient is
+    skipped), then precise batch norm, the weighted validation loss and AUROC per epoch (the
+    curve), and the kept weights by ``cfg.selection``: the last epoch's, or those of the epoch with
+    the lowest validation loss (the last epoch's when no epoch has a finite validation loss).
+    """
+    from tqdm.auto import tqdm
+
+    check_config(cfg)
+    device = select_device(cfg.device)
+    _setup_backend(device)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) \
         if cfg.lr_schedule == "cosine" else None
-    y_fit_t = torch.as_tensor(y_fit, dtype=torch.float32)
+    y_fit_t = torch.as_tensor(np.asarray(y_fit, float), dtype=torch.float32)
+    y_val = np.asarray(y_val, int)
     n_pos = float(y_fit_t.sum())
     pos_weight = torch.tensor((len(y_fit_t) - n_pos) / max(n_pos, 1.0), device=device)
-    aug = BatchAugmenter(seed) if cfg.augment else None
     g = torch.Generator().manual_seed(seed)
     y_val_t = torch.as_tensor(y_val, dtype=torch.float32, device=device)
-    rows, best, best_state, best_epoch = [], np.inf, None, 0
+    rows, best, best_state, best_epoch = [], np.inf, None, cfg.epochs
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False, disable=not progress)
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(x_fit), generator=g)
+        order = torch.randperm(len(y_fit_t), generator=g)
         total, seen = 0.0, 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             if len(idx) < 2:  # instance statistics of a single patient are not worth a step
                 continue
-            xb = x_fit[idx.to(device)]
-            if aug is not None:
-                xb = aug(xb)
-            xb, yb = _to_device(xb, device), y_fit_t[idx].to(device)
+            inputs = batch(idx, g)
             with _autocast(device):
-                logits = model(xb)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=pos_weight)
+                logits = model(*inputs)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y_fit_t[idx].to(device), pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
-        if cfg.precise_bn:  # validation (and the kept weights) see the statistics of these weights
-            recompute_batch_norm(model, x_fit, cfg.batch_size, device)
-        p_val = torch.as_tensor(predict(model, x_val, device), device=device)
+        if cfg.precise_bn and bn_forward is not None:  # validation (and the kept weights) see these weights' statistics
+            recompute_batch_norm(model, range(len(y_fit_t)), cfg.batch_size, device, forward=bn_forward)
+        p_val = torch.as_tensor(validate(), dtype=torch.float32, device=device)
         val_loss = float(F.binary_cross_entropy(p_val.clamp(1e-6, 1 - 1e-6), y_val_t,
-                                                weight=torch.where(y_val_t == 1, pos_weight, 1.0)))
+                                                weight=torch.where(y_val_t == 1, pos_weight, 1.0))) \
+            if len(y_val) else np.nan
         val_auroc = roc_auc_score(y_val, p_val.cpu().numpy()) if 0 < y_val.sum() < len(y_val) else np.nan
         rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                      "val_auroc": val_auroc})
         if sched is not None:
             sched.step()
-        if cfg.selection == "last":  # the model holds these weights already
-            best_epoch = epoch + 1
-        elif val_loss < best:
+        if cfg.selection == "val_loss" and val_loss < best:
             best, best_epoch = val_loss, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", val_loss=f"{val_loss:.3f}")

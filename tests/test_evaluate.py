@@ -363,7 +363,17 @@ def test_summarise_every_field_against_its_definition(labels):
     assert (one["auroc_sd"], one["auprc_sd"], one["auprc_long_sd"], one["n_repeats"]) == (0.0, 0.0, 0.0, 1)
     assert np.isnan(one["c_index"]) and one["n_patients_survival"] == 0
     two = ev.summarise(pred[pred["repeat"] < 2], None, n_boot=20, seed=0)
-    assert two["auroc_sd"] == pytest.approx(m["auroc"].iloc[:2].std(ddof=1))
+    for k in ("auroc", "auprc", "auprc_long"):  # two repeats: a spread
+        assert two[f"{k}_sd"] == pytest.approx(m[k].iloc[:2].std(ddof=1)) and two[f"{k}_sd"] > 0, k
+
+
+def test_bootstrap_defaults_are_the_documented_1000_resamples_with_seed_0(labels):
+    """run.json records n_boot and the seed; the defaults must be what the methods chapter says."""
+    pred, _ = fake_predictions(labels, n_repeats=2, signal=1.0, seed=1)
+    ci = ev.bootstrap_ci(pred)
+    assert ci == ev.bootstrap_ci(pred, n_boot=1000, seed=0)
+    s = ev.summarise(pred)
+    assert (s["auroc_ci_low"], s["auroc_ci_high"]) == ci["auroc_ci"]
 
 
 def test_bootstrap_ci_is_the_percentile_interval_of_the_stratified_resamples(labels):

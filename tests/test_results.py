@@ -163,3 +163,21 @@ def test_private_id_table(small_cohort_dir):
     assert list(t.columns) == ["patient", "patient_id"] and len(t) == c.n_patients
     assert dict(zip(t["patient_id"], t["patient"])) == c.pseudonym_of_id()
     assert set(t["patient"]) == set(c.data.index)
+
+
+def test_results_files_go_into_new_nested_run_folders_and_can_be_rewritten(tmp_path):
+    run = tmp_path / "runs" / "new"
+    for _ in range(2):  # the second write replaces the first
+        assert rs.write_predictions(run, "m", _pred()).is_file()
+        s = rs.update_summary(run, [{"model": "m", "status": "ran", "auroc_mean": 0.5}])
+    assert s["model"].tolist() == ["m"] and s["auroc_mean"].dtype == float
+    s = rs.update_summary(run, [{"model": "n", "status": "ran", "auroc_mean": 0.6}])
+    assert s.index.tolist() == [0, 1]  # the returned table is numbered afresh
+
+
+def test_comparison_with_study_oracle_column_needs_both_maps_and_marks_models_without_one():
+    both = _summary().iloc[[0, 0]].assign(model=["lab_rf", "pet_cnn"])
+    t = rs.comparison_with_study(both, synthetic=True, oracle={"lab": 0.7349}, oracle_keys={"lab_rf": "lab"})
+    assert t["oracle AUROC"].tolist() == ["0.73", "–"]
+    no_keys = rs.comparison_with_study(_summary(), synthetic=True, oracle={"lab": 0.7349})
+    assert "oracle AUROC" not in no_keys.columns

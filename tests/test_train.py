@@ -373,3 +373,127 @@ def test_pretrained_encoder_weights_are_where_training_starts():
     fresh = train.ImageModel("ct", train.TrainConfig(epochs=1, lr=0.0, weight_decay=0.0, augment=False))
     fresh.fit(data, models.inner_split(list(y.index), y, 0.2, 0), seed=0, progress=False)
     assert not torch.equal(fresh.model.encoder.state_dict()["body.0.weight"], pre["body.0.weight"])
+
+
+# ---- the shared training loop (fit_network), with a model whose every output is known ----------------
+
+class _Linear(torch.nn.Module):
+    """No dropout, no batch norm: with lr = 0 its outputs never change, so every loss is known in advance."""
+
+    def __init__(self, d=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(d, 1)
+
+    def forward(self, x):
+        return self.lin(x).squeeze(1)
+
+
+def _bce_logits(z, y, pw):
+    p = 1 / (1 + np.exp(-z))
+    return -(pw * y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def _fit_frozen(n, batch_size, y_fit, y_val, p_val, epochs=2, seed=11, selection="last", **kw):
+    """fit_network with lr = 0 on n random rows; returns the output, the batches each epoch received
+    and the logits of every fitting row."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 3, generator=g)
+    model = _Linear()
+    with torch.no_grad():
+        z = model(x).numpy().astype(float)
+    seen = []
+
+    def batch(idx, gen):
+        seen.append((idx.tolist(), gen.initial_seed()))
+        return (x[idx],)
+
+    cfg = train.TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.0, weight_decay=0.0, selection=selection,
+                            lr_schedule="constant", **kw)
+    out = train.fit_network(model, np.asarray(y_fit), np.asarray(y_val), cfg, seed, batch,
+                            validate=lambda: np.asarray(p_val, float), progress=False)
+    return out, seen, z
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [(12, 5, [5, 5, 2]), (11, 5, [5, 5])])
+def test_fit_network_batches_and_training_loss_by_hand(n, batch_size, sizes):
+    """Each epoch: one seeded permutation of the fitting rows cut into batches (a last batch of a single
+    patient is skipped, one of two is kept); the curve's training loss is the patient-weighted mean of
+    the batch losses, each the BCE with pos_weight = n_long / n_short."""
+    y = np.r_[np.ones(3), np.zeros(n - 3)]
+    out, seen, z = _fit_frozen(n, batch_size, y, [1, 0], [0.6, 0.3], epochs=2, seed=11)
+    g = torch.Generator().manual_seed(11)
+    expected_batches, losses = [], []
+    for _ in range(2):
+        order = torch.randperm(n, generator=g).tolist()
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        batches = [b for b in batches if len(b) >= 2]
+        expected_batches += batches
+        pw = (n - 3) / 3
+        total = sum(_bce_logits(z[b], y[b], pw).mean() * len(b) for b in batches)
+        losses.append(total / sum(len(b) for b in batches))
+    assert [b for b, _ in seen] == expected_batches
+    assert [len(b) for b, _ in seen[:len(sizes)]] == sizes
+    assert {s for _, s in seen} == {11}  # the batch function draws from the loop's generator, seeded with the seed
+    np.testing.assert_allclose(out.curve["train_loss"], losses, rtol=1e-5)
+    assert list(out.curve.columns) == ["epoch", "train_loss", "val_loss", "val_auroc"]
+    assert out.curve["epoch"].tolist() == [1, 2]
+
+
+def test_fit_network_validation_loss_auroc_and_clipping_by_hand():
+    """Validation loss: BCE of the probabilities clipped to [1e-6, 1 - 1e-6], positives weighted by
+    pos_weight of the fitting part; AUROC only when the validation part has both classes."""
+    y_fit = np.r_[np.ones(2), np.zeros(6)]  # pos_weight 3
+    p = np.array([0.0, 1.0, 0.3, 0.8])
+    out, _, _ = _fit_frozen(8, 4, y_fit, [1, 0, 1, 0], p, epochs=1)
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    yv = np.array([1, 0, 1, 0])
+    expected = np.mean(-(3 * yv * np.log(q) + (1 - yv) * np.log(1 - q)))
+    assert out.curve["val_loss"].iloc[0] == pytest.approx(expected, rel=1e-3)  # float32: 1 - 1e-6 is inexact
+    assert out.curve["val_auroc"].iloc[0] == 0.0  # both positives below both negatives
+    # exactly one positive: an AUROC; one class only: none (and no error)
+    one, _, _ = _fit_frozen(8, 4, y_fit, [1, 0, 0], [0.9, 0.2, 0.4], epochs=1)
+    assert one.curve["val_auroc"].iloc[0] == 1.0
+    for y_val in ([0, 0, 0], [1, 1, 1]):
+        out, _, _ = _fit_frozen(8, 4, y_fit, y_val, [0.9, 0.2, 0.4], epochs=1)
+        assert np.isnan(out.curve["val_auroc"].iloc[0])
+    # no short-PFS patient in the fitting part: pos_weight n / 1
+    none, _, _ = _fit_frozen(8, 4, np.zeros(8), [1, 0], [0.5, 0.5], epochs=1)
+    assert none.curve["val_loss"].iloc[0] == pytest.approx(np.mean([8 * -np.log(0.5), -np.log(0.5)]), rel=1e-5)
+
+
+def test_fit_network_keeps_the_first_of_tied_best_epochs_and_the_last_without_validation():
+    y_fit = np.r_[np.ones(2), np.zeros(6)]
+    tied, _, _ = _fit_frozen(8, 4, y_fit, [1, 0], [0.6, 0.3], epochs=3, selection="val_loss")
+    assert tied.curve["val_loss"].nunique() == 1 and tied.best_epoch == 1
+    last, _, _ = _fit_frozen(8, 4, y_fit, [1, 0], [0.6, 0.3], epochs=3, selection="last")
+    assert last.best_epoch == 3
+    empty, _, _ = _fit_frozen(8, 4, y_fit, np.zeros(0, int), np.zeros(0), epochs=3, selection="val_loss")
+    assert empty.curve["val_loss"].isna().all() and empty.best_epoch == 3
+
+
+def test_fit_network_keeps_the_default_memory_layout_on_the_cpu():
+    """channels_last_3d is for CUDA only; on the CPU the convolution weights stay contiguous."""
+    x, y = separable(n=24, size=(8, 8, 8))
+    out = train.train_model(x[::2], y.iloc[::2].to_numpy(int), x[1::2], y.iloc[1::2].to_numpy(int),
+                            train.TrainConfig(epochs=1, batch_size=4, augment=False), seed=0, progress=False)
+    convs = [m.weight for m in out.model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(w.is_contiguous() for w in convs)
+
+
+def test_training_shows_one_progress_bar_that_it_clears(capfd):
+    """A bar named after the model (or "training"), counting epochs, with the losses; gone when done.
+    progress=False shows nothing."""
+    x, y = separable(n=24, size=(8, 8, 8))
+    cfg = train.TrainConfig(epochs=2, batch_size=4, augment=False)
+    args = (x[::2], y.iloc[::2].to_numpy(int), x[1::2], y.iloc[1::2].to_numpy(int), cfg)
+    train.train_model(*args, seed=0)
+    err = capfd.readouterr().err
+    assert "training:" in err and "epoch/s" in err and "loss=" in err and "val_loss=" in err
+    assert err.endswith("\r") and err.rsplit("\r", 2)[-2].strip() == ""  # the line cleared, not left
+    train.train_model(*args, seed=0, progress=False)
+    assert capfd.readouterr().err == ""
+    data = models.ModelData(y, images={"pet": models.ImageSet(x, list(y.index))})
+    part = models.TrainingPart(list(y.index[::2]), list(y.index[1::2]))
+    train.ImageModel("pet", cfg).fit(data, part, seed=0)
+    assert "pet:" in capfd.readouterr().err
