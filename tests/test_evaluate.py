@@ -232,7 +232,7 @@ def test_compare_models_on_shared_splits(labels):
     c = ev.compare_models(a, b, s)
     assert c["auroc_difference"] > 0.2 and c["p_corrected_t"] < 0.05 and c["p_delong"] < 0.05
     other, _ = fake_predictions(labels, seed=5)
-    with pytest.raises(ValueError, match="not evaluated on the same repeats and folds"):
+    with pytest.raises(ValueError, match="^the two models were not evaluated on the same repeats and folds$"):
         ev.compare_models(a, other[other["repeat"] < 2], s)
 
 

@@ -90,7 +90,7 @@ def test_pairwise_table_matches_compare_models():
 
     s = sp.make_splits(y, 3, 2, 1)
     preds = {}
-    for name, signal in (("a", 2.0), ("b", 0.5), ("c", 0.0)):
+    for name, signal in (("c", 0.0), ("a", 2.0), ("b", 0.5)):  # the reference first: the others still follow
         p = s.copy()
         p["label"] = y.loc[p["patient"]].to_numpy()
         p["probability"] = 1 / (1 + np.exp(-(signal * (p["label"] - 0.5) + rng.normal(0, 1, len(p)))))
@@ -141,6 +141,15 @@ def test_calibration_quantile_bins_by_hand():
     np.testing.assert_allclose(cal["predicted"], [0.2, 0.7])
     np.testing.assert_allclose(cal["observed"], [1 / 3, 2 / 3])
     assert len(ev.calibration(np.r_[y, y], np.r_[p, p], n_bins=3)) == 3
+
+
+def test_calibration_has_five_quantile_bins_by_default():
+    rng = np.random.default_rng(2)
+    p = rng.random(100)
+    y = (rng.random(100) < p).astype(int)
+    c = ev.calibration(y, p)
+    assert len(c) == 5
+    pd.testing.assert_frame_equal(c, ev.calibration(y, p, n_bins=5))
 
 
 def test_net_benefit_by_hand_at_several_thresholds():

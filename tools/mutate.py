@@ -145,11 +145,13 @@ def main(argv=None) -> int:
         if full:
             run_mutmut(mutmut, patterns, args.max_children, env)
         # Named mutants are re-tested while the others keep their verdict. The first round takes every
-        # mutant without a kill (the tests may have changed since); the second, the mutants of functions
-        # that changed since the last run, which mutmut regenerates untested when it starts.
+        # mutant without a kill that is not listed as equivalent (the tests may have changed since); the
+        # second, the mutants of functions that changed since the last run, which mutmut regenerates
+        # untested when it starts.
+        listed = equivalent_mutants()
         for first in ([False] if full else [True, False]):
             todo = sorted(n for n, s in results(mutmut).items()
-                          if area_of(n) and (s == "not checked" or first and s not in KILLED))
+                          if area_of(n) and (s == "not checked" or first and s not in KILLED and n not in listed))
             print(f"{len(todo)} mutants in scope to test", flush=True)
             if todo:
                 run_mutmut(mutmut, todo, args.max_children, env)
