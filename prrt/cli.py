@@ -97,7 +97,8 @@ def _run(args) -> int:
 
     try:
         d = run(args.manifest, args.profile, args.run_dir, seed=args.seed, notebooks_dir=args.notebooks_dir,
-                cache_dir=args.cache_dir, ct_weights=args.ct_weights, ct_weights_prefix=args.ct_weights_prefix)
+                cache_dir=args.cache_dir, ct_weights=args.ct_weights, ct_weights_prefix=args.ct_weights_prefix,
+                engine=args.engine, workers=args.workers)
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
@@ -168,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "ct_pretraining)")
     r.add_argument("--ct-weights-prefix", action="append", default=[], metavar="OLD=NEW",
                    help="rename key prefixes of --ct-weights (repeatable), e.g. 'module.=' or '=net.'")
+    r.add_argument("--engine", default=None, metavar="WHERE",
+                   help="fit the (model, repeat, fold) jobs in parallel with Dask: 'local' (worker processes), "
+                        "'local-cuda' (one worker per GPU) or a scheduler address tcp://host:8786; default: "
+                        "one after another")
+    r.add_argument("--workers", type=int, default=None, help="worker processes for --engine local (default 2)")
     r.set_defaults(func=_run)
 
     b = sub.add_parser("book", help="build the Jupyter Book of a run")

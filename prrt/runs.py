@@ -152,15 +152,17 @@ def declared_parameters(notebook) -> set[str]:
 
 
 def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir=None, cache_dir=None,
-        progress: bool = True, log=print, ct_weights=None, ct_weights_prefix=()) -> Path:
+        progress: bool = True, log=print, ct_weights=None, ct_weights_prefix=(), engine: str | None = None,
+        workers: int | None = None) -> Path:
     """Execute the notebooks in order into ``run_dir``; returns the run directory.
+
+    ``engine``: where the notebooks fit their models (:mod:`prrt.parallel`): ``None`` in each
+    notebook's own process, one after another; ``"local"`` (``workers`` processes), ``"local-cuda"``
+    or ``"tcp://host:port"``, a Dask cluster.
 
     Raises :class:`prrt.manifest.ManifestError` for an invalid manifest (before anything runs) and
     :class:`RunError` when a notebook fails, naming the notebook and the failing cell.
     """
-    import papermill as pm
-    from tqdm.auto import tqdm
-
     get_profile(profile)  # fail early on an unknown profile
     manifest = Path(manifest).resolve()
     cohort = load_manifest(manifest, check_images="full")
@@ -191,6 +193,29 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     if ct_weights:
         info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
                               "key_prefixes": list(ct_weights_prefix)}
+    from .parallel import ENV
+
+    info["engine"] = {"address": engine or "sequential", "workers": workers}
+    saved_env = {k: os.environ.get(k) for k in (ENV, ENV + "_WORKERS")}
+    os.environ[ENV] = engine or ""  # the kernels papermill starts inherit it (prrt.notebook.Context.engine)
+    os.environ[ENV + "_WORKERS"] = str(workers or "")
+    try:
+        _execute(notebooks, staging, run_dir, params, info, progress, log)
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    (staging / "run.json").write_text(json.dumps(info, indent=2))
+    _replace_dir(staging, run_dir)
+    return run_dir
+
+
+def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, progress: bool, log) -> None:
+    import papermill as pm
+    from tqdm.auto import tqdm
+
     t_run = time.perf_counter()
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     for nb in bar:
@@ -216,12 +241,18 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
         info["notebooks"].append({"name": nb.name, "wall_time_s": round(time.perf_counter() - t0, 1)})
         log(f"  {nb.name}: {info['notebooks'][-1]['wall_time_s']} s")
     info.update(status="complete", finished=_now(), wall_time_s=round(time.perf_counter() - t_run, 1))
-    (staging / "run.json").write_text(json.dumps(info, indent=2))
-    _replace_dir(staging, run_dir)
-    return run_dir
 
 
 # ---- book --------------------------------------------------------------------------------------
+def _engine_text(engine: dict | None) -> str:
+    if not engine or engine.get("address") in (None, "sequential"):
+        return "one after another, in each notebook's process"
+    workers = f", {engine['workers']} workers" if engine.get("workers") else ""
+    where = "a Dask cluster at a scheduler" if str(engine["address"]).startswith(("tcp://", "tls://")) \
+        else f"Dask, {engine['address']}"
+    return f"in parallel: {where}{workers}"
+
+
 def _run_page(info: dict) -> str:
     """The book page that records this run (from run.json)."""
     lines = [
@@ -240,6 +271,7 @@ def _run_page(info: dict) -> str:
         f"| prrt | {info['prrt']} |",
         f"| Python | {info['python']} |",
         f"| device | {info['device'].get('gpu') or info['device']['cpu']} ({info['device']['cpu_count']} CPU cores) |",
+        f"| model fits | {_engine_text(info.get('engine'))} |",
         f"| started / finished (UTC) | {info['started']} / {info['finished']} |",
         "", "## Wall time per notebook", "", "| notebook | seconds |", "|---|---|",
     ]

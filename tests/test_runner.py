@@ -31,6 +31,7 @@ def smoke_run(small_cohort_dir, tmp_path_factory):
 def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
     info = json.loads((smoke_run / "run.json").read_text())
     assert info["status"] == "complete" and info["seed"] == 11 and info["profile"]["name"] == "smoke"
+    assert info["engine"] == {"address": "sequential", "workers": None}
     assert [n["name"] for n in info["notebooks"]] == [p.name for p in runs.list_notebooks()]
     assert all(n["wall_time_s"] > 0 for n in info["notebooks"])
     assert info["packages"]["torch"].startswith("2.13.0") and info["packages"]["monai"]
