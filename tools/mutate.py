@@ -125,6 +125,27 @@ def report(status: dict[str, str], equivalent: dict[str, str], min_score: float)
     return 0 if score >= min_score else 1
 
 
+def refresh_copies() -> None:
+    """Bring the files mutmut copies once (tests, ``also_copy``, non-Python files of the package) up to date
+    in mutants/: mutmut regenerates changed Python sources but leaves a stale copy of these."""
+    import shutil
+    import tomllib
+
+    if not (ROOT / "mutants").is_dir():
+        return
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    paths = ["tests", *cfg.get("also_copy", [])]
+    paths += [str(p.relative_to(ROOT)) for src in cfg["source_paths"] for p in (ROOT / src).rglob("*")
+              if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
+    for rel in paths:
+        src, dst = ROOT / rel.rstrip("/"), ROOT / "mutants" / rel.rstrip("/")
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
 def run_mutmut(mutmut: str, names: list[str], max_children: int, env: dict) -> None:
     subprocess.run([mutmut, "run", "--max-children", str(max_children), *names], cwd=ROOT, env=env, check=True)
 
@@ -140,6 +161,7 @@ def main(argv=None) -> int:
     if not args.report:
         # one thread per test process: OpenMP thread pools do not survive mutmut's forks
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        refresh_copies()
         patterns = [p for pats in SCOPE.values() for p in pats]
         full = args.all or not (ROOT / "mutants").is_dir()
         if full:
