@@ -64,7 +64,7 @@ def prior_correction(probability, prevalence: float) -> np.ndarray:
     (AUROC) of one model's predictions unchanged and moves the probabilities to the right level for
     calibration plots and decision curves.
     """
-    p = np.clip(np.asarray(probability, float), 1e-12, 1 - 1e-12)
+    p = np.asarray(probability, float)  # p = 0 or 1 stays 0 or 1: the denominator is > 0 for 0 < π < 1
     pi = float(prevalence)
     if not 0 < pi < 1:
         raise ValueError(f"prevalence must lie strictly between 0 and 1, not {pi}")

@@ -189,7 +189,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def fit_network(model: torch.nn.Module, y_fit: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, seed: int,
-                batch, validate, bn_forward=None, desc: str = "training", progress: bool = True) -> TrainOutput:
+                batch, validate, bn_forward, *, desc: str, progress: bool) -> TrainOutput:
     """The training loop of every network (the image CNNs and the neural fusions of :mod:`prrt.fusion`).
 
     The caller seeds the global generators and builds ``model`` (its random initialisation);
@@ -201,7 +201,8 @@ def fit_network(model: torch.nn.Module, y_fit: np.ndarray, y_val: np.ndarray, cf
     * ``validate()``: the probabilities of the validation patients (labels ``y_val``) under the
       current weights;
     * ``bn_forward(rows)``: runs the model on the fitting rows ``rows`` (a slice) without
-      augmentation, to recompute the batch-norm statistics after each epoch (``cfg.precise_bn``).
+      augmentation, to recompute the batch-norm statistics after each epoch (``cfg.precise_bn``;
+      ``None``: never).
 
     The loop: AdamW, a cosine or constant learning rate (``cfg.lr_schedule``), binary cross-entropy
     with ``pos_weight = n_long / n_short`` of the fitting patients, shuffled batches of
@@ -249,9 +250,9 @@ def fit_network(model: torch.nn.Module, y_fit: np.ndarray, y_val: np.ndarray, cf
         if cfg.precise_bn and bn_forward is not None:  # validation (and the kept weights) see these weights' statistics
             recompute_batch_norm(model, range(len(y_fit_t)), cfg.batch_size, device, forward=bn_forward)
         p_val = torch.as_tensor(validate(), dtype=torch.float32, device=device)
+        # (NaN without validation patients)
         val_loss = float(F.binary_cross_entropy(p_val.clamp(1e-6, 1 - 1e-6), y_val_t,
-                                                weight=torch.where(y_val_t == 1, pos_weight, 1.0))) \
-            if len(y_val) else np.nan
+                                                weight=torch.where(y_val_t == 1, pos_weight, 1.0)))
         val_auroc = roc_auc_score(y_val, p_val.cpu().numpy()) if 0 < y_val.sum() < len(y_val) else np.nan
         rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                      "val_auroc": val_auroc})

@@ -300,8 +300,23 @@ def test_prior_correction_undoes_balanced_weights():
     assert q[1] == pytest.approx(0.36)  # "no information" under balanced weights = the prevalence
     np.testing.assert_allclose(q / (1 - q), p / (1 - p) * 0.36 / 0.64)
     assert np.all(np.diff(q) > 0)  # monotone: the ranking is kept
-    with pytest.raises(ValueError, match="prevalence"):
-        ev.prior_correction(p, 0.0)
+    for bad in (0.0, 1.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="prevalence must lie strictly between 0 and 1"):
+            ev.prior_correction(p, bad)
+    np.testing.assert_array_equal(ev.prior_correction([0.0, 1.0], 0.3), [0.0, 1.0])  # certain stays certain
+
+
+def test_assembled_predictions_have_the_prediction_columns_and_a_fresh_index():
+    from prrt.splits import Fold
+
+    y = pd.Series([1.0, 0.0, 1.0, 0.0], index=["A", "B", "C", "D"])
+    parts = [ev.fold_test_rows(Fold(0, 1, ["A", "B"], ["C", "D"]), [0.9, 0.2], y),
+             ev.fold_test_rows(Fold(0, 0, ["C", "D"], ["A", "B"]), [0.6, 0.1], y)]
+    out = ev.assemble_predictions(parts, ["U"], {0: [np.array([0.5]), np.array([0.7])]})
+    assert list(out.columns) == ev.PRED_COLUMNS
+    assert out.index.tolist() == list(range(5))
+    assert out["patient"].tolist() == ["U", "A", "B", "C", "D"]  # by repeat, fold (-1 first), patient
+    assert out.loc[0, "probability"] == pytest.approx(0.6) and np.isnan(out.loc[0, "label"])
 
 
 def test_bootstrap_resamples_keep_the_class_counts(monkeypatch):

@@ -282,6 +282,25 @@ def test_pfs_label_table():
     np.testing.assert_array_equal(pfs_label(time, event, 12.0), np.array(expected, float))
     # another horizon moves the boundary with it
     np.testing.assert_array_equal(pfs_label([6.0, 6.0, 5.0], [1, 0, 0], 6.0), [1.0, 0.0, np.nan])
+    # without an event flag, follow-up exactly to the horizon says nothing; beyond it, long PFS
+    np.testing.assert_array_equal(pfs_label([12.0, 12.1], [np.nan, np.nan], 12.0), [np.nan, 0.0])
+
+
+def test_image_path_of_a_patient_without_that_image_is_none(cohort_copy):
+    import pandas as pd
+
+    from prrt.manifest import load_manifest
+
+    table = cohort_copy / "cohort.csv"
+    df = pd.read_csv(table, dtype=str)
+    df.loc[0, "pet_path"] = ""
+    df.to_csv(table, index=False)
+    c = load_manifest(cohort_copy / "manifest.yaml")
+    paths = {p: c.image_path(p, "pet") for p in c.data.index}
+    without = [p for p, v in paths.items() if v is None]
+    assert len(without) == 1 and paths[without[0]] is None
+    assert all(v.name == "pet.nii.gz" for p, v in paths.items() if p not in without)
+    assert c.image_path(without[0], "xray") is None  # a modality the manifest does not name
 
 
 def test_horizon_text_for_both_endpoint_forms(small_cohort_dir, cohort_copy):

@@ -148,19 +148,22 @@ def test_calibration_has_five_quantile_bins_by_default():
     p = rng.random(100)
     y = (rng.random(100) < p).astype(int)
     c = ev.calibration(y, p)
-    assert len(c) == 5
-    pd.testing.assert_frame_equal(c, ev.calibration(y, p, n_bins=5))
+    order = np.argsort(p)
+    quintiles = np.array_split(order, 5)  # quantile bins: 20 patients each
+    np.testing.assert_allclose(c["predicted"], [p[q].mean() for q in quintiles])
+    np.testing.assert_allclose(c["observed"], [y[q].mean() for q in quintiles])
 
 
 def test_net_benefit_by_hand_at_several_thresholds():
     y = np.array([1, 1, 0, 0, 0])
-    p = np.array([0.8, 0.4, 0.6, 0.1, 0.2])
-    nb = ev.net_benefit(y, p, [0.2, 0.5, 0.9])
-    assert nb["threshold"].tolist() == [0.2, 0.5, 0.9]
-    # t = 0.2: treat p >= 0.2 -> TP 2, FP 2 (0.6 and 0.2): 2/5 - 2/5 * 0.25 = 0.3; treat all: 2/5 - 3/5 * 0.25
-    # t = 0.5: TP 1, FP 1 -> 0; t = 0.9: nobody treated -> 0
-    np.testing.assert_allclose(nb["model"], [0.3, 0.0, 0.0], atol=1e-12)
-    np.testing.assert_allclose(nb["treat_all"], [0.4 - 0.6 * 0.25, 0.4 - 0.6, 0.4 - 0.6 * 9], atol=1e-12)
+    p = np.array([0.8, 0.4, 0.6, 0.1, 0.15])
+    nb = ev.net_benefit(y, p, [0.2, 0.5, 0.7, 0.9])
+    assert nb["threshold"].tolist() == [0.2, 0.5, 0.7, 0.9]
+    # t = 0.2: treat p >= 0.2 -> TP 2, FP 1 (0.6): 2/5 - 1/5 * 0.25 = 0.35; t = 0.5: TP 1, FP 1 -> 0;
+    # t = 0.7: TP 1, FP 0 -> 1/5; t = 0.9: nobody treated -> 0
+    np.testing.assert_allclose(nb["model"], [0.35, 0.0, 0.2, 0.0], atol=1e-12)
+    w = np.array([0.25, 1.0, 7 / 3, 9.0])
+    np.testing.assert_allclose(nb["treat_all"], 0.4 - 0.6 * w, atol=1e-12)
     assert (nb["treat_none"] == 0).all()
 
 
@@ -174,11 +177,17 @@ def test_private_id_table(small_cohort_dir):
     assert set(t["patient"]) == set(c.data.index)
 
 
+def test_predictions_with_numeric_looking_ids_keep_them_as_text(tmp_path):
+    pred = _pred().assign(patient=["007", "012", "100", "003"])
+    rs.write_predictions(tmp_path, "m", pred)
+    assert rs.read_predictions(tmp_path, "m")["patient"].tolist() == ["007", "012", "100", "003"]
+
+
 def test_results_files_go_into_new_nested_run_folders_and_can_be_rewritten(tmp_path):
-    run = tmp_path / "runs" / "new"
     for _ in range(2):  # the second write replaces the first
-        assert rs.write_predictions(run, "m", _pred()).is_file()
-        s = rs.update_summary(run, [{"model": "m", "status": "ran", "auroc_mean": 0.5}])
+        assert rs.write_predictions(tmp_path / "a" / "new", "m", _pred()).is_file()
+        s = rs.update_summary(tmp_path / "b" / "new", [{"model": "m", "status": "ran", "auroc_mean": 0.5}])
+    run = tmp_path / "b" / "new"
     assert s["model"].tolist() == ["m"] and s["auroc_mean"].dtype == float
     s = rs.update_summary(run, [{"model": "n", "status": "ran", "auroc_mean": 0.6}])
     assert s.index.tolist() == [0, 1]  # the returned table is numbered afresh

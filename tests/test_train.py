@@ -394,7 +394,7 @@ def _bce_logits(z, y, pw):
     return -(pw * y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-def _fit_frozen(n, batch_size, y_fit, y_val, p_val, epochs=2, seed=11, selection="last", **kw):
+def _fit_frozen(n, batch_size, y_fit, y_val, p_val, epochs=2, seed=11, selection="last", kw_bn={}, **kw):
     """fit_network with lr = 0 on n random rows; returns the output, the batches each epoch received
     and the logits of every fitting row."""
     g = torch.Generator().manual_seed(3)
@@ -411,7 +411,8 @@ def _fit_frozen(n, batch_size, y_fit, y_val, p_val, epochs=2, seed=11, selection
     cfg = train.TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.0, weight_decay=0.0, selection=selection,
                             lr_schedule="constant", **kw)
     out = train.fit_network(model, np.asarray(y_fit), np.asarray(y_val), cfg, seed, batch,
-                            validate=lambda: np.asarray(p_val, float), progress=False)
+                            validate=lambda: np.asarray(p_val, float), bn_forward=kw_bn.get("bn_forward"),
+                            desc="test", progress=False)
     return out, seen, z
 
 
@@ -497,3 +498,29 @@ def test_training_shows_one_progress_bar_that_it_clears(capfd):
     part = models.TrainingPart(list(y.index[::2]), list(y.index[1::2]))
     train.ImageModel("pet", cfg).fit(data, part, seed=0)
     assert "pet:" in capfd.readouterr().err
+    train.ImageModel("pet", cfg).fit(data, part, seed=0, progress=False)
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("precise_bn", [True, False])
+def test_batch_norm_is_recomputed_after_each_epoch_only_when_asked(monkeypatch, precise_bn):
+    calls = []
+    monkeypatch.setattr(train, "recompute_batch_norm", lambda *a, **k: calls.append(k["forward"]))
+    forward = object()
+    _fit_frozen(8, 4, np.r_[np.ones(2), np.zeros(6)], [1, 0], [0.6, 0.3], epochs=3, precise_bn=precise_bn,
+                kw_bn={"bn_forward": forward})
+    assert calls == ([forward] * 3 if precise_bn else [])
+    calls.clear()
+    _fit_frozen(8, 4, np.r_[np.ones(2), np.zeros(6)], [1, 0], [0.6, 0.3], epochs=3, precise_bn=precise_bn)
+    assert calls == []  # nothing to run the batch norm with
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_every_training_batch_is_augmented_only_when_asked(monkeypatch, augment):
+    seen = []
+    real = train.BatchAugmenter.__call__
+    monkeypatch.setattr(train.BatchAugmenter, "__call__", lambda self, x: seen.append(len(x)) or real(self, x))
+    x, y = separable(n=24, size=(8, 8, 8))
+    train.train_model(x[:20], y.iloc[:20].to_numpy(int), x[20:], y.iloc[20:].to_numpy(int),
+                      train.TrainConfig(epochs=2, batch_size=8, augment=augment), seed=0, progress=False)
+    assert seen == ([8, 8, 4] * 2 if augment else [])
