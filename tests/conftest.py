@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
-
-# `make test` runs two pytest-xdist workers, and the end-to-end tests start runs beside them: one
-# thread per process (and per notebook kernel or run they start, which inherit it) keeps the
-# processes from fighting over the cores; torch's thread pools spin and slow everything down when
-# there are more threads than cores.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
 
 import pytest
 import yaml
