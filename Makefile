@@ -38,9 +38,8 @@ run: venv demo-data
 book: run
 	$(BIN)/prrt book --run-dir $(RUN_DIR)
 
-# Two workers: the end-to-end runs (one xdist group) beside the unit tests.
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Mutation testing of the code behind the published numbers (slow: about an hour on 2 cores; see CONTRIBUTING.md)
 $(BIN)/.installed-dev: requirements-dev.txt $(BIN)/.installed

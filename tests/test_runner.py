@@ -16,67 +16,13 @@ from prrt.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-#: All tests of this module run in one pytest-xdist worker (`make test` uses -n 2 --dist loadgroup), so
-#: that the smoke run is made once while the unit tests run in the other worker.
-pytestmark = pytest.mark.xdist_group("end_to_end")
-
-SMOKE_SEED, OTHER_SEED = 11, 12
-
-
-class Background:
-    """`prrt run` commands started at once in their own processes (the machine's cores run them beside
-    the first smoke run); :meth:`wait` gives each one's run folder once it has finished."""
-
-    def __init__(self):
-        self.procs = {}
-
-    def start(self, name: str, run_dir: Path, args: list[str]):
-        import subprocess
-        import sys
-
-        log = run_dir.parent / f"{name}.log"
-        cmd = [sys.executable, "-m", "prrt.cli", "run", *args, "--run-dir", str(run_dir)]
-        self.procs[name] = (subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), run_dir, log)
-
-    def wait(self, name: str, timeout: float = 900) -> Path:
-        proc, run_dir, log = self.procs[name]
-        assert proc.wait(timeout=timeout) == 0, f"background run {name} failed:\n{log.read_text()[-3000:]}"
-        return run_dir
-
-    def stop(self):
-        for proc, _, _ in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-
-
 @pytest.fixture(scope="module")
-def background_runs(small_cohort_dir, tmp_path_factory):
-    """For the determinism test, started before the first smoke run: the same seed again (chapters 02-04,
-    the ones that write predictions) and another seed (chapter 02), each with its own cache."""
-    root = tmp_path_factory.mktemp("background_runs")
-    manifest = ["--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke"]
-    later, first = root / "chapters_02_04", root / "chapter_02"
-    later.mkdir()
-    first.mkdir()
-    for nb in sorted((REPO / "notebooks").glob("0[2-9]_*.ipynb")):
-        shutil.copy(nb, later / nb.name)
-    shutil.copy(REPO / "notebooks" / "02_lab_random_forest.ipynb", first)
-    bg = Background()
-    bg.start("again", root / "again", [*manifest, "--seed", str(SMOKE_SEED), "--notebooks-dir", str(later),
-                                        "--cache-dir", str(root / "cache_again")])
-    bg.start("other", root / "other", [*manifest, "--seed", str(OTHER_SEED), "--notebooks-dir", str(first),
-                                        "--cache-dir", str(root / "cache_other")])
-    yield bg
-    bg.stop()
-
-
-@pytest.fixture(scope="module")
-def smoke_run(small_cohort_dir, tmp_path_factory, background_runs):
+def smoke_run(small_cohort_dir, tmp_path_factory):
     """One smoke run of every notebook plus its book (shared by the tests of this module)."""
     runs_root = tmp_path_factory.mktemp("runs")
     run_dir = runs_root / "smoke"
     assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
-                 "--run-dir", str(run_dir), "--seed", str(SMOKE_SEED)]) == 0
+                 "--run-dir", str(run_dir), "--seed", "11"]) == 0
     assert main(["book", "--run-dir", str(run_dir)]) == 0
     return run_dir
 
@@ -275,18 +221,33 @@ def test_failed_book_build_leaves_the_previous_book(smoke_run, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_same_seed_same_numbers_other_seed_other_numbers(smoke_run, background_runs):
+def test_same_seed_same_numbers_other_seed_other_numbers(smoke_run, small_cohort_dir, tmp_path):
     """A second smoke run with the seed of the first gives byte-identical predictions and summary (CPU);
-    a run with another seed does not. Both ran in their own processes, with their own caches, beside
-    the first (see ``background_runs``)."""
+    a run with another seed does not."""
+    def run(name, seed, *extra):
+        d = tmp_path / name
+        # the preprocessed inputs and the pretrained CT encoder come from the first run's cache, as for
+        # any run beside it (both are keyed by content and tested for determinism on their own)
+        assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
+                     "--run-dir", str(d), "--seed", str(seed), "--cache-dir", str(smoke_run.parent / ".prrt-cache"),
+                     *extra]) == 0
+        return d
+
     files = ["results/summary.csv", "splits.csv", *[f"predictions/{p.name}" for p in (smoke_run / "predictions").glob("*.csv")]]
     assert len(files) > 8
     # chapter 01 writes no predictions: the second run starts at chapter 02
-    again = background_runs.wait("again")
+    later = tmp_path / "later_chapters"
+    later.mkdir()
+    for nb in sorted((REPO / "notebooks").glob("0[2-9]_*.ipynb")):
+        shutil.copy(nb, later / nb.name)
+    again = run("again", 11, "--notebooks-dir", str(later))
     for f in files:
         assert (again / f).read_bytes() == (smoke_run / f).read_bytes(), f
     # another seed: chapter 02 (splits and the tabular models) is enough to show it
-    other = background_runs.wait("other")
+    first = tmp_path / "chapter_02"
+    first.mkdir()
+    shutil.copy(REPO / "notebooks" / "02_lab_random_forest.ipynb", first)
+    other = run("other", 12, "--notebooks-dir", str(first))
     assert (other / "splits.csv").read_bytes() != (smoke_run / "splits.csv").read_bytes()
     for model in ("lab_rf", "lab_pet_features_rf"):
         assert (other / "predictions" / f"{model}.csv").read_bytes() != (smoke_run / "predictions" / f"{model}.csv").read_bytes()
