@@ -302,12 +302,26 @@ class NeuralFusion:
 
 
 # ---- specs -----------------------------------------------------------------------------------------
+#: How the inputs column names a modality (keys: fusion modalities and the ``needs`` of unimodal specs).
+MODALITY_NAMES = {"labs": "laboratory values", "table": "laboratory values", "pet": "SR-PET", "ct": "CT"}
+
+
+def _without(inputs: str, missing: list[str]) -> str:
+    """``inputs`` with the modalities it lacks in this manifest named, so that the summary tells the truth."""
+    if not missing:
+        return inputs
+    return f"{inputs}; without {' or '.join(MODALITY_NAMES.get(m, m) for m in missing)} (not in the manifest)"
+
+
 def late_fusion_spec(name: str, chapter: str, inputs: str, bases: list[ModelSpec], inner_folds: int = 3,
                      oracle: str | None = None) -> ModelSpec:
     runnable = [b for b in bases if b.build is not None]
     if len(runnable) < 2:
         return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
-    return ModelSpec(name, chapter, inputs, lambda seed: LateFusion(runnable, inner_folds), oracle=oracle)
+    # the image bases need their modality; the tabular base (laboratory values) declares none
+    missing = [b.needs[0] if b.needs else "labs" for b in bases if b.build is None]
+    return ModelSpec(name, chapter, _without(inputs, missing), lambda seed: LateFusion(runnable, inner_folds),
+                     oracle=oracle)
 
 
 def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[str], cohort, cfg: FusionConfig,
@@ -317,7 +331,8 @@ def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[st
     if len(have) < 2:
         return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
     labs = list(cohort.labs) if "labs" in have else None
-    return ModelSpec(name, chapter, inputs, lambda seed: NeuralFusion(have, labs, cfg, ct_weights), oracle=oracle,
+    return ModelSpec(name, chapter, _without(inputs, [m for m in modalities if m not in have]),
+                     lambda seed: NeuralFusion(have, labs, cfg, ct_weights), oracle=oracle,
                      val_fraction=cfg.train.val_fraction)
 
 

@@ -124,3 +124,23 @@ def test_a_fusion_without_two_modalities_is_skipped():
     spec = fusion.neural_fusion_spec("f", "04", "labs + PET", ["labs", "pet"], OnlyPet(),
                                      fusion.FusionConfig(train.TrainConfig()))
     assert spec.build is None and "fewer than two" in spec.reason
+
+
+def test_a_fusion_with_two_of_its_three_modalities_runs_and_says_which_is_missing():
+    class ImagesOnly:
+        labs = []
+        modalities = ["pet", "ct"]
+
+    cfg = fusion.FusionConfig(train.TrainConfig())
+    spec = fusion.neural_fusion_spec("f", "04", "labs + PET + CT", ["labs", "pet", "ct"], ImagesOnly(), cfg)
+    assert spec.build is not None
+    assert spec.inputs == "labs + PET + CT; without laboratory values (not in the manifest)"
+    assert spec.build(0).modalities == ["pet", "ct"]
+    full = fusion.neural_fusion_spec("f", "04", "labs + PET", ["labs", "pet"], type("C", (), {
+        "labs": ["cga"], "modalities": ["pet"]})(), cfg)
+    assert full.inputs == "labs + PET"
+    bases = [tabular.table_spec("lab_rf", "04", "labs", None, lambda s: LogisticRegression()),
+             train.image_spec("pet_cnn", "pet", train.TrainConfig(), "04", "PET", True),
+             train.image_spec("ct_cnn", "ct", train.TrainConfig(), "04", "CT", True)]
+    late = fusion.late_fusion_spec("late", "04", "labs + PET + CT, late", bases)
+    assert late.inputs == "labs + PET + CT, late; without laboratory values (not in the manifest)"
