@@ -302,8 +302,8 @@ class NeuralFusion:
 
 
 # ---- specs -----------------------------------------------------------------------------------------
-#: How the inputs column names a modality (keys: fusion modalities and the ``needs`` of unimodal specs).
-MODALITY_NAMES = {"labs": "laboratory values", "table": "laboratory values", "pet": "SR-PET", "ct": "CT"}
+#: How the inputs column names a modality (the fusion modalities).
+MODALITY_NAMES = {"labs": "laboratory values", "pet": "SR-PET", "ct": "CT"}
 
 
 def _without(inputs: str, missing: list[str]) -> str:

@@ -261,17 +261,14 @@ def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, 
     folds = list(iter_folds(splits))
     jobs = [(spec, f, _check_inputs(spec, data, splits)) for spec in specs for f in folds]
     desc = specs[0].name if len(specs) == 1 else f"{len(specs)} models"
-    outs = engine.map(partial(_run_job, seed=seed, keep_model=keep_models, progress=progress and engine_is_local(engine)),
+    # the jobs' own (epoch) progress bars only where they reach this terminal
+    local = isinstance(engine, Sequential)
+    outs = engine.map(partial(_run_job, seed=seed, keep_model=keep_models, progress=progress and local),
                       jobs, data, progress=progress, desc=desc)
     by_model = {spec.name: [] for spec in specs}
     for (spec, _, _), out in zip(jobs, outs):
         by_model[spec.name].append(out)
     return by_model
-
-
-def engine_is_local(engine) -> bool:
-    """Whether the jobs' own progress bars reach this terminal."""
-    return isinstance(engine, Sequential)
 
 
 def _run_job(job, data: ModelData, seed: int, keep_model: bool, progress: bool) -> FoldOutput:

@@ -7,7 +7,8 @@ small table instead, and a warning box at the top of the page when the data is s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -33,17 +34,14 @@ class Context:
     seed: int
     run_dir: Path
     cache_dir: Path
-    _engine: object = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def engine(self):
         """Where the model fits run: ``None`` (in this process, one after another) unless ``prrt run
         --engine`` named a Dask cluster (:mod:`prrt.parallel`); started on first use."""
         from .parallel import engine_from
 
-        if self._engine is None:
-            self._engine = engine_from() or False
-        return self._engine or None
+        return engine_from()
 
     def path(self, *parts: str) -> Path:
         """A path inside the run directory; its folder is created."""

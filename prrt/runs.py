@@ -193,20 +193,14 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     if ct_weights:
         info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
                               "key_prefixes": list(ct_weights_prefix)}
+    from unittest import mock
+
     from .parallel import ENV
 
     info["engine"] = {"address": engine or "sequential", "workers": workers}
-    saved_env = {k: os.environ.get(k) for k in (ENV, ENV + "_WORKERS")}
-    os.environ[ENV] = engine or ""  # the kernels papermill starts inherit it (prrt.notebook.Context.engine)
-    os.environ[ENV + "_WORKERS"] = str(workers or "")
-    try:
+    # the kernels papermill starts inherit the engine (prrt.notebook.Context.engine); restored afterwards
+    with mock.patch.dict(os.environ, {ENV: engine or "", ENV + "_WORKERS": str(workers or "")}):
         _execute(notebooks, staging, run_dir, params, info, progress, log)
-    finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     (staging / "run.json").write_text(json.dumps(info, indent=2))
     _replace_dir(staging, run_dir)
     return run_dir

@@ -161,7 +161,6 @@ def train_model(x_fit: torch.Tensor, y_fit: np.ndarray, x_val: torch.Tensor, y_v
     ``init_encoder``: a state dict the encoder starts from (pretrained weights) instead of a random
     initialisation; it must fit the encoder exactly (:func:`prrt.pretrain.load_encoder_weights`).
     """
-    check_config(cfg)
     device = select_device(cfg.device)
     seed_everything(seed)
     # the images stay on the device for all epochs (one transfer); augmentation runs there too
