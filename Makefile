@@ -12,6 +12,10 @@ DEMO_DIR ?= data/demo
 MANIFEST ?= data_manifest/demo.yaml
 PRETRAIN_CT ?= 60
 PYTEST_ARGS ?=
+# Python may cache the bytecode of what it imports (in the venv and beside our sources; git ignores
+# __pycache__): with PYTHONDONTWRITEBYTECODE set, every notebook kernel compiles torch, MONAI and
+# pandas afresh, which made `make test` on a fresh clone 1.4 times slower (measured: 422 s against 306 s).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: book test lab venv demo-data run clean-runs mutate
 

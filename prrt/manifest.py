@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jsonschema
+if "jsonschema" not in sys.modules:
+    # jsonschema imports the optional package rfc3987_syntax (installed with Jupyter) for its IRI
+    # formats, which the manifest schema does not use; building that package's grammar costs about a
+    # second in every process that loads a manifest, i.e. in every notebook kernel.
+    sys.modules.setdefault("rfc3987_syntax", None)
+import jsonschema  # noqa: E402
 import numpy as np
 import pandas as pd
 import yaml

@@ -129,16 +129,17 @@ def test_find_identifiers_catches_a_leak(tmp_path):
 
 
 def _failing_notebooks(tmp_path) -> Path:
+    """A notebook that runs, then one that fails."""
     d = tmp_path / "nbs"
     d.mkdir()
-    shutil.copy(REPO / "notebooks" / "01_cohort.ipynb", d)
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("manifest = run_dir = profile = seed = cache_dir = None",
-                                          metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("x = 1"),
-                nbformat.v4.new_code_cell("raise ValueError('deliberate failure for the test')")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, d / "02_broken.ipynb")
+    for name, last in [("01_fine.ipynb", "x = 2"), ("02_broken.ipynb", "raise ValueError('deliberate failure for the test')")]:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("manifest = run_dir = profile = seed = cache_dir = None",
+                                              metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell("x = 1"),
+                    nbformat.v4.new_code_cell(last)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, d / name)
     return d
 
 
@@ -155,7 +156,7 @@ def test_failed_run_leaves_previous_run_and_book_untouched(smoke_run, small_coho
     for p, content in before.items():
         assert p.read_bytes() == content
     failed = smoke_run.with_name(f".{smoke_run.name}.failed")
-    assert (failed / "notebooks" / "02_broken.ipynb").is_file()
+    assert (failed / "notebooks" / "01_fine.ipynb").is_file() and (failed / "notebooks" / "02_broken.ipynb").is_file()
 
 
 def test_invalid_manifest_stops_the_run_before_anything_runs(tmp_path, small_cohort_dir, capsys):

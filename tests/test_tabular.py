@@ -37,7 +37,7 @@ def test_permuted_labels_give_chance_auroc(lab_data):
     for k in range(4):
         yp = pd.Series(np.random.default_rng(100 + k).permutation(y.to_numpy()), index=y.index)
         s = sp.make_splits(yp, 3, 3, seed=k)
-        res = cv_table("perm", X, yp, s, lambda: tabular.random_forest(k, 100), k, permutation_repeats=0)
+        res = cv_table("perm", X, yp, s, lambda: tabular.random_forest(k, 30), k, permutation_repeats=0)
         aurocs += list(ev.per_repeat_metrics(res.predictions)["auroc"])
     assert abs(np.mean(aurocs) - 0.5) < 0.06, aurocs
     # ... while the real labels are learnt (chromogranin A and gamma-GT carry signal)
