@@ -174,6 +174,10 @@ def test_training_options_are_checked():
     with pytest.raises(ValueError, match="selection must be"):
         train.train_model(x[:12], y.iloc[:12].to_numpy(int), x[12:], y.iloc[12:].to_numpy(int),
                           train.TrainConfig(epochs=1, selection="best_auc"), seed=0, progress=False)
+    with pytest.raises(ValueError, match="lr_schedule must be 'cosine' or 'constant', not 'step'"):
+        train.check_config(train.TrainConfig(lr_schedule="step"))
+    with pytest.raises(ValueError, match="selection must be 'last' or 'val_loss', not 'best_auc'"):
+        train.check_config(train.TrainConfig(selection="best_auc"))
 
 
 def test_batch_norm_statistics_come_from_the_kept_weights():

@@ -1,0 +1,113 @@
+"""`prrt.models.run_models`: what a chapter's call writes and returns, checked against the parts it is made of."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prrt import models, tabular, train
+from prrt import splits as sp
+from prrt.evaluate import summarise
+from prrt.manifest import load_manifest
+from prrt.profiles import get_profile
+from prrt.results import read_predictions
+
+
+@pytest.fixture(scope="module")
+def chapter(small_cohort_dir):
+    """A cohort, its labs and tiny noise 'PET' images; a logistic regression, a skipped spec, a CNN."""
+    cohort = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    ids = list(cohort.data.index)
+    x = torch.from_numpy(np.random.default_rng(0).random((len(ids), 1, 8, 8, 6)).astype(np.float32))
+    data = models.ModelData(cohort.data["label"], table=tabular.feature_table(cohort),
+                            images={"pet": models.ImageSet(x, ids)})
+    splits = sp.make_splits(cohort.data["label"], 3, 2, seed=3)
+    lab = tabular.table_spec("lab_lr", "02", "labs", list(cohort.labs), lambda s: tabular.make_model("logreg", s, None),
+                             permutation_repeats=1)
+    gone = models.ModelSpec("pet_thing", "02", "PET", None, reason="the manifest names no PET images")
+    cnn = train.image_spec("tiny_cnn", "pet", train.TrainConfig(epochs=1, batch_size=8), "03", "PET", available=True)
+    profile = replace(get_profile("smoke"), n_bootstrap=50)
+    return cohort, data, splits, [lab, gone, cnn], profile
+
+
+class Inline:
+    """An engine that is not :class:`prrt.models.Sequential`: runs the jobs here and notes how it was called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def map(self, fn, jobs, data, progress=True, desc=""):
+        self.calls.append((len(jobs), progress, desc))
+        return [fn(job, data) for job in jobs]
+
+
+def test_run_models_returns_and_writes_what_the_loop_and_summarise_give(chapter, tmp_path, capsys):
+    cohort, data, splits, specs, profile = chapter
+    results, rows = models.run_models(specs, data, cohort, splits, profile, 8, tmp_path, progress=False)
+    assert capsys.readouterr().err == ""
+    assert list(results) == ["lab_lr", "tiny_cnn"]
+    # the rows in the order of the specs; the skipped one says why
+    assert [r["model"] for r in rows] == ["lab_lr", "pet_thing", "tiny_cnn"]
+    assert rows[1] == {"model": "pet_thing", "chapter": "02", "inputs": "PET",
+                       "status": "skipped: the manifest names no PET images"}
+    for spec, row in [(specs[0], rows[0]), (specs[2], rows[2])]:
+        alone = models.cross_validate(spec, data, splits, 8, progress=False)
+        res = results[spec.name]
+        pd.testing.assert_frame_equal(res.predictions, alone.predictions)
+        pd.testing.assert_frame_equal(res.permutation, alone.permutation)
+        pd.testing.assert_frame_equal(res.curves, alone.curves)
+        written = read_predictions(tmp_path, spec.name)
+        np.testing.assert_allclose(written["probability"], res.predictions["probability"], rtol=0, atol=1e-12)
+        assert list(written["patient"]) == list(res.predictions["patient"])
+        expected = {"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",
+                    **summarise(res.predictions, cohort, n_boot=50, seed=8)}
+        assert list(row) == list(expected)
+        for k, v in expected.items():
+            assert row[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(row[k])), k
+        assert row["n_patients_survival"] == len(cohort.data) and not math.isnan(row["c_index"])
+        assert res.models == {}  # fold models are kept only when asked
+    assert not (tmp_path / "predictions" / "pet_thing.csv").exists()
+    # the CNN's checkpoints and learning curves go to the run folder
+    ck = tmp_path / "checkpoints" / "tiny_cnn"
+    assert sorted(p.name for p in ck.glob("*.pt")) == [f"r{r}_f{f}.pt" for r in range(2) for f in range(3)]
+    assert len(pd.read_csv(ck / "curves.csv")) == 6
+    assert not (tmp_path / "checkpoints" / "lab_lr").exists()
+
+
+def test_run_models_keeps_the_fold_models_when_asked_and_shows_one_bar_per_model(chapter, tmp_path, capsys):
+    cohort, data, splits, specs, profile = chapter
+    results, _ = models.run_models([specs[0], specs[0].__class__(**{**specs[0].__dict__, "name": "lab_lr2"})],
+                                   data, cohort, splits, profile, 8, tmp_path, keep_models=True)
+    assert sorted(results["lab_lr"].models) == [(r, f) for r in range(2) for f in range(3)]
+    err = capsys.readouterr().err  # progress bars by default, one per model
+    assert "lab_lr:" in err and "lab_lr2:" in err and "6/6" in err and "2 models" not in err
+
+
+def test_another_engine_gets_every_job_of_the_chapter_at_once_with_the_same_results(chapter, tmp_path, capsys):
+    cohort, data, splits, specs, profile = chapter
+    engine = Inline()
+    results, rows = models.run_models(specs, data, cohort, splits, profile, 8, tmp_path / "a", engine=engine)
+    assert engine.calls == [(12, True, "2 models")]
+    assert "r0 f0" not in capsys.readouterr().err  # no epoch bars from jobs that may run elsewhere
+    ref, ref_rows = models.run_models(specs, data, cohort, splits, profile, 8, tmp_path / "b", progress=False)
+    for name in ref:
+        pd.testing.assert_frame_equal(results[name].predictions, ref[name].predictions)
+    assert [r["status"] for r in rows] == [r["status"] for r in ref_rows]
+    assert models.run_models(specs, data, cohort, splits, profile, 8, tmp_path / "c", engine=engine,
+                             progress=False)[0].keys() == ref.keys()
+    assert engine.calls[-1] == (12, False, "2 models")
+
+
+def test_run_models_without_a_runnable_spec_writes_nothing(chapter, tmp_path):
+    cohort, data, splits, specs, profile = chapter
+    for engine in (None, Inline()):
+        results, rows = models.run_models([specs[1]], data, cohort, splits, profile, 8, tmp_path, progress=False,
+                                          engine=engine)
+        assert results == {} and [r["status"] for r in rows] == ["skipped: the manifest names no PET images"]
+        assert not (tmp_path / "predictions").exists()
+    assert engine.calls == []
