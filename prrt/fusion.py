@@ -431,6 +431,31 @@ def headline_comparisons(run_dir, summary: pd.DataFrame, splits: pd.DataFrame) -
     return pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
 
 
+def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+    """The chapter's result in a sentence or two (Markdown), from the summary rows and the paired tests."""
+    rows = summary.set_index("model")
+    if HEADLINE not in rows.index or rows.loc[HEADLINE, "status"] != "ran":
+        why = rows.loc[HEADLINE, "status"] if HEADLINE in rows.index else "not in the summary"
+        return f"The laboratory + SR-PET + CT fusion did not run ({why}), so there is no fusion result to report."
+
+    def score(m):
+        r = rows.loc[m]
+        return f"{r['auroc_mean']:.2f} ± {r['auroc_sd']:.2f}"
+
+    r = rows.loc[HEADLINE]
+    out = [f"In this run the laboratory + SR-PET + CT fusion reached an AUROC of {score(HEADLINE)} "
+           f"(AUPRC {r['auprc_mean']:.2f} ± {r['auprc_sd']:.2f}; mean ± SD over {int(r['n_repeats'])} repeats)."]
+    for _, c in comparisons.iterrows() if not comparisons.empty else []:
+        if c["model"] != HEADLINE:
+            continue
+        kind = "the best unimodal model" if c["versus"] in UNIMODAL else "the classical baseline"
+        p = c["p, corrected resampled t-test"]
+        p = p if p.startswith("<") else f"= {p}"
+        out.append(f"Against {kind}, `{c['versus']}` ({score(c['versus'])}), the per-fold AUROCs differ on average "
+                   f"by {c['difference (mean over folds)']} (corrected resampled t-test p {p}).")
+    return " ".join(out)
+
+
 def modality_weights(result, data) -> pd.DataFrame:
     """Each patient's modality weights in a neural fusion, from the fold models that tested them (mean over repeats)."""
     parts = []

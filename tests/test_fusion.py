@@ -144,3 +144,32 @@ def test_a_fusion_with_two_of_its_three_modalities_runs_and_says_which_is_missin
              train.image_spec("ct_cnn", "ct", train.TrainConfig(), "04", "CT", True)]
     late = fusion.late_fusion_spec("late", "04", "labs + PET + CT, late", bases)
     assert late.inputs == "labs + PET + CT, late; without laboratory values (not in the manifest)"
+
+
+def test_headline_text_reports_the_fusion_and_its_paired_tests():
+    summary = pd.DataFrame([
+        {"model": "pet_cnn", "status": "ran", "auroc_mean": 0.7012, "auroc_sd": 0.031, "auprc_mean": 0.5, "auprc_sd": 0.02,
+         "n_repeats": 5},
+        {"model": "lab_pet_features_rf", "status": "ran", "auroc_mean": 0.821, "auroc_sd": 0.012, "auprc_mean": 0.7,
+         "auprc_sd": 0.03, "n_repeats": 5},
+        {"model": "lab_pet_ct_fusion", "status": "ran", "auroc_mean": 0.7049, "auroc_sd": 0.0512, "auprc_mean": 0.551,
+         "auprc_sd": 0.046, "n_repeats": 5}])
+    comparisons = pd.DataFrame([
+        {"comparison": "a", "model": "lab_pet_ct_fusion", "versus": "pet_cnn", "difference (mean over folds)": "+0.004",
+         "p, corrected resampled t-test": "0.920"},
+        {"comparison": "b", "model": "lab_pet_ct_fusion", "versus": "lab_pet_features_rf",
+         "difference (mean over folds)": "-0.116", "p, corrected resampled t-test": "<0.001"},
+        {"comparison": "c", "model": "ct_cnn_pretrained", "versus": "ct_cnn", "difference (mean over folds)": "+0.010",
+         "p, corrected resampled t-test": "0.5"}]).set_index("comparison")
+    assert fusion.headline_text(summary, comparisons) == (
+        "In this run the laboratory + SR-PET + CT fusion reached an AUROC of 0.70 ± 0.05 (AUPRC 0.55 ± 0.05; "
+        "mean ± SD over 5 repeats). Against the best unimodal model, `pet_cnn` (0.70 ± 0.03), the per-fold AUROCs "
+        "differ on average by +0.004 (corrected resampled t-test p = 0.920). Against the classical baseline, `lab_pet_features_rf` "
+        "(0.82 ± 0.01), the per-fold AUROCs differ on average by -0.116 (corrected resampled t-test p <0.001).")
+    assert fusion.headline_text(summary.iloc[:2], pd.DataFrame()) == (
+        "The laboratory + SR-PET + CT fusion did not run (not in the summary), so there is no fusion result to report.")
+    skipped = summary.assign(status=["ran", "ran", "skipped: fewer than two of its modalities are in the manifest"])
+    assert fusion.headline_text(skipped, pd.DataFrame()) == (
+        "The laboratory + SR-PET + CT fusion did not run (skipped: fewer than two of its modalities are in the "
+        "manifest), so there is no fusion result to report.")
+    assert fusion.headline_text(summary, pd.DataFrame()).endswith("over 5 repeats).")
