@@ -420,6 +420,20 @@ def _fit_frozen(n, batch_size, y_fit, y_val, p_val, epochs=2, seed=11, selection
     return out, seen, z
 
 
+def test_fit_network_computes_the_loss_in_float32(monkeypatch):
+    """Logits, targets and class weight reach the loss as float32 (as on a GPU under autocast), not float64."""
+    seen = []
+    real = train.F.binary_cross_entropy_with_logits
+
+    def bce(logits, target, pos_weight=None):
+        seen.append((logits.dtype, target.dtype, pos_weight.dtype))
+        return real(logits, target, pos_weight=pos_weight)
+
+    monkeypatch.setattr(train.F, "binary_cross_entropy_with_logits", bce)
+    _fit_frozen(12, 5, np.r_[np.ones(3), np.zeros(9)], [1, 0], [0.6, 0.3], epochs=1, seed=0)
+    assert seen and set(seen) == {(torch.float32, torch.float32, torch.float32)}
+
+
 @pytest.mark.parametrize("n, batch_size, sizes", [(12, 5, [5, 5, 2]), (11, 5, [5, 5])])
 def test_fit_network_batches_and_training_loss_by_hand(n, batch_size, sizes):
     """Each epoch: one seeded permutation of the fitting rows cut into batches (a last batch of a single
