@@ -72,6 +72,12 @@ def test_notebooks_are_stripped_and_parameterised():
         names = set(re.findall(r"^(\w+)\s*=", first.source, re.M))
         assert {"manifest", "run_dir", "profile", "seed"} <= names, path.name
         assert nb.metadata["kernelspec"]["name"] == "python3"
+        # papermill reads every parameter with its comment (`papermill --help-notebook`; a comment that holds
+        # an equals sign hides the parameter from it)
+        import papermill
+
+        found = papermill.inspect_notebook(str(path))
+        assert set(found) == names and all(p["help"] for p in found.values()), path.name
 
 
 def test_profiles_are_defined_in_one_place():
