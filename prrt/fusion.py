@@ -27,7 +27,10 @@ is replaced by that model's mean logit on the training part.
 
 The laboratory branch sees the values imputed (median) and standardised with statistics of the
 fitting part only; the CNN branches see the same preprocessed inputs as chapter 03. With
-``ct_weights`` the CT encoder starts from pretrained weights (:mod:`prrt.pretrain`).
+``profile.fusion_pet_features`` the SR-PET part of a fusion has two branches: the PET CNN and a
+small network on the lesion features of chapter 02 (``pet_features``; imputed and standardised
+like the laboratory values, absent where the PET is). With ``ct_weights`` the CT encoder starts
+from pretrained weights (:mod:`prrt.pretrain`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,13 @@ from .models import FitRecord, ModelSpec, inner_split
 from .train import TrainConfig, _autocast, _to_device, fit_network, seed_everything, select_device
 
 MECHANISMS = ("late", "intermediate", "adaptive")
-MODALITIES = ("labs", "pet", "ct")
+MODALITIES = ("labs", "pet_features", "pet", "ct")
+#: Modalities read from the table (each with its own columns): the laboratory values, and the SR-PET
+#: lesion features of chapter 02 (:data:`prrt.pet_features.FEATURES`), which join the PET CNN in the
+#: fusions' SR-PET part.
+TABULAR = ("labs", "pet_features")
+#: The source each modality belongs to: a fusion needs two sources, and a patient without PET lacks both PET parts.
+SOURCE = {"labs": "labs", "pet_features": "pet", "pet": "pet", "ct": "ct"}
 
 
 def _logit(p):
@@ -180,25 +189,30 @@ class NeuralFusion:
     """Intermediate or adaptive fusion, trained end to end (the model interface of :mod:`prrt.models`)."""
 
     def __init__(self, modalities: list[str], lab_columns: list[str] | None, cfg: FusionConfig,
-                 ct_weights: dict | None = None):
+                 ct_weights: dict | None = None, pet_feature_columns: list[str] | None = None):
         unknown = set(modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
         self.modalities, self.lab_columns, self.cfg, self.ct_weights = list(modalities), lab_columns, cfg, ct_weights
+        self.columns = {"labs": lab_columns, "pet_features": pet_feature_columns}
+        for m in TABULAR:
+            if m in self.modalities and not self.columns[m]:
+                raise ValueError(f"the fusion's {MODALITY_NAMES[m]} branch needs its table columns")
 
     # -- inputs
     def _present(self, data, patients) -> torch.Tensor:
         cols = []
         for m in self.modalities:
-            key = "table" if m == "labs" else m
-            cols.append([data.has(p, key, self.lab_columns) for p in patients])
+            key = "table" if m in TABULAR else m
+            cols.append([data.has(p, key, self.columns.get(m)) for p in patients])
         return torch.tensor(np.array(cols, dtype=np.float32).T.reshape(len(patients), len(self.modalities)))
 
     def _inputs(self, data, patients) -> dict:
         out = {}
         for m in self.modalities:
-            if m == "labs":
-                x = self.scaler_.transform(self.imputer_.transform(data.table.loc[patients, self.lab_columns]))
+            if m in TABULAR:
+                imputer, scaler = self.tables_[m]
+                x = scaler.transform(imputer.transform(data.table.loc[patients, self.columns[m]]))
                 out[m] = torch.as_tensor(np.nan_to_num(x), dtype=torch.float32)
             else:
                 images = data.images.get(m)
@@ -215,8 +229,8 @@ class NeuralFusion:
 
         encoders = {}
         for m in self.modalities:
-            if m == "labs":
-                encoders[m] = LabEncoder(len(self.lab_columns), self.cfg.lab_width)
+            if m in TABULAR:
+                encoders[m] = LabEncoder(len(self.columns[m]), self.cfg.lab_width)
             else:
                 enc = build_encoder(self.cfg.train.encoder, in_channels=self.shapes_[m][0])
                 if m == "ct" and self.ct_weights is not None:
@@ -236,12 +250,13 @@ class NeuralFusion:
         self.device = select_device(cfg.device)
         self.shapes_ = {m: tuple(data.images[m].x.shape[1:]) for m in self.modalities if m in data.images}
         for m in self.modalities:
-            if m not in ("labs",) and m not in self.shapes_:
+            if m not in TABULAR and m not in self.shapes_:
                 raise ValueError(f"fusion needs {m.upper()} images for some patients; the data has none")
-        if "labs" in self.modalities:
-            x = data.table.loc[part.fit, self.lab_columns]
-            self.imputer_ = SimpleImputer(strategy="median", keep_empty_features=True).fit(x)
-            self.scaler_ = StandardScaler().fit(self.imputer_.transform(x))
+        self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
+        for m in [m for m in self.modalities if m in TABULAR]:
+            x = data.table.loc[part.fit, self.columns[m]]
+            imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(x)
+            self.tables_[m] = (imputer, StandardScaler().fit(imputer.transform(x)))
         model = self._build(data)
         y_fit = data.y.loc[part.fit].to_numpy(float)
         x_fit, pr_fit = self._inputs(data, part.fit), self._present(data, part.fit)
@@ -303,7 +318,7 @@ class NeuralFusion:
 
 # ---- specs -----------------------------------------------------------------------------------------
 #: How the inputs column names a modality (the fusion modalities).
-MODALITY_NAMES = {"labs": "laboratory values", "pet": "SR-PET", "ct": "CT"}
+MODALITY_NAMES = {"labs": "laboratory values", "pet_features": "SR-PET lesion features", "pet": "SR-PET", "ct": "CT"}
 
 
 def _without(inputs: str, missing: list[str]) -> str:
@@ -326,14 +341,40 @@ def late_fusion_spec(name: str, chapter: str, inputs: str, bases: list[ModelSpec
 
 def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[str], cohort, cfg: FusionConfig,
                        ct_weights: dict | None = None, oracle: str | None = None) -> ModelSpec:
-    """A neural fusion over the ``modalities`` the manifest has (skipped if fewer than two)."""
-    have = [m for m in modalities if (m == "labs" and cohort.labs) or m in cohort.modalities]
-    if len(have) < 2:
+    """A neural fusion over the ``modalities`` the manifest has (skipped if they come from fewer than
+    two sources: laboratory values, SR-PET, CT). ``pet_features`` reads the columns of
+    :data:`prrt.pet_features.FEATURES` from the data's table (see :func:`chapter_table`)."""
+    from .pet_features import FEATURES
+
+    sources = {"labs": bool(cohort.labs), "pet": "pet" in cohort.modalities, "ct": "ct" in cohort.modalities}
+    have = [m for m in modalities if sources[SOURCE[m]]]
+    if len({SOURCE[m] for m in have}) < 2:
         return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
     labs = list(cohort.labs) if "labs" in have else None
-    return ModelSpec(name, chapter, _without(inputs, [m for m in modalities if m not in have]),
-                     lambda seed: NeuralFusion(have, labs, cfg, ct_weights), oracle=oracle,
+    pet = list(FEATURES) if "pet_features" in have else None
+    missing = list(dict.fromkeys(SOURCE[m] for m in modalities if m not in have))
+    return ModelSpec(name, chapter, _without(inputs, missing),
+                     lambda seed: NeuralFusion(have, labs, cfg, ct_weights, pet_feature_columns=pet), oracle=oracle,
                      val_fraction=cfg.train.val_fraction)
+
+
+def chapter_table(cohort, run_dir, progress: bool = True) -> pd.DataFrame:
+    """The table chapter 04 reads: laboratory values, numeric clinical variables and, where the manifest
+    names PET images, the SR-PET lesion features that chapter 02 wrote (computed here if it did not)."""
+    from pathlib import Path
+
+    from .pet_features import cohort_features
+    from .tabular import feature_table
+
+    if "pet" not in cohort.modalities:
+        return feature_table(cohort)
+    path = Path(run_dir) / "features" / "pet_features.csv"
+    if path.is_file():
+        pet = pd.read_csv(path, index_col=0)
+        pet.index = pet.index.astype(str)
+    else:
+        pet = cohort_features(cohort, progress=progress)
+    return feature_table(cohort, pet)
 
 
 def fusion_config(profile, mechanism: str, **train_overrides) -> FusionConfig:
@@ -349,6 +390,15 @@ FUSIONS = {
     "pet_ct_fusion": (["pet", "ct"], "SR-PET + CT"),
     "lab_pet_ct_fusion": (["labs", "pet", "ct"], "laboratory values + SR-PET + CT"),
 }
+
+
+def fusion_modalities(mods: list[str], profile) -> list[str]:
+    """The branches of a fusion of ``mods``: SR-PET is the CNN and, with ``profile.fusion_pet_features``,
+    also the lesion features of chapter 02."""
+    if not profile.fusion_pet_features or "pet" not in mods:
+        return list(mods)
+    i = mods.index("pet")
+    return [*mods[:i], "pet_features", *mods[i:]]
 HEADLINE = "lab_pet_ct_fusion"
 
 
@@ -368,14 +418,20 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04") -
         specs[0].reason = no_weights
     mech = profile.fusion_mechanism
     pretrained = " (CT branch pretrained)" if ct_state is not None else ""
+
+    def text_of(mods, text, mechanism):
+        lesions = " (CNN and lesion features)" if "pet_features" in fusion_modalities(mods, profile) else ""
+        return (text.replace("SR-PET", f"SR-PET{lesions}") + f", {mechanism} fusion"
+                + (pretrained if "ct" in mods else ""))
+
     for name, (mods, text) in FUSIONS.items():
-        specs.append(neural_fusion_spec(name, chapter, f"{text}, {mech} fusion{pretrained if 'ct' in mods else ''}",
-                                        mods, cohort, fusion_config(profile, mech),
+        specs.append(neural_fusion_spec(name, chapter, text_of(mods, text, mech), fusion_modalities(mods, profile),
+                                        cohort, fusion_config(profile, mech),
                                         ct_weights=ct_state, oracle="all" if len(mods) == 3 else None))
-    mods = FUSIONS[HEADLINE][0]
+    mods, text = FUSIONS[HEADLINE]
     for other in [m for m in ("intermediate", "adaptive") if m != mech]:
-        specs.append(neural_fusion_spec(f"lab_pet_ct_{other}", chapter,
-                                        f"laboratory values + SR-PET + CT, {other} fusion{pretrained}", mods, cohort,
+        specs.append(neural_fusion_spec(f"lab_pet_ct_{other}", chapter, text_of(mods, text, other),
+                                        fusion_modalities(mods, profile), cohort,
                                         fusion_config(profile, other), ct_weights=ct_state, oracle="all"))
     labs = list(cohort.labs)
     bases = [table_spec("lab_rf", chapter, "labs", labs or None, lambda s: make_model("rf", s, profile)),

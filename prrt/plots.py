@@ -228,8 +228,8 @@ def modality_weights_plot(weights, title: str = ""):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     cols = list(weights.columns)
     ax.boxplot([weights[c].to_numpy() for c in cols], showfliers=False)
-    ax.set_xticks(range(1, len(cols) + 1), labels=[{"labs": "laboratory", "pet": "SR-PET", "ct": "CT"}.get(c, c)
-                                                    for c in cols])
+    names = {"labs": "laboratory", "pet_features": "SR-PET\nlesion features", "pet": "SR-PET CNN", "ct": "CT"}
+    ax.set_xticks(range(1, len(cols) + 1), labels=[names.get(c, c) for c in cols])
     rng = np.random.default_rng(0)
     for i, c in enumerate(cols, start=1):
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(weights)), weights[c], s=8, alpha=0.5, color="0.3")

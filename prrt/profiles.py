@@ -65,6 +65,9 @@ class Profile:
         ``adaptive`` or ``intermediate``: how the four fusions of chapter 04 combine the modalities.
     late_inner_folds:
         Inner folds of the late fusion's stacking (nested inside each training part).
+    fusion_pet_features:
+        Whether the neural fusions' SR-PET part reads, besides the PET CNN's embedding, the lesion
+        features of chapter 02 (SUVmax, SUVmean, SUVpeak, MTV, ...) through a small network of its own.
     fusion_models:
         Which models chapter 04 trains: ``all`` (the seven models and the three mechanisms),
         ``headline`` (one model of each kind: the pretrained CT CNN, the laboratory + SR-PET + CT
@@ -96,6 +99,7 @@ class Profile:
     pretrain_epochs: int = 40
     fusion_mechanism: str = "adaptive"
     late_inner_folds: int = 3
+    fusion_pet_features: bool = True
     fusion_models: str = "all"
     display_size_voxels: tuple[int, int, int] = (96, 96, 80)
     description: str = ""

@@ -12,6 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from prrt import fusion, models, tabular, train
 from prrt import splits as sp
 from prrt.evaluate import per_repeat_metrics
+from prrt.pet_features import FEATURES
 
 
 def _table(n=90, seed=0):
@@ -55,6 +56,10 @@ def _multimodal(n=36, seed=0, size=(8, 8, 6)):
     no_ct = [ids[i] for i in (1, 12, 23, 34)]
     no_labs = [ids[i] for i in (3, 28)]
     X.loc[no_labs] = np.nan
+    # the SR-PET lesion features of chapter 02: measured where there is a PET (suv_max carries signal)
+    for i, f in enumerate(FEATURES):
+        X[f] = rng.normal(size=n + 1) + (lab if i == 0 else 0)
+    X.loc[no_pet, FEATURES] = np.nan
     pet = torch.from_numpy(rng.random((n + 1, 2, *size)).astype(np.float32) * 0.3)
     pet[np.flatnonzero(lab == 1), 0, 2:5, 2:5, 2:4] += 0.8
     ct = torch.from_numpy(rng.random((n + 1, 2, *size)).astype(np.float32))
@@ -75,7 +80,7 @@ class _Cohort:
 def test_neural_fusion_predicts_every_patient_when_modalities_are_missing(mechanism):
     data, y, (no_pet, no_ct, no_labs) = _multimodal()
     cfg = fusion.FusionConfig(train.TrainConfig(epochs=2, batch_size=8), mechanism=mechanism)
-    spec = fusion.neural_fusion_spec("f", "04", "labs + PET + CT", ["labs", "pet", "ct"], _Cohort(), cfg)
+    spec = fusion.neural_fusion_spec("f", "04", "labs + PET + CT", ["labs", "pet_features", "pet", "ct"], _Cohort(), cfg)
     assert spec.needs == ()
     s = sp.make_splits(y, 3, 2, 0)
     res = models.cross_validate(spec, data, s, seed=0, progress=False, keep_models=True)
@@ -86,10 +91,19 @@ def test_neural_fusion_predicts_every_patient_when_modalities_are_missing(mechan
     assert set(p.loc[p["fold"] == -1, "patient"]) == {"P036"}
     m = res.models[(0, 0)]
     w = m.modality_weights(data, no_pet + no_ct + no_labs)
-    assert (w.loc[no_pet, "pet"] == 0).all() and (w.loc[no_ct, "ct"] == 0).all() and (w.loc[no_labs, "labs"] == 0).all()
+    assert list(w.columns) == ["labs", "pet_features", "pet", "ct"]
+    assert (w.loc[no_pet, ["pet", "pet_features"]] == 0).all().all() and (w.loc[no_ct, "ct"] == 0).all()
+    assert (w.loc[no_labs, "labs"] == 0).all() and (w.loc[no_ct + no_labs, "pet_features"] > 0).all()
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-5)
     emb = m.features(data, list(y.index[:5]))
-    assert set(emb) == {"labs", "pet", "ct"} and emb["pet"].shape == (5, cfg.dim)
+    assert set(emb) == {"labs", "pet_features", "pet", "ct"} and emb["pet"].shape == (5, cfg.dim)
+    # each table branch is imputed and scaled with the statistics of the fold's fitting patients only
+    fit = models.inner_split(sp.iter_folds(s).__next__().train, y, cfg.train.val_fraction, 0).fit
+    for branch, cols in [("labs", ["cga", "ggt"]), ("pet_features", list(FEATURES))]:
+        imputer, scaler = m.tables_[branch]
+        np.testing.assert_allclose(imputer.statistics_, data.table.loc[fit, cols].median().to_numpy())
+        filled = data.table.loc[fit, cols].fillna(data.table.loc[fit, cols].median())
+        np.testing.assert_allclose(scaler.mean_, filled.mean().to_numpy())
 
 
 def test_late_fusion_with_missing_unimodal_predictions():
@@ -173,3 +187,55 @@ def test_headline_text_reports_the_fusion_and_its_paired_tests():
         "The laboratory + SR-PET + CT fusion did not run (skipped: fewer than two of its modalities are in the "
         "manifest), so there is no fusion result to report.")
     assert fusion.headline_text(summary, pd.DataFrame()).endswith("over 5 repeats).")
+
+
+def test_the_fusions_sr_pet_part_reads_the_lesion_features_when_the_profile_says_so():
+    from dataclasses import replace
+
+    from prrt.profiles import get_profile
+
+    class Full:
+        labs = ["cga", "ggt"]
+        modalities = ["pet", "ct"]
+
+    smoke = get_profile("smoke")
+    specs = {s.name: s for s in fusion.chapter_specs(Full(), replace(smoke, fusion_models="all"), None)}
+    head = specs["lab_pet_ct_fusion"]
+    assert head.inputs == "laboratory values + SR-PET (CNN and lesion features) + CT, adaptive fusion"
+    assert head.build(0).modalities == ["labs", "pet_features", "pet", "ct"]
+    assert head.build(0).columns == {"labs": ["cga", "ggt"], "pet_features": list(FEATURES)}
+    assert specs["lab_ct_fusion"].build(0).modalities == ["labs", "ct"]
+    assert specs["pet_ct_fusion"].build(0).modalities == ["pet_features", "pet", "ct"]
+    assert specs["lab_pet_ct_intermediate"].inputs.startswith("laboratory values + SR-PET (CNN and lesion features)")
+    plain = {s.name: s for s in fusion.chapter_specs(Full(), replace(smoke, fusion_pet_features=False), None)}
+    assert plain["lab_pet_ct_fusion"].inputs == "laboratory values + SR-PET + CT, adaptive fusion"
+    assert plain["lab_pet_ct_fusion"].build(0).modalities == ["labs", "pet", "ct"]
+
+    # the lesion features are part of SR-PET: with PET alone there is still only one source
+    class OnlyPet:
+        labs = []
+        modalities = ["pet"]
+
+    spec = fusion.neural_fusion_spec("f", "04", "labs + PET", ["labs", "pet_features", "pet"], OnlyPet(),
+                                     fusion.FusionConfig(train.TrainConfig()))
+    assert spec.build is None and spec.reason == "fewer than two of its modalities are in the manifest"
+    with pytest.raises(ValueError, match="SR-PET lesion features branch needs its table columns"):
+        fusion.NeuralFusion(["pet_features", "ct"], None, fusion.FusionConfig(train.TrainConfig()))
+
+
+def test_chapter_table_takes_the_lesion_features_chapter_02_wrote(tmp_path):
+    class Cohort:
+        labs = ["cga"]
+        clinical = ["age"]
+        categorical = []
+        modalities = ["pet"]
+        data = pd.DataFrame({"cga": [1.0, 2.0], "age": [60.0, 70.0]}, index=["P001", "P002"])
+
+    pet = pd.DataFrame({f: [float(i), float(i + 1)] for i, f in enumerate(FEATURES)}, index=["P001", "P002"])
+    (tmp_path / "features").mkdir()
+    pet.to_csv(tmp_path / "features" / "pet_features.csv")
+    X = fusion.chapter_table(Cohort(), tmp_path)
+    assert list(X.columns) == ["cga", "age", *FEATURES] and list(X.index) == ["P001", "P002"]
+    np.testing.assert_array_equal(X[FEATURES].to_numpy(), pet.to_numpy())
+    Cohort.modalities = []
+    assert list(fusion.chapter_table(Cohort(), tmp_path).columns) == ["cga", "age"]

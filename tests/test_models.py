@@ -103,6 +103,24 @@ def test_another_engine_gets_every_job_of_the_chapter_at_once_with_the_same_resu
     assert engine.calls[-1] == (12, False, "2 models")
 
 
+def test_the_engine_given_is_the_engine_used_and_keeps_the_models_when_asked(chapter, tmp_path):
+    cohort, data, splits, specs, profile = chapter
+
+    class Recording(models.Sequential):  # a sequential engine of one's own (e.g. another progress display)
+        calls = []
+
+        def map(self, fn, jobs, data, progress=True, desc=""):
+            self.calls.append(desc)
+            return super().map(fn, jobs, data, progress, desc)
+
+    engine = Recording()
+    models.run_models(specs, data, cohort, splits, profile, 8, tmp_path / "a", progress=False, engine=engine)
+    assert engine.calls == ["lab_lr", "tiny_cnn"]  # one call per model, as the default engine
+    results, _ = models.run_models(specs[:1], data, cohort, splits, profile, 8, tmp_path / "b", progress=False,
+                                   keep_models=True, engine=Inline())
+    assert sorted(results["lab_lr"].models) == [(r, f) for r in range(2) for f in range(3)]
+
+
 def test_run_models_without_a_runnable_spec_writes_nothing(chapter, tmp_path):
     cohort, data, splits, specs, profile = chapter
     for engine in (None, Inline()):
