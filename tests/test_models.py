@@ -129,3 +129,39 @@ def test_run_models_without_a_runnable_spec_writes_nothing(chapter, tmp_path):
         assert results == {} and [r["status"] for r in rows] == ["skipped: the manifest names no PET images"]
         assert not (tmp_path / "predictions").exists()
     assert engine.calls == []
+
+
+def test_cross_validate_defaults_and_the_engine_it_is_given(chapter, capsys):
+    cohort, data, splits, specs, profile = chapter
+    res = models.cross_validate(specs[2], data, splits, 8)
+    err = capsys.readouterr().err
+    assert "tiny_cnn:" in err and "r0 f0" in err  # progress by default: the folds and each fold's epochs
+    assert res.models == {}  # fold models only when asked
+    models.cross_validate(specs[2], data, splits, 8, progress=False)
+    assert capsys.readouterr().err == ""
+    engine = Inline()
+    models.cross_validate(specs[0], data, splits, 8, engine=engine)
+    assert engine.calls == [(6, True, "lab_lr")]
+
+
+def test_fit_fold_refuses_a_training_part_that_is_not_the_folds_training_set(chapter, monkeypatch):
+    cohort, data, splits, specs, profile = chapter
+    fold = next(sp.iter_folds(splits))
+    out = models.fit_fold(specs[0], data, fold, 8, [])
+    assert out.model is None and len(out.test) == len(fold.test)
+    real = models.inner_split
+    for wrong in (lambda part: models.TrainingPart(part.fit[1:], part.val),  # a training patient left out
+                  lambda part: models.TrainingPart(part.fit + fold.test[:1], part.val)):  # a test patient let in
+        monkeypatch.setattr(models, "inner_split", lambda *a, w=wrong: w(real(*a)))
+        with pytest.raises(AssertionError, match=rf"repeat {fold.repeat}, fold {fold.fold}: the training part is "
+                                                 "not the fold's training set"):
+            models.fit_fold(specs[0], data, fold, 8, [])
+
+
+def test_a_model_that_needs_table_columns_predicts_the_patients_with_one_of_them(chapter):
+    cohort, data, splits, specs, profile = chapter
+    y = pd.Series([1.0, 0.0, 1.0], index=["A", "B", "C"])
+    table = pd.DataFrame({"a": [1.0, np.nan, np.nan], "b": [np.nan, np.nan, 2.0]}, index=y.index)
+    spec = models.ModelSpec("t", "02", "a", lambda s: None, needs=("table",), columns=["a"])
+    assert models.predictable_patients(spec, models.ModelData(y, table=table)) == ["A"]
+    assert models.predictable_patients(replace(spec, columns=["a", "b"]), models.ModelData(y, table=table)) == ["A", "C"]

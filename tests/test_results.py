@@ -41,6 +41,16 @@ def test_summary_file_has_the_fixed_columns_and_replaces_rows(tmp_path):
     pd.testing.assert_frame_equal(s.reset_index(drop=True), on_disk, check_dtype=False)
 
 
+def test_replacing_every_row_of_the_summary_warns_of_nothing(tmp_path):
+    import warnings
+
+    rs.update_summary(tmp_path, [{"model": "a", "status": "ran", "auroc_mean": 0.6}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. pandas' warning on concatenating an empty table
+        s = rs.update_summary(tmp_path, [{"model": "a", "status": "ran", "auroc_mean": 0.7}])
+    assert s["model"].tolist() == ["a"] and s["auroc_mean"].tolist() == [0.7]
+
+
 def test_skipped_row():
     assert rs.skipped("ct_cnn", "03", "CT, 3D CNN", "the manifest names no CT images") == {
         "model": "ct_cnn", "chapter": "03", "inputs": "CT, 3D CNN",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -178,6 +180,15 @@ def test_training_options_are_checked():
         train.check_config(train.TrainConfig(lr_schedule="step"))
     with pytest.raises(ValueError, match="selection must be 'last' or 'val_loss', not 'best_auc'"):
         train.check_config(train.TrainConfig(selection="best_auc"))
+
+
+def test_one_class_validation_part_gives_no_auroc_and_no_warning():
+    """A validation part with a single class has no AUROC (NaN in the curve) and training says nothing about it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for y_val in ([0, 0], [1, 1]):
+            out, _, _ = _fit_frozen(8, 4, np.r_[np.ones(3), np.zeros(5)], y_val, [0.6, 0.3], epochs=1, seed=0)
+            assert np.isnan(out.curve["val_auroc"].iloc[0]) and np.isfinite(out.curve["val_loss"].iloc[0])
 
 
 def test_batch_norm_statistics_come_from_the_kept_weights():
@@ -508,7 +519,8 @@ def test_training_shows_one_progress_bar_that_it_clears(capfd):
     args = (x[::2], y.iloc[::2].to_numpy(int), x[1::2], y.iloc[1::2].to_numpy(int), cfg)
     train.train_model(*args, seed=0)
     err = capfd.readouterr().err
-    assert "training:" in err and "epoch/s" in err and "loss=" in err and "val_loss=" in err
+    assert "training:" in err and "epoch/s" in err
+    assert re.search(r"[ ,]loss=\d\.\d{3}", err) and re.search(r"val_loss=\d\.\d{3}", err)  # both, as numbers
     assert err.endswith("\r") and err.rsplit("\r", 2)[-2].strip() == ""  # the line cleared, not left
     train.train_model(*args, seed=0, progress=False)
     assert capfd.readouterr().err == ""
