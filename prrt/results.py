@@ -54,7 +54,8 @@ def update_summary(run_dir, rows: list[dict]) -> pd.DataFrame:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
     if path.is_file():
-        old = pd.read_csv(path)
+        # the chapter reads back as text ("02", not 2), like the rows that chapters add
+        old = pd.read_csv(path, dtype={c: str for c in ("model", "chapter", "inputs", "status")})
         old = old[~old["model"].isin(new["model"])]
         new = pd.concat([old, new], ignore_index=True) if len(old) else new
     new.to_csv(path, index=False)

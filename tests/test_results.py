@@ -33,12 +33,15 @@ def test_summary_file_has_the_fixed_columns_and_replaces_rows(tmp_path):
                                  rs.skipped("c", "03", "CT", "no CT")])
     s = rs.update_summary(tmp_path, [{"model": "a", "status": "ran", "auroc_mean": 0.7},
                                      {"model": "b", "status": "ran", "auroc_mean": 0.65}])
-    on_disk = pd.read_csv(tmp_path / "results" / "summary.csv")
+    on_disk = pd.read_csv(tmp_path / "results" / "summary.csv", dtype={"chapter": str})
     assert list(on_disk.columns) == rs.SUMMARY_COLUMNS
     assert on_disk["model"].tolist() == ["c", "a", "b"]  # kept rows first, then the new ones
     assert on_disk.set_index("model")["auroc_mean"].to_dict() == pytest.approx({"a": 0.7, "b": 0.65, "c": np.nan},
                                                                                nan_ok=True)
     pd.testing.assert_frame_equal(s.reset_index(drop=True), on_disk, check_dtype=False)
+    # a chapter number stays text when a later chapter adds its rows
+    s = rs.update_summary(tmp_path, [{"model": "d", "chapter": "04", "status": "ran"}])
+    assert s.set_index("model").loc[["c", "d"], "chapter"].tolist() == ["03", "04"]
 
 
 def test_replacing_every_row_of_the_summary_warns_of_nothing(tmp_path):
