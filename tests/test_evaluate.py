@@ -311,6 +311,7 @@ def test_assembled_predictions_have_the_prediction_columns_and_a_fresh_index():
     y = pd.Series([1.0, 0.0, 1.0, 0.0], index=["A", "B", "C", "D"])
     parts = [ev.fold_test_rows(Fold(0, 1, ["A", "B"], ["C", "D"]), [0.9, 0.2], y),
              ev.fold_test_rows(Fold(0, 0, ["C", "D"], ["A", "B"]), [0.6, 0.1], y)]
+    assert all(part["label"].dtype.kind == "i" for part in parts)  # written as 0/1, not 0.0/1.0
     out = ev.assemble_predictions(parts, ["U"], {0: [np.array([0.5]), np.array([0.7])]})
     assert list(out.columns) == ev.PRED_COLUMNS
     assert out.index.tolist() == list(range(5))

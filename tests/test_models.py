@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -75,7 +76,10 @@ def test_run_models_returns_and_writes_what_the_loop_and_summarise_give(chapter,
     # the CNN's checkpoints and learning curves go to the run folder
     ck = tmp_path / "checkpoints" / "tiny_cnn"
     assert sorted(p.name for p in ck.glob("*.pt")) == [f"r{r}_f{f}.pt" for r in range(2) for f in range(3)]
-    assert len(pd.read_csv(ck / "curves.csv")) == 6
+    curves = results["tiny_cnn"].curves
+    assert curves.index.equals(pd.RangeIndex(6)) and len(curves) == 6  # one epoch per fold
+    pd.testing.assert_frame_equal(pd.read_csv(ck / "curves.csv"), curves, check_dtype=False)
+    assert results["tiny_cnn"].name == "tiny_cnn" and results["lab_lr"].features == list(cohort.labs)
     assert not (tmp_path / "checkpoints" / "lab_lr").exists()
 
 
@@ -84,8 +88,9 @@ def test_run_models_keeps_the_fold_models_when_asked_and_shows_one_bar_per_model
     results, _ = models.run_models([specs[0], specs[0].__class__(**{**specs[0].__dict__, "name": "lab_lr2"})],
                                    data, cohort, splits, profile, 8, tmp_path, keep_models=True)
     assert sorted(results["lab_lr"].models) == [(r, f) for r in range(2) for f in range(3)]
-    err = capsys.readouterr().err  # progress bars by default, one per model
+    err = capsys.readouterr().err  # progress bars by default, one per model, counting folds
     assert "lab_lr:" in err and "lab_lr2:" in err and "6/6" in err and "2 models" not in err
+    assert re.search(r"fold/s|s/fold", err)
 
 
 def test_another_engine_gets_every_job_of_the_chapter_at_once_with_the_same_results(chapter, tmp_path, capsys):
@@ -165,3 +170,27 @@ def test_a_model_that_needs_table_columns_predicts_the_patients_with_one_of_them
     spec = models.ModelSpec("t", "02", "a", lambda s: None, needs=("table",), columns=["a"])
     assert models.predictable_patients(spec, models.ModelData(y, table=table)) == ["A"]
     assert models.predictable_patients(replace(spec, columns=["a", "b"]), models.ModelData(y, table=table)) == ["A", "C"]
+
+
+def test_fold_outputs_defaults_show_progress_and_keep_no_model(chapter, capsys):
+    cohort, data, splits, specs, profile = chapter
+    outs = models.fold_outputs([specs[0]], data, splits, 8)
+    assert [o.model for o in outs["lab_lr"]] == [None] * 6
+    assert "lab_lr:" in capsys.readouterr().err
+
+
+def test_a_patient_of_the_splits_without_the_models_inputs_stops_it_with_a_clear_error(chapter):
+    cohort, data, splits, specs, profile = chapter
+    ids = list(data.y.index)
+    few = models.ModelData(data.y, images={"pet": models.ImageSet(data.images["pet"].x[4:], ids[4:])})
+    with pytest.raises(ValueError, match=re.escape(f"tiny_cnn: 4 patients of the splits lack its inputs (pet), "
+                                                   f"e.g. {sorted(ids[:4])[:3]}")):
+        models.fold_outputs([specs[2]], few, splits, 8, progress=False)
+    with pytest.raises(ValueError, match=re.escape("pet_thing cannot run: the manifest names no PET images")):
+        models.fold_outputs([specs[1]], data, splits, 8, progress=False)
+
+
+def test_inner_split_reads_the_seed_modulo_2_to_the_32(chapter):
+    cohort, data, splits, specs, profile = chapter
+    train = list(next(sp.iter_folds(splits)).train)
+    assert models.inner_split(train, data.y, 0.2, 2**32 + 5) == models.inner_split(train, data.y, 0.2, 5)

@@ -202,3 +202,7 @@ def test_shared_loop_gives_what_a_plain_fold_loop_gives(lab_data):
         np.testing.assert_array_equal(perm["importance"].to_numpy(), pi.importances_mean)
         imp = res.impurity.query("repeat == @f.repeat and fold == @f.fold")
         np.testing.assert_array_equal(imp["importance"].to_numpy(), m[-1].feature_importances_)
+    for table in (res.permutation, res.impurity):  # one row per (repeat, fold, feature), numbered afresh
+        assert list(table.columns) == ["repeat", "fold", "feature", "importance"]
+        assert table.index.equals(pd.RangeIndex(len(table))) and len(table) == 6 * X.shape[1]
+    assert res.name == "plain" and res.features == list(X.columns)
