@@ -193,8 +193,8 @@ class NeuralFusion:
         unknown = set(modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
-        self.modalities, self.lab_columns, self.cfg, self.ct_weights = list(modalities), lab_columns, cfg, ct_weights
-        self.columns = {"labs": lab_columns, "pet_features": pet_feature_columns}
+        self.modalities, self.cfg, self.ct_weights = list(modalities), cfg, ct_weights
+        self.columns = {"labs": lab_columns, "pet_features": pet_feature_columns}  # each table branch's columns
         for m in TABULAR:
             if m in self.modalities and not self.columns[m]:
                 raise ValueError(f"the fusion's {MODALITY_NAMES[m]} branch needs its table columns")
@@ -390,6 +390,7 @@ FUSIONS = {
     "pet_ct_fusion": (["pet", "ct"], "SR-PET + CT"),
     "lab_pet_ct_fusion": (["labs", "pet", "ct"], "laboratory values + SR-PET + CT"),
 }
+HEADLINE = "lab_pet_ct_fusion"
 
 
 def fusion_modalities(mods: list[str], profile) -> list[str]:
@@ -399,7 +400,6 @@ def fusion_modalities(mods: list[str], profile) -> list[str]:
         return list(mods)
     i = mods.index("pet")
     return [*mods[:i], "pet_features", *mods[i:]]
-HEADLINE = "lab_pet_ct_fusion"
 
 
 def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04") -> list[ModelSpec]:
