@@ -42,8 +42,12 @@ run: venv demo-data
 book: run
 	$(BIN)/prrt book --run-dir $(RUN_DIR)
 
+# One pytest worker per core (pytest-xdist), one test file per worker at a time: the tests that read the
+# smoke run (tests/test_runner.py) then share one worker, which makes that run once; files start in the
+# order tests/conftest.py gives (longest first), not by their number of tests. (`--dist loadgroup` would
+# place single tests, but pytest-xdist 3.8 cannot rename test IDs under pytest 9, so its groups are ignored.)
 test: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Mutation testing of the code behind the published numbers (slow: about an hour on 2 cores; see CONTRIBUTING.md)
 $(BIN)/.installed-dev: requirements-dev.txt $(BIN)/.installed
