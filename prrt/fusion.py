@@ -125,15 +125,79 @@ class LateFusion:
         return pd.Series(self.stack_.coef_[0], index=[s.name for s in self.bases])
 
 
+# ---- the fold's unimodal CNNs as image branches ---------------------------------------------------------
+class FoldModelScores:
+    """The score (logit) of a fold's unimodal CNN, read from the checkpoint that model left in the run.
+
+    A neural fusion whose image branches are ``fold_models`` (the profile's ``fusion_image_branches``)
+    gives its SR-PET or CT branch this score instead of training a CNN of its own. For each fold it
+    loads the checkpoint of ``model`` (``checkpoints/<model>/r*_f*.pt``) whose training part is the
+    fusion's own: the same fitting and validation patients (:meth:`prrt.models.TrainingPart.digest`),
+    so the CNN never saw the fold's test patients. A run without such a checkpoint is an error that
+    names the model and says which chapter writes it.
+    """
+
+    def __init__(self, run_dir, model: str, modality: str):
+        self.run_dir, self.model, self.modality = str(run_dir), model, modality
+        self._index: dict[str, str] | None = None
+
+    def __getstate__(self):  # sent to other processes without the index
+        return {**self.__dict__, "_index": None}
+
+    def _find(self, digest: str) -> str:
+        from pathlib import Path
+
+        folder = Path(self.run_dir) / "checkpoints" / self.model
+        if self._index is None or digest not in self._index:
+            self._index = {}
+            for path in sorted(folder.glob("r*_f*.pt")):
+                ck = torch.load(path, map_location="cpu", weights_only=True)
+                if ck.get("training_part"):
+                    self._index[ck["training_part"]] = str(path)
+        if digest not in self._index:
+            where = {"pet_cnn": "chapter 03", "ct_cnn": "chapter 03", "ct_cnn_pretrained": "chapter 04"}.get(self.model, "")
+            raise FileNotFoundError(
+                f"the fusion's {self.modality.upper()} branch reads the fold models of {self.model} ({where}), but "
+                f"{folder} holds no checkpoint trained on this fold's training part: run {where or 'that model'} "
+                f"first with the same splits and seed, or set the profile's fusion_image_branches to 'end_to_end'")
+        return self._index[digest]
+
+    def load(self, part) -> nn.Module:
+        """The fold's CNN (evaluation mode, on the CPU) trained on exactly ``part``."""
+        from .networks import ImageClassifier, build_encoder
+
+        ck = torch.load(self._find(part.digest()), map_location="cpu", weights_only=True)
+        cfg = ck["config"]
+        net = ImageClassifier(build_encoder(cfg["encoder"], in_channels=int(ck["in_channels"])), cfg["dropout"])
+        net.load_state_dict(ck["state_dict"])
+        return net.eval()
+
+
+@torch.no_grad()
+def _scores(net: nn.Module, x: torch.Tensor) -> np.ndarray:
+    out = [net(x[i:i + 32]).float() for i in range(0, len(x), 32)]
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+class ScoreInput(nn.Module):
+    """The encoder of a branch that is given one number per patient (a fold model's standardised score)."""
+
+    feature_dim = 1
+
+    def forward(self, x):
+        return x
+
+
 # ---- neural fusion ----------------------------------------------------------------------------------
 class LabEncoder(nn.Module):
-    """A small MLP on the (imputed, standardised) laboratory values."""
+    """A small MLP on the (imputed, standardised) laboratory values; ``width = 0``: the values themselves
+    (the fusion's projection is then the branch's only layer)."""
 
     def __init__(self, n_inputs: int, width: int = 32, dropout: float = 0.1):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(n_inputs, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, width),
-                                 nn.ReLU())
-        self.feature_dim = width
+                                 nn.ReLU()) if width else nn.Identity()
+        self.feature_dim = width or n_inputs
 
     def forward(self, x):
         return self.net(x)
@@ -189,11 +253,14 @@ class NeuralFusion:
     """Intermediate or adaptive fusion, trained end to end (the model interface of :mod:`prrt.models`)."""
 
     def __init__(self, modalities: list[str], lab_columns: list[str] | None, cfg: FusionConfig,
-                 ct_weights: dict | None = None, pet_feature_columns: list[str] | None = None):
+                 ct_weights: dict | None = None, pet_feature_columns: list[str] | None = None,
+                 fold_models: dict[str, FoldModelScores] | None = None):
         unknown = set(modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
         self.modalities, self.cfg, self.ct_weights = list(modalities), cfg, ct_weights
+        # image branches given the score of the fold's unimodal CNN instead of a CNN of their own
+        self.fold_models = {m: f for m, f in (fold_models or {}).items() if m in self.modalities}
         self.columns = {"labs": lab_columns, "pet_features": pet_feature_columns}  # each table branch's columns
         for m in TABULAR:
             if m in self.modalities and not self.columns[m]:
@@ -214,6 +281,14 @@ class NeuralFusion:
                 imputer, scaler = self.tables_[m]
                 x = scaler.transform(imputer.transform(data.table.loc[patients, self.columns[m]]))
                 out[m] = torch.as_tensor(np.nan_to_num(x), dtype=torch.float32)
+            elif m in self.fold_models:
+                x = torch.zeros((len(patients), 1))
+                have = [i for i, p in enumerate(patients) if data.has(p, m)]
+                if have:
+                    mean, sd = self.score_scale_[m]
+                    z = (_scores(self.scorers_[m], data.images[m].take([patients[i] for i in have])) - mean) / sd
+                    x[have, 0] = torch.as_tensor(z, dtype=torch.float32)
+                out[m] = x
             else:
                 images = data.images.get(m)
                 shape = self.shapes_[m]
@@ -231,6 +306,8 @@ class NeuralFusion:
         for m in self.modalities:
             if m in TABULAR:
                 encoders[m] = LabEncoder(len(self.columns[m]), self.cfg.lab_width)
+            elif m in self.fold_models:
+                encoders[m] = ScoreInput()
             else:
                 enc = build_encoder(self.cfg.train.encoder, in_channels=self.shapes_[m][0])
                 if m == "ct" and self.ct_weights is not None:
@@ -252,6 +329,11 @@ class NeuralFusion:
         for m in self.modalities:
             if m not in TABULAR and m not in self.shapes_:
                 raise ValueError(f"fusion needs {m.upper()} images for some patients; the data has none")
+        self.scorers_, self.score_scale_ = {}, {}  # the fold's CNNs; their scores' mean and SD on the fitting part
+        for m, source in self.fold_models.items():
+            self.scorers_[m] = source.load(part)
+            fit_scores = _scores(self.scorers_[m], data.images[m].take([p for p in part.fit if data.has(p, m)]))
+            self.score_scale_[m] = (float(fit_scores.mean()), float(fit_scores.std()) or 1.0) if len(fit_scores) else (0.0, 1.0)
         self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
         for m in [m for m in self.modalities if m in TABULAR]:
             x = data.table.loc[part.fit, self.columns[m]]
@@ -281,7 +363,9 @@ class NeuralFusion:
         self.model = out.model
         return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(),
                                                      "modalities": self.modalities,
-                                                     "mechanism": self.cfg.mechanism})
+                                                     "mechanism": self.cfg.mechanism,
+                                                     "fold_models": {m: f.model for m, f in self.fold_models.items()},
+                                                     "training_part": part.digest()})
 
     @torch.no_grad()
     def _raw(self, x, present, weights: bool = False):
@@ -340,10 +424,13 @@ def late_fusion_spec(name: str, chapter: str, inputs: str, bases: list[ModelSpec
 
 
 def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[str], cohort, cfg: FusionConfig,
-                       ct_weights: dict | None = None, oracle: str | None = None) -> ModelSpec:
+                       ct_weights: dict | None = None, oracle: str | None = None,
+                       fold_models: dict[str, FoldModelScores] | None = None) -> ModelSpec:
     """A neural fusion over the ``modalities`` the manifest has (skipped if they come from fewer than
     two sources: laboratory values, SR-PET, CT). ``pet_features`` reads the columns of
-    :data:`prrt.pet_features.FEATURES` from the data's table (see :func:`chapter_table`)."""
+    :data:`prrt.pet_features.FEATURES` from the data's table (see :func:`chapter_table`).
+    ``fold_models`` (``{"pet": FoldModelScores, ...}``): those image branches read the fold's unimodal
+    CNN instead of training their own (the spec then ``requires`` that model)."""
     from .pet_features import FEATURES
 
     sources = {"labs": bool(cohort.labs), "pet": "pet" in cohort.modalities, "ct": "ct" in cohort.modalities}
@@ -353,9 +440,12 @@ def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[st
     labs = list(cohort.labs) if "labs" in have else None
     pet = list(FEATURES) if "pet_features" in have else None
     missing = list(dict.fromkeys(SOURCE[m] for m in modalities if m not in have))
+    fold_models = {m: f for m, f in (fold_models or {}).items() if m in have}
     return ModelSpec(name, chapter, _without(inputs, missing),
-                     lambda seed: NeuralFusion(have, labs, cfg, ct_weights, pet_feature_columns=pet), oracle=oracle,
-                     val_fraction=cfg.train.val_fraction)
+                     lambda seed: NeuralFusion(have, labs, cfg, ct_weights, pet_feature_columns=pet,
+                                               fold_models=fold_models),
+                     oracle=oracle, val_fraction=cfg.train.val_fraction,
+                     requires=tuple(f.model for f in fold_models.values()))
 
 
 def chapter_table(cohort, run_dir, progress: bool = True) -> pd.DataFrame:
@@ -377,10 +467,24 @@ def chapter_table(cohort, run_dir, progress: bool = True) -> pd.DataFrame:
     return feature_table(cohort, pet)
 
 
+#: Training of a fusion whose image branches are the fold models' scores: only small networks on a
+#: few numbers per patient learn, so many more, larger steps than a CNN's (chosen on a tuning cohort
+#: of another seed, benchmarks/tune_frozen_fusion.py; never on the demo's test folds).
+SCORE_FUSION_TRAINING = {"epochs": 150, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-2}
+#: ... and its network: each table branch a single projection of the values, to 16 numbers.
+SCORE_FUSION_NETWORK = {"lab_width": 0, "dim": 16}
+
+
 def fusion_config(profile, mechanism: str, **train_overrides) -> FusionConfig:
+    """The settings of a neural fusion under ``profile`` (its epochs and batch size, or, with image
+    branches from the fold models, :data:`SCORE_FUSION_TRAINING`)."""
     from .train import config_from_profile
 
-    return FusionConfig(train=replace(config_from_profile(profile), **train_overrides), mechanism=mechanism)
+    base = config_from_profile(profile)
+    if getattr(profile, "fusion_image_branches", "end_to_end") == "fold_models":
+        return FusionConfig(train=replace(base, **{**SCORE_FUSION_TRAINING, **train_overrides}), mechanism=mechanism,
+                            **SCORE_FUSION_NETWORK)
+    return FusionConfig(train=replace(base, **train_overrides), mechanism=mechanism)
 
 
 #: The models of chapter 04 besides the unimodal ones of chapters 02-03: name -> (modalities, description).
@@ -402,9 +506,13 @@ def fusion_modalities(mods: list[str], profile) -> list[str]:
     return [*mods[:i], "pet_features", *mods[i:]]
 
 
-def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04") -> list[ModelSpec]:
+def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", run_dir=None) -> list[ModelSpec]:
     """The models chapter 04 trains: the pretrained CT CNN, the four fusions (the profile's mechanism,
-    pretrained CT branch) and, for laboratory values + SR-PET + CT, the other two mechanisms."""
+    pretrained CT branch) and, for laboratory values + SR-PET + CT, the other two mechanisms.
+
+    With ``profile.fusion_image_branches == "fold_models"`` the neural fusions' image branches are the
+    scores of the fold models that ``run_dir`` holds: the PET CNN of chapter 03 and the pretrained CT
+    CNN of this chapter (the CT CNN of chapter 03 when there is no pretraining)."""
     from .tabular import make_model, table_spec
     from .train import config_from_profile, image_spec, input_description
 
@@ -419,20 +527,33 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04") -
     mech = profile.fusion_mechanism
     pretrained = " (CT branch pretrained)" if ct_state is not None else ""
 
+    branches = getattr(profile, "fusion_image_branches", "end_to_end")
+    if branches not in ("end_to_end", "fold_models"):
+        raise ValueError(f"fusion_image_branches must be 'end_to_end' or 'fold_models', not {branches!r}")
+    fold_models = None
+    if branches == "fold_models":
+        if run_dir is None:
+            raise ValueError("fusions with image branches from the fold models need the run folder (run_dir)")
+        ct_source = "ct_cnn_pretrained" if ct_state is not None else "ct_cnn"
+        fold_models = {"pet": FoldModelScores(run_dir, "pet_cnn", "pet"), "ct": FoldModelScores(run_dir, ct_source, "ct")}
+        pretrained = " (CT CNN pretrained)" if ct_state is not None else ""
+
     def text_of(mods, text, mechanism):
-        lesions = " (CNN and lesion features)" if "pet_features" in fusion_modalities(mods, profile) else ""
+        cnn = "CNN score" if fold_models else "CNN"
+        lesions = f" ({cnn} and lesion features)" if "pet_features" in fusion_modalities(mods, profile) else ""
+        images = ", image branches: the fold's unimodal CNN scores" if fold_models and {"pet", "ct"} & set(mods) else ""
         return (text.replace("SR-PET", f"SR-PET{lesions}") + f", {mechanism} fusion"
-                + (pretrained if "ct" in mods else ""))
+                + (pretrained if "ct" in mods else "") + images)
 
     for name, (mods, text) in FUSIONS.items():
         specs.append(neural_fusion_spec(name, chapter, text_of(mods, text, mech), fusion_modalities(mods, profile),
-                                        cohort, fusion_config(profile, mech),
-                                        ct_weights=ct_state, oracle="all" if len(mods) == 3 else None))
+                                        cohort, fusion_config(profile, mech), ct_weights=ct_state,
+                                        oracle="all" if len(mods) == 3 else None, fold_models=fold_models))
     mods, text = FUSIONS[HEADLINE]
     for other in [m for m in ("intermediate", "adaptive") if m != mech]:
         specs.append(neural_fusion_spec(f"lab_pet_ct_{other}", chapter, text_of(mods, text, other),
-                                        fusion_modalities(mods, profile), cohort,
-                                        fusion_config(profile, other), ct_weights=ct_state, oracle="all"))
+                                        fusion_modalities(mods, profile), cohort, fusion_config(profile, other),
+                                        ct_weights=ct_state, oracle="all", fold_models=fold_models))
     labs = list(cohort.labs)
     bases = [table_spec("lab_rf", chapter, "labs", labs or None, lambda s: make_model("rf", s, profile)),
              image_spec("pet_cnn", "pet", cfg, chapter, "PET", "pet" in cohort.modalities),
@@ -441,7 +562,8 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04") -
     specs.append(late_fusion_spec("lab_pet_ct_late", chapter, "laboratory values + SR-PET + CT, late fusion "
                                   "(stacking of the unimodal models)", bases, profile.late_inner_folds, oracle="all"))
     subsets = {"headline": {"ct_cnn_pretrained", HEADLINE, "lab_pet_ct_late"},  # one model of each kind
-               "fusion": {"ct_cnn_pretrained", HEADLINE}}  # without the nested CNN training of late fusion
+               "fusion": {"ct_cnn_pretrained", HEADLINE},  # without the nested CNN training of late fusion
+               "neural": {s.name for s in specs} - {"lab_pet_ct_late"}}
     if profile.fusion_models in subsets:
         keep = subsets[profile.fusion_models]
         specs = [s if s.name in keep or s.build is None else
@@ -449,11 +571,26 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04") -
                                                f"(fusion_models = {profile.fusion_models})")
                  for s in specs]
     elif profile.fusion_models != "all":
-        raise ValueError(f"fusion_models must be 'all', 'headline' or 'fusion', not {profile.fusion_models!r}")
+        raise ValueError(f"fusion_models must be 'all', 'neural', 'headline' or 'fusion', not {profile.fusion_models!r}")
     return specs
 
 
 # ---- what chapter 04 shows ---------------------------------------------------------------------------
+def image_branches_text(profile, ct_pretrained: bool) -> str:
+    """How this run's neural fusions get their SR-PET and CT branches, in a sentence or two (Markdown)."""
+    if getattr(profile, "fusion_image_branches", "end_to_end") == "fold_models":
+        ct = "the pretrained CT CNN above" if ct_pretrained else "the CT CNN of chapter 3"
+        return ("In this run (profile setting `fusion_image_branches: fold_models`) the fusions train no CNN of their "
+                "own: their SR-PET and CT branches are given the score of the fold's unimodal CNN (the PET CNN of "
+                f"chapter 3 and {ct}), standardised on the fitting patients. That CNN was trained on exactly the "
+                "same training patients: a fingerprint of the two patient lists is saved with every checkpoint and "
+                "checked, so no test patient of the fold reached it. Only the fusion's small networks learn, which "
+                "keeps the chapter within minutes on a laptop CPU; the paper profile trains the encoders end to end.")
+    start = " (the CT encoder from the pretrained weights)" if ct_pretrained else ""
+    return f"In this run the fusions train their SR-PET and CT encoders end to end{start}, with the rest of the network."
+
+
+
 SEVEN = ["lab_rf", "pet_cnn", "ct_cnn", "lab_pet_fusion", "lab_ct_fusion", "pet_ct_fusion", HEADLINE]
 UNIMODAL = ["lab_rf", "pet_cnn", "ct_cnn", "ct_cnn_pretrained"]
 #: The strongest classical baseline of chapter 02 (Random Forest on laboratory values + PET features).

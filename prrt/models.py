@@ -99,6 +99,14 @@ class TrainingPart:
     def all(self) -> list[str]:
         return sorted(self.fit + self.val)
 
+    def digest(self) -> str:
+        """A fingerprint of the two parts (saved with a fold's checkpoint, so that a model that reuses a
+        fold model can check that it was trained on exactly these patients; the IDs are not stored)."""
+        import hashlib
+
+        text = "fit:" + ",".join(sorted(self.fit)) + "|val:" + ",".join(sorted(self.val))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @dataclass
 class FitRecord:
@@ -127,6 +135,8 @@ class ModelSpec:
     predicted (``"table"``, ``"pet"``, ``"ct"``); a model that copes with a missing modality (the
     fusion models) lists none. ``val_fraction`` > 0 draws an inner validation part from each training
     fold. ``permutation_repeats`` > 0 computes permutation importance on each held-out fold.
+    ``requires`` names models whose fold checkpoints this one reads (see
+    :class:`prrt.fusion.FoldModelScores`): :func:`run_models` fits those first.
     """
 
     name: str
@@ -139,6 +149,7 @@ class ModelSpec:
     val_fraction: float = 0.0
     permutation_repeats: int = 0
     columns: list[str] | None = None  # the table columns the model reads (for importances)
+    requires: tuple[str, ...] = ()
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -324,20 +335,26 @@ def run_models(specs: list[ModelSpec], data: ModelData, cohort, splits: pd.DataF
 
     engine = engine or Sequential()
     runnable = [spec for spec in specs if spec.build is not None]
-    if isinstance(engine, Sequential):  # one progress bar per model
-        outs = {}
-        for spec in runnable:
-            outs.update(fold_outputs([spec], data, splits, seed, progress, keep_models, engine))
-    else:
-        outs = fold_outputs(runnable, data, splits, seed, progress, keep_models, engine) if runnable else {}
-    results, rows = {}, []
+    # models that read other models' fold checkpoints (``requires``) wait until those are written
+    names = {spec.name for spec in runnable}
+    waves = [[s for s in runnable if not set(s.requires) & names], [s for s in runnable if set(s.requires) & names]]
+    results = {}
+    for wave in [w for w in waves if w]:
+        if isinstance(engine, Sequential):  # one progress bar per model
+            outs = {}
+            for spec in wave:
+                outs.update(fold_outputs([spec], data, splits, seed, progress, keep_models, engine))
+        else:
+            outs = fold_outputs(wave, data, splits, seed, progress, keep_models, engine)
+        for spec in wave:
+            results[spec.name] = res = collect(spec, outs[spec.name], run_dir)
+            write_predictions(run_dir, spec.name, res.predictions)
+    rows = []
     for spec in specs:
         if spec.build is None:
             rows.append(skipped(spec.name, spec.chapter, spec.inputs, spec.reason))
             continue
-        res = collect(spec, outs[spec.name], run_dir)
-        write_predictions(run_dir, spec.name, res.predictions)
-        results[spec.name] = res
         rows.append({"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",
-                     **summarise(res.predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
+                     **summarise(results[spec.name].predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
+    results = {spec.name: results[spec.name] for spec in runnable}
     return results, rows

@@ -68,12 +68,18 @@ class Profile:
     fusion_pet_features:
         Whether the neural fusions' SR-PET part reads, besides the PET CNN's embedding, the lesion
         features of chapter 02 (SUVmax, SUVmean, SUVpeak, MTV, ...) through a small network of its own.
+    fusion_image_branches:
+        ``end_to_end``: each neural fusion trains CNN encoders for SR-PET and CT of its own, with the
+        rest of the network; ``fold_models``: its SR-PET and CT branches are given the score of the
+        fold's unimodal CNN (the PET CNN of chapter 03, the pretrained CT CNN of chapter 04), which
+        was trained on the same training patients, and only the small networks of the fusion learn
+        (minutes instead of hours on a CPU; see :class:`prrt.fusion.FoldModelScores`).
     fusion_models:
         Which models chapter 04 trains: ``all`` (the seven models and the three mechanisms),
-        ``headline`` (one model of each kind: the pretrained CT CNN, the laboratory + SR-PET + CT
-        fusion and its late fusion) or ``fusion`` (the pretrained CT CNN and that fusion; the demo
-        profile's until the cost of the others on a laptop CPU is measured). The others are listed
-        as skipped, with this reason.
+        ``neural`` (all but the late fusion, whose nested cross-validation trains each CNN four times
+        per fold: the demo profile's, for a laptop CPU), ``headline`` (one model of each kind: the
+        pretrained CT CNN, the laboratory + SR-PET + CT fusion and its late fusion) or ``fusion``
+        (the pretrained CT CNN and that fusion). The others are listed as skipped, with this reason.
     display_size_voxels:
         Grid of the images the book shows (finer than the networks' input where CPU time is short).
     """
@@ -100,6 +106,7 @@ class Profile:
     fusion_mechanism: str = "adaptive"
     late_inner_folds: int = 3
     fusion_pet_features: bool = True
+    fusion_image_branches: str = "end_to_end"
     fusion_models: str = "all"
     display_size_voxels: tuple[int, int, int] = (96, 96, 80)
     description: str = ""
@@ -134,6 +141,7 @@ PROFILES: dict[str, Profile] = {
         n_bootstrap=200,
         pretrain_epochs=2,
         late_inner_folds=2,
+        fusion_image_branches="fold_models",
         fusion_models="headline",
         description="Tiny volumes and few repeats: proves that every notebook runs end to end.",
     ),
@@ -149,7 +157,8 @@ PROFILES: dict[str, Profile] = {
         montage_patients=4,
         rf_trees=300,
         permutation_repeats=3,
-        fusion_models="fusion",
+        fusion_image_branches="fold_models",
+        fusion_models="neural",
         description="Sized for the synthetic cohort on a 2-core laptop CPU.",
     ),
     "paper": Profile(

@@ -318,7 +318,8 @@ class ImageModel:
         self.device = select_device(self.cfg.device)
         return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(), "config": self.cfg.to_dict(),
                                                      "best_epoch": out.best_epoch,
-                                                     "in_channels": int(images.x.shape[1])})
+                                                     "in_channels": int(images.x.shape[1]),
+                                                     "modality": self.modality, "training_part": part.digest()})
 
     def predict(self, data, patients: list[str]) -> np.ndarray:
         x = data.images[self.modality].take(patients)

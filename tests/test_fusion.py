@@ -44,8 +44,9 @@ def test_late_fusion_stacks_on_inner_out_of_fold_predictions_only():
     assert per_repeat_metrics(res.predictions)["auroc"].mean() > 0.7
 
 
-def _multimodal(n=36, seed=0, size=(8, 8, 6)):
-    """Labs carry signal; PET images a bright cube for short PFS; CT noise. Some modalities missing."""
+def _multimodal(n=36, seed=0, size=(8, 8, 6), missing=True):
+    """Labs carry signal; PET images a bright cube for short PFS; CT noise. Some modalities missing
+    (with ``missing=False`` every patient has both images)."""
     rng = np.random.default_rng(seed)
     y = pd.Series(np.r_[np.ones(13), np.zeros(n - 13), [np.nan]], index=[f"P{i:03d}" for i in range(n + 1)])
     lab = y.fillna(0).to_numpy()
@@ -63,8 +64,8 @@ def _multimodal(n=36, seed=0, size=(8, 8, 6)):
     pet = torch.from_numpy(rng.random((n + 1, 2, *size)).astype(np.float32) * 0.3)
     pet[np.flatnonzero(lab == 1), 0, 2:5, 2:5, 2:4] += 0.8
     ct = torch.from_numpy(rng.random((n + 1, 2, *size)).astype(np.float32))
-    keep_pet = [i for i, p in enumerate(ids) if p not in no_pet]
-    keep_ct = [i for i, p in enumerate(ids) if p not in no_ct]
+    keep_pet = [i for i, p in enumerate(ids) if p not in no_pet or not missing]
+    keep_ct = [i for i, p in enumerate(ids) if p not in no_ct or not missing]
     data = models.ModelData(y, table=X, images={
         "pet": models.ImageSet(pet[keep_pet], [ids[i] for i in keep_pet]),
         "ct": models.ImageSet(ct[keep_ct], [ids[i] for i in keep_ct])})
@@ -198,7 +199,7 @@ def test_the_fusions_sr_pet_part_reads_the_lesion_features_when_the_profile_says
         labs = ["cga", "ggt"]
         modalities = ["pet", "ct"]
 
-    smoke = get_profile("smoke")
+    smoke = replace(get_profile("smoke"), fusion_image_branches="end_to_end")
     specs = {s.name: s for s in fusion.chapter_specs(Full(), replace(smoke, fusion_models="all"), None)}
     head = specs["lab_pet_ct_fusion"]
     assert head.inputs == "laboratory values + SR-PET (CNN and lesion features) + CT, adaptive fusion"
@@ -239,3 +240,101 @@ def test_chapter_table_takes_the_lesion_features_chapter_02_wrote(tmp_path):
     np.testing.assert_array_equal(X[FEATURES].to_numpy(), pet.to_numpy())
     Cohort.modalities = []
     assert list(fusion.chapter_table(Cohort(), tmp_path).columns) == ["cga", "age"]
+
+
+def test_fold_model_branches_read_the_cnn_trained_on_the_same_training_part(tmp_path):
+    """With image branches from the fold models, a fusion loads, for each fold, the unimodal CNN's
+    checkpoint of exactly that training part; the loop fits that CNN first; a fold without such a
+    checkpoint is a clear error, never another fold's CNN (which saw this fold's test patients)."""
+    data, y, (no_pet, no_ct, no_labs) = _multimodal()
+    complete, _, _ = _multimodal(missing=False)  # the unimodal CNNs need every patient's image
+    s = sp.make_splits(y, 3, 2, 0)
+    tcfg = train.TrainConfig(epochs=2, batch_size=8)
+    pet_cnn = train.image_spec("pet_cnn", "pet", tcfg, "03", "PET", True)
+    models.run_models([pet_cnn], complete, None, s, _Profile(), 0, tmp_path)  # chapter 03 (another call)
+    ct_cnn = train.image_spec("ct_cnn_pretrained", "ct", tcfg, "04", "CT", True)
+    scores = {"pet": fusion.FoldModelScores(tmp_path, "pet_cnn", "pet"),
+              "ct": fusion.FoldModelScores(tmp_path, "ct_cnn_pretrained", "ct")}
+    cfg = fusion.FusionConfig(train.TrainConfig(epochs=3, batch_size=32, lr=3e-3), mechanism="adaptive")
+    spec = fusion.neural_fusion_spec("f", "04", "labs + PET + CT", ["labs", "pet_features", "pet", "ct"], _Cohort(),
+                                     cfg, fold_models=scores)
+    assert spec.requires == ("pet_cnn", "ct_cnn_pretrained")
+    # the fusion comes first in the list: the loop still fits the CT CNN it reads before it
+    ct_first = models.run_models([ct_cnn], complete, None, s, _Profile(), 0, tmp_path / "ct_alone")[0]
+    results, rows = models.run_models([spec, ct_cnn], complete, None, s, _Profile(), 0, tmp_path, keep_models=True)
+    pd.testing.assert_frame_equal(results["ct_cnn_pretrained"].predictions, ct_first["ct_cnn_pretrained"].predictions)
+    assert [r["model"] for r in rows] == ["f", "ct_cnn_pretrained"] and list(results) == ["f", "ct_cnn_pretrained"]
+    p = results["f"].predictions
+    assert np.isfinite(p["probability"]).all() and set(p.loc[p["fold"] == -1, "patient"]) == {"P036"}
+    # a fitted fusion predicts patients without PET, CT or labs (their branches masked)
+    assert np.isfinite(results["f"].models[(0, 0)].predict(data, list(y.index))).all()
+    for f in sp.iter_folds(s):
+        m = results["f"].models[(f.repeat, f.fold)]
+        part = models.inner_split(f.train, y, cfg.train.val_fraction, models.fold_seed(0, f.repeat, f.fold))
+        ck = torch.load(tmp_path / "checkpoints" / "pet_cnn" / f"r{f.repeat}_f{f.fold}.pt", weights_only=True)
+        assert ck["training_part"] == part.digest()
+        for name, value in ck["state_dict"].items():  # the fold's own PET CNN, weight for weight
+            assert torch.equal(m.scorers_["pet"].state_dict()[name], value), name
+        fused = torch.load(tmp_path / "checkpoints" / "f" / f"r{f.repeat}_f{f.fold}.pt", weights_only=True)
+        assert fused["fold_models"] == {"pet": "pet_cnn", "ct": "ct_cnn_pretrained"}
+        # the branch is one standardised number: mean 0, SD 1 over the fitting patients that have a PET
+        z = m._inputs(complete, part.fit)["pet"][:, 0].numpy()
+        assert abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-4
+    w = m.modality_weights(data, no_pet)
+    assert (w.loc[no_pet, ["pet", "pet_features"]] == 0).all().all()
+    # a training part no checkpoint was trained on
+    other = models.TrainingPart(fit=list(y.dropna().index[:20]), val=list(y.dropna().index[20:26]))
+    with pytest.raises(FileNotFoundError, match=r"reads the fold models of pet_cnn \(chapter 03\).*no checkpoint trained "
+                                                r"on this fold's training part"):
+        scores["pet"].load(other)
+
+
+class _Profile:
+    n_bootstrap = 20
+
+
+def test_chapter_specs_with_fold_model_branches():
+    from dataclasses import replace
+
+    from prrt.profiles import get_profile
+
+    class Full:
+        labs = ["cga", "ggt"]
+        modalities = ["pet", "ct"]
+
+    smoke = replace(get_profile("smoke"), fusion_models="all")
+    assert smoke.fusion_image_branches == "fold_models" and get_profile("demo").fusion_image_branches == "fold_models"
+    assert get_profile("paper").fusion_image_branches == "end_to_end"
+    with pytest.raises(ValueError, match="need the run folder"):
+        fusion.chapter_specs(Full(), smoke, None)
+    with pytest.raises(ValueError, match="fusion_image_branches must be 'end_to_end' or 'fold_models', not 'cnn'"):
+        fusion.chapter_specs(Full(), replace(smoke, fusion_image_branches="cnn"), None, run_dir="r")
+    specs = {s.name: s for s in fusion.chapter_specs(Full(), smoke, {"w": torch.zeros(1)}, run_dir="r")}
+    head = specs["lab_pet_ct_fusion"]
+    assert head.inputs == ("laboratory values + SR-PET (CNN score and lesion features) + CT, adaptive fusion "
+                           "(CT CNN pretrained), image branches: the fold's unimodal CNN scores")
+    assert head.requires == ("pet_cnn", "ct_cnn_pretrained")
+    assert head.build(0).cfg.train.epochs == fusion.SCORE_FUSION_TRAINING["epochs"]
+    assert specs["lab_ct_fusion"].requires == ("ct_cnn_pretrained",) and specs["lab_pet_fusion"].requires == ("pet_cnn",)
+    assert specs["lab_pet_ct_late"].requires == ()
+    scratch = {s.name: s for s in fusion.chapter_specs(Full(), smoke, None, run_dir="r")}  # no pretraining
+    assert scratch["pet_ct_fusion"].requires == ("pet_cnn", "ct_cnn")
+    assert scratch["lab_pet_ct_fusion"].inputs.endswith("adaptive fusion, image branches: the fold's unimodal CNN scores")
+    demo = {s.name: s for s in fusion.chapter_specs(Full(), get_profile("demo"), None, run_dir="r")}
+    assert [n for n, s in demo.items() if s.build is None] == ["ct_cnn_pretrained", "lab_pet_ct_late"]
+    assert demo["lab_pet_ct_late"].reason == "not trained in the demo profile (fusion_models = neural)"
+
+
+def test_image_branches_text_says_how_the_run_trained_them():
+    from dataclasses import replace
+
+    from prrt.profiles import get_profile
+
+    demo = get_profile("demo")
+    text = fusion.image_branches_text(demo, True)
+    assert "train no CNN of their own" in text and "the pretrained CT CNN above" in text
+    assert "the CT CNN of chapter 3)" in fusion.image_branches_text(demo, False)
+    assert fusion.image_branches_text(replace(demo, fusion_image_branches="end_to_end"), True) == (
+        "In this run the fusions train their SR-PET and CT encoders end to end (the CT encoder from the pretrained "
+        "weights), with the rest of the network.")
+    assert fusion.image_branches_text(get_profile("paper"), False).endswith("end to end, with the rest of the network.")

@@ -203,3 +203,12 @@ def test_inner_split_reads_the_seed_modulo_2_to_the_32(chapter):
     cohort, data, splits, specs, profile = chapter
     train = list(next(sp.iter_folds(splits)).train)
     assert models.inner_split(train, data.y, 0.2, 2**32 + 5) == models.inner_split(train, data.y, 0.2, 5)
+
+
+def test_training_part_digest_tells_parts_apart_and_ignores_order():
+    a = models.TrainingPart(fit=["P1", "P2", "P3"], val=["P4"])
+    assert a.digest() == models.TrainingPart(fit=["P3", "P1", "P2"], val=["P4"]).digest()
+    others = [models.TrainingPart(fit=["P1", "P2", "P4"], val=["P3"]), models.TrainingPart(fit=["P1", "P2", "P3"], val=[]),
+              models.TrainingPart(fit=["P1", "P2", "P3", "P4"], val=[]), models.TrainingPart(fit=["P1", "P2"], val=["P3", "P4"])]
+    assert len({a.digest(), *[o.digest() for o in others]}) == 5
+    assert a.digest() == __import__("hashlib").sha256(b"fit:P1,P2,P3|val:P4").hexdigest()[:16]
