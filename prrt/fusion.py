@@ -286,7 +286,7 @@ class NeuralFusion:
                 have = [i for i, p in enumerate(patients) if data.has(p, m)]
                 if have:
                     mean, sd = self.score_scale_[m]
-                    z = (_scores(self.scorers_[m], data.images[m].take([patients[i] for i in have])) - mean) / sd
+                    z = (self._raw_scores(data, m, [patients[i] for i in have]) - mean) / sd
                     x[have, 0] = torch.as_tensor(z, dtype=torch.float32)
                 out[m] = x
             else:
@@ -330,9 +330,12 @@ class NeuralFusion:
             if m not in TABULAR and m not in self.shapes_:
                 raise ValueError(f"fusion needs {m.upper()} images for some patients; the data has none")
         self.scorers_, self.score_scale_ = {}, {}  # the fold's CNNs; their scores' mean and SD on the fitting part
+        self._known = {}  # while fitting: the training patients' scores, computed once
         for m, source in self.fold_models.items():
             self.scorers_[m] = source.load(part)
-            fit_scores = _scores(self.scorers_[m], data.images[m].take([p for p in part.fit if data.has(p, m)]))
+            ids = [p for p in part.fit + part.val if data.has(p, m)]
+            self._known[m] = dict(zip(ids, _scores(self.scorers_[m], data.images[m].take(ids)))) if ids else {}
+            fit_scores = np.array([self._known[m][p] for p in part.fit if p in self._known[m]])
             self.score_scale_[m] = (float(fit_scores.mean()), float(fit_scores.std()) or 1.0) if len(fit_scores) else (0.0, 1.0)
         self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
         for m in [m for m in self.modalities if m in TABULAR]:
@@ -360,12 +363,19 @@ class NeuralFusion:
                           bn_forward=lambda rows: model({m: _to_device(v[rows], device) for m, v in x_fit.items()},
                                                         pr_fit[rows].to(device)),
                           desc=desc or "fusion", progress=progress)
-        self.model = out.model
+        self.model, self._known = out.model, {}
         return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(),
                                                      "modalities": self.modalities,
                                                      "mechanism": self.cfg.mechanism,
                                                      "fold_models": {m: f.model for m, f in self.fold_models.items()},
                                                      "training_part": part.digest()})
+
+    def _raw_scores(self, data, m: str, patients: list[str]) -> np.ndarray:
+        """The fold CNN's scores of ``patients`` (those computed while fitting are not computed again)."""
+        known = getattr(self, "_known", {}).get(m, {})
+        if all(p in known for p in patients):
+            return np.array([known[p] for p in patients], dtype=np.float32)
+        return _scores(self.scorers_[m], data.images[m].take(patients))
 
     @torch.no_grad()
     def _raw(self, x, present, weights: bool = False):
