@@ -174,6 +174,11 @@ def main(argv=None) -> int:
         # mutant without a kill that is not listed as equivalent (the tests may have changed since); the
         # second, the mutants of functions that changed since the last run, which mutmut regenerates
         # untested when it starts.
+        elif some := sorted(n for n in results(mutmut) if area_of(n))[:1]:
+            # mutmut regenerates the mutants of changed functions only when it starts: start it on one
+            # mutant (tested again, a few seconds) so that the rounds below see the new ones. Without
+            # this, a run with no survivors never started mutmut and missed every changed function.
+            run_mutmut(mutmut, some, args.max_children, env)
         listed = equivalent_mutants()
         for first in ([False] if full else [True, False]):
             todo = sorted(n for n, s in results(mutmut).items()
