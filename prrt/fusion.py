@@ -492,8 +492,9 @@ def fusion_config(profile, mechanism: str, **train_overrides) -> FusionConfig:
 
     base = config_from_profile(profile)
     if getattr(profile, "fusion_image_branches", "end_to_end") == "fold_models":
-        return FusionConfig(train=replace(base, **{**SCORE_FUSION_TRAINING, **train_overrides}), mechanism=mechanism,
-                            **SCORE_FUSION_NETWORK)
+        epochs = {"epochs": getattr(profile, "fusion_score_epochs", SCORE_FUSION_TRAINING["epochs"])}
+        return FusionConfig(train=replace(base, **{**SCORE_FUSION_TRAINING, **epochs, **train_overrides}),
+                            mechanism=mechanism, **SCORE_FUSION_NETWORK)
     return FusionConfig(train=replace(base, **train_overrides), mechanism=mechanism)
 
 

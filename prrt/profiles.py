@@ -74,6 +74,9 @@ class Profile:
         fold's unimodal CNN (the PET CNN of chapter 03, the pretrained CT CNN of chapter 04), which
         was trained on the same training patients, and only the small networks of the fusion learn
         (minutes instead of hours on a CPU; see :class:`prrt.fusion.FoldModelScores`).
+    fusion_score_epochs:
+        Epochs of a fusion whose image branches are the fold models' scores (the other training settings
+        are :data:`prrt.fusion.SCORE_FUSION_TRAINING`).
     fusion_models:
         Which models chapter 04 trains: ``all`` (the seven models and the three mechanisms),
         ``neural`` (all but the late fusion, whose nested cross-validation trains each CNN four times
@@ -107,6 +110,7 @@ class Profile:
     late_inner_folds: int = 3
     fusion_pet_features: bool = True
     fusion_image_branches: str = "end_to_end"
+    fusion_score_epochs: int = 150
     fusion_models: str = "all"
     display_size_voxels: tuple[int, int, int] = (96, 96, 80)
     description: str = ""
@@ -142,6 +146,7 @@ PROFILES: dict[str, Profile] = {
         pretrain_epochs=2,
         late_inner_folds=2,
         fusion_image_branches="fold_models",
+        fusion_score_epochs=10,
         fusion_models="headline",
         description="Tiny volumes and few repeats: proves that every notebook runs end to end.",
     ),

@@ -314,7 +314,9 @@ def test_chapter_specs_with_fold_model_branches():
     assert head.inputs == ("laboratory values + SR-PET (CNN score and lesion features) + CT, adaptive fusion "
                            "(CT CNN pretrained), image branches: the fold's unimodal CNN scores")
     assert head.requires == ("pet_cnn", "ct_cnn_pretrained")
-    assert head.build(0).cfg.train.epochs == fusion.SCORE_FUSION_TRAINING["epochs"]
+    assert head.build(0).cfg.train.epochs == 10 and head.build(0).cfg.train.batch_size == 64  # smoke: 10 epochs
+    demo_head = {s.name: s for s in fusion.chapter_specs(Full(), get_profile("demo"), None, run_dir="r")}[fusion.HEADLINE]
+    assert demo_head.build(0).cfg.train.epochs == fusion.SCORE_FUSION_TRAINING["epochs"] == 150
     assert specs["lab_ct_fusion"].requires == ("ct_cnn_pretrained",) and specs["lab_pet_fusion"].requires == ("pet_cnn",)
     assert specs["lab_pet_ct_late"].requires == ()
     scratch = {s.name: s for s in fusion.chapter_specs(Full(), smoke, None, run_dir="r")}  # no pretraining
