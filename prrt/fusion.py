@@ -601,7 +601,6 @@ def image_branches_text(profile, ct_pretrained: bool) -> str:
     return f"In this run the fusions train their SR-PET and CT encoders end to end{start}, with the rest of the network."
 
 
-
 SEVEN = ["lab_rf", "pet_cnn", "ct_cnn", "lab_pet_fusion", "lab_ct_fusion", "pet_ct_fusion", HEADLINE]
 UNIMODAL = ["lab_rf", "pet_cnn", "ct_cnn", "ct_cnn_pretrained"]
 #: The strongest classical baseline of chapter 02 (Random Forest on laboratory values + PET features).

@@ -335,11 +335,15 @@ def run_models(specs: list[ModelSpec], data: ModelData, cohort, splits: pd.DataF
 
     engine = engine or Sequential()
     runnable = [spec for spec in specs if spec.build is not None]
-    # models that read other models' fold checkpoints (``requires``) wait until those are written
-    names = {spec.name for spec in runnable}
-    waves = [[s for s in runnable if not set(s.requires) & names], [s for s in runnable if set(s.requires) & names]]
-    results = {}
-    for wave in [w for w in waves if w]:
+    # models that read other models' fold checkpoints (``requires``) wait until those are written:
+    # each wave holds the models whose required models of this call have all been fitted
+    results, pending = {}, list(runnable)
+    while pending:
+        waiting = {spec.name for spec in pending}
+        wave = [spec for spec in pending if not set(spec.requires) & waiting]
+        if not wave:
+            raise ValueError(f"these models require each other in a circle: {sorted(waiting)}")
+        pending = [spec for spec in pending if spec.name not in {w.name for w in wave}]
         if isinstance(engine, Sequential):  # one progress bar per model
             outs = {}
             for spec in wave:

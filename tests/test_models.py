@@ -214,3 +214,29 @@ def test_training_part_digest_tells_parts_apart_and_ignores_order():
     sha = lambda text: __import__("hashlib").sha256(text).hexdigest()[:16]
     assert a.digest() == sha(b"fit:P1,P2,P3|val:P4")
     assert models.TrainingPart(fit=["P1"], val=["P3", "P2"]).digest() == sha(b"fit:P1|val:P2,P3")
+
+
+def test_run_models_fits_required_models_first_through_a_chain_and_refuses_a_circle(tmp_path):
+    from prrt import tabular
+
+    rng = np.random.default_rng(0)
+    y = pd.Series((np.arange(30) % 3 == 0).astype(float), index=[f"P{i:03d}" for i in range(30)])
+    data = models.ModelData(y, table=pd.DataFrame({"a": rng.normal(size=30) + y}, index=y.index))
+    s = sp.make_splits(y, 3, 1, 0)
+    order = []
+
+    def spec(name, *requires):
+        def build(seed):
+            order.append(name)
+            return tabular.table_spec(name, "04", "a", ["a"], lambda s: LogisticRegression()).build(seed)
+        return replace(tabular.table_spec(name, "04", "a", ["a"], None), build=build, requires=requires)
+
+    class Profile:
+        n_bootstrap = 10
+
+    specs = [spec("c", "b"), spec("b", "a"), spec("a"), spec("d", "not_in_this_call")]
+    results, rows = models.run_models(specs, data, None, s, Profile(), 0, tmp_path)
+    assert [order[i] for i in range(0, len(order), 3)] == ["a", "d", "b", "c"]  # three folds each
+    assert list(results) == ["c", "b", "a", "d"] and [r["model"] for r in rows] == ["c", "b", "a", "d"]
+    with pytest.raises(ValueError, match=r"require each other in a circle: \['x', 'y'\]"):
+        models.run_models([spec("x", "y"), spec("y", "x"), spec("z")], data, None, s, Profile(), 0, tmp_path)
