@@ -164,13 +164,9 @@ class FoldModelScores:
 
     def load(self, part) -> nn.Module:
         """The fold's CNN (evaluation mode, on the CPU) trained on exactly ``part``."""
-        from .networks import ImageClassifier, build_encoder
+        from .networks import classifier_from_checkpoint
 
-        ck = torch.load(self._find(part.digest()), map_location="cpu", weights_only=True)
-        cfg = ck["config"]
-        net = ImageClassifier(build_encoder(cfg["encoder"], in_channels=int(ck["in_channels"])), cfg["dropout"])
-        net.load_state_dict(ck["state_dict"])
-        return net.eval()
+        return classifier_from_checkpoint(torch.load(self._find(part.digest()), map_location="cpu", weights_only=True))
 
 
 @torch.no_grad()
@@ -318,13 +314,14 @@ class NeuralFusion:
         return FusionNet(encoders, self.cfg.mechanism, self.cfg.dim, self.cfg.train.dropout)
 
     # -- interface
-    def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
+    def _prepare(self, data, part) -> FusionNet:
+        """Everything a fold's fusion learns besides its weights, from the fitting patients only (the
+        imputers and scalers of the table branches, the fold models' scores and their scale); returns
+        the freshly initialised network."""
         from sklearn.impute import SimpleImputer
         from sklearn.preprocessing import StandardScaler
 
-        cfg = self.cfg.train
-        seed_everything(seed)
-        self.device = select_device(cfg.device)
+        self.device = select_device(self.cfg.train.device)
         self.shapes_ = {m: tuple(data.images[m].x.shape[1:]) for m in self.modalities if m in data.images}
         for m in self.modalities:
             if m not in TABULAR and m not in self.shapes_:
@@ -342,7 +339,12 @@ class NeuralFusion:
             x = data.table.loc[part.fit, self.columns[m]]
             imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(x)
             self.tables_[m] = (imputer, StandardScaler().fit(imputer.transform(x)))
-        model = self._build(data)
+        return self._build(data)
+
+    def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
+        cfg = self.cfg.train
+        seed_everything(seed)
+        model = self._prepare(data, part)
         y_fit = data.y.loc[part.fit].to_numpy(float)
         x_fit, pr_fit = self._inputs(data, part.fit), self._present(data, part.fit)
         x_val, pr_val = self._inputs(data, part.val), self._present(data, part.val)
@@ -370,6 +372,25 @@ class NeuralFusion:
                                                      "fold_models": {m: f.model for m, f in self.fold_models.items()},
                                                      "training_part": part.digest()})
 
+    def restore(self, data, part, checkpoint: dict):
+        """The fold's fusion as ``fit`` left it on ``part``, from its checkpoint (no training): what it
+        learnt besides the weights is recomputed from the same fitting patients."""
+        if list(checkpoint["modalities"]) != self.modalities:
+            raise ValueError(f"the checkpoint's fusion has the branches {checkpoint['modalities']}, this one {self.modalities}")
+        model = self._prepare(data, part)
+        model.load_state_dict(checkpoint["state_dict"])
+        self.model, self.prevalence = model.to(self.device).eval(), float(data.y.loc[part.fit].mean())
+        return self
+
+    def remember_scores(self, data, patients: list[str]) -> None:
+        """Compute the fold models' scores of ``patients`` once and keep them (the images do not change
+        while the table is shuffled for permutation importance)."""
+        for m in self.fold_models:
+            known = self._known.setdefault(m, {})
+            ids = [p for p in patients if p not in known and data.has(p, m)]
+            if ids:
+                known.update(zip(ids, _scores(self.scorers_[m], data.images[m].take(ids))))
+
     def _raw_scores(self, data, m: str, patients: list[str]) -> np.ndarray:
         """The fold CNN's scores of ``patients`` (those computed while fitting are not computed again)."""
         known = getattr(self, "_known", {}).get(m, {})
@@ -391,10 +412,17 @@ class NeuralFusion:
         p = torch.cat(out).numpy() if out else np.zeros(0)
         return (p, torch.cat(ws).numpy()) if weights else p
 
-    def predict(self, data, patients: list[str]) -> np.ndarray:
+    def predict(self, data, patients: list[str], without: tuple[str, ...] = ()) -> np.ndarray:
+        """The probability of short PFS; ``without`` names branches masked as if the patients lacked
+        them (the missing-modality path; for the modality ablation of chapter 05)."""
         from .evaluate import prior_correction
 
-        p = self._raw(self._inputs(data, patients), self._present(data, patients))
+        present = self._present(data, patients)
+        for m in without:
+            if m not in self.modalities:
+                raise ValueError(f"the fusion has no {m!r} branch; it has {self.modalities}")
+            present[:, self.modalities.index(m)] = 0
+        p = self._raw(self._inputs(data, patients), present)
         return prior_correction(p, self.prevalence)
 
     @torch.no_grad()

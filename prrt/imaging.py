@@ -679,6 +679,27 @@ def box_of(arrays: dict) -> dict:
     return json.loads(str(arrays["box"]))
 
 
+def display_arrays(paths: dict, box: dict, size_voxels, patient: str | None = None) -> dict:
+    """One patient's images on a finer grid over the same box as the network's input, for figures.
+
+    ``box``: the input grid's record (:func:`box_of`); ``size_voxels``: the display grid's shape. The
+    display grid covers exactly the input grid's extent (same centre, voxels ``extent / size``), so a
+    map on the input grid upsampled to ``size_voxels`` (:func:`prrt.explain.upsample`) lies where it
+    belongs. Returns ``ct`` (HU), ``suv`` and ``mask`` (uint8) for the images in ``paths``.
+    """
+    centre = np.array([box[f"centre_{a}_mm"] for a in "xyz"], float)
+    extent = np.array([box[f"extent_{a}_mm"] for a in "xyz"], float)
+    size = np.array([int(s) for s in size_voxels])
+    spacing = extent / size
+    origin = centre - (size - 1) / 2 * spacing
+    images = {m: read_image(p, m, patient) for m, p in paths.items() if p is not None and m in ("ct", "pet", "mask")}
+    arrays = resample_images(images, size, grid_affine_ras(origin, spacing))
+    out = {}
+    for m, a in arrays.items():
+        out["suv" if m == "pet" else m] = (a > 0).astype(np.uint8) if m == "mask" else a.astype(np.float32)
+    return out
+
+
 # ---- cache --------------------------------------------------------------------------------------
 _HASHES: dict[tuple, str] = {}
 

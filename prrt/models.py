@@ -152,6 +152,56 @@ class ModelSpec:
     requires: tuple[str, ...] = ()
 
 
+# ---- fold models back from a run ------------------------------------------------------------------
+def checkpoint_path(run_dir, model: str, repeat: int, fold: int) -> Path:
+    return Path(run_dir) / "checkpoints" / model / f"r{repeat}_f{fold}.pt"
+
+
+def restore_fold_models(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed: int, run_dir,
+                        repeats=None, check: bool = True, tolerance: float = 1e-4) -> dict:
+    """The fold models that :func:`run_models` fitted for ``spec``, taken up from their checkpoints.
+
+    ``{(repeat, fold): model}`` for the ``repeats`` asked for (default: all). Each fold's training part
+    is drawn again exactly as when fitting; a checkpoint of other training patients (another split or
+    seed) is an error, as is a missing one. With ``check``, every restored model predicts its test
+    fold again and must give the probabilities of ``predictions/<model>.csv`` (within ``tolerance``),
+    so that an explanation is always of the model whose results the book reports.
+    """
+    import torch
+
+    from .results import read_predictions
+
+    if spec.build is None:
+        raise ValueError(f"{spec.name} did not run: {spec.reason}")
+    saved = read_predictions(run_dir, spec.name) if check else None
+    out = {}
+    for fold in iter_folds(splits):
+        if repeats is not None and fold.repeat not in repeats:
+            continue
+        s = fold_seed(seed, fold.repeat, fold.fold)
+        part = inner_split(fold.train, data.y, spec.val_fraction, s)
+        path = checkpoint_path(run_dir, spec.name, fold.repeat, fold.fold)
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec.name}: no checkpoint of repeat {fold.repeat}, fold {fold.fold} ({path}); "
+                                    f"run chapter {spec.chapter} first with the same splits and seed")
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck.get("training_part") != part.digest():
+            raise ValueError(f"{spec.name}: the checkpoint {path} was trained on other patients than repeat "
+                             f"{fold.repeat}, fold {fold.fold} of this run (another split or seed?)")
+        model = spec.build(seed)
+        model.restore(data, part, ck)
+        if check:
+            want = saved.query("repeat == @fold.repeat and fold == @fold.fold").set_index("patient")["probability"]
+            got = model.predict(data, list(want.index))
+            diff = float(np.max(np.abs(got - want.to_numpy()))) if len(want) else 0.0
+            if not len(want) or diff > tolerance:
+                raise ValueError(f"{spec.name}: the checkpoint {path} does not reproduce predictions/{spec.name}.csv "
+                                 f"for repeat {fold.repeat}, fold {fold.fold} (largest difference {diff:.2g}); "
+                                 "the run folder mixes results of different runs")
+        out[(fold.repeat, fold.fold)] = model
+    return out
+
+
 # ---- the loop --------------------------------------------------------------------------------------
 @dataclass
 class CVResult:
@@ -308,7 +358,7 @@ def collect(spec: ModelSpec, outs: list[FoldOutput], run_dir=None) -> CVResult:
             curves.append(record.curve.assign(repeat=out.repeat, fold=out.fold,
                                               best=lambda d, b=record.best_epoch: d["epoch"] == b))
         if run_dir is not None and record.checkpoint is not None:
-            ck = Path(run_dir) / "checkpoints" / spec.name / f"r{out.repeat}_f{out.fold}.pt"
+            ck = checkpoint_path(run_dir, spec.name, out.repeat, out.fold)
             ck.parent.mkdir(parents=True, exist_ok=True)
             torch.save(record.checkpoint, ck)
         if out.model is not None:

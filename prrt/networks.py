@@ -102,3 +102,12 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x)).squeeze(1)
+
+
+def classifier_from_checkpoint(checkpoint: dict) -> ImageClassifier:
+    """The CNN a fold checkpoint of an image model holds (``config``, ``in_channels``, ``state_dict``),
+    in evaluation mode on the CPU."""
+    cfg = checkpoint["config"]
+    net = ImageClassifier(build_encoder(cfg["encoder"], in_channels=int(checkpoint["in_channels"])), cfg["dropout"])
+    net.load_state_dict(checkpoint["state_dict"])
+    return net.eval()

@@ -132,19 +132,15 @@ def importance_plot(summary, title: str, xlabel: str, ax=None):
     return ax
 
 
-def km_risk_groups_plot(time, event, high, p_value: float, horizon_months: float | None = None, ax=None,
-                        title: str = ""):
-    """Kaplan–Meier curves of predicted high- and low-risk groups with the log-rank p-value."""
+def _km_groups(ax, time, event, groups, p_value: float, horizon_months, title: str, ci: bool):
+    """Kaplan–Meier curves of ``groups`` ``[(selection, label, colour), ...]`` with at-risk counts."""
     from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4.5))
-    time, event, high = np.asarray(time, float), np.asarray(event, int), np.asarray(high, bool)
     fitters = []
-    for mask, label, color in ((~high, "predicted low risk", "tab:green"), (high, "predicted high risk", "tab:red")):
-        km = KaplanMeierFitter(label=f"{label} (n={mask.sum()})").fit(time[mask], event[mask])
-        km.plot_survival_function(ax=ax, ci_show=True, color=color, show_censors=True,
+    for sel, label, color in groups:
+        km = KaplanMeierFitter(label=f"{label} (n={sel.sum()})").fit(time[sel], event[sel])
+        km.plot_survival_function(ax=ax, ci_show=ci, color=color, show_censors=True,
                                   censor_styles={"ms": 5, "marker": "|"})
         fitters.append(km)
     if horizon_months is not None:
@@ -155,6 +151,16 @@ def km_risk_groups_plot(time, event, high, p_value: float, horizon_months: float
     add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"])
     ax.figure.tight_layout()
     return ax
+
+
+def km_risk_groups_plot(time, event, high, p_value: float, horizon_months: float | None = None, ax=None,
+                        title: str = ""):
+    """Kaplan–Meier curves of predicted high- and low-risk groups with the log-rank p-value."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    time, event, high = np.asarray(time, float), np.asarray(event, int), np.asarray(high, bool)
+    groups = [(~high, "predicted low risk", "tab:green"), (high, "predicted high risk", "tab:red")]
+    return _km_groups(ax, time, event, groups, p_value, horizon_months, title, ci=True)
 
 
 def calibration_and_decision_plot(curves: dict, decision: dict):
@@ -237,4 +243,134 @@ def modality_weights_plot(weights, title: str = ""):
     ax.set_ylabel("weight in the fused embedding")
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+# ---- chapter 05: explanations ------------------------------------------------------------------------
+def gradcam_overlays(panels: list[dict], hu_window=(-160.0, 240.0), suv_max: float = 15.0):
+    """Grad-CAM maps over the images they explain: one row per panel, axial, coronal and sagittal
+    planes through the map's maximum (radiological convention, as :func:`montage`).
+
+    Each panel: ``title``, ``image`` (CT in HU or SR-PET in SUV, display grid, (x, y, z) in LPS order),
+    ``kind`` (``"ct"`` or ``"pet"``), ``map`` (0-1, same grid) and ``mask`` (the lesion mask, or None).
+    The map is drawn where it exceeds 0.2; the mask's outline in cyan; a cross marks the maximum.
+    """
+    fig, axes = plt.subplots(len(panels), 3, figsize=(9.5, 3.1 * len(panels)), squeeze=False)
+    for row, panel in enumerate(panels):
+        img, cam, mask = panel["image"], panel["map"], panel.get("mask")
+        peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        if panel["kind"] == "ct":
+            style = dict(cmap="gray", vmin=hu_window[0], vmax=hu_window[1])
+        else:
+            style = dict(cmap="gray_r", vmin=0, vmax=suv_max)
+        planes = [("axial", lambda a: a[:, :, peak[2]].T, "upper", (peak[0], peak[1])),
+                  ("coronal", lambda a: a[:, peak[1], :].T, "lower", (peak[0], peak[2])),
+                  ("sagittal", lambda a: a[peak[0], :, :].T, "lower", (peak[1], peak[2]))]
+        for ax, (name, cut, origin, (px, py)) in zip(axes[row], planes):
+            ax.imshow(cut(img), origin=origin, aspect="equal", **style)
+            ax.imshow(np.ma.masked_less(cut(cam), 0.2), cmap="jet", alpha=0.45, vmin=0, vmax=1, origin=origin,
+                      aspect="equal")
+            if mask is not None and cut(mask).any():
+                ax.contour(cut(mask), levels=[0.5], colors="cyan", linewidths=0.9, origin=origin)
+            ax.plot(px, py, "w+", ms=9, mew=1.5)
+            ax.set_title(f"{panel['title']}\n{name}" if name == "axial" else name, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def saliency_distribution(metrics, order: list[str] | None = None):
+    """Per model: each map's share of mass in the dilated lesion mask against its chance share (left),
+    and the pointing game's hit rate against chance (right)."""
+    models = order or list(dict.fromkeys(metrics["model"]))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
+    data = [metrics.loc[metrics["model"] == m].dropna(subset=["mass_in_mask"]) for m in models]
+    a.boxplot([d["mass_in_mask"] for d in data], showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(data, start=1):
+        a.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d["mass_in_mask"], s=5, alpha=0.3, color="0.3")
+        a.hlines(d["chance"].mean(), i - 0.35, i + 0.35, color="crimson", lw=2,
+                 label="chance (mask's share of the input)" if i == 1 else None)
+    a.set_xticks(range(1, len(models) + 1), labels=models)
+    a.set(ylabel="share of the map's mass in the lesion mask", ylim=(0, 1), title="saliency mass")
+    a.legend(loc="upper right", fontsize=8)
+    hits = [d["pointing_hit"].mean() for d in data]
+    chance = [d["chance"].mean() for d in data]
+    x = np.arange(len(models))
+    b.bar(x - 0.2, hits, 0.4, label="map's maximum in the lesion mask", color="tab:blue")
+    b.bar(x + 0.2, chance, 0.4, label="chance", color="0.7")
+    b.set_xticks(x, labels=models)
+    b.set(ylim=(0, 1), ylabel="share of maps", title="pointing game")
+    b.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def randomisation_curves(cascade, labels=None):
+    """Median rank correlation (with IQR) between the trained network's maps and those after
+    re-initialising its layers from the top, cumulatively; the permuted-label network as a point."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for i, (model, g) in enumerate(cascade.groupby("model", sort=False)):
+        q = g.groupby("step")["rank_correlation"].quantile([0.25, 0.5, 0.75]).unstack()
+        line = ax.plot(q.index, q[0.5], marker="o", label=model)[0]
+        ax.fill_between(q.index, q[0.25], q[0.75], color=line.get_color(), alpha=0.15)
+        if labels is not None and (labels["model"] == model).any():
+            ax.scatter([q.index.max() + 0.6 + 0.1 * i], [labels.loc[labels["model"] == model, "rank_correlation"].median()],
+                       marker="D", color=line.get_color(), zorder=3)
+    ax.axhline(0.5, color="crimson", ls="--", lw=1, label="flag: maps barely change (0.5)")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set(xlabel="layers re-initialised, from the top (diamonds: trained on permuted labels)",
+           ylabel="rank correlation with the trained maps", ylim=(-0.5, 1.05))
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def importance_side_by_side(table):
+    """The laboratory values' permutation importance in the fusion and in the Random Forest (chapter 02)."""
+    s = table.iloc[::-1]
+    both = "Random Forest: mean drop in AUROC" in s.columns
+    fig, axes = plt.subplots(1, 2 if both else 1, figsize=(11 if both else 6, 0.35 * len(s) + 1.4), squeeze=False,
+                             sharey=True)
+    axes = axes[0]
+    axes[0].barh(s.index, s["fusion: mean drop in AUROC"], xerr=s["fusion: SD"], color="tab:purple", alpha=0.8,
+                 capsize=2)
+    axes[0].set(title="inside the laboratory + SR-PET + CT fusion", xlabel="drop in AUROC (held-out folds)")
+    if both:
+        axes[1].barh(s.index, s["Random Forest: mean drop in AUROC"], xerr=s["Random Forest: SD"], color="tab:blue",
+                     alpha=0.8, capsize=2)
+        axes[1].set(title="laboratory Random Forest (chapter 2)", xlabel="drop in AUROC (held-out folds)")
+    for ax in axes:
+        ax.axvline(0, color="k", lw=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(table):
+    """Test-fold AUROC of the fusion with every modality and with each one masked, with 95 % CIs."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(table))
+    err = np.vstack([table["auroc_mean"] - table["ci_low"], table["ci_high"] - table["auroc_mean"]]).clip(min=0)
+    colors = ["tab:purple"] + ["0.6"] * (len(table) - 1)
+    ax.bar(x, table["auroc_mean"], yerr=err, color=colors, capsize=4)
+    for i, v in enumerate(table["auroc_mean"]):
+        ax.text(i, 0.02, f"{v:.2f}", ha="center", color="white", fontsize=9)
+    ax.axhline(0.5, color="crimson", ls="--", lw=1, label="chance")
+    ax.set_xticks(x, labels=list(table.index))
+    ax.set(ylim=(0, 1), ylabel="AUROC (test folds)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def km_groups_plot(time, event, group, order: list[str], p_value: float, horizon_months: float | None = None,
+                   title: str = ""):
+    """Kaplan–Meier curves of several predicted risk groups (``group``: each patient's, in ``order``)
+    with the log-rank p-value."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    time, event, group = np.asarray(time, float), np.asarray(event, int), np.asarray(group)
+    colors = {"low": "tab:green", "middle": "tab:orange", "high": "tab:red"}
+    _km_groups(ax, time, event, [(group == g, f"{g} predicted risk", colors.get(g)) for g in order], p_value,
+               horizon_months, title, ci=False)
     return fig

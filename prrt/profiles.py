@@ -85,6 +85,13 @@ class Profile:
         (the pretrained CT CNN and that fusion). The others are listed as skipped, with this reason.
     display_size_voxels:
         Grid of the images the book shows (finer than the networks' input where CPU time is short).
+    gradcam_repeats:
+        How many repeats of the cross-validation chapter 05 computes Grad-CAM maps for (every test
+        patient of every fold of those repeats, with the fold model that predicted them); 0: all.
+    sanity_patients:
+        Test patients (of the first fold) whose maps the sanity checks of chapter 05 recompute.
+    mask_dilation_voxels:
+        How far (voxels of the network's input) the lesion mask is grown before the saliency check.
     """
 
     name: str
@@ -113,6 +120,9 @@ class Profile:
     fusion_score_epochs: int = 150
     fusion_models: str = "all"
     display_size_voxels: tuple[int, int, int] = (96, 96, 80)
+    gradcam_repeats: int = 0
+    sanity_patients: int = 30
+    mask_dilation_voxels: int = 1
     description: str = ""
 
     @property
@@ -148,6 +158,8 @@ PROFILES: dict[str, Profile] = {
         fusion_image_branches="fold_models",
         fusion_score_epochs=10,
         fusion_models="headline",
+        gradcam_repeats=1,
+        sanity_patients=8,
         description="Tiny volumes and few repeats: proves that every notebook runs end to end.",
     ),
     "demo": Profile(

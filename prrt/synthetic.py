@@ -506,3 +506,35 @@ def write_manifest(path, table_rel: str, image_root: str, cfg: SyntheticConfig |
     text += yaml.safe_dump(manifest_dict(table_rel, image_root, cfg, ct_pretraining), sort_keys=False)
     path.write_text(text)
     return path
+
+
+def planted_lesion_images(n: int, size: int = 24, seed: int = 0, uptake=(0.5, 0.75), distractor=(0.8, 1.0)):
+    """Images whose only signal is the uptake of one planted lesion: a check of saliency maps.
+
+    Each image (1, size, size, size) has a noisy background (0.1), a planted spherical lesion
+    (radius 3 voxels) whose uptake is ``uptake[1]`` for label 1 and ``uptake[0]`` for label 0, and a
+    larger, brighter cube (7 voxels wide, uptake drawn from ``distractor`` whatever the label) that
+    carries no signal: a network that looks where the bright things are points at the cube, one that
+    learnt the task at the lesion. Returns ``(x (n, 1, X, Y, Z) float32 tensor, labels (n,), lesion
+    masks (n, X, Y, Z) bool)``; the labels alternate, shuffled.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), -1)
+    x = np.zeros((n, 1, size, size, size), np.float32)
+    masks = np.zeros((n, size, size, size), bool)
+    y = np.tile([0, 1], n // 2 + 1)[:n]
+    rng.shuffle(y)
+    for i in range(n):
+        img = rng.normal(0.1, 0.03, (size,) * 3)
+        while True:  # lesion and cube apart
+            lesion, cube = rng.integers(5, size - 5, 3), rng.integers(5, size - 5, 3)
+            if np.abs(lesion - cube).max() > 9:
+                break
+        sphere = np.linalg.norm(grid - lesion, axis=-1) <= 3
+        img[sphere] = uptake[int(y[i])] + rng.normal(0, 0.03, sphere.sum())
+        box = (np.abs(grid - cube) <= 3).all(-1)
+        img[box] = rng.uniform(*distractor) + rng.normal(0, 0.03, box.sum())
+        x[i, 0], masks[i] = img, sphere
+    return torch.from_numpy(x), y, masks

@@ -323,6 +323,17 @@ class ImageModel:
                                                      "in_channels": int(images.x.shape[1]),
                                                      "modality": self.modality, "training_part": part.digest()})
 
+    def restore(self, data, part, checkpoint: dict):
+        """The fold's CNN as ``fit`` left it on ``part``, from its checkpoint (no training)."""
+        from .networks import classifier_from_checkpoint
+
+        if checkpoint.get("modality", self.modality) != self.modality:
+            raise ValueError(f"the checkpoint holds a {checkpoint['modality'].upper()} CNN, not a {self.modality.upper()} one")
+        self.device = select_device(self.cfg.device)
+        self.model = classifier_from_checkpoint(checkpoint).to(self.device)
+        self.prevalence = float(data.y.loc[part.fit].mean())
+        return self
+
     def predict(self, data, patients: list[str]) -> np.ndarray:
         x = data.images[self.modality].take(patients)
         return prior_correction(predict(self.model, x, self.device), self.prevalence)

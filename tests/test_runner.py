@@ -109,6 +109,40 @@ def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_di
 
 
 @pytest.mark.slow
+def test_chapter_05_checks_its_explanations_with_numbers_from_the_run(smoke_run):
+    """Grad-CAM of every test patient of the first repeat (smoke: gradcam_repeats = 1), cached per fold
+    model; the checks, the importance and the ablation written; the page's prose says the numbers of
+    those files."""
+    import re
+
+    splits = pd.read_csv(smoke_run / "splits.csv")
+    sal = pd.read_csv(smoke_run / "results" / "05_saliency.csv")
+    assert set(sal["model"]) == {"pet_cnn", "ct_cnn"} and set(sal["repeat"]) == {0}  # no CT pretraining here
+    assert sorted(sal.loc[sal["model"] == "pet_cnn", "patient"]) == sorted(splits.loc[splits["repeat"] == 0, "patient"])
+    assert len(list((smoke_run / "explain" / "gradcam" / "pet_cnn").glob("r0_f*.npz"))) == 3
+    ablation = pd.read_csv(smoke_run / "results" / "05_modality_ablation.csv", index_col=0)
+    assert list(ablation.index) == ["all modalities", "without laboratory values", "without SR-PET", "without CT"]
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv").set_index("model")
+    assert ablation.loc["all modalities", "auroc_mean"] == pytest.approx(summary.loc["lab_pet_ct_fusion", "auroc_mean"],
+                                                                          abs=1e-4)  # the restored fold models
+    imp = pd.read_csv(smoke_run / "results" / "05_fusion_permutation.csv")
+    assert imp.groupby(["repeat", "fold"]).size().eq(imp["feature"].nunique()).all() and len(imp) == 6 * imp["feature"].nunique()
+    assert len(pd.read_csv(smoke_run / "results" / "05_model_randomisation.csv")) == 2 * 5 * 8  # models x steps x patients
+    for fig in ("saliency", "gradcam_examples", "randomisation", "lab_importance", "modality_ablation", "km_risk_tertiles"):
+        assert (smoke_run / "figures" / f"05_{fig}.png").stat().st_size > 10_000, fig
+    page = (smoke_run / "book" / "notebooks" / "05_explainability.html").read_text()
+    text = re.sub(r"<[^>]+>", "", page)
+    hits = sal[sal["model"] == "pet_cnn"].dropna(subset=["mass_in_mask"])["pointing_hit"].mean()
+    assert re.search(rf"pet_cnn: \d+ % of the map.s mass in the lesion mask against \d+ % by chance .{{0,80}}and its "
+                     rf"maximum inside the mask in {100 * hits:.0f} %", text), "glued saliency numbers missing"
+    full = ablation.loc["all modalities"]
+    assert f"test-fold AUROC of {full['auroc_mean']:.2f} (95 % CI {full['ci_low']:.2f}–{full['ci_high']:.2f})" in text
+    assert "Inside the fusion the laboratory values with the largest drop in AUROC were" in text
+    assert "in the Random Forest of chapter 2" in text  # chapter 02 wrote its importance
+    assert "median rank correlation" in text and "log-rank test over the three groups" in text
+
+
+@pytest.mark.slow
 def test_no_file_of_the_run_holds_a_patient_id(smoke_run, small_cohort_dir):
     """Every text file of the run folder (notebooks, tables, predictions, boxes, run.json, book pages)."""
     ids = list(pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"])

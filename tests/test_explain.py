@@ -1,0 +1,315 @@
+"""Chapter 05's explanations: Grad-CAM and its numbers, the sanity checks, restoring fold models,
+laboratory importance inside the fusion, modality ablation, risk tertiles."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prrt import explain, fusion, models, train
+from prrt import splits as sp
+from prrt.networks import ImageClassifier, build_encoder
+from prrt.synthetic import planted_lesion_images
+from test_fusion import _Cohort, _multimodal, _Profile
+
+
+# ---- Grad-CAM ------------------------------------------------------------------------------------
+def test_minmax_scales_each_map_to_0_1_and_keeps_a_flat_map_zero():
+    maps = torch.stack([torch.arange(8.0).view(1, 2, 2, 2) + 3, torch.full((1, 2, 2, 2), 5.0)])
+    out = explain.minmax(maps)
+    assert out[0].min() == 0 and out[0].max() == 1 and out[0].flatten()[3] == pytest.approx(3 / 7)
+    assert (out[1] == 0).all()
+
+
+@pytest.mark.parametrize("shape,layer,voxels", [((2, 32, 32, 32), "encoder.body.10", (8, 8, 8)),
+                                                ((2, 24, 24, 20), "encoder.body.6", (12, 12, 10)),
+                                                ((1, 96, 96, 96), "encoder.body.14", (12, 12, 12))])
+def test_the_target_layer_is_the_deepest_block_with_at_least_eight_voxels_per_axis(shape, layer, voxels):
+    net = ImageClassifier(build_encoder("compact", in_channels=shape[0]))
+    assert explain.target_layer(net, shape) == layer
+    assert explain.layer_shapes(net, shape, [layer])[layer] == voxels
+
+
+def test_the_target_layer_of_a_monai_resnet():
+    net = ImageClassifier(build_encoder("resnet10"))
+    assert explain.candidate_layers(net) == [f"encoder.net.layer{i}" for i in range(1, 5)]
+    assert explain.target_layer(net, (1, 32, 32, 32)) == "encoder.net.layer2"  # 8 voxels; layer3 has 4
+
+
+def test_gradcam_maps_are_0_1_on_the_input_grid_and_leave_the_network_alone():
+    torch.manual_seed(0)
+    net = ImageClassifier(build_encoder("compact", in_channels=2)).eval()
+    before = copy.deepcopy(net.state_dict())
+    x = torch.rand(3, 2, 16, 16, 12)
+    maps = explain.gradcam_maps(net, x, "encoder.body.2")
+    assert maps.shape == (3, 16, 16, 12) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 and np.isclose(maps.reshape(3, -1).max(1), 1).all()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert not any(m._forward_hooks or m._backward_hooks for m in net.modules())  # hooks went to a copy
+
+
+# ---- the numbers of a map ------------------------------------------------------------------------
+def test_saliency_metrics_on_maps_whose_answer_is_known():
+    mask = np.zeros((3, 10, 10, 10), bool)
+    mask[:, 4:6, 4:6, 4:6] = True
+    inside = np.zeros((10, 10, 10), np.float32)
+    inside[4:6, 4:6, 4:6] = 1  # all mass in the lesion
+    outside = np.zeros((10, 10, 10), np.float32)
+    outside[0, 0, 0] = 1  # far from it
+    zero = np.zeros((10, 10, 10), np.float32)
+    m = explain.saliency_metrics(np.stack([inside, outside, zero]), mask, ["a", "b", "c"], dilation_voxels=1)
+    chance = 4 ** 3 / 10 ** 3  # the 2-voxel cube dilated by one voxel is 4 wide
+    assert m["chance"].tolist()[:2] == pytest.approx([chance, chance])
+    assert m.loc[0, "mass_in_mask"] == 1 and m.loc[0, "pointing_hit"] == 1
+    assert m.loc[0, "enrichment"] == pytest.approx(1 / chance)
+    assert m.loc[1, "mass_in_mask"] == 0 and m.loc[1, "pointing_hit"] == 0
+    assert np.isnan(m.loc[2, "mass_in_mask"]) and m.loc[2, "empty_map"]
+    # next to the lesion: inside the dilated mask only
+    beside = np.zeros((10, 10, 10), np.float32)
+    beside[3, 4, 4] = 1
+    assert explain.saliency_metrics(beside[None], mask[:1], ["d"], 1).loc[0, "pointing_hit"] == 1
+    assert explain.saliency_metrics(beside[None], mask[:1], ["d"], 0).loc[0, "pointing_hit"] == 0
+    # a patient without lesion: no verdict
+    assert np.isnan(explain.saliency_metrics(inside[None], np.zeros((1, 10, 10, 10)), ["e"]).loc[0, "pointing_hit"])
+
+
+def test_summarise_saliency_tests_mass_against_chance():
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"model": ["good"] * 20 + ["flat"] * 20,
+                         "mass_in_mask": np.r_[rng.uniform(0.3, 0.6, 20), np.full(20, 0.1)],
+                         "chance": 0.1, "pointing_hit": np.r_[np.ones(15), np.zeros(25)]})
+    s = explain.summarise_saliency(rows).set_index("model")
+    assert s.loc["good", "p (mass > chance)"] < 1e-3 and np.isnan(s.loc["flat", "p (mass > chance)"])
+    assert s.loc["good", "pointing hits"] == 0.75 and s.loc["flat", "pointing hits"] == 0
+
+
+def test_rank_correlation():
+    a = np.arange(27.0).reshape(3, 3, 3)
+    assert explain.rank_correlation(a, a ** 2) == pytest.approx(1)
+    assert explain.rank_correlation(a, -a) == pytest.approx(-1)
+    assert explain.rank_correlation(a, np.zeros_like(a)) == 0
+
+
+def test_randomisation_goes_from_the_top_and_keeps_convolution_and_norm_together():
+    net = ImageClassifier(build_encoder("compact"))
+    steps = explain.randomisation_steps(net)
+    assert steps[0] == ["head.1"] and steps[1] == ["encoder.body.12", "encoder.body.13"]
+    assert steps[-1] == ["encoder.body.0", "encoder.body.1"] and len(steps) == 5
+
+
+@pytest.mark.slow
+def test_gradcam_finds_the_planted_lesion_and_the_randomised_network_does_not():
+    """The only signal is the uptake of one planted lesion; a brighter, larger cube carries none. The
+    trained network's map peaks in the lesion in most test patients with the outcome (the class the
+    map explains); the same network with every layer re-initialised peaks elsewhere (at the cube),
+    and its maps share little ranking with the trained ones. (benchmarks/planted_lesion_gradcam.py
+    repeats this over several seeds.)"""
+    x, y, masks = planted_lesion_images(140, size=24, seed=10)
+    tr, va, te = slice(0, 80), slice(80, 100), slice(100, 140)
+    out = train.train_model(x[tr], y[tr], x[va], y[va], train.TrainConfig(epochs=15, augment=False, lr=3e-3),
+                            seed=0, progress=False)
+    net = out.model.eval()
+    layer = explain.target_layer(net, x.shape[1:])
+    patients = [f"T{i}" for i in range(40)]
+    maps = explain.gradcam_maps(net, x[te], layer)
+    real = explain.saliency_metrics(maps, masks[te], patients, 1).assign(y=y[te])
+    rand = copy.deepcopy(net)
+    for names in explain.randomisation_steps(rand):
+        explain._reinitialise(rand, names, 0)
+    rmaps = explain.gradcam_maps(rand, x[te], layer)
+    random = explain.saliency_metrics(rmaps, masks[te], patients, 1).assign(y=y[te])
+    hit, rhit = real[real.y == 1]["pointing_hit"].mean(), random[random.y == 1]["pointing_hit"].mean()
+    assert hit >= 0.8 and rhit <= 0.3, (hit, rhit)
+    assert real[real.y == 1]["mass_in_mask"].mean() > 2 * real["chance"].mean()
+    assert np.median([explain.rank_correlation(a, b) for a, b in zip(maps, rmaps)]) < explain.SIMILAR
+    cascade = explain.cascading_randomisation(net, x[te][:10], layer, patients[:10], seed=1, reference=maps[:10])
+    assert cascade["step"].max() == 5
+    last = cascade[cascade["step"] == 5]["rank_correlation"].median()
+    assert last < explain.SIMILAR
+
+
+# ---- fold models back from the run --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """PET CNN and CT CNN fold models, then a fusion on their scores, written to a run folder."""
+    run = tmp_path_factory.mktemp("run")
+    complete, y, _ = _multimodal(missing=False)
+    s = sp.make_splits(y, 3, 2, 0)
+    tcfg = train.TrainConfig(epochs=2, batch_size=8)
+    cnns = [train.image_spec("pet_cnn", "pet", tcfg, "03", "PET", True),
+            train.image_spec("ct_cnn", "ct", tcfg, "03", "CT", True)]
+    scores = {"pet": fusion.FoldModelScores(run, "pet_cnn", "pet"), "ct": fusion.FoldModelScores(run, "ct_cnn", "ct")}
+    cfg = fusion.FusionConfig(train.TrainConfig(epochs=30, batch_size=32, lr=3e-3), mechanism="adaptive")
+    fused = fusion.neural_fusion_spec("f", "04", "all", ["labs", "pet", "ct"], _Cohort(), cfg, fold_models=scores)
+    results, _ = models.run_models(cnns + [fused], complete, None, s, _Profile(), 0, run, keep_models=True)
+    return run, complete, y, s, {spec.name: spec for spec in cnns + [fused]}, results
+
+
+def test_restored_fold_models_give_the_run_s_predictions(fitted):
+    run, data, y, s, specs, results = fitted
+    for name in ("pet_cnn", "f"):
+        back = models.restore_fold_models(specs[name], data, s, 0, run)
+        assert set(back) == set(results[name].models)
+        for key, m in back.items():
+            test = results[name].predictions.query("repeat == @key[0] and fold == @key[1]")["patient"].tolist()
+            np.testing.assert_allclose(m.predict(data, test), results[name].models[key].predict(data, test), atol=1e-6)
+    assert set(models.restore_fold_models(specs["f"], data, s, 0, run, repeats=[1])) == {(1, 0), (1, 1), (1, 2)}
+
+
+def test_restoring_refuses_checkpoints_of_another_run(fitted, tmp_path):
+    import shutil
+
+    run, data, y, s, specs, _ = fitted
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    with pytest.raises(ValueError, match=r"r0_f0.pt was trained on other patients than repeat 0, fold 0"):
+        models.restore_fold_models(specs["pet_cnn"], data, s, 1, other)  # another seed: other inner parts
+    pred = pd.read_csv(other / "predictions" / "pet_cnn.csv")
+    pred.loc[pred["fold"] == 1, "probability"] += 0.01
+    pred.to_csv(other / "predictions" / "pet_cnn.csv", index=False)
+    with pytest.raises(ValueError, match=r"does not reproduce predictions/pet_cnn.csv for repeat 0, fold 1"):
+        models.restore_fold_models(specs["pet_cnn"], data, s, 0, other)
+    (other / "checkpoints" / "ct_cnn" / "r1_f2.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="ct_cnn: no checkpoint of repeat 1, fold 2"):
+        models.restore_fold_models(specs["ct_cnn"], data, s, 0, other)
+
+
+def test_fold_maps_are_cached_per_fold_model_and_recomputed_when_it_changes(fitted, tmp_path, monkeypatch):
+    import shutil
+
+    run, data, y, s, specs, _ = fitted
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    model = models.restore_fold_models(specs["pet_cnn"], data, s, 0, work, repeats=[0], check=False)[(0, 0)]
+    patients = data.images["pet"].patients[:5]
+    x = data.images["pet"].take(patients)
+    first = explain.fold_maps(work, "pet_cnn", 0, 0, model.model, x, patients, "encoder.body.2")
+    assert (work / "explain" / "gradcam" / "pet_cnn" / "r0_f0.npz").is_file()
+    calls = []
+    real = explain.gradcam_maps
+    monkeypatch.setattr(explain, "gradcam_maps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = explain.fold_maps(work, "pet_cnn", 0, 0, model.model, x, patients, "encoder.body.2")
+    assert not calls and np.allclose(first, again, atol=1e-3)
+    ck = torch.load(work / "checkpoints" / "pet_cnn" / "r0_f0.pt", weights_only=True)
+    ck["best_epoch"] = 99
+    torch.save(ck, work / "checkpoints" / "pet_cnn" / "r0_f0.pt")  # another model: computed again
+    explain.fold_maps(work, "pet_cnn", 0, 0, model.model, x, patients, "encoder.body.2")
+    assert calls == [1]
+
+
+def test_image_saliency_and_sanity_checks_run_over_every_test_fold(fitted):
+    run, data, y, s, specs, _ = fitted
+    cnn = [specs["pet_cnn"], specs["ct_cnn"]]
+    sal = explain.image_saliency(cnn, data, s, 0, run, progress=False)
+    m = sal.metrics
+    assert len(m) == 2 * 2 * len(y.dropna())  # two models, two repeats, every labelled patient once per repeat
+    for (model, r), g in m.groupby(["model", "repeat"]):
+        assert sorted(g["patient"]) == sorted(s.loc[s["repeat"] == r, "patient"])
+    assert set(sal.maps["pet_cnn"]) == set(s.loc[s["repeat"] == 0, "patient"])
+    assert sal.layers["pet_cnn"] == "encoder.body.2"  # 8×8×6 input: no block has 8 voxels per axis, the first
+    one = explain.image_saliency(cnn[:1], data, s, 0, run, repeats=1, progress=False)
+    assert set(one.metrics["repeat"]) == {0}
+    cascade, labels, aurocs = explain.sanity_checks(one, cnn[:1], data, s, 0, n_patients=5, progress=False)
+    assert set(cascade["step"]) == {1, 2, 3, 4, 5} and len(labels) == 5 and 0 <= aurocs["pet_cnn"] <= 1
+    table = explain.sanity_summary(cascade.assign(model="pet_cnn"), labels.assign(model="pet_cnn"))
+    assert list(table["check"]) == ["weights re-initialised (all layers)", "trained on permuted labels"]
+
+
+# ---- the fusion: importance, ablation ------------------------------------------------------------
+def test_permutation_importance_inside_the_fusion(fitted):
+    run, data, y, s, specs, _ = fitted
+    back = models.restore_fold_models(specs["f"], data, s, 0, run)
+    wide = models.ModelData(data.y, data.table.assign(unused=1.0), data.images)
+    imp = explain.permutation_importance(back, wide, s, ["cga", "ggt", "unused"], repeats=3, seed=0)
+    assert len(imp) == 6 * 3 and set(imp["feature"]) == {"cga", "ggt", "unused"}
+    mean = imp.groupby("feature")["importance"].mean()
+    assert mean["cga"] > 0.05 and mean["unused"] == 0  # a column the fusion never reads cannot matter
+    assert mean["cga"] > mean["ggt"]
+    again = explain.permutation_importance(back, wide, s, ["cga", "ggt", "unused"], repeats=3, seed=0)
+    pd.testing.assert_frame_equal(imp, again)
+
+
+def test_masking_a_modality_at_inference_is_the_missing_modality_path(fitted):
+    run, data, y, s, specs, _ = fitted
+    back = models.restore_fold_models(specs["f"], data, s, 0, run)
+    m = back[(0, 0)]
+    ids = list(y.dropna().index[:10])
+    no_labs = models.ModelData(data.y, data.table.assign(cga=np.nan, ggt=np.nan), data.images)
+    np.testing.assert_allclose(m.predict(data, ids, without=("labs",)), m.predict(no_labs, ids), atol=1e-6)
+    assert not np.allclose(m.predict(data, ids, without=("labs",)), m.predict(data, ids))
+    with pytest.raises(ValueError, match="no 'pet_features' branch"):
+        m.predict(data, ids, without=("pet_features",))
+    ab = explain.modality_ablation(back, data, s)
+    assert list(ab) == ["all modalities", "without laboratory values", "without SR-PET", "without CT"]
+    saved = pd.read_csv(run / "predictions" / "f.csv", dtype={"patient": str}).query("fold >= 0")
+    pd.testing.assert_frame_equal(ab["all modalities"].sort_values(["repeat", "fold", "patient"], ignore_index=True),
+                                  saved.sort_values(["repeat", "fold", "patient"], ignore_index=True),
+                                  check_dtype=False, atol=1e-6)
+    table = explain.ablation_table(ab, n_boot=50, seed=0)
+    assert table.loc["all modalities", "difference from all modalities"] == 0
+    assert (table["ci_low"] <= table["auroc_mean"] + 0.05).all() and (table["ci_high"] >= table["ci_low"]).all()
+    # the labs carry the signal here: without them the fusion is worse
+    assert table.loc["without laboratory values", "difference from all modalities"] < 0
+
+
+def test_importance_comparison_ranks_both_models():
+    fus = pd.DataFrame({"feature": ["a", "b", "a", "b"], "importance": [0.1, 0.0, 0.2, 0.02]})
+    rf = pd.DataFrame({"feature": ["a", "b", "c"], "importance": [0.0, 0.1, 0.5]})
+    t = explain.importance_comparison(fus, rf)
+    assert list(t.index) == ["a", "b"] and list(t["fusion: rank"]) == [1, 2]
+    assert list(t["Random Forest: rank"]) == [2, 1]  # only the fusion's columns are ranked
+    assert "Random Forest: rank" not in explain.importance_comparison(fus, None)
+
+
+def test_risk_tertiles():
+    rng = np.random.default_rng(0)
+    risk = rng.uniform(size=90)
+    time = np.where(risk > 0.66, 3, np.where(risk > 0.33, 12, 30)) + rng.uniform(0, 1, 90)
+    out = explain.risk_tertiles(time, np.ones(90), risk)
+    assert (pd.Series(out["group"]).value_counts() == 30).all()
+    assert set(out["group"][risk > np.quantile(risk, 0.7)]) == {"high"} and out["p"] < 1e-10
+    assert explain.risk_tertiles(rng.uniform(0, 30, 90), np.ones(90), risk)["p"] > 0.01
+
+
+# ---- overlay geometry -------------------------------------------------------------------------------
+def test_a_map_on_the_input_grid_lines_up_with_the_mask_on_the_display_grid(tmp_path):
+    """Phantom: two hot lesions of different size away from the centre. A "map" that is exactly the
+    input's mask channel, upsampled to the display grid, covers the mask resampled from the file onto
+    that grid; the same map shifted by one input voxel does not."""
+    from dataclasses import replace
+
+    from prrt import imaging
+    from test_roi import LESIONS, patient
+
+    settings = replace(LESIONS, input_size_voxels=(16, 16, 16), roi_min_spacing_mm=4.0)
+    paths = patient(tmp_path, [((40, -20, 10), 14), ((10, 5, -5), 8)])
+    arrays = imaging.preprocess(paths, settings)
+    size = (48, 48, 48)
+    shown = imaging.display_arrays(paths, imaging.box_of(arrays), size)
+    assert shown["mask"].shape == shown["suv"].shape == shown["ct"].shape == size
+    up = explain.upsample(arrays["mask"][None].astype(np.float32), size)[0] > 0.5
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    def centroid(a):
+        return np.argwhere(a).mean(axis=0)
+
+    truth = shown["mask"] > 0
+    assert dice(up, truth) > 0.8
+    np.testing.assert_allclose(centroid(up), centroid(truth), atol=1.0)
+    np.testing.assert_allclose(centroid(shown["suv"] > 10), centroid(truth), atol=1.0)  # the PET lines up too
+    shifted = explain.upsample(np.roll(arrays["mask"], 1, axis=0)[None].astype(np.float32), size)[0] > 0.5
+    assert abs(centroid(shifted)[0] - centroid(truth)[0]) > 2  # one input voxel = three display voxels
+
+
+def test_display_size_refines_the_input_grid_by_a_whole_factor():
+    from prrt.profiles import get_profile
+
+    assert explain.display_size(get_profile("demo")) == (96, 96, 96)
+    assert explain.display_size(get_profile("smoke")) == (48, 48, 40)
