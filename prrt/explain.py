@@ -612,6 +612,9 @@ def saliency_text(summary: pd.DataFrame) -> str:
         return "No image model ran in this run, so there are no maps to check."
     parts = []
     for _, r in summary.iterrows():
+        if not r["maps checked"]:
+            parts.append(f"`{r['model']}`: no map could be checked (no patient has a lesion in the mask)")
+            continue
         p = r["p (mass > chance)"]
         verdict = ("more than chance" if p < 0.05 else "not more than chance") if np.isfinite(p) else "untested"
         parts.append(f"`{r['model']}`: {_pct(r['mass in mask'])} of the map's mass in the lesion mask against "

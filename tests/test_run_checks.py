@@ -51,3 +51,6 @@ def test_a_manifest_without_labs_or_images_runs_and_skips_with_reasons(small_coh
         assert summary.loc[fusion, "status"] == "skipped: fewer than two of its modalities are in the manifest"
     nb = (tmp_path / "run" / "notebooks" / "01_cohort.ipynb").read_text()
     assert "The manifest names no images." in nb and "Synthetic data" not in nb
+    ch5 = (tmp_path / "run" / "notebooks" / "05_explainability.ipynb").read_text()
+    assert "No image CNN ran in this run" in ch5 and "so there is nothing to ablate" in ch5
+    assert "fusion did not run, so there is no laboratory importance inside it to measure" in ch5
