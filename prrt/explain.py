@@ -30,6 +30,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+#: The two sanity checks, as the book names them.
+REINITIALISED, PERMUTED = "weights re-initialised", "trained on permuted labels"
 #: A map whose median rank correlation with a randomised network's map reaches this is flagged as
 #: uninformative (it does not depend on what the network learnt).
 SIMILAR = 0.5
@@ -74,7 +76,7 @@ def layer_shapes(net: nn.Module, input_shape, layers: list[str]) -> dict[str, tu
     net.eval()
     try:
         with torch.no_grad():
-            net(torch.zeros((1, *input_shape)))
+            net(torch.zeros((1, *input_shape), device=next(net.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
@@ -108,18 +110,19 @@ def gradcam_maps(net: nn.Module, x: torch.Tensor, layer: str, batch_size: int = 
     evidence for a short PFS lies, in every patient (also in a patient predicted to do well).
 
     Returns (N, X, Y, Z) float32 in [0, 1], upsampled (trilinear) to the input grid and min-max scaled
-    per map. ``net`` is not changed (a copy carries MONAI's hooks).
+    per map. ``net`` is not changed (a copy carries MONAI's hooks); it runs on the device it is on.
     """
     from monai.visualize import GradCAM
 
     model = _Logit2D(copy.deepcopy(net)).eval()
     for p in model.parameters():
         p.requires_grad_(True)
+    device = next(model.parameters()).device
     cam = GradCAM(model, target_layers=f"net.{layer}", postprocessing=minmax)
     out = []
     for i in range(0, len(x), batch_size):
         with torch.enable_grad():
-            out.append(cam(x[i:i + batch_size].float(), class_idx=0).detach()[:, 0])
+            out.append(cam(x[i:i + batch_size].float().to(device), class_idx=0).detach()[:, 0].cpu())
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, *x.shape[2:]), np.float32)
 
 
@@ -177,16 +180,18 @@ def summarise_saliency(metrics: pd.DataFrame, by: list[str] | str = "model") -> 
     """Mean mass in the mask against chance, and the pointing game's hit rate against chance, per group.
 
     ``maps checked``: the maps with a lesion in the mask and a map that is not zero everywhere.
-    ``p (mass > chance)``: Wilcoxon signed-rank test of each map's mass in the mask against its own
-    chance share (one-sided; scipy).
+    ``p (mass > chance)``: Wilcoxon signed-rank test (one-sided; scipy) of the mass in the mask
+    against its chance share, one pair per patient (the mean over the repeats, which map the same
+    patients again and are not independent).
     """
     from scipy.stats import wilcoxon
 
     rows = []
     for key, g in metrics.groupby(by, sort=False):
         v = g.dropna(subset=["mass_in_mask"])
-        diff = v["mass_in_mask"] - v["chance"]
-        p = float(wilcoxon(diff, alternative="greater").pvalue) if len(v) >= 5 and (diff != 0).any() else np.nan
+        per_patient = v.groupby("patient")[["mass_in_mask", "chance"]].mean() if "patient" in v else v
+        diff = per_patient["mass_in_mask"] - per_patient["chance"]
+        p = float(wilcoxon(diff, alternative="greater").pvalue) if len(diff) >= 5 and (diff != 0).any() else np.nan
         rows.append({**dict(zip([by] if isinstance(by, str) else by, key if isinstance(key, tuple) else (key,))),
                      "maps": len(g), "maps checked": len(v),
                      "mass in mask": v["mass_in_mask"].mean(), "chance": v["chance"].mean(),
@@ -223,13 +228,14 @@ def randomisation_steps(net: nn.Module) -> list[list[str]]:
 
 def _reinitialise(net: nn.Module, names: list[str], seed: int) -> None:
     mods = dict(net.named_modules())
-    torch.manual_seed(seed)
-    for name in names:
-        mod = mods[name]
-        if hasattr(mod, "reset_running_stats"):
-            mod.reset_running_stats()
-        if hasattr(mod, "reset_parameters"):
-            mod.reset_parameters()
+    with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+        torch.manual_seed(seed)
+        for name in names:
+            mod = mods[name]
+            if hasattr(mod, "reset_running_stats"):
+                mod.reset_running_stats()
+            if hasattr(mod, "reset_parameters"):
+                mod.reset_parameters()
 
 
 def cascading_randomisation(net: nn.Module, x: torch.Tensor, layer: str, patients: list[str], seed: int,
@@ -269,7 +275,7 @@ def label_randomisation(spec, data, fold, seed: int, reference: np.ndarray, pati
         y.loc[ids] = rng.permutation(y.loc[ids].to_numpy())
     model = spec.build(seed)
     model.fit(replace(data, y=y), part, s, progress=False)
-    maps = gradcam_maps(model.model.cpu(), data.images[model.modality].take(patients), layer)
+    maps = gradcam_maps(model.model, data.images[model.modality].take(patients), layer)
     test_y = data.y.loc[fold.test].astype(int)
     auroc = float(roc_auc_score(test_y, model.predict(data, fold.test))) if 0 < test_y.sum() < len(test_y) else np.nan
     corr = pd.DataFrame({"patient": patients, "rank_correlation": [rank_correlation(a, b) for a, b in zip(reference, maps)]})
@@ -282,16 +288,16 @@ def sanity_summary(cascade: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     trained on permuted labels; at :data:`SIMILAR` or above the maps are flagged as uninformative."""
     rows = []
     for model, g in cascade.groupby("model", sort=False):
-        rows.append((model, "weights re-initialised (all layers)", g[g["step"] == g["step"].max()]["rank_correlation"]))
-    for model, g in labels.groupby("model", sort=False):
-        rows.append((model, "trained on permuted labels", g["rank_correlation"]))
+        rows.append((model, REINITIALISED, g[g["step"] == g["step"].max()]["rank_correlation"]))
+        h = labels[labels["model"] == model] if "model" in labels else labels.iloc[:0]
+        if len(h):
+            rows.append((model, PERMUTED, h["rank_correlation"]))
     out = []
     for model, check, r in rows:
         med = float(r.median())
         out.append({"model": model, "check": check, "maps": len(r), "median rank correlation": med,
                     "IQR": f"{r.quantile(0.25):.2f} to {r.quantile(0.75):.2f}",
-                    "verdict": ("uninformative: the map barely depends on what the network learnt" if med >= SIMILAR
-                                else "passes: the map changes with the learnt weights")})
+                    "verdict": "flagged: uninformative" if med >= SIMILAR else "passes"})
     return pd.DataFrame(out)
 
 
@@ -367,13 +373,13 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
         if images.x.shape[1] < 2:
             raise ValueError(f"{spec.name}: the saliency check needs the lesion mask as the input's second channel "
                              "(profile setting mask_channel)")
-        layer = target_layer(models[(folds[0].repeat, folds[0].fold)].model.cpu(), tuple(images.x.shape[1:]))
+        layer = target_layer(models[(folds[0].repeat, folds[0].fold)].model, tuple(images.x.shape[1:]))
         layers[spec.name], maps[spec.name] = layer, {}
         kept[spec.name] = {k: m for k, m in models.items() if k[0] == first}
         for fold in tqdm(folds, desc=f"Grad-CAM {spec.name}", unit="fold", disable=not progress):
             patients = [p for p in fold.test if images.has(p)]
             x = images.take(patients)
-            m = fold_maps(run_dir, spec.name, fold.repeat, fold.fold, models[(fold.repeat, fold.fold)].model.cpu(), x,
+            m = fold_maps(run_dir, spec.name, fold.repeat, fold.fold, models[(fold.repeat, fold.fold)].model, x,
                           patients, layer)
             masks = x[:, 1].numpy() > 0.5
             metrics.append(saliency_metrics(m, masks, patients, dilation_voxels).assign(
@@ -405,7 +411,7 @@ def sanity_checks(saliency: Saliency, specs: list, data, splits: pd.DataFrame, s
         patients = [p for p in fold.test if images.has(p)][:n_patients]
         x, layer = images.take(patients), saliency.layers[name]
         ref = np.stack([saliency.maps[name][p] for p in patients])
-        cascade.append(cascading_randomisation(model.model.cpu(), x, layer, patients, seed, reference=ref).assign(model=name))
+        cascade.append(cascading_randomisation(model.model, x, layer, patients, seed, reference=ref).assign(model=name))
         corr, aurocs[name] = label_randomisation(by_name[name], data, fold, seed, ref, patients, layer)
         labels.append(corr.assign(model=name))
     return (pd.concat(cascade, ignore_index=True) if cascade else pd.DataFrame(),
@@ -629,7 +635,8 @@ def sanity_text(table: pd.DataFrame, aurocs: dict) -> str:
         return "No image model ran in this run, so there are no maps to check."
     parts = []
     for model, g in table.groupby("model", sort=False):
-        bits = [f"{r['median rank correlation']:.2f} with the {'re-initialised network' if 'weights' in r['check'] else 'permuted-label network'}"
+        bits = [f"{r['median rank correlation']:.2f} with the "
+                f"{'re-initialised network' if r['check'] == REINITIALISED else 'permuted-label network'}"
                 for _, r in g.iterrows()]
         flagged = (g["median rank correlation"] >= SIMILAR).any()
         a = aurocs.get(model, np.nan)
@@ -660,4 +667,4 @@ def ablation_text(table: pd.DataFrame) -> str:
     for setting, r in table.drop(index="all modalities").iterrows():
         parts.append(f"{setting} {r['auroc_mean']:.2f} ({r['difference from all modalities']:+.2f})")
     worst = table.drop(index="all modalities")["difference from all modalities"].idxmin()
-    return "; ".join(parts) + f". Masking hurt most {worst.replace('without ', 'without the ')}."
+    return "; ".join(parts) + f". Hiding the {worst.removeprefix('without ')} cost the most."

@@ -217,7 +217,8 @@ def test_image_saliency_and_sanity_checks_run_over_every_test_fold(fitted):
     cascade, labels, aurocs = explain.sanity_checks(one, cnn[:1], data, s, 0, n_patients=5, progress=False)
     assert set(cascade["step"]) == {1, 2, 3, 4, 5} and len(labels) == 5 and 0 <= aurocs["pet_cnn"] <= 1
     table = explain.sanity_summary(cascade.assign(model="pet_cnn"), labels.assign(model="pet_cnn"))
-    assert list(table["check"]) == ["weights re-initialised (all layers)", "trained on permuted labels"]
+    assert list(table["check"]) == [explain.REINITIALISED, explain.PERMUTED]
+    assert list(table["maps"]) == [5, 5] and set(table["verdict"]) <= {"passes", "flagged: uninformative"}
 
 
 # ---- the fusion: importance, ablation ------------------------------------------------------------
@@ -313,3 +314,58 @@ def test_display_size_refines_the_input_grid_by_a_whole_factor():
 
     assert explain.display_size(get_profile("demo")) == (96, 96, 96)
     assert explain.display_size(get_profile("smoke")) == (48, 48, 40)
+
+
+# ---- what the page says ---------------------------------------------------------------------------
+def test_the_wilcoxon_test_counts_each_patient_once_over_the_repeats():
+    rows = pd.DataFrame({"model": "m", "patient": np.tile(["a", "b", "c", "d"], 5), "mass_in_mask": 0.5,
+                         "chance": 0.1, "pointing_hit": 1.0})
+    s = explain.summarise_saliency(rows)
+    assert s.loc[0, "maps"] == 20 and np.isnan(s.loc[0, "p (mass > chance)"])  # four patients: too few to test
+    more = pd.concat([rows, rows.assign(patient=rows["patient"] + "x")])
+    assert explain.summarise_saliency(more).loc[0, "p (mass > chance)"] == pytest.approx(1 / 2 ** 8)  # 8 patients
+
+
+def test_a_map_that_barely_changes_is_flagged_in_the_table_and_the_text():
+    cascade = pd.DataFrame({"model": ["same"] * 4 + ["changes"] * 4, "step": [1, 1, 2, 2] * 2,
+                            "rank_correlation": [0.9, 0.9, 0.8, 0.7, 0.5, 0.4, 0.1, 0.0]})
+    labels = pd.DataFrame({"model": ["same", "same", "changes", "changes"], "rank_correlation": [0.6, 0.4, 0.1, 0.2]})
+    t = explain.sanity_summary(cascade, labels).set_index(["model", "check"])
+    assert t.loc[("same", explain.REINITIALISED), "median rank correlation"] == pytest.approx(0.75)  # the last step
+    assert t.loc[("same", explain.REINITIALISED), "verdict"] == "flagged: uninformative"
+    assert t.loc[("same", explain.PERMUTED), "verdict"] == "flagged: uninformative"  # median 0.5: at the flag
+    assert set(t.loc["changes", "verdict"]) == {"passes"}
+    text = explain.sanity_text(t.reset_index(), {"same": 0.5, "changes": 0.48})
+    assert "`same`: median rank correlation 0.75 with the re-initialised network and 0.50 with the permuted-label " \
+           "network (the permuted-label network's test AUROC 0.50): **flagged as uninformative**" in text
+    assert "`changes`: median rank correlation 0.05 with the re-initialised network and 0.15 with the permuted-label " \
+           "network (the permuted-label network's test AUROC 0.48): the maps depend on what the network learnt" in text
+
+
+def test_the_page_s_sentences_come_from_the_tables():
+    sal = pd.DataFrame([{"model": "pet_cnn", "maps": 10, "maps checked": 8, "mass in mask": 0.123, "chance": 0.02,
+                         "pointing hits": 0.5, "p (mass > chance)": 0.001},
+                        {"model": "ct_cnn", "maps": 10, "maps checked": 0, "mass in mask": np.nan, "chance": np.nan,
+                         "pointing hits": np.nan, "p (mass > chance)": np.nan}])
+    assert explain.saliency_text(sal) == (
+        "In this run: `pet_cnn`: 12 % of the map's mass in the lesion mask against 2 % by chance (more than chance; "
+        "Wilcoxon p = 0.001), and its maximum inside the mask in 50 % of 8 maps; `ct_cnn`: no map could be checked "
+        "(no patient has a lesion in the mask).")
+    imp = explain.importance_comparison(pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.3, 0.2, 0.1]}),
+                                        pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.1, 0.3, 0.2]}))
+    assert explain.importance_text(imp) == ("Inside the fusion the laboratory values with the largest drop in AUROC "
+                                            "were `ggt` and `cga`; in the Random Forest of chapter 2, `cga` and `alp`.")
+    ab = pd.DataFrame({"auroc_mean": [0.8, 0.7, 0.75], "ci_low": [0.7, 0.6, 0.65], "ci_high": [0.9, 0.8, 0.85]},
+                      index=["all modalities", "without SR-PET", "without CT"])
+    ab["difference from all modalities"] = ab["auroc_mean"] - 0.8
+    assert explain.ablation_text(ab) == ("with every modality the fusion reached a test-fold AUROC of 0.80 (95 % CI "
+                                         "0.70–0.90); without SR-PET 0.70 (-0.10); without CT 0.75 (-0.05). Hiding the "
+                                         "SR-PET cost the most.")
+
+
+def test_example_patients_by_role():
+    risk = pd.Series({"a": 0.9, "b": 0.7, "c": 0.8, "d": 0.1, "e": 0.3, "f": 0.2})
+    labels = pd.Series({"a": 1, "b": 1, "c": 0, "d": 0, "e": 0, "f": 1})
+    assert explain.example_patients(risk, labels) == {"highest-risk true positive": "a", "true negative": "d",
+                                                      "false positive": "c"}
+    assert explain.example_patients(risk[["d", "e"]], labels) == {"true negative": "d"}
