@@ -470,6 +470,19 @@ def importance_comparison(fusion: pd.DataFrame, forest: pd.DataFrame | None) -> 
     return out
 
 
+def format_importance(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`importance_comparison` for the page: drops in AUROC as mean ± SD, and the ranks."""
+    out = pd.DataFrame(index=table.index)
+    out["fusion: drop in AUROC"] = [f"{m:.3f} ± {s:.3f}" for m, s in
+                                    zip(table["fusion: mean drop in AUROC"], table["fusion: SD"])]
+    out["fusion: rank"] = table["fusion: rank"].astype(int)
+    if "Random Forest: rank" in table.columns:
+        out["Random Forest: drop in AUROC"] = [f"{m:.3f} ± {s:.3f}" for m, s in
+                                               zip(table["Random Forest: mean drop in AUROC"], table["Random Forest: SD"])]
+        out["Random Forest: rank"] = table["Random Forest: rank"].astype("Int64")
+    return out
+
+
 #: The sources a fusion can be ablated by, as the book names them.
 SOURCE_NAMES = {"labs": "laboratory values", "pet": "SR-PET", "ct": "CT"}
 
@@ -606,6 +619,15 @@ def example_panels(saliency: Saliency, cohort, profile, cache_dir, risk: pd.Seri
                            "image": images["suv" if kind == "pet" else "ct"], "mask": images.get("mask"),
                            "map": upsample(saliency.maps[name][pid][None], size)[0]})
     return panels
+
+
+def branches_text(profile) -> str:
+    """Whether the CNNs whose maps chapter 05 shows are also the fusions' image branches in this run."""
+    if getattr(profile, "fusion_image_branches", "end_to_end") == "fold_models":
+        return ("In this run these CNNs are also the fusions' SR-PET and CT branches (chapter 4 gives the fusions "
+                "their scores), so their maps are the image side of the fusions too.")
+    return ("In this run the fusions train SR-PET and CT encoders of their own (end to end); the maps here are of the "
+            "unimodal CNNs, which share the fusions' inputs but not their weights.")
 
 
 def _pct(x: float) -> str:

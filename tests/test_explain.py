@@ -265,6 +265,10 @@ def test_importance_comparison_ranks_both_models():
     assert list(t.index) == ["a", "b"] and list(t["fusion: rank"]) == [1, 2]
     assert list(t["Random Forest: rank"]) == [2, 1]  # only the fusion's columns are ranked
     assert "Random Forest: rank" not in explain.importance_comparison(fus, None)
+    shown = explain.format_importance(t)
+    assert shown.loc["a", "fusion: drop in AUROC"] == "0.150 ± 0.071" and shown.loc["b", "Random Forest: rank"] == 1
+    assert list(explain.format_importance(explain.importance_comparison(fus, None)).columns) == [
+        "fusion: drop in AUROC", "fusion: rank"]
 
 
 def test_risk_tertiles():
@@ -369,3 +373,10 @@ def test_example_patients_by_role():
     assert explain.example_patients(risk, labels) == {"highest-risk true positive": "a", "true negative": "d",
                                                       "false positive": "c"}
     assert explain.example_patients(risk[["d", "e"]], labels) == {"true negative": "d"}
+
+
+def test_the_page_says_whether_the_cnns_are_the_fusions_branches():
+    from prrt.profiles import get_profile
+
+    assert "also the fusions' SR-PET and CT branches" in explain.branches_text(get_profile("demo"))
+    assert "encoders of their own" in explain.branches_text(get_profile("paper"))
