@@ -197,9 +197,11 @@ def restore_fold_models(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, 
         model.restore(data, part, ck)
         if check:
             want = saved.query("repeat == @fold.repeat and fold == @fold.fold").set_index("patient")["probability"]
-            got = model.predict(data, list(want.index))
-            diff = float(np.max(np.abs(got - want.to_numpy()))) if len(want) else 0.0
-            if not len(want) or diff > tolerance:
+            if sorted(want.index) != sorted(fold.test):
+                raise ValueError(f"{spec.name}: predictions/{spec.name}.csv does not hold the test patients of repeat "
+                                 f"{fold.repeat}, fold {fold.fold}; the run folder mixes results of different runs")
+            diff = float(np.max(np.abs(model.predict(data, list(want.index)) - want.to_numpy())))
+            if diff > tolerance:
                 raise ValueError(f"{spec.name}: the checkpoint {path} does not reproduce predictions/{spec.name}.csv "
                                  f"for repeat {fold.repeat}, fold {fold.fold} (largest difference {diff:.2g}); "
                                  "the run folder mixes results of different runs")

@@ -172,8 +172,21 @@ def test_restoring_refuses_checkpoints_of_another_run(fitted, tmp_path):
     pred = pd.read_csv(other / "predictions" / "pet_cnn.csv")
     pred.loc[pred["fold"] == 1, "probability"] += 0.01
     pred.to_csv(other / "predictions" / "pet_cnn.csv", index=False)
-    with pytest.raises(ValueError, match=r"does not reproduce predictions/pet_cnn.csv for repeat 0, fold 1"):
+    with pytest.raises(ValueError, match=r"does not reproduce predictions/pet_cnn.csv for repeat 0, fold 1 \(largest "
+                                         r"difference 0.01\); the run folder mixes results of different runs$"):
         models.restore_fold_models(specs["pet_cnn"], data, s, 0, other)
+    assert len(models.restore_fold_models(specs["pet_cnn"], data, s, 0, other, check=False)) == 6  # not compared
+    orig = pd.read_csv(run / "predictions" / "pet_cnn.csv")
+    orig[orig["fold"] != 2].to_csv(other / "predictions" / "pet_cnn.csv", index=False)
+    with pytest.raises(ValueError, match=r"pet_cnn.csv does not hold the test patients of repeat 0, fold 2; the run"):
+        models.restore_fold_models(specs["pet_cnn"], data, s, 0, other)
+    (other / "predictions" / "pet_cnn.csv").unlink()
+    assert len(models.restore_fold_models(specs["pet_cnn"], data, s, 0, other, check=False)) == 6  # never read
+    with pytest.raises(FileNotFoundError, match="no predictions for model 'pet_cnn'"):
+        models.restore_fold_models(specs["pet_cnn"], data, s, 0, other)
+    skipped = models.ModelSpec("gone", "03", "PET", None, reason="the manifest names no PET images")
+    with pytest.raises(ValueError, match="^gone did not run: the manifest names no PET images$"):
+        models.restore_fold_models(skipped, data, s, 0, other)
     (other / "checkpoints" / "ct_cnn" / "r1_f2.pt").unlink()
     with pytest.raises(FileNotFoundError, match="ct_cnn: no checkpoint of repeat 1, fold 2"):
         models.restore_fold_models(specs["ct_cnn"], data, s, 0, other)
