@@ -357,7 +357,8 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
                    dilation_voxels: int = 1, progress: bool = True) -> Saliency:
     """Grad-CAM maps of every test-fold patient with the fold model that predicted them, for each image
     model of ``specs`` and the first ``repeats`` repeats (all by default), with their numbers
-    (:func:`saliency_metrics`; the mask is the input's mask channel)."""
+    (:func:`saliency_metrics`; the mask is the input's mask channel: without one, the maps are made
+    but none can be checked)."""
     from tqdm.auto import tqdm
 
     from .models import restore_fold_models
@@ -370,9 +371,7 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
     for spec in specs:
         models = restore_fold_models(spec, data, splits, seed, run_dir, repeats=keep)
         images = data.images[models[(folds[0].repeat, folds[0].fold)].modality]
-        if images.x.shape[1] < 2:
-            raise ValueError(f"{spec.name}: the saliency check needs the lesion mask as the input's second channel "
-                             "(profile setting mask_channel)")
+        has_mask = images.x.shape[1] >= 2  # the lesion mask is the input's second channel (profile: mask_channel)
         layer = target_layer(models[(folds[0].repeat, folds[0].fold)].model, tuple(images.x.shape[1:]))
         layers[spec.name], maps[spec.name] = layer, {}
         kept[spec.name] = {k: m for k, m in models.items() if k[0] == first}
@@ -381,7 +380,7 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
             x = images.take(patients)
             m = fold_maps(run_dir, spec.name, fold.repeat, fold.fold, models[(fold.repeat, fold.fold)].model, x,
                           patients, layer)
-            masks = x[:, 1].numpy() > 0.5
+            masks = x[:, 1].numpy() > 0.5 if has_mask else np.zeros((len(x), *x.shape[2:]), bool)
             metrics.append(saliency_metrics(m, masks, patients, dilation_voxels).assign(
                 model=spec.name, repeat=fold.repeat, fold=fold.fold,
                 label=data.y.loc[patients].to_numpy()))
@@ -641,7 +640,8 @@ def saliency_text(summary: pd.DataFrame) -> str:
     parts = []
     for _, r in summary.iterrows():
         if not r["maps checked"]:
-            parts.append(f"`{r['model']}`: no map could be checked (no patient has a lesion in the mask)")
+            parts.append(f"`{r['model']}`: no map could be checked (no patient has a lesion in the mask, or the "
+                         "network's input has no mask channel)")
             continue
         p = r["p (mass > chance)"]
         verdict = ("more than chance" if p < 0.05 else "not more than chance") if np.isfinite(p) else "untested"

@@ -367,7 +367,7 @@ def test_the_page_s_sentences_come_from_the_tables():
     assert explain.saliency_text(sal) == (
         "In this run: `pet_cnn`: 12 % of the map's mass in the lesion mask against 2 % by chance (more than chance; "
         "Wilcoxon p = 0.001), and its maximum inside the mask in 50 % of 8 maps; `ct_cnn`: no map could be checked "
-        "(no patient has a lesion in the mask).")
+        "(no patient has a lesion in the mask, or the network's input has no mask channel).")
     imp = explain.importance_comparison(pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.3, 0.2, 0.1]}),
                                         pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.1, 0.3, 0.2]}))
     assert explain.importance_text(imp) == ("Inside the fusion the laboratory values with the largest drop in AUROC "
@@ -393,3 +393,16 @@ def test_the_page_says_whether_the_cnns_are_the_fusions_branches():
 
     assert "also the fusions' SR-PET and CT branches" in explain.branches_text(get_profile("demo"))
     assert "encoders of their own" in explain.branches_text(get_profile("paper"))
+
+
+def test_without_a_mask_channel_the_maps_are_made_and_none_is_judged(tmp_path):
+    complete, y, _ = _multimodal(missing=False)
+    one = models.ModelData(y, complete.table, {"pet": models.ImageSet(complete.images["pet"].x[:, :1],
+                                                                      complete.images["pet"].patients)})
+    s = sp.make_splits(y, 3, 1, 0)
+    spec = train.image_spec("pet_cnn", "pet", train.TrainConfig(epochs=1, batch_size=8), "03", "PET", True)
+    models.run_models([spec], one, None, s, _Profile(), 0, tmp_path)
+    sal = explain.image_saliency([spec], one, s, 0, tmp_path, progress=False)
+    assert len(sal.maps["pet_cnn"]) == len(y.dropna()) and sal.metrics["mass_in_mask"].isna().all()
+    summary = explain.summarise_saliency(sal.metrics)
+    assert summary.loc[0, "maps checked"] == 0 and "no map could be checked" in explain.saliency_text(summary)
