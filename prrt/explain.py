@@ -511,19 +511,26 @@ def modality_ablation(models: dict, data, splits: pd.DataFrame) -> dict[str, pd.
     return out
 
 
-def ablation_table(predictions: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def ablation_table(predictions: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int = 0,
+                   splits: pd.DataFrame | None = None) -> pd.DataFrame:
     """AUROC (mean ± SD over repeats, percentile-bootstrap 95 % CI) of each ablation setting, and its
-    difference from the fusion with every modality."""
-    from .evaluate import bootstrap_ci, per_repeat_metrics
+    difference from the fusion with every modality; with ``splits``, the p-value of that difference
+    (corrected resampled t-test over the same repeats and folds, :func:`prrt.evaluate.compare_models`)."""
+    from .evaluate import bootstrap_ci, compare_models, per_repeat_metrics
 
     rows = []
+    full = predictions["all modalities"]
     for setting, pred in predictions.items():
         m = per_repeat_metrics(pred)
         lo, hi = bootstrap_ci(pred, n_boot, seed)["auroc_ci"]
-        rows.append({"setting": setting, "auroc_mean": m["auroc"].mean(), "auroc_sd": m["auroc"].std(ddof=1),
-                     "ci_low": lo, "ci_high": hi})
+        row = {"setting": setting, "auroc_mean": m["auroc"].mean(), "auroc_sd": m["auroc"].std(ddof=1),
+               "ci_low": lo, "ci_high": hi}
+        if splits is not None:
+            row["p, corrected t-test"] = compare_models(pred, full, splits)["p_corrected_t"] \
+                if setting != "all modalities" else np.nan
+        rows.append(row)
     out = pd.DataFrame(rows).set_index("setting")
-    out["difference from all modalities"] = out["auroc_mean"] - out.loc["all modalities", "auroc_mean"]
+    out.insert(4, "difference from all modalities", out["auroc_mean"] - out.loc["all modalities", "auroc_mean"])
     return out
 
 
@@ -686,7 +693,11 @@ def ablation_text(table: pd.DataFrame) -> str:
     full = table.loc["all modalities"]
     parts = [f"with every modality the fusion reached a test-fold AUROC of {full['auroc_mean']:.2f} "
              f"(95 % CI {full['ci_low']:.2f}–{full['ci_high']:.2f})"]
+    from .evaluate import _fmt_p
+
     for setting, r in table.drop(index="all modalities").iterrows():
-        parts.append(f"{setting} {r['auroc_mean']:.2f} ({r['difference from all modalities']:+.2f})")
+        p = f", p {'' if _fmt_p(r['p, corrected t-test']).startswith('<') else '= '}{_fmt_p(r['p, corrected t-test'])}" \
+            if "p, corrected t-test" in table.columns else ""
+        parts.append(f"{setting} {r['auroc_mean']:.2f} ({r['difference from all modalities']:+.2f}{p})")
     worst = table.drop(index="all modalities")["difference from all modalities"].idxmin()
     return "; ".join(parts) + f". Hiding the {worst.removeprefix('without ')} cost the most."

@@ -264,8 +264,14 @@ def test_masking_a_modality_at_inference_is_the_missing_modality_path(fitted):
     pd.testing.assert_frame_equal(ab["all modalities"].sort_values(["repeat", "fold", "patient"], ignore_index=True),
                                   saved.sort_values(["repeat", "fold", "patient"], ignore_index=True),
                                   check_dtype=False, atol=1e-6)
-    table = explain.ablation_table(ab, n_boot=50, seed=0)
+    table = explain.ablation_table(ab, n_boot=50, seed=0, splits=s)
     assert table.loc["all modalities", "difference from all modalities"] == 0
+    assert np.isnan(table.loc["all modalities", "p, corrected t-test"])
+    from prrt.evaluate import compare_models
+
+    assert table.loc["without CT", "p, corrected t-test"] == compare_models(ab["without CT"], ab["all modalities"],
+                                                                            s)["p_corrected_t"]
+    assert "p, corrected t-test" not in explain.ablation_table(ab, n_boot=50, seed=0)
     assert (table["ci_low"] <= table["auroc_mean"] + 0.05).all() and (table["ci_high"] >= table["ci_low"]).all()
     # the labs carry the signal here: without them the fusion is worse
     assert table.loc["without laboratory values", "difference from all modalities"] < 0
@@ -378,6 +384,8 @@ def test_the_page_s_sentences_come_from_the_tables():
     assert explain.ablation_text(ab) == ("with every modality the fusion reached a test-fold AUROC of 0.80 (95 % CI "
                                          "0.70–0.90); without SR-PET 0.70 (-0.10); without CT 0.75 (-0.05). Hiding the "
                                          "SR-PET cost the most.")
+    ab["p, corrected t-test"] = [np.nan, 0.0004, 0.2]
+    assert "without SR-PET 0.70 (-0.10, p <0.001); without CT 0.75 (-0.05, p = 0.200)" in explain.ablation_text(ab)
 
 
 def test_example_patients_by_role():
