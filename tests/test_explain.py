@@ -159,6 +159,11 @@ def test_restored_fold_models_give_the_run_s_predictions(fitted):
             test = results[name].predictions.query("repeat == @key[0] and fold == @key[1]")["patient"].tolist()
             np.testing.assert_allclose(m.predict(data, test), results[name].models[key].predict(data, test), atol=1e-6)
     assert set(models.restore_fold_models(specs["f"], data, s, 0, run, repeats=[1])) == {(1, 0), (1, 1), (1, 2)}
+    # on the CPU the restored CNNs give the saved probabilities to the last digits
+    assert len(models.restore_fold_models(specs["pet_cnn"], data, s, 0, run, tolerance=1e-12)) == 6
+    ck = torch.load(run / "checkpoints" / "pet_cnn" / "r0_f0.pt", weights_only=True)
+    with pytest.raises(ValueError, match="^the checkpoint holds a PET CNN, not a CT one$"):
+        train.ImageModel("ct", train.TrainConfig()).restore(data, models.TrainingPart([], []), ck)
 
 
 def test_restoring_refuses_checkpoints_of_another_run(fitted, tmp_path):
