@@ -164,6 +164,9 @@ def test_restored_fold_models_give_the_run_s_predictions(fitted):
     ck = torch.load(run / "checkpoints" / "pet_cnn" / "r0_f0.pt", weights_only=True)
     with pytest.raises(ValueError, match="^the checkpoint holds a PET CNN, not a CT one$"):
         train.ImageModel("ct", train.TrainConfig()).restore(data, models.TrainingPart([], []), ck)
+    del ck["modality"]  # a checkpoint written before checkpoints named their modality: taken as it is
+    part = models.TrainingPart(list(y.dropna().index[:10]), [])
+    assert train.ImageModel("ct", train.TrainConfig()).restore(data, part, ck).prevalence == y.iloc[:10].mean()
 
 
 def test_restoring_refuses_checkpoints_of_another_run(fitted, tmp_path):
