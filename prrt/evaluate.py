@@ -290,6 +290,12 @@ def _fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_phrase(p) -> str:
+    """A p-value as prose puts it after "p": ``"<0.001"`` or ``"= 0.215"`` (``p`` a number or :func:`_fmt_p`'s text)."""
+    text = p if isinstance(p, str) else _fmt_p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def pairwise_table(predictions: dict, splits: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Each model against ``reference``: AUROC difference, corrected t-test p (quoted) and DeLong p."""
     rows = []

@@ -302,12 +302,6 @@ def sanity_summary(cascade: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- the run's image models: maps per fold model, cached in the run ----------------------------------------
-def _sha256(path) -> str:
-    import hashlib
-
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
 def fold_maps(run_dir, name: str, repeat: int, fold: int, net: nn.Module, x: torch.Tensor, patients: list[str],
               layer: str) -> np.ndarray:
     """The Grad-CAM maps of one fold model (``name``, ``repeat``, ``fold``) for ``patients``, computed
@@ -315,9 +309,10 @@ def fold_maps(run_dir, name: str, repeat: int, fold: int, net: nn.Module, x: tor
     SHA-256 and the layer, so that a changed model is never served stale maps)."""
     from pathlib import Path
 
+    from .imaging import file_sha256
     from .models import checkpoint_path
 
-    sha = _sha256(checkpoint_path(run_dir, name, repeat, fold))
+    sha = file_sha256(checkpoint_path(run_dir, name, repeat, fold))
     file = Path(run_dir) / "explain" / "gradcam" / name / f"r{repeat}_f{fold}.npz"
     if file.is_file():
         with np.load(file) as z:
@@ -693,11 +688,10 @@ def ablation_text(table: pd.DataFrame) -> str:
     full = table.loc["all modalities"]
     parts = [f"with every modality the fusion reached a test-fold AUROC of {full['auroc_mean']:.2f} "
              f"(95 % CI {full['ci_low']:.2f}–{full['ci_high']:.2f})"]
-    from .evaluate import _fmt_p
+    from .evaluate import p_phrase
 
     for setting, r in table.drop(index="all modalities").iterrows():
-        p = f", p {'' if _fmt_p(r['p, corrected t-test']).startswith('<') else '= '}{_fmt_p(r['p, corrected t-test'])}" \
-            if "p, corrected t-test" in table.columns else ""
+        p = f", p {p_phrase(r['p, corrected t-test'])}" if "p, corrected t-test" in table.columns else ""
         parts.append(f"{setting} {r['auroc_mean']:.2f} ({r['difference from all modalities']:+.2f}{p})")
     worst = table.drop(index="all modalities")["difference from all modalities"].idxmin()
     return "; ".join(parts) + f". Hiding the {worst.removeprefix('without ')} cost the most."

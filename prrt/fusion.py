@@ -326,12 +326,11 @@ class NeuralFusion:
         for m in self.modalities:
             if m not in TABULAR and m not in self.shapes_:
                 raise ValueError(f"fusion needs {m.upper()} images for some patients; the data has none")
-        self.scorers_, self.score_scale_ = {}, {}  # the fold's CNNs; their scores' mean and SD on the fitting part
-        self._known = {}  # while fitting: the training patients' scores, computed once
-        for m, source in self.fold_models.items():
-            self.scorers_[m] = source.load(part)
-            ids = [p for p in part.fit + part.val if data.has(p, m)]
-            self._known[m] = dict(zip(ids, _scores(self.scorers_[m], data.images[m].take(ids)))) if ids else {}
+        # the fold's CNNs; the training patients' scores, computed once; their mean and SD on the fitting part
+        self.scorers_ = {m: source.load(part) for m, source in self.fold_models.items()}
+        self._known, self.score_scale_ = {}, {}
+        self.remember_scores(data, part.fit + part.val)
+        for m in self.fold_models:
             fit_scores = np.array([self._known[m][p] for p in part.fit if p in self._known[m]])
             self.score_scale_[m] = (float(fit_scores.mean()), float(fit_scores.std()) or 1.0) if len(fit_scores) else (0.0, 1.0)
         self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
@@ -664,6 +663,8 @@ def headline_comparisons(run_dir, summary: pd.DataFrame, splits: pd.DataFrame) -
 
 def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
     """The chapter's result in a sentence or two (Markdown), from the summary rows and the paired tests."""
+    from .evaluate import p_phrase
+
     rows = summary.set_index("model")
     if HEADLINE not in rows.index or rows.loc[HEADLINE, "status"] != "ran":
         why = rows.loc[HEADLINE, "status"] if HEADLINE in rows.index else "not in the summary"
@@ -680,8 +681,7 @@ def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
         if c["model"] != HEADLINE:
             continue
         kind = "the best unimodal model" if c["versus"] in UNIMODAL else "the classical baseline"
-        p = c["p, corrected resampled t-test"]
-        p = p if p.startswith("<") else f"= {p}"
+        p = p_phrase(c["p, corrected resampled t-test"])
         out.append(f"Against {kind}, `{c['versus']}` ({score(c['versus'])}), the per-fold AUROCs differ on average "
                    f"by {c['difference (mean over folds)']} (corrected resampled t-test p {p}).")
     return " ".join(out)

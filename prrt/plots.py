@@ -120,12 +120,12 @@ def roc_pr_curves(predictions: dict, prevalence: float | None = None):
     return fig
 
 
-def importance_plot(summary, title: str, xlabel: str, ax=None):
+def importance_plot(summary, title: str, xlabel: str, ax=None, color: str = "tab:blue"):
     """Horizontal bars of mean importance with SD error bars (``summary`` from importance_summary)."""
     s = summary.iloc[::-1]
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 0.35 * len(s) + 1.2))
-    ax.barh(s.index, s["mean"], xerr=s["sd"], color="tab:blue", alpha=0.8, capsize=2)
+    ax.barh(s.index, s["mean"], xerr=s["sd"], color=color, alpha=0.8, capsize=2)
     ax.axvline(0, color="k", lw=0.8)
     ax.set(title=title, xlabel=xlabel)
     ax.figure.tight_layout()
@@ -328,22 +328,16 @@ def randomisation_curves(cascade, labels=None):
 
 
 def importance_side_by_side(table):
-    """The laboratory values' permutation importance in the fusion and in the Random Forest (chapter 02)."""
-    s = table.iloc[::-1]
-    both = "Random Forest: mean drop in AUROC" in s.columns
-    fig, axes = plt.subplots(1, 2 if both else 1, figsize=(11 if both else 6, 0.35 * len(s) + 1.4), squeeze=False,
-                             sharey=True)
-    axes = axes[0]
-    axes[0].barh(s.index, s["fusion: mean drop in AUROC"], xerr=s["fusion: SD"], color="tab:purple", alpha=0.8,
-                 capsize=2)
-    axes[0].set(title="inside the laboratory + SR-PET + CT fusion", xlabel="drop in AUROC (held-out folds)")
-    if both:
-        axes[1].barh(s.index, s["Random Forest: mean drop in AUROC"], xerr=s["Random Forest: SD"], color="tab:blue",
-                     alpha=0.8, capsize=2)
-        axes[1].set(title="laboratory Random Forest (chapter 2)", xlabel="drop in AUROC (held-out folds)")
-    for ax in axes:
-        ax.axvline(0, color="k", lw=0.8)
-    fig.tight_layout()
+    """The laboratory values' permutation importance in the fusion and in the Random Forest (chapter 02),
+    both in the fusion's order (``table`` from :func:`prrt.explain.importance_comparison`)."""
+    panels = [("fusion", "inside the laboratory + SR-PET + CT fusion", "tab:purple"),
+              ("Random Forest", "laboratory Random Forest (chapter 2)", "tab:blue")]
+    panels = [p for p in panels if f"{p[0]}: mean drop in AUROC" in table.columns]
+    fig, axes = plt.subplots(1, len(panels), figsize=(11 if len(panels) > 1 else 6, 0.35 * len(table) + 1.4),
+                             squeeze=False, sharey=True)
+    for ax, (who, title, color) in zip(axes[0], panels):
+        summary = table[[f"{who}: mean drop in AUROC", f"{who}: SD"]].set_axis(["mean", "sd"], axis=1)
+        importance_plot(summary, title, "drop in AUROC (held-out folds)", ax=ax, color=color)
     return fig
 
 
