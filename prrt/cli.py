@@ -12,25 +12,34 @@ EXIT_FAILED = 1
 
 
 def _validate(args) -> int:
-    from .manifest import ManifestError, load_manifest
+    from .manifest import ManifestError
+    from .validation import validate
 
     try:
-        cohort = load_manifest(args.manifest, check_images=args.check_images)
+        result = validate(args.manifest, check_images=args.check_images, profile=args.profile)
+        result.raise_for_errors(strict=args.strict)
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
+    cohort = result.cohort
     s = cohort.summary()
-    print(f"Manifest {cohort.manifest_path} is valid.")
+    short, long_ = s["group_names"]
+    print(f"Manifest {cohort.manifest_path} is valid" + (f", with {len(result.warnings)} warning(s):"
+                                                         if result.warnings else "."))
+    for w in result.warnings:
+        print(f"  - {w}")
     print(f"  cohort: {s['name']}{' (synthetic)' if s['synthetic'] else ''}")
     print(f"  patients: {s['patients']}")
     if s["horizon_months"] is not None:
         print(f"  labelled at {s['horizon_months']:g} months: {s['labelled']} "
-              f"(short PFS {s['short_pfs']}, long PFS {s['long_pfs']})")
+              f"({short} {s['short_pfs']}, {long_} {s['long_pfs']})")
         print(f"  excluded from the binary task (censored before the horizon): "
               f"{s['excluded_censored_before_horizon']}")
     else:
-        print(f"  labelled: {s['labelled']} (short PFS {s['short_pfs']}, long PFS {s['long_pfs']}); "
+        print(f"  labelled: {s['labelled']} ({short}: {s['short_pfs']}, {long_}: {s['long_pfs']}); "
               f"without a label: {s['excluded_censored_before_horizon']}")
+    if args.profile:
+        print(f"  cross-validation of the {args.profile} profile: feasible")
     mods = ", ".join(f"{m} {n}/{s['patients']}" for m, n in s["modalities"].items()) or "none"
     print(f"  images: {mods}")
     print(f"  laboratory values: {s['labs']}; clinical variables: {s['clinical']}")
@@ -128,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prrt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    v = sub.add_parser("validate", help="check a data manifest and print a summary (exit 2 if invalid)")
+    v = sub.add_parser("validate", help="check a data manifest and print a summary (exit 2 on errors; warnings "
+                                        "are printed and exit 0 unless --strict)")
     v.add_argument("manifest")
+    v.add_argument("--profile", choices=["smoke", "demo", "paper"], default="demo",
+                   help="check that this profile's cross-validation can be run on the cohort (default: demo)")
+    v.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     v.add_argument("--check-images", choices=["none", "exists", "header", "full"], default="full",
                    help="how far to check image files (default: read every image and check its values)")
     v.set_defaults(func=_validate)

@@ -211,6 +211,9 @@ def check_values(array: np.ndarray, path, modality: str | None, patient: str | N
         if values.size > 64 or not np.allclose(values, np.round(values)):
             raise ImageError("does not look like a label mask (expected a few integer labels)",
                              path, modality, patient)
+        if values[0] < 0:
+            raise ImageError(f"has a negative label ({values[0]:g}): labels are 0 (background) and 1, 2, … "
+                             "(lesions or organs)", path, modality, patient)
 
 
 # ---- the input grid: body-centred or lesion-centred ----------------------------------------------

@@ -45,16 +45,21 @@ class Problem:
     patient: str | None = None
     column: str | None = None
     file: str | None = None
+    severity: str = "error"
+    #: The patient's line in the CSV table (the header is line 1).
+    row: int | None = None
 
     def __str__(self) -> str:
         where = []
         if self.patient is not None:
-            where.append(f"patient {self.patient!r}")
+            where.append(f"patient {self.patient!r}" + (f" (row {self.row})" if self.row is not None
+                                                        and not self.patient.startswith("row ") else ""))
         if self.column is not None:
             where.append(f"column {self.column!r}")
         if self.file is not None:
             where.append(f"file {self.file}")
-        return (", ".join(where) + ": " if where else "") + self.message
+        text = (", ".join(where) + ": " if where else "") + self.message
+        return f"warning: {text}" if self.severity == "warning" else text
 
 
 class ManifestError(ValueError):
@@ -63,7 +68,9 @@ class ManifestError(ValueError):
     def __init__(self, manifest: Path | str, problems: list[Problem]):
         self.manifest = str(manifest)
         self.problems = list(problems)
-        lines = [f"Invalid manifest {self.manifest}: {len(problems)} problem(s)"]
+        n_err = sum(p.severity == "error" for p in problems)
+        counts = f"{n_err} error(s)" + (f", {len(problems) - n_err} warning(s)" if len(problems) > n_err else "")
+        lines = [f"Invalid manifest {self.manifest}: {len(problems)} problem(s) ({counts})"]
         lines += [f"  - {p}" for p in problems[:MAX_LISTED_PROBLEMS]]
         if len(problems) > MAX_LISTED_PROBLEMS:
             lines.append(f"  … and {len(problems) - MAX_LISTED_PROBLEMS} more")
@@ -74,15 +81,26 @@ def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
 
+#: Pseudonym prefixes, in order of preference: the first whose pseudonyms equal no patient ID is used.
+PSEUDONYM_PREFIXES = ("P", "PS", "PX", "Q", "QX")
+
+
 def pseudonymise(ids: list[str], cohort_name: str) -> dict[str, str]:
     """Map each patient ID to a pseudonym ``P001``, ``P002``, ….
 
     The order is that of a SHA-256 hash of the cohort name and the ID, so it is stable for a
-    cohort, independent of the row order of the table, and reveals nothing of the ID itself.
+    cohort, independent of the row order of the table, and reveals nothing of the ID itself. When
+    a hospital's own IDs look like pseudonyms (``P001``), another prefix is used (``PS001``), so
+    that no pseudonym in the book can be read as somebody's ID.
     """
     width = max(3, len(str(len(ids))))
     order = sorted(ids, key=lambda i: hashlib.sha256(f"{cohort_name}:{i}".encode()).hexdigest())
-    return {pid: f"P{k + 1:0{width}d}" for k, pid in enumerate(order)}
+    taken = {str(i).casefold() for i in ids}
+    for prefix in PSEUDONYM_PREFIXES:
+        mapping = {pid: f"{prefix}{k + 1:0{width}d}" for k, pid in enumerate(order)}
+        if not {v.casefold() for v in mapping.values()} & taken:
+            return mapping
+    raise ValueError("every pseudonym prefix collides with the patient IDs; rename the IDs")
 
 
 def pfs_label(time, event, horizon_months: float) -> np.ndarray:
@@ -139,6 +157,10 @@ class Cohort:
     modalities: list[str]
     input_files: list[Path]
     ct_pretraining: dict = field(default_factory=dict)
+    #: Names of the classes 1 and 0: short/long PFS, or ``<label column> = 1`` / ``= 0`` for a ready label.
+    group_names: tuple[str, str] = ("short PFS", "long PFS")
+    #: What validation warned about (:class:`Problem` with severity "warning"); the run went on.
+    warnings: list = field(default_factory=list)
     _id_of_pseudonym: dict[str, str] = field(repr=False, default_factory=dict)
 
     # ---- views -------------------------------------------------------------------------------
@@ -192,6 +214,7 @@ class Cohort:
             "labelled": int(lab.notna().sum()),
             "short_pfs": int((lab == 1).sum()),
             "long_pfs": int((lab == 0).sum()),
+            "group_names": list(self.group_names),
             "excluded_censored_before_horizon": self.n_excluded_censored,
             "horizon_months": self.horizon_months,
             "modalities": {m: int(self.data[f"{m}_path"].notna().sum()) for m in self.modalities},
@@ -233,214 +256,28 @@ def _schema_problems(doc: dict, path: Path) -> list[Problem]:
     return problems
 
 
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _numeric_column(df, col, ids, problems, *, allow_missing, table_path) -> pd.Series:
-    """Convert ``col`` to float, recording a problem for each non-numeric (or missing) cell."""
-    raw = df[col]
-    out = pd.to_numeric(raw, errors="coerce")
-    for i in np.flatnonzero(out.isna().to_numpy()):
-        value = raw.iloc[i]
-        if pd.isna(value) or (isinstance(value, str) and value.strip() == ""):
-            if not allow_missing:
-                problems.append(Problem("value is missing", patient=ids[i], column=col, file=table_path))
-        else:
-            problems.append(
-                Problem(f"{value!r} is not a number", patient=ids[i], column=col, file=table_path)
-            )
-    return out.astype(float)
-
-
-def load_manifest(path: str | Path, *, check_images: str = "header") -> Cohort:
-    """Validate a manifest and return the cohort it describes.
+def load_manifest(path: str | Path, *, check_images: str = "header", profile=None) -> Cohort:
+    """Validate a manifest and return the cohort it describes (:func:`prrt.validation.validate`).
 
     Parameters
     ----------
     path:
         The manifest YAML file.
     check_images:
-        ``"header"`` (default) opens every image file and reads its header (fast); ``"full"`` also
-        reads every voxel and checks the values (slow); ``"exists"`` only checks that each file
-        exists; ``"none"`` skips image checks.
+        ``"header"`` (default) opens every image file and reads its header (fast; checks that the
+        scans overlap in space); ``"full"`` also reads every voxel and checks the values and the
+        masks (slow); ``"exists"`` only checks that each file exists; ``"none"`` skips image checks.
+    profile:
+        A profile (or its name) whose cross-validation the cohort must allow; None skips that check.
 
     Raises
     ------
     ManifestError
-        listing every problem found, each naming the patient, the column and/or the file.
+        listing every error found, each naming the patient (the table's ID and row), the column
+        and/or the file. Warnings do not raise; they are kept in ``Cohort.warnings``.
     """
-    path = Path(path).resolve()
-    doc = _read_yaml(path)
-    problems = _schema_problems(doc, path)
-    if problems:
-        raise ManifestError(path, problems)
+    from .validation import validate
 
-    base = path.parent
-    table_path = (base / doc["table"]).resolve()
-    image_root = (base / doc.get("image_root", ".")).resolve()
-    if not table_path.is_file():
-        raise ManifestError(path, [Problem("table file not found (field 'table')", file=str(table_path))])
-    try:
-        df = pd.read_csv(table_path, dtype=str, keep_default_na=True, skipinitialspace=True)
-    except Exception as exc:  # pandas raises several types for malformed CSV
-        raise ManifestError(path, [Problem(f"cannot read the CSV table: {exc}", file=str(table_path))]) from None
-    df.columns = [c.strip() for c in df.columns]
-    tfile = str(table_path)
-
-    endpoint = doc["endpoint"]
-    images = doc.get("images", {}) or {}
-    labs = list(doc.get("labs", []) or [])
-    clinical = list(doc.get("clinical", []) or [])
-    categorical = list(doc.get("categorical", []) or [])
-    named = {"id": doc["id"]}
-    named.update({f"endpoint.{k}": v for k, v in endpoint.items() if k != "horizon_months"})
-    named.update({f"images.{k}": v for k, v in images.items()})
-    named.update({f"labs[{i}]": v for i, v in enumerate(labs)})
-    named.update({f"clinical[{i}]": v for i, v in enumerate(clinical)})
-    for fname, col in named.items():
-        if col not in df.columns:
-            problems.append(
-                Problem(f"column named by manifest field {fname!r} is not in the table "
-                        f"(columns are: {', '.join(df.columns)})", column=col, file=tfile)
-            )
-    for col in categorical:
-        if col not in clinical:
-            problems.append(Problem("listed under 'categorical' but not under 'clinical'", column=col, file=str(path)))
-    for col in set(labs) & set(clinical):
-        problems.append(Problem("listed both under 'labs' and 'clinical'", column=col, file=str(path)))
-    if problems:
-        raise ManifestError(path, problems)
-    if len(df) == 0:
-        raise ManifestError(path, [Problem("the table has no patients", file=tfile)])
-
-    # -- IDs ---------------------------------------------------------------------------------------
-    id_col = doc["id"]
-    raw_ids = df[id_col]
-    ids = [f"row {i + 2}" if pd.isna(v) or str(v).strip() == "" else str(v).strip() for i, v in enumerate(raw_ids)]
-    for i, v in enumerate(raw_ids):
-        if pd.isna(v) or str(v).strip() == "":
-            problems.append(Problem("patient ID is empty", patient=ids[i], column=id_col, file=tfile))
-    counts = pd.Series(ids).value_counts()
-    for dup, n in counts[counts > 1].items():
-        problems.append(Problem(f"patient ID appears {n} times; IDs must be unique", patient=dup, column=id_col, file=tfile))
-
-    # -- endpoint ----------------------------------------------------------------------------------
-    n = len(df)
-    time = pd.Series(np.nan, index=range(n))
-    event = pd.Series(np.nan, index=range(n))
-    label = pd.Series(np.nan, index=range(n))
-    horizon = endpoint.get("horizon_months")
-    if "time" in endpoint:
-        time = _numeric_column(df, endpoint["time"], ids, problems, allow_missing=False, table_path=tfile)
-        for i in np.flatnonzero((time < 0).to_numpy()):
-            problems.append(Problem(f"PFS time {time.iloc[i]:g} is negative; it must be >= 0 months",
-                                    patient=ids[i], column=endpoint["time"], file=tfile))
-        event = _numeric_column(df, endpoint["event"], ids, problems, allow_missing=False, table_path=tfile)
-        for i in np.flatnonzero((event.notna() & ~event.isin([0, 1])).to_numpy()):
-            problems.append(Problem(f"event is {event.iloc[i]:g}; it must be 1 (progression or death) or 0 (censored)",
-                                    patient=ids[i], column=endpoint["event"], file=tfile))
-    if "label" in endpoint:
-        label = _numeric_column(df, endpoint["label"], ids, problems, allow_missing=True, table_path=tfile)
-        for i in np.flatnonzero((label.notna() & ~label.isin([0, 1])).to_numpy()):
-            problems.append(Problem(f"label is {label.iloc[i]:g}; it must be 1 (short PFS) or 0 (long PFS)",
-                                    patient=ids[i], column=endpoint["label"], file=tfile))
-    elif horizon is not None:
-        label = pd.Series(pfs_label(time, event, horizon), index=range(n))
-
-    # -- labs: numeric, missing allowed ---------------------------------------------------------------
-    lab_values = {c: _numeric_column(df, c, ids, problems, allow_missing=True, table_path=tfile) for c in labs}
-    for c, s in lab_values.items():
-        if s.isna().all():
-            problems.append(Problem("laboratory column has no values at all", column=c, file=tfile))
-        for i in np.flatnonzero((s < 0).to_numpy()):
-            problems.append(Problem(f"laboratory value {s.iloc[i]:g} is negative", patient=ids[i], column=c, file=tfile))
-
-    # -- clinical: numeric where it looks numeric, else categorical ------------------------------------
-    clin_values = {}
-    for c in clinical:
-        col = df[c]
-        non_missing = col.dropna()
-        if c not in categorical and len(non_missing) and non_missing.map(_is_number).all():
-            clin_values[c] = pd.to_numeric(col)
-        else:
-            clin_values[c] = col.map(lambda v: v.strip() if isinstance(v, str) else v)
-            if c not in categorical:
-                categorical.append(c)
-
-    # -- images --------------------------------------------------------------------------------------
-    image_paths: dict[str, list] = {}
-    for modality in MODALITIES:
-        col = images.get(modality)
-        if col is None:
-            continue
-        paths = []
-        for i, v in enumerate(df[col]):
-            if pd.isna(v) or str(v).strip() == "":
-                paths.append(None)
-                continue
-            p = (image_root / str(v).strip()).resolve()
-            paths.append(str(p))
-            if check_images == "none":
-                continue
-            if not p.is_file():
-                problems.append(Problem(f"{modality} image file not found", patient=ids[i], column=col, file=str(p)))
-                continue
-            if check_images in ("header", "full"):
-                from . import imaging
-
-                try:
-                    if check_images == "full":
-                        imaging.read_image(p, modality=modality, patient=ids[i])
-                    else:
-                        imaging.read_header(p, modality=modality, patient=ids[i])
-                except imaging.ImageError as exc:
-                    problems.append(Problem(exc.reason, patient=ids[i], column=col, file=str(p)))
-        image_paths[modality] = paths
-    pretraining = {}
-    for key, value in (doc.get("ct_pretraining") or {}).items():
-        if key == "key_prefixes":
-            pretraining[key] = list(value)
-            continue
-        p = (base / value).resolve()
-        if not p.exists():
-            problems.append(Problem(f"ct_pretraining {key} not found", column=f"ct_pretraining.{key}", file=str(p)))
-        pretraining[key] = p
-    if problems:
-        raise ManifestError(path, problems)
-
-    # -- assemble ------------------------------------------------------------------------------------
-    mapping = pseudonymise(ids, doc["name"])
-    pseudo = [mapping[i] for i in ids]
-    data = pd.DataFrame({"pfs_months": time.to_numpy(), "event": event.to_numpy(), "label": label.to_numpy()},
-                        index=pd.Index(pseudo, name="patient"))
-    for c, s in lab_values.items():
-        data[c] = s.to_numpy()
-    for c, s in clin_values.items():
-        data[c] = s.to_numpy()
-    for modality, paths in image_paths.items():
-        data[f"{modality}_path"] = paths
-    data = data.sort_index()
-    files = [path, table_path] + sorted(
-        {Path(p) for paths in image_paths.values() for p in paths if p is not None}
-    )
-    return Cohort(
-        name=doc["name"],
-        synthetic=bool(doc.get("synthetic", False)),
-        description=doc.get("description", ""),
-        manifest_path=path,
-        data=data,
-        labs=labs,
-        clinical=clinical,
-        categorical=categorical,
-        units=dict(doc.get("units", {}) or {}),
-        horizon_months=horizon,
-        modalities=[m for m in MODALITIES if m in image_paths],
-        input_files=files,
-        ct_pretraining=pretraining,
-        _id_of_pseudonym={mapping[i]: i for i in ids},
-    )
+    result = validate(path, check_images=check_images, profile=profile)
+    result.raise_for_errors()
+    return result.cohort

@@ -165,7 +165,9 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     """
     get_profile(profile)  # fail early on an unknown profile
     manifest = Path(manifest).resolve()
-    cohort = load_manifest(manifest, check_images="full")
+    cohort = load_manifest(manifest, check_images="full", profile=profile)
+    for warning in cohort.warnings:
+        log(str(warning))
     run_dir = Path(run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = run_dir.with_name(f".{run_dir.name}.staging")

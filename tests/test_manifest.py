@@ -16,6 +16,9 @@ from prrt.cli import main
 from prrt.manifest import ManifestError, load_manifest, load_schema, pseudonymise
 
 
+ROW = r" \(row \d+\)"  # a problem names the table's own ID and its line in the CSV
+
+
 def table(d):
     return pd.read_csv(d / "cohort.csv", dtype=str)
 
@@ -122,7 +125,7 @@ def test_duplicate_id(cohort_copy):
     dup = df.loc[3, "patient_id"]
     df.loc[5, "patient_id"] = dup
     write(cohort_copy, df)
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{dup}'", "appears 2 times", "column 'patient_id'")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{dup}'{ROW}", "appears 2 times", "column 'patient_id'")
 
 
 def test_empty_id(cohort_copy):
@@ -137,7 +140,7 @@ def test_text_in_lab_column(cohort_copy):
     pid = df.loc[2, "patient_id"]
     df.loc[2, "ggt"] = "high"
     write(cohort_copy, df)
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'ggt'", "'high' is not a number")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'ggt'", "'high' is not a number")
 
 
 def test_missing_lab_value_is_allowed(cohort_copy):
@@ -153,7 +156,7 @@ def test_negative_time(cohort_copy):
     pid = df.loc[1, "patient_id"]
     df.loc[1, "pfs_months"] = "-3"
     write(cohort_copy, df)
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'pfs_months'", "negative")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'pfs_months'", "negative")
 
 
 def test_missing_time(cohort_copy):
@@ -161,7 +164,7 @@ def test_missing_time(cohort_copy):
     pid = df.loc[1, "patient_id"]
     df.loc[1, "pfs_months"] = ""
     write(cohort_copy, df)
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'pfs_months'", "value is missing")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'pfs_months'", "value is missing")
 
 
 def test_event_of_two(cohort_copy):
@@ -169,7 +172,7 @@ def test_event_of_two(cohort_copy):
     pid = df.loc[0, "patient_id"]
     df.loc[0, "progressed"] = "2"
     write(cohort_copy, df)
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'progressed'", "event is 2")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'progressed'", "event is 2")
 
 
 def test_label_of_three(cohort_copy):
@@ -179,7 +182,7 @@ def test_label_of_three(cohort_copy):
     df.loc[0, "short"] = "3"
     write(cohort_copy, df)
     edit_manifest(cohort_copy / "manifest.yaml", endpoint={"label": "short"})
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'short'", "label is 3")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'short'", "label is 3")
 
 
 def test_missing_table(cohort_copy):
@@ -191,7 +194,7 @@ def test_missing_image_file(cohort_copy):
     df = table(cohort_copy)
     pid = df.loc[0, "patient_id"]
     (cohort_copy / df.loc[0, "pet_path"]).unlink()
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'pet_path'", "pet image file not found",
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'pet_path'", "pet image file not found",
                    "pet.nii.gz", check_images="exists")
 
 
@@ -200,7 +203,7 @@ def test_corrupt_nifti(cohort_copy):
     pid = df.loc[1, "patient_id"]
     f = cohort_copy / df.loc[1, "ct_path"]
     f.write_bytes(gzip.compress(b"this is not a NIfTI file at all" * 20))
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'ct_path'", "cannot be read",
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'ct_path'", "cannot be read",
                    re.escape(str(f)))
 
 
@@ -209,7 +212,7 @@ def test_truncated_nifti(cohort_copy):
     pid = df.loc[1, "patient_id"]
     f = cohort_copy / df.loc[1, "pet_path"]
     f.write_bytes(f.read_bytes()[:2000])
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'pet_path'", "cannot be read")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'pet_path'", "cannot be read")
 
 
 def test_2d_image(cohort_copy):
@@ -217,7 +220,7 @@ def test_2d_image(cohort_copy):
     pid = df.loc[2, "patient_id"]
     f = cohort_copy / df.loc[2, "ct_path"]
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 100, (32, 32)).astype(np.int16), np.eye(4)), f)
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'ct_path'", "is 2D", check_images="header")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'ct_path'", "is 2D", check_images="header")
 
 
 def test_pet_in_bq_per_ml(cohort_copy):
@@ -226,7 +229,7 @@ def test_pet_in_bq_per_ml(cohort_copy):
     f = cohort_copy / df.loc[3, "pet_path"]
     img = nib.load(f)
     nib.save(nib.Nifti1Image((img.get_fdata() * 5000).astype(np.float32), img.affine), f)
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'pet_path'", "Bq/mL", "not SUV")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'pet_path'", "Bq/mL", "not SUV")
 
 
 def test_ct_not_in_hounsfield_units(cohort_copy):
@@ -235,7 +238,7 @@ def test_ct_not_in_hounsfield_units(cohort_copy):
     f = cohort_copy / df.loc[3, "ct_path"]
     img = nib.load(f)
     nib.save(nib.Nifti1Image((img.get_fdata() + 1024).astype(np.int16), img.affine), f)
-    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}', column 'ct_path'", "not Hounsfield units")
+    expect_problem(cohort_copy / "manifest.yaml", f"patient '{pid}'{ROW}, column 'ct_path'", "not Hounsfield units")
 
 
 def test_all_problems_reported_at_once(cohort_copy):
