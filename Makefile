@@ -36,11 +36,12 @@ $(DEMO_DIR)/cohort.csv: | $(BIN)/.installed
 
 demo-data: $(DEMO_DIR)/cohort.csv
 
+# `prrt run` builds the book with the results and swaps both in together (a failed run keeps the old ones)
 run: venv demo-data
-	$(BIN)/prrt run --manifest $(MANIFEST) --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED)
+	$(BIN)/prrt run --manifest $(MANIFEST) --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) --no-book
 
-book: run
-	$(BIN)/prrt book --run-dir $(RUN_DIR)
+book: venv demo-data
+	$(BIN)/prrt run --manifest $(MANIFEST) --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED)
 
 # One pytest worker per core (pytest-xdist), one test file per worker at a time: the tests that read the
 # smoke run (tests/test_runner.py) then share one worker, which makes that run once; files start in the

@@ -102,28 +102,43 @@ def _pretrain_ct(args) -> int:
 
 def _run(args) -> int:
     from .manifest import ManifestError
-    from .runs import RunError, run
+    from .runs import RunError, RunInterrupted, RunLocked, run
 
     try:
         d = run(args.manifest, args.profile, args.run_dir, seed=args.seed, notebooks_dir=args.notebooks_dir,
                 cache_dir=args.cache_dir, ct_weights=args.ct_weights, ct_weights_prefix=args.ct_weights_prefix,
-                engine=args.engine, workers=args.workers)
+                engine=args.engine, workers=args.workers, book=not args.no_book,
+                log=lambda msg: print(msg, file=sys.stderr))
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
+    except RunLocked as exc:
+        print(f"Run refused: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except RunInterrupted as exc:
+        print(f"Run interrupted: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except RunError as exc:
         print(f"Run failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     info = json.loads((d / "run.json").read_text())
     print(f"Run complete in {info['wall_time_s']} s: {d}")
+    if (d / "book" / "index.html").is_file() and not args.no_book:
+        print(f"Book: {d / 'book' / 'index.html'}")
     return 0
 
 
 def _book(args) -> int:
-    from .runs import RunError, build_book
+    from .runs import RunError, RunInterrupted, RunLocked, build_book
 
     try:
-        index = build_book(args.run_dir)
+        index = build_book(args.run_dir, log=lambda msg: print(msg, file=sys.stderr))
+    except RunLocked as exc:
+        print(f"Book refused: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except RunInterrupted as exc:
+        print(f"Book build interrupted: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except RunError as exc:
         print(f"Book build failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -170,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="train again even if the cache has this result")
     t.set_defaults(func=_pretrain_ct)
 
-    r = sub.add_parser("run", help="execute the notebooks into a run directory")
+    r = sub.add_parser("run", help="execute the notebooks into a run directory and build its book")
     r.add_argument("--manifest", required=True)
     r.add_argument("--profile", required=True, choices=["smoke", "demo", "paper"])
     r.add_argument("--run-dir", required=True)
@@ -187,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "'local-cuda' (one worker per GPU) or a scheduler address tcp://host:8786; default: "
                         "one after another")
     r.add_argument("--workers", type=int, default=None, help="worker processes for --engine local (default 2)")
+    r.add_argument("--no-book", action="store_true",
+                   help="do not build the book (the run directory then has none until `prrt book`)")
     r.set_defaults(func=_run)
 
-    b = sub.add_parser("book", help="build the Jupyter Book of a run")
+    b = sub.add_parser("book", help="build the Jupyter Book of a run again (prrt run builds it)")
     b.add_argument("--run-dir", required=True)
     b.set_defaults(func=_book)
     return p

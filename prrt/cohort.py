@@ -8,7 +8,10 @@ Table 1 compares the short-PFS and long-PFS groups (labelled patients only):
   5, otherwise Fisher's exact test (exact for 2×2 tables; for larger tables its p-value is estimated
   from 20 000 random tables with a seeded generator, so it is reproducible).
 
-Percentages are of patients with a value; missing values are counted in their own column.
+Percentages are of patients with a value; missing values are counted in their own column. A level of
+a categorical variable seen in fewer than ``RARE_LEVEL`` (5) of the patients described is never shown
+by name: such levels are pooled into one row, ``other (n < 5)``, so that a rare value (a birth date or
+a ward put into a clinical column by mistake) is not published.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import pandas as pd
 from scipy import stats
 
 FISHER_MONTE_CARLO_TABLES = 20_000
+RARE_LEVEL = 5
+POOLED_LEVEL = f"other (n < {RARE_LEVEL})"
 
 
 def format_p(p: float) -> str:
@@ -98,8 +103,10 @@ def table1(data: pd.DataFrame, group: str, variables: list[str], categorical: li
             rows.append({"variable": label, c_all: median_iqr(d[var]), c1: median_iqr(g1[var]),
                          c0: median_iqr(g0[var]), "missing": missing, "test": test, "p": p})
         else:
-            levels = sorted(d[var].dropna().astype(str).unique(), key=_natural_key)
-            counts = np.array([[int((grp[var].astype(str) == lv).sum()) for lv in levels] for grp in (g1, g0)])
+            values = pool_rare_levels(d[var])
+            levels = sorted(set(values.dropna()) - {POOLED_LEVEL}, key=_natural_key)
+            levels += [POOLED_LEVEL] if (values == POOLED_LEVEL).any() else []
+            counts = np.array([[int((values.loc[grp.index] == lv).sum()) for lv in levels] for grp in (g1, g0)])
             test, p = compare_categorical(counts, seed=seed)
             rows.append({"variable": label + ", n (%)", c_all: "", c1: "", c0: "", "missing": missing,
                          "test": test, "p": p})
@@ -109,11 +116,19 @@ def table1(data: pd.DataFrame, group: str, variables: list[str], categorical: li
                              c1: _n_pct(counts[0, k], g1[var].notna().sum()),
                              c0: _n_pct(counts[1, k], g0[var].notna().sum()),
                              "missing": np.nan, "test": "", "p": np.nan})
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=None if rows else ["variable", c_all, c1, c0, "missing", "test", "p"])
     out["p_text"] = [format_p(p) if t else "" for p, t in zip(out["p"], out["test"])]
     out["p_holm"] = holm(out["p"].where(out["test"] != ""))
     out["p_holm_text"] = [format_p(p) if t else "" for p, t in zip(out["p_holm"], out["test"])]
     return out
+
+
+def pool_rare_levels(values: pd.Series, rare: int = RARE_LEVEL) -> pd.Series:
+    """Levels (as text) with those seen in fewer than ``rare`` patients replaced by ``POOLED_LEVEL``."""
+    text = values.dropna().astype(str)
+    counts = text.value_counts()
+    out = text.where(~text.isin(counts.index[counts < rare]), POOLED_LEVEL)
+    return out.reindex(values.index)
 
 
 def holm(p_values: pd.Series) -> pd.Series:
@@ -143,17 +158,21 @@ def _n_pct(k, n) -> str:
 
 
 def cohort_table1(cohort, seed: int = 0) -> pd.DataFrame:
-    """Table 1 of a :class:`prrt.manifest.Cohort`: clinical variables, then laboratory values."""
+    """Table 1 of a :class:`prrt.manifest.Cohort`: clinical variables, then laboratory values (an empty
+    table, with its columns, when the manifest lists neither)."""
+    names = tuple(n[0].upper() + n[1:] for n in cohort.group_names)
     return table1(cohort.data, "label", cohort.clinical + cohort.labs, cohort.categorical, cohort.units,
-                  seed=seed)
+                  group_names=names, seed=seed)
 
 
 def exclusion_summary(cohort) -> pd.DataFrame:
     """How many patients enter the binary task, and why the others do not."""
+    excluded = ("censored before the horizon (no label; kept for survival analyses)" if cohort.horizon_months
+                is not None else "without a label")
     rows = [("patients in the manifest", cohort.n_patients),
-            ("censored before the horizon (no label; kept for survival analyses)", cohort.n_excluded_censored),
-            ("labelled: short PFS", int((cohort.data["label"] == 1).sum())),
-            ("labelled: long PFS", int((cohort.data["label"] == 0).sum()))]
+            (excluded, cohort.n_excluded_censored),
+            (f"labelled: {cohort.group_names[0]}", int((cohort.data["label"] == 1).sum())),
+            (f"labelled: {cohort.group_names[1]}", int((cohort.data["label"] == 0).sum()))]
     return pd.DataFrame(rows, columns=["", "patients"])
 
 

@@ -1,13 +1,21 @@
 """The runner: execute the notebooks of the study into a run directory, and build the book.
 
 One run = one manifest + one profile + one seed. ``run`` executes ``notebooks/0*.ipynb`` in order
-with papermill into a *staging* directory beside the run directory and, only when every notebook
-succeeded, replaces the run directory with it. A failing notebook therefore never touches the
-previous good run or its book; the failed attempt is kept in ``.<name>.failed`` for inspection.
+with papermill into a *staging* directory beside the run directory (``.<name>.staging-<pid>``, one per
+process), builds the book there and, only when every notebook and the book succeeded, replaces the
+run directory with it: results and book change together. A failing notebook therefore never touches
+the previous good run or its book; the failed attempt is kept in ``.<name>.failed`` for inspection.
+SIGTERM or Ctrl-C stops the notebook's kernel, removes the staging directory and leaves the previous
+run as it was.
+
+One process at a time works on a run directory: ``run`` and ``book`` hold an exclusive lock
+(:class:`RunLock`, ``.<name>.lock`` beside it); a second one exits with status 2, naming the holder.
 
 ``build_book`` renders the executed notebooks of a run, with the hand-written chapters, into
 ``<run_dir>/book/`` with Jupyter Book 1.x (``execute_notebooks: 'off'``), also through a staging
-directory, and refuses to publish a page that contains a patient ID from the manifest.
+directory, and refuses to publish a book in which any file contains a patient ID, a rare value of a
+declared text column, an image path or the manifest's folder (:func:`prrt.validation.identifier_tokens`).
+Paths in ``run.json`` and in the executed notebooks are relative to the run directory.
 """
 
 from __future__ import annotations
@@ -44,6 +52,121 @@ MIN_ID_LENGTH_CHECKED = 4
 
 class RunError(RuntimeError):
     """A run or book build failed; the previous run and book are untouched."""
+
+
+class RunLocked(RunError):
+    """Another process holds the run directory's lock."""
+
+
+class RunInterrupted(RunError):
+    """SIGTERM or SIGINT stopped the run; the previous run and book are untouched."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by one process: ``<parent>/.<name>.lock``.
+
+    ``fcntl.flock`` on the lock file: the operating system releases it when the holder exits, however
+    it exits, so the lock of a process that was killed is recovered by the next run (the file then still
+    names the dead holder, and the next holder says so). The file records the holder (PID, host, start
+    time, command) for the message a second process gets. It is emptied, not deleted, on release
+    (deleting it would let two processes lock two different files).
+    """
+
+    def __init__(self, run_dir, command: str, log=print):
+        self.run_dir = Path(run_dir).resolve()
+        self.path = self.run_dir.with_name(f".{self.run_dir.name}.lock")
+        self.command, self.log, self.fd = command, log, None
+
+    def holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            h = self.holder()
+            raise RunLocked(
+                f"{self.run_dir} is in use by another process: prrt {h.get('command', '?')} (PID {h.get('pid', '?')} "
+                f"on {h.get('host', '?')}, started {h.get('started', '?')}). Wait for it to finish, or use another "
+                "--run-dir") from None
+        stale = self.holder()
+        if stale.get("pid"):
+            self.log(f"recovered the lock of {self.run_dir.name} left by PID {stale['pid']} (prrt "
+                     f"{stale.get('command', '?')}, started {stale.get('started', '?')}), which is no longer running")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "started": _now(),
+                                 "command": self.command}).encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Signals:
+    """While active, SIGTERM (and SIGINT) raise :class:`RunInterrupted` in the main thread."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in self.SIGNALS:
+            signum = getattr(signal, name)
+            self.previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        import signal
+
+        _stop_kernels(kill=True)  # at once: a kernel left running would print its own shutdown errors
+        raise RunInterrupted(f"stopped by {signal.Signals(signum).name}", signum)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_kernels(kill: bool = False) -> None:
+    """Stop the processes this process started (notebook kernels, and theirs): papermill may not get to it when
+    interrupted. ``kill``: SIGKILL at once; otherwise SIGTERM, and SIGKILL after 5 s."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.kill() if kill else child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        child.kill()
 
 
 def _now() -> str:
@@ -84,8 +207,14 @@ def environment_info() -> dict:
             "packages": versions, "device": device}
 
 
-def input_hashes(cohort) -> dict:
-    """SHA-256 of every input file; images keyed by pseudonym and modality (no paths: they may name patients)."""
+def relative(path, start) -> str:
+    """``path`` relative to the folder ``start`` (absolute paths may name a user or a patient)."""
+    return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+
+
+def input_hashes(cohort, run_dir) -> dict:
+    """SHA-256 of every input file; images keyed by pseudonym and modality (no paths: they may name patients);
+    the manifest's path relative to the run directory."""
     images = {}
     for pid in cohort.data.index:
         entry = {}
@@ -95,7 +224,7 @@ def input_hashes(cohort) -> dict:
                 entry[m] = file_sha256(p)
         images[pid] = entry
     return {
-        "manifest": {"path": str(cohort.manifest_path), "sha256": file_sha256(cohort.manifest_path)},
+        "manifest": {"path": relative(cohort.manifest_path, run_dir), "sha256": file_sha256(cohort.manifest_path)},
         "table": {"file": cohort.input_files[1].name, "sha256": file_sha256(cohort.input_files[1])},
         "images": images,
     }
@@ -109,9 +238,14 @@ def list_notebooks(notebooks_dir=None) -> list[Path]:
     return nbs
 
 
-def _hide_parameter_cells(path: Path) -> None:
-    """Tag papermill's injected-parameters cell (and the parameters cell) so the book hides them."""
+def _finish_notebook(path: Path) -> None:
+    """Tag papermill's injected-parameters cell (and the parameters cell) so the book hides them, and put
+    paths relative to the run directory in papermill's record (it keeps the absolute ones)."""
     nb = nbformat.read(path, as_version=4)
+    record = nb.metadata.get("papermill", {})
+    if record:
+        record["input_path"] = f"notebooks/{path.name}"  # in the repository
+        record["output_path"] = f"notebooks/{path.name}"  # in the run directory
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if ("injected-parameters" in tags or "parameters" in tags) and HIDDEN_TAG not in tags:
@@ -153,15 +287,17 @@ def declared_parameters(notebook) -> set[str]:
 
 def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir=None, cache_dir=None,
         progress: bool = True, log=print, ct_weights=None, ct_weights_prefix=(), engine: str | None = None,
-        workers: int | None = None) -> Path:
-    """Execute the notebooks in order into ``run_dir``; returns the run directory.
+        workers: int | None = None, book: bool = True) -> Path:
+    """Execute the notebooks in order into ``run_dir`` and build its book; returns the run directory.
 
     ``engine``: where the notebooks fit their models (:mod:`prrt.parallel`): ``None`` in each
     notebook's own process, one after another; ``"local"`` (``workers`` processes), ``"local-cuda"``
-    or ``"tcp://host:port"``, a Dask cluster.
+    or ``"tcp://host:port"``, a Dask cluster. ``book=False``: leave the book out (the run directory
+    then has none until ``build_book``).
 
-    Raises :class:`prrt.manifest.ManifestError` for an invalid manifest (before anything runs) and
-    :class:`RunError` when a notebook fails, naming the notebook and the failing cell.
+    Raises :class:`prrt.manifest.ManifestError` for an invalid manifest (before anything runs),
+    :class:`RunLocked` when another process works on ``run_dir``, :class:`RunInterrupted` on SIGTERM or
+    SIGINT, and :class:`RunError` when a notebook or the book fails, naming the notebook and the cell.
     """
     get_profile(profile)  # fail early on an unknown profile
     manifest = Path(manifest).resolve()
@@ -169,8 +305,22 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     for warning in cohort.warnings:
         log(str(warning))
     run_dir = Path(run_dir).resolve()
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = run_dir.with_name(f".{run_dir.name}.staging")
+    with RunLock(run_dir, "run", log), _Signals():
+        staging = run_dir.with_name(f".{run_dir.name}.staging-{os.getpid()}")
+        try:
+            _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log,
+                      ct_weights, ct_weights_prefix, engine, workers, book)
+        except RunInterrupted as exc:
+            _stop_kernels()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RunInterrupted(f"{exc}: the run was abandoned and its staging folder removed; the previous results "
+                                 f"and book in {run_dir} (if any) are untouched", exc.signum) from None
+        _replace_dir(staging, run_dir)
+    return run_dir
+
+
+def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log, ct_weights,
+              ct_weights_prefix, engine, workers, book) -> None:
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "notebooks").mkdir(parents=True)
@@ -186,11 +336,13 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
         "seed": int(seed),
         "git": git_state(),
         **environment_info(),
-        "inputs": input_hashes(cohort),
+        "inputs": input_hashes(cohort, run_dir),
         "notebooks": [],
     }
-    params = {"manifest": str(manifest), "run_dir": str(staging), "profile": profile, "seed": int(seed),
-              "cache_dir": str(cache_dir), "ct_weights": str(Path(ct_weights).resolve()) if ct_weights else "",
+    # the notebooks run in the run directory, and every path they get is relative to it: papermill keeps
+    # its parameters in the executed notebooks, and an absolute path may name a user or a patient
+    params = {"manifest": relative(manifest, run_dir), "run_dir": ".", "profile": profile, "seed": int(seed),
+              "cache_dir": relative(cache_dir, run_dir), "ct_weights": relative(ct_weights, run_dir) if ct_weights else "",
               "ct_weights_prefix": ",".join(ct_weights_prefix)}
     if ct_weights:
         info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
@@ -204,8 +356,20 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     with mock.patch.dict(os.environ, {ENV: engine or "", ENV + "_WORKERS": str(workers or "")}):
         _execute(notebooks, staging, run_dir, params, info, progress, log)
     (staging / "run.json").write_text(json.dumps(info, indent=2))
-    _replace_dir(staging, run_dir)
-    return run_dir
+    if book:
+        try:
+            build_book(staging, log=log, lock=False)
+        except RunError as exc:
+            _keep_failed(staging, run_dir)
+            raise RunError(f"{exc}\nThe run itself succeeded; it is kept in {run_dir.with_name(f'.{run_dir.name}.failed')}."
+                           f" The previous run in {run_dir} (if any) and its book are untouched.") from None
+
+
+def _keep_failed(staging: Path, run_dir: Path) -> None:
+    failed = run_dir.with_name(f".{run_dir.name}.failed")
+    if failed.exists():
+        shutil.rmtree(failed)
+    os.replace(staging, failed)
 
 
 def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, progress: bool, log) -> None:
@@ -221,19 +385,18 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
         try:
             declared = declared_parameters(nb)  # each notebook gets the parameters it declares
             pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
-                                cwd=str(nb.parent),
-                                progress_bar=progress, kernel_name="python3")
+                                cwd=str(staging), progress_bar=progress, kernel_name="python3")
+        except RunInterrupted:
+            raise
         except Exception as exc:  # papermill raises PapermillExecutionError, or kernel errors
+            _keep_failed(staging, run_dir)
             failed = run_dir.with_name(f".{run_dir.name}.failed")
-            if failed.exists():
-                shutil.rmtree(failed)
-            os.replace(staging, failed)
             raise RunError(
                 f"notebook {nb.name} failed at {_failed_cell(exc)}\n"
                 f"The executed notebook, up to the error, is in {failed / 'notebooks' / nb.name}.\n"
                 f"The previous run in {run_dir} (if any) and its book are untouched."
             ) from None
-        _hide_parameter_cells(out)
+        _finish_notebook(out)
         info["notebooks"].append({"name": nb.name, "wall_time_s": round(time.perf_counter() - t0, 1)})
         log(f"  {nb.name}: {info['notebooks'][-1]['wall_time_s']} s")
     info.update(status="complete", finished=_now(), wall_time_s=round(time.perf_counter() - t_run, 1))
@@ -247,6 +410,33 @@ def _engine_text(engine: dict | None) -> str:
     where = "a Dask cluster at a scheduler" if str(engine["address"]).startswith(("tcp://", "tls://")) \
         else f"Dask, {engine['address']}"
     return f"in parallel: {where}{workers}"
+
+
+#: Parameters that hold a path: the book's copies of the notebooks keep only the file's name.
+PATH_PARAMETERS = ("manifest", "cache_dir", "ct_weights")
+
+
+def _published_copy(notebook: Path, out: Path) -> None:
+    """Copy an executed notebook for the book with its path parameters cut to file names: the relative path
+    from the run to the manifest may still name a user's or a patient's folder, and Jupyter Book publishes
+    each notebook whole (``_sources``, the download button), hidden cells and papermill's record included."""
+    import ast
+
+    nb = nbformat.read(notebook, as_version=4)
+    params = nb.metadata.get("papermill", {}).get("parameters", {})
+    for key in PATH_PARAMETERS:
+        if params.get(key):
+            params[key] = Path(params[key]).name
+    for cell in nb.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            lines = []
+            for line in cell.source.splitlines():
+                m = re.match(r"^(\w+) = (\".*\"|'.*')\s*$", line)
+                if m and m.group(1) in PATH_PARAMETERS and ast.literal_eval(m.group(2)):
+                    line = f"{m.group(1)} = {Path(ast.literal_eval(m.group(2))).name!r}"
+                lines.append(line)
+            cell.source = "\n".join(lines)
+    nbformat.write(nb, out)
 
 
 def _run_page(info: dict) -> str:
@@ -279,26 +469,79 @@ def _run_page(info: dict) -> str:
     return "\n".join(lines)
 
 
-def find_identifiers(book_dir: Path, ids) -> list[tuple[str, str]]:
-    """Pages of a built book that contain any of ``ids`` (as a whole word). Returns (page, pseudonym)."""
-    ids = {str(i): p for i, p in ids.items() if len(str(i)) >= MIN_ID_LENGTH_CHECKED}
-    if not ids:
+def _token_pattern(tokens) -> re.Pattern:
+    return re.compile(r"(?<![\w-])(" + "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+                      + r")(?![\w-])")
+
+
+def fixed_text(repo_root=None) -> str:
+    """The book's own text, the same for every run: its hand-written pages and configuration, and the
+    notebooks' cells as written (not their outputs)."""
+    repo_root = Path(repo_root) if repo_root else REPO_ROOT
+    parts = []
+    for name in BOOK_SOURCES:
+        p = repo_root / name
+        for f in ([p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else []):
+            if f.is_file() and f.suffix in {".md", ".yml", ".yaml", ".bib", ".json"}:
+                parts.append(f.read_text(errors="ignore"))
+    for nb in sorted((repo_root / "notebooks").glob("*.ipynb")):
+        parts += [c.source for c in nbformat.read(nb, as_version=4).cells]
+    return "\n".join(parts)
+
+
+def checkable_tokens(tokens: dict, fixed: str) -> tuple[dict, int]:
+    """The tokens the book's guard searches for, and how many it cannot: a token shorter than
+    ``MIN_ID_LENGTH_CHECKED`` characters, or one that is a word of the book's own fixed text (a hospital ID
+    ``P001``, a rare level ``Other``), would be found on every page; it is left out (and counted)."""
+    long_enough = {t: d for t, d in tokens.items() if len(t) >= MIN_ID_LENGTH_CHECKED}
+    in_fixed = {m.group(1) for m in _token_pattern(long_enough).finditer(fixed)} if long_enough else set()
+    keep = {t: d for t, d in long_enough.items() if t not in in_fixed}
+    return keep, len(tokens) - len(keep)
+
+
+def find_identifiers(book_dir: Path, tokens) -> list[tuple[str, str]]:
+    """Files of a built book that contain any of ``tokens`` (as a whole word): ``(file, what it is)``.
+
+    ``tokens`` maps each string to what it is (``"the patient ID of P007"``). Every file is read as bytes
+    (HTML, JavaScript, the search index, ``_sources``, notebooks, PNG metadata), except the theme's own
+    ``_static`` files.
+    """
+    tokens = {str(t): d for t, d in tokens.items() if len(str(t)) >= MIN_ID_LENGTH_CHECKED}
+    if not tokens:
         return []
-    pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True))
-                         + r")(?![\w-])")
+    pattern = _token_pattern(tokens)
     hits = []
     for f in sorted(book_dir.rglob("*")):
-        if f.is_file() and f.suffix in {".html", ".js", ".json", ".txt", ".ipynb", ".md", ".csv", ".svg"}:
-            for m in pattern.finditer(f.read_text(errors="ignore")):
-                hits.append((str(f.relative_to(book_dir)), ids[m.group(1)]))
+        rel = f.relative_to(book_dir)
+        if f.is_file() and rel.parts[0] != "_static":
+            text = f.read_bytes().decode("utf-8", errors="ignore")
+            for m in pattern.finditer(text):
+                hits.append((str(rel), tokens[m.group(1)]))
     return hits
 
 
-def build_book(run_dir, repo_root=None, log=print) -> Path:
-    """Build the book of a completed run into ``<run_dir>/book``; returns its ``index.html``."""
+def build_book(run_dir, repo_root=None, log=print, lock: bool = True) -> Path:
+    """Build the book of a completed run into ``<run_dir>/book``; returns its ``index.html``.
+
+    ``lock=False`` when the caller (``run``) holds the run directory's lock already.
+    """
+    run_dir = Path(run_dir).resolve()
+    if not lock:
+        return _build_book(run_dir, repo_root, log)
+    with RunLock(run_dir, "book", log), _Signals():
+        try:
+            return _build_book(run_dir, repo_root, log)
+        except RunInterrupted as exc:
+            _stop_kernels()
+            for name in (".book-src", ".book-out"):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            raise RunInterrupted(f"{exc}: the book build was abandoned; the previous book in {run_dir} (if any) "
+                                 "is untouched", exc.signum) from None
+
+
+def _build_book(run_dir: Path, repo_root, log) -> Path:
     import yaml
 
-    run_dir = Path(run_dir).resolve()
     repo_root = Path(repo_root) if repo_root else REPO_ROOT
     info_file = run_dir / "run.json"
     if not info_file.is_file():
@@ -315,7 +558,9 @@ def build_book(run_dir, repo_root=None, log=print) -> Path:
     for name in BOOK_SOURCES:
         p = repo_root / name
         (shutil.copytree if p.is_dir() else shutil.copy2)(p, src / name)
-    shutil.copytree(run_dir / "notebooks", src / "notebooks")
+    (src / "notebooks").mkdir()
+    for nb in sorted((run_dir / "notebooks").glob("*.ipynb")):
+        _published_copy(nb, src / "notebooks" / nb.name)
     (src / "book" / "this_run.md").write_text(_run_page(info))
     config = yaml.safe_load((src / "_config.yml").read_text())
     config["execute"] = {**config.get("execute", {}), "execute_notebooks": "off"}
@@ -333,17 +578,28 @@ def build_book(run_dir, repo_root=None, log=print) -> Path:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise RunError(f"the book build failed (log: {run_dir / 'book-build.log'}); the previous book is "
                        f"untouched.\n{tail}")
-    # no patient identifier may be published
+    # no patient identifier, rare value, image path or manifest folder may be published
+    from .validation import identifier_tokens
+
+    manifest = (run_dir / info["inputs"]["manifest"]["path"]).resolve()
     try:
-        cohort = load_manifest(info["inputs"]["manifest"]["path"], check_images="none")
-        leaks = find_identifiers(html, cohort.pseudonym_of_id())
+        cohort = load_manifest(manifest, check_images="none")
     except Exception as exc:  # the manifest moved or changed: we cannot check, so we do not publish
         raise RunError(f"cannot check the book for patient IDs: the run's manifest could not be read ({exc})")
+    tokens, unchecked = checkable_tokens(identifier_tokens(cohort), fixed_text(repo_root))
+    leaks = find_identifiers(html, tokens)
+    with (run_dir / "book-build.log").open("a") as f:
+        f.write(f"\nprivacy guard: searched every file of the book for {len(tokens)} strings from the manifest "
+                f"(patient IDs, rare values, image paths, its folder); {unchecked} too short or words of the book's "
+                f"own text, not searched; found {len(leaks)}\n")
     if leaks:
         pages = sorted({p for p, _ in leaks})
-        who = sorted({pid for _, pid in leaks})
-        raise RunError(f"the book would publish patient IDs (of {', '.join(who[:10])}) on: {', '.join(pages[:10])}; "
-                       "nothing was published")
+        what = sorted({w for _, w in leaks})
+        ids = [w.split(" of ")[-1] for w in what if w.startswith("the patient ID of ")]
+        said = (f"patient IDs (of {', '.join(ids[:10])})" if ids else "") + \
+            (("; " if ids else "") + ", ".join(w for w in what if not w.startswith("the patient ID of "))[:300]
+             if len(ids) < len(what) else "")
+        raise RunError(f"the book would publish {said} on: {', '.join(pages[:10])}; nothing was published")
     _replace_dir(html, run_dir / "book")
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(src, ignore_errors=True)

@@ -16,7 +16,6 @@ others all run, so that every problem is reported at once.
 from __future__ import annotations
 
 import math
-import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path

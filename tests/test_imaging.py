@@ -220,3 +220,34 @@ def test_nan_values_are_rejected(tmp_path):
     nib.save(nib.Nifti1Image(arr, np.eye(4)), f)
     with pytest.raises(ImageError, match="NaN"):
         imaging.read_image(f, "pet")
+
+
+def test_an_oblique_image_is_resampled_by_its_position(tmp_path):
+    """A sphere in a volume rotated 30° about z and 20° about x (the affine of an oblique acquisition) lands on an
+    axis-aligned grid where its world position says, with its volume."""
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.from_euler("zx", [30, 20], degrees=True).as_matrix()
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([2.0, 2.0, 3.0])
+    affine[:3, 3] = [-40.0, 25.0, 60.0]
+    shape = (40, 40, 30)
+    world = np.indices(shape).reshape(3, -1).T @ affine[:3, :3].T + affine[:3, 3]  # RAS mm of every voxel
+    centre = affine[:3, :3] @ np.array([25.0, 12.0, 18.0]) + affine[:3, 3]
+    sphere = (np.linalg.norm(world - centre, axis=1) <= 10.0).reshape(shape).astype(np.uint8)
+    nib.save(nib.Nifti1Image(sphere, affine), tmp_path / "mask.nii.gz")
+    image = imaging.read_image(tmp_path / "mask.nii.gz", "mask")
+    assert not np.allclose(np.abs(np.asarray(image.GetDirection())), np.eye(3).ravel())  # kept oblique
+    size, spacing = (32, 32, 32), 1.5
+    target = np.diag([spacing, spacing, spacing, 1.0])
+    target[:3, 3] = centre - spacing * (np.array(size) - 1) / 2  # the sphere's centre at the grid's centre
+    out = imaging.resample_images({"mask": image}, size, target)["mask"]
+    np.testing.assert_allclose(np.argwhere(out > 0).mean(axis=0), (np.array(size) - 1) / 2, atol=0.5)
+    assert out.sum() * spacing ** 3 == pytest.approx(4 / 3 * np.pi * 10 ** 3, rel=0.1)
+    # and the geometry check sees where it is: inside its own field of view, far from a box 1 m away
+    from prrt.validation import box_gap_mm
+
+    lo, hi = imaging.field_of_view_bounds_mm(imaging.read_header(tmp_path / "mask.nii.gz"))
+    lps_centre = centre * [-1, -1, 1]
+    assert np.all(lo < lps_centre) and np.all(lps_centre < hi)
+    assert box_gap_mm((lo, hi), (hi + 1000, hi + 1100)) == pytest.approx(1000 * np.sqrt(3))

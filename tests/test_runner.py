@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 
 from prrt import runs
 from prrt.cli import main
@@ -16,19 +18,69 @@ from prrt.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: Distinctive strings planted where a hospital's data could leak from (none may reach the book).
+CANARY = "QZXCANARY"  # 9 characters: no base64-encoded image holds it by chance (3 letters did)
+
+
 @pytest.fixture(scope="module")
-def smoke_run(small_cohort_dir, tmp_path_factory):
-    """One smoke run of every notebook plus its book (shared by the tests of this module)."""
+def canary_cohort(small_cohort_dir, tmp_path_factory):
+    """The small cohort with canaries: in the IDs, in a declared clinical column (two rare values), in an
+    undeclared column, in the image folders and in the name of the manifest's folder."""
+    root = tmp_path_factory.mktemp("hospital") / f"{CANARY}MANIFEST-Mustermann"
+    shutil.copytree(small_cohort_dir, root)
+    df = pd.read_csv(root / "cohort.csv", dtype=str, keep_default_na=False)
+    new_ids = [f"{CANARY}ID{i:02d}-{pid}" for i, pid in enumerate(df["patient_id"])]
+    for col in ("ct_path", "pet_path", "lesion_mask_path", "organ_mask_path"):
+        df[col] = [p.replace(old, f"{CANARY}PATH-{new}") for p, old, new in zip(df[col], df["patient_id"], new_ids)]
+    for old, new in zip(df["patient_id"], new_ids):
+        (root / "images" / old).rename(root / "images" / f"{CANARY}PATH-{new}")
+    df["patient_id"] = new_ids
+    df["referral"] = ["internal" if i % 2 else "external" for i in range(len(df))]
+    df.loc[0, "referral"], df.loc[1, "referral"] = f"{CANARY}RARE-Dr-Mueller", f"{CANARY}RARE-Ward-7"
+    df["mrn"] = [f"{CANARY}UNDECLARED{i:05d}" for i in range(len(df))]
+    df.to_csv(root / "cohort.csv", index=False)
+    doc = yaml.safe_load((root / "manifest.yaml").read_text())
+    doc["clinical"] = doc["clinical"] + ["referral"]
+    (root / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def smoke_run(canary_cohort, tmp_path_factory):
+    """One smoke run of every notebook, with its book (`prrt run` builds it), shared by this module's tests."""
     runs_root = tmp_path_factory.mktemp("runs")
     run_dir = runs_root / "smoke"
-    assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
+    assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
                  "--run-dir", str(run_dir), "--seed", "11"]) == 0
-    assert main(["book", "--run-dir", str(run_dir)]) == 0
     return run_dir
 
 
 @pytest.mark.slow
-def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
+def test_no_file_of_the_book_holds_a_canary(smoke_run, canary_cohort):
+    """Not in any file of the book (pages, scripts, search index, _sources, notebooks, images' metadata), nor in
+    run.json or the notebooks' parameters; the rare values are pooled in Table 1."""
+    scanned = 0
+    for f in (smoke_run / "book").rglob("*"):
+        if f.is_file():
+            scanned += 1
+            assert CANARY.encode() not in f.read_bytes(), f
+    assert scanned > 100 and any((smoke_run / "book").rglob("*.png"))
+    assert str(canary_cohort.parent) not in (smoke_run / "run.json").read_text()  # no absolute path: a relative one
+    for nb in (smoke_run / "notebooks").glob("*.ipynb"):
+        assert f"{CANARY}ID" not in nb.read_text() and f"{CANARY}PATH" not in nb.read_text()
+        record = nbformat.read(nb, as_version=4).metadata["papermill"]
+        assert not Path(record["input_path"]).is_absolute() and record["parameters"]["run_dir"] == "."
+        assert not Path(record["parameters"]["manifest"]).is_absolute()
+    info = json.loads((smoke_run / "run.json").read_text())
+    assert (smoke_run / info["inputs"]["manifest"]["path"]).resolve() == canary_cohort / "manifest.yaml"
+    t1 = pd.read_csv(smoke_run / "cohort" / "table1.csv")
+    assert "    other (n < 5)" in set(t1["variable"]) and "    internal" in set(t1["variable"])
+    log = (smoke_run / "book-build.log").read_text()
+    assert re.search(r"privacy guard: searched every file of the book for \d+ strings .* found 0", log)
+
+
+@pytest.mark.slow
+def test_run_directory_has_the_record(smoke_run, canary_cohort):
     info = json.loads((smoke_run / "run.json").read_text())
     assert info["status"] == "complete" and info["seed"] == 11 and info["profile"]["name"] == "smoke"
     assert info["engine"] == {"address": "sequential", "workers": None}
@@ -40,7 +92,7 @@ def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
     assert re.fullmatch(r"[0-9a-f]{40}", info["git"]["commit"] or ""), info["git"]  # tests run in a git checkout
     from prrt.imaging import file_sha256
 
-    assert info["inputs"]["table"]["sha256"] == file_sha256(small_cohort_dir / "cohort.csv")
+    assert info["inputs"]["table"]["sha256"] == file_sha256(canary_cohort / "cohort.csv")
     assert len(info["inputs"]["images"]) == 26 and set(info["inputs"]["images"]["P001"]) == {"ct", "pet", "mask", "organs"}
     assert (smoke_run / "notebooks" / "01_cohort.ipynb").is_file()
     t1 = pd.read_csv(smoke_run / "cohort" / "table1.csv")
@@ -78,7 +130,7 @@ def test_run_directory_has_the_record(smoke_run, small_cohort_dir):
 
 
 @pytest.mark.slow
-def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_dir):
+def test_book_has_the_cohort_page_without_patient_ids(smoke_run, canary_cohort):
     book = smoke_run / "book"
     page = book / "notebooks" / "01_cohort.html"
     assert "Permutation importance" in (book / "notebooks" / "02_lab_random_forest.html").read_text()
@@ -102,7 +154,7 @@ def test_book_has_the_cohort_page_without_patient_ids(smoke_run, small_cohort_di
     log = (smoke_run / "book-build.log").read_text()
     assert "WARNING:" not in log and "ERROR:" not in log, log[-3000:]
     assert "Baur" in (book / "book" / "references.html").read_text()  # the bibliography was built
-    ids = pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"]
+    ids = pd.read_csv(canary_cohort / "cohort.csv")["patient_id"]
     text = "".join(f.read_text(errors="ignore") for f in book.rglob("*") if f.suffix in {".html", ".js", ".txt"})
     assert not [i for i in ids if i in text]
     assert "P0" in html  # pseudonyms are what the montage shows
@@ -143,9 +195,9 @@ def test_chapter_05_checks_its_explanations_with_numbers_from_the_run(smoke_run)
 
 
 @pytest.mark.slow
-def test_no_file_of_the_run_holds_a_patient_id(smoke_run, small_cohort_dir):
+def test_no_file_of_the_run_holds_a_patient_id(smoke_run, canary_cohort):
     """Every text file of the run folder (notebooks, tables, predictions, boxes, run.json, book pages)."""
-    ids = list(pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"])
+    ids = list(pd.read_csv(canary_cohort / "cohort.csv")["patient_id"])
     scanned = 0
     for path in smoke_run.rglob("*"):
         if path.suffix not in {".ipynb", ".csv", ".json", ".html", ".md", ".txt", ".log"} or not path.is_file():
@@ -172,10 +224,10 @@ def _failing_notebooks(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_failed_run_leaves_previous_run_and_book_untouched(smoke_run, small_cohort_dir, tmp_path, capsys):
+def test_failed_run_leaves_previous_run_and_book_untouched(smoke_run, canary_cohort, tmp_path, capsys):
     before = {p: p.read_bytes() for p in [smoke_run / "run.json", smoke_run / "book" / "index.html",
                                            smoke_run / "notebooks" / "01_cohort.ipynb"]}
-    rc = main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
+    rc = main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
                "--run-dir", str(smoke_run), "--notebooks-dir", str(_failing_notebooks(tmp_path))])
     err = capsys.readouterr().err
     assert rc == 1
@@ -188,11 +240,11 @@ def test_failed_run_leaves_previous_run_and_book_untouched(smoke_run, small_coho
 
 
 @pytest.mark.slow
-def test_book_with_a_planted_patient_id_is_refused_and_the_previous_book_kept(smoke_run, small_cohort_dir, tmp_path):
-    run = tmp_path / "copy"
+def test_book_with_a_planted_patient_id_is_refused_and_the_previous_book_kept(smoke_run, canary_cohort, tmp_path):
+    run = smoke_run.with_name("planted")  # beside the run: run.json finds the manifest by a relative path
     shutil.copytree(smoke_run, run)
     before = (run / "book" / "index.html").read_bytes()
-    pid = pd.read_csv(small_cohort_dir / "cohort.csv")["patient_id"].iloc[5]
+    pid = pd.read_csv(canary_cohort / "cohort.csv")["patient_id"].iloc[5]
     nb = nbformat.read(run / "notebooks" / "03_unimodal_cnn.ipynb", as_version=4)
     nb.cells.append(nbformat.v4.new_markdown_cell(f"Note on {pid}"))
     nbformat.write(nb, run / "notebooks" / "03_unimodal_cnn.ipynb")
@@ -215,16 +267,16 @@ def test_failed_book_build_leaves_the_previous_book(smoke_run, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_same_seed_same_numbers_other_seed_other_numbers(smoke_run, small_cohort_dir, tmp_path):
+def test_same_seed_same_numbers_other_seed_other_numbers(smoke_run, canary_cohort, tmp_path):
     """A second smoke run with the seed of the first gives byte-identical predictions and summary (CPU);
     a run with another seed does not."""
     def run(name, seed, *extra):
         d = tmp_path / name
         # the preprocessed inputs and the pretrained CT encoder come from the first run's cache, as for
         # any run beside it (both are keyed by content and tested for determinism on their own)
-        assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
+        assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
                      "--run-dir", str(d), "--seed", str(seed), "--cache-dir", str(smoke_run.parent / ".prrt-cache"),
-                     *extra]) == 0
+                     "--no-book", *extra]) == 0
         return d
 
     files = ["results/summary.csv", "splits.csv", *[f"predictions/{p.name}" for p in (smoke_run / "predictions").glob("*.csv")]]
