@@ -85,6 +85,15 @@ def horizon_text(cohort: Cohort) -> str:
     return f"{h:g} months" if h is not None else "set by the manifest's own label"
 
 
+def endpoint_note(cohort: Cohort) -> str | None:
+    """For a ready binary label: a sentence saying what "short PFS" and "long PFS" stand for in the book."""
+    if cohort.horizon_months is not None:
+        return None
+    one, zero = cohort.group_names
+    return (f"This cohort's endpoint is the manifest's own label: wherever this book says \"short PFS\" it means "
+            f"{one}, and \"long PFS\" means {zero}.")
+
+
 def synthetic_banner_html() -> str:
     return ('<div class="admonition warning"><p class="admonition-title">Synthetic data</p>'
             f"<p>{SYNTHETIC_NOTE}</p></div>")

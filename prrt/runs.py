@@ -306,6 +306,10 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
         log(str(warning))
     run_dir = Path(run_dir).resolve()
     with RunLock(run_dir, "run", log), _Signals():
+        # with the lock held no other process works here: a staging folder is what a killed run left behind
+        for stale in sorted(run_dir.parent.glob(f".{run_dir.name}.staging*")):
+            log(f"removing {stale.name}, left behind by a run that was killed")
+            shutil.rmtree(stale, ignore_errors=True)
         staging = run_dir.with_name(f".{run_dir.name}.staging-{os.getpid()}")
         try:
             _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log,

@@ -488,7 +488,10 @@ def group_names(doc: dict) -> tuple[str, str]:
 
 
 def check_feasibility(d: Draft) -> list[Problem]:
-    """Both classes are present, with enough patients each for the profile's cross-validation."""
+    """Both classes are present, with enough patients each for the profile's cross-validation (only when a
+    profile is given: a CT collection for pretraining, say, needs no classes)."""
+    if d.profile is None:
+        return []
     counts = {1: int((d.label == 1).sum()), 0: int((d.label == 0).sum())}
     names = group_names(d.doc)
     col = d.endpoint.get("label") or d.endpoint.get("event")
@@ -496,8 +499,6 @@ def check_feasibility(d: Draft) -> list[Problem]:
     if min(counts.values()) == 0:
         return [Problem(f"every labelled patient is in one class ({said}): there is nothing to predict",
                         column=col, file=d.tfile)]
-    if d.profile is None:
-        return []
     need = min_patients_per_class(d.profile)
     if min(counts.values()) < need:
         return [Problem(
@@ -527,7 +528,7 @@ def validate(path, *, check_images: str = "header", profile=None) -> Validation:
     ``check_images``: ``"none"``, ``"exists"``, ``"header"`` (open every image and read its header: the
     geometry checks) or ``"full"`` (also read every voxel: units, empty masks, masks outside the scans).
     ``profile``: a :class:`prrt.profiles.Profile` (or its name) whose cross-validation must be
-    feasible; None skips that check (both classes must still be present).
+    feasible (both classes, enough patients in each); None skips that check.
     """
     if isinstance(profile, str):
         from .profiles import get_profile

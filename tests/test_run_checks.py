@@ -90,6 +90,7 @@ def test_two_runs_into_one_folder_one_runs_and_the_other_is_refused(small_cohort
     nbs = _notebooks(tmp_path, "import time, pathlib\ntime.sleep(5)\n"
                                "pathlib.Path(run_dir, 'seed.txt').write_text(str(seed))")
     run_dir = tmp_path / "runs" / "r"
+    (tmp_path / "runs" / ".r.staging-99999999").mkdir(parents=True)  # what a run killed by SIGKILL leaves
     procs = {seed: _prrt("run", "--manifest", small_cohort_dir / "manifest.yaml", "--profile", "smoke", "--run-dir",
                          run_dir, "--seed", seed, "--no-book", "--notebooks-dir", nbs) for seed in (1, 2)}
     out = {seed: p.communicate(timeout=300) for seed, p in procs.items()}
