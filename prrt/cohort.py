@@ -79,11 +79,13 @@ def compare_categorical(table: np.ndarray, seed: int = 0) -> tuple[str, float]:
 
 
 def table1(data: pd.DataFrame, group: str, variables: list[str], categorical: list[str] = (),
-           units: dict | None = None, group_names=("Short PFS", "Long PFS"), seed: int = 0) -> pd.DataFrame:
+           units: dict | None = None, group_names=("Short PFS", "Long PFS"), seed: int = 0,
+           rare_level: int = RARE_LEVEL) -> pd.DataFrame:
     """Table 1 of ``data`` split by the binary column ``group`` (1 = first group name).
 
     ``variables`` are described in the order given; those in ``categorical`` as n (%), the others
-    as median [IQR]. Rows with a missing ``group`` are left out (they are not labelled). Returns one
+    as median [IQR]; their levels seen in fewer than ``rare_level`` of the described patients are pooled
+    (``POOLED_LEVEL``). Rows with a missing ``group`` are left out (they are not labelled). Returns one
     row per numeric variable and, for each categorical variable, a row with its test followed by
     one row per level. Columns: variable, all, the two groups, missing, test, p (float), p_text.
     """
@@ -103,7 +105,7 @@ def table1(data: pd.DataFrame, group: str, variables: list[str], categorical: li
             rows.append({"variable": label, c_all: median_iqr(d[var]), c1: median_iqr(g1[var]),
                          c0: median_iqr(g0[var]), "missing": missing, "test": test, "p": p})
         else:
-            values = pool_rare_levels(d[var])
+            values = pool_rare_levels(d[var], rare_level)
             levels = sorted(set(values.dropna()) - {POOLED_LEVEL}, key=_natural_key)
             levels += [POOLED_LEVEL] if (values == POOLED_LEVEL).any() else []
             counts = np.array([[int((values.loc[grp.index] == lv).sum()) for lv in levels] for grp in (g1, g0)])

@@ -89,12 +89,28 @@ def _exact_fisher_rxc(table):
 
 
 def test_categorical_rows_and_percentages(small):
-    t = cs.table1(small, "label", ["sex", "site"], categorical=["sex", "site"])
+    t = cs.table1(small, "label", ["sex", "site"], categorical=["sex", "site"], rare_level=1)  # no pooling
     head = t[t["variable"] == "sex, n (%)"].iloc[0]
     assert head["test"] == "Fisher exact"
     assert head["p"] == pytest.approx(stats.fisher_exact([[3, 1], [1, 5]]).pvalue)
     f_row = t[t["variable"] == "    F"].iloc[0]
     assert f_row["Short PFS (n=4)"] == "3 (75 %)" and f_row["Long PFS (n=6)"] == "1 (17 %)"
+
+
+def test_rare_levels_are_pooled_and_never_named(small):
+    """With the default threshold (5 patients): F (4 patients) and every site (<= 5 … a: 5) — only the levels
+    seen in at least 5 of the described patients are named; the rest are one row, 'other (n < 5)'."""
+    t = cs.table1(small, "label", ["sex", "site"], categorical=["sex", "site"])
+    rows = list(t["variable"])
+    assert "    F" not in rows and "    M" in rows and "    a" in rows and "    b" not in rows and "    c" not in rows
+    other = t[t["variable"] == "    other (n < 5)"]
+    assert len(other) == 2  # one per variable
+    assert other.iloc[0]["All (n=10)"] == "4 (40 %)" and other.iloc[1]["All (n=10)"] == "5 (50 %)"
+    # the test compares the pooled table: sex is then M against other
+    head = t[t["variable"] == "sex, n (%)"].iloc[0]
+    assert head["p"] == pytest.approx(stats.fisher_exact([[1, 3], [5, 1]]).pvalue)
+    pooled = cs.pool_rare_levels(pd.Series(["x", None, "y"] + ["z"] * 5))
+    assert pooled.fillna("missing").tolist() == ["other (n < 5)", "missing", "other (n < 5)"] + ["z"] * 5
 
 
 def test_unlabelled_patients_are_left_out(small):
@@ -106,7 +122,7 @@ def test_unlabelled_patients_are_left_out(small):
 
 
 def test_holm_adjusted_p_values(small):
-    t = cs.table1(small, "label", ["cga", "sex", "site"], categorical=["sex", "site"])
+    t = cs.table1(small, "label", ["cga", "sex", "site"], categorical=["sex", "site"], rare_level=1)
     tested = t[t["test"] != ""]
     p = tested["p"].to_numpy()
     # Holm by hand: sort, multiply by (m - rank), running maximum, cap at 1

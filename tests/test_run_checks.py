@@ -158,3 +158,19 @@ def test_an_interrupted_run_stops_its_kernel_and_leaves_the_previous_run(small_c
         assert (run_dir / name).read_text() == text
     time.sleep(1)
     assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_guard_leaves_out_the_books_own_words_and_counts_them(tmp_path):
+    """A hospital whose IDs look like `P001` can publish (the pseudonyms then read `PS001`, and `P001` is a word of the
+    book's own text); a rare value that is not a word of the book is searched for and found."""
+    tokens = {"P001": "the patient ID of PS004", "Other": "a rare value of column 'site'", "AB": "the patient ID of PS002",
+              "Zürich-Ward-3": "a rare value of column 'ward'"}
+    keep, unchecked = runs.checkable_tokens(tokens, "Outputs use pseudonyms (P001, P002, …). Other notes.")
+    assert keep == {"Zürich-Ward-3": "a rare value of column 'ward'"} and unchecked == 3
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "theme.js").write_text("Zürich-Ward-3")  # the theme's own files are not the run's
+    (tmp_path / "page.html").write_text("<td>PS001</td><td>P0011</td>")
+    assert runs.find_identifiers(tmp_path, keep) == []
+    (tmp_path / "fig.png").write_bytes(b"\x89PNG\r\n\x1a\n...tEXtComment\x00Z\xc3\xbcrich-Ward-3\x00")
+    assert runs.find_identifiers(tmp_path, keep) == [("fig.png", "a rare value of column 'ward'")]
+    assert "P001" in runs.fixed_text()  # the book's own text names the pseudonym format
