@@ -452,8 +452,18 @@ def check_geometry(d: Draft) -> list[Problem]:
 
 
 def check_privacy(d: Draft) -> list[Problem]:
-    """No identifier-like text column: a declared text column with a different value for every patient."""
+    """No identifier-like clinical column: text with a different value for every patient, or numbers that are all
+    different whole numbers of 6 or more digits (record numbers, dates written as yyyymmdd)."""
     problems = []
+    for col in d.clinical:
+        if col in d.categorical:
+            continue
+        s = d.values[col].dropna()
+        if len(s) >= RARE_LEVEL and s.nunique() == len(s) and (s == s.round()).all() and (s.abs() >= 1e5).all():
+            problems.append(Problem(
+                f"holds a different whole number of 6 or more digits for every patient: it looks like a record number "
+                "or a date, and Table 1 would publish its median and quartiles. Remove it from 'clinical'",
+                column=col, file=str(d.path)))
     for col in d.categorical:
         s = d.values[col].dropna().astype(str)
         if len(s) >= RARE_LEVEL and s.nunique() == len(s):
