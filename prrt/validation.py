@@ -79,7 +79,9 @@ class Draft:
     categorical: list[str] = field(default_factory=list)
     image_paths: dict[str, list] = field(default_factory=dict)
     headers: dict[tuple[int, str], dict] = field(default_factory=dict)
-    images: dict[tuple[int, str], object] = field(default_factory=dict)  # masks read in "full" mode
+    #: per row, from the lesion mask read in "full" mode: its bounds in mm (None if empty) and, per scan,
+    #: (lesion voxels inside the scan's field of view, all lesion voxels); not the mask itself (memory)
+    lesions: dict[int, dict] = field(default_factory=dict)
     pretraining: dict = field(default_factory=dict)
 
     # ---- what the manifest names ---------------------------------------------------------------
@@ -348,8 +350,10 @@ def _header_problem(d: Draft, i: int, modality: str, col: str, path: Path) -> Pr
         d.headers[i, modality] = imaging.read_header(path, modality=modality, patient=d.ids[i])
         if d.check_images == "full":
             image = imaging.read_image(path, modality=modality, patient=d.ids[i])
-            if modality == "mask":
-                d.images[i, modality] = image
+            if modality == "mask":  # the scans' headers are read already (MODALITIES puts them first)
+                bounds = imaging.lesion_bounds_mm(image)
+                d.lesions[i] = {"bounds": bounds, "inside": {} if bounds is None else {
+                    m: imaging.voxels_inside(image, d.headers[i, m]) for m in ("pet", "ct") if (i, m) in d.headers}}
     except imaging.ImageError as exc:
         return d.problem(exc.reason, i, col, file=str(path))
     return None
@@ -430,24 +434,21 @@ def check_geometry(d: Draft) -> list[Problem]:
                         f"patient space: they are {gap:.0f} mm apart. Do both belong to this patient and scan, and "
                         "were their origins and orientations kept on export?", i, d.image_columns[a],
                         file=d.image_paths[a][i]))
-        mask = d.images.get((i, "mask"))
-        if mask is None:
+        lesions = d.lesions.get(i)
+        if lesions is None:
             continue
-        bounds = imaging.lesion_bounds_mm(mask)
-        if bounds is None:
+        if lesions["bounds"] is None:
             problems.append(d.problem("the lesion mask has no lesion voxel (every voxel is 0): the input box will be "
                                       "placed around a PET threshold segmentation instead", i,
                                       d.image_columns["mask"], file=d.image_paths["mask"][i], severity=WARNING))
             continue
-        for m in ("pet", "ct"):
-            if (i, m) in d.headers and boxes.get("mask") is not None and box_gap_mm(boxes["mask"], boxes[m]) == 0:
-                inside, total = imaging.voxels_inside(mask, d.headers[i, m])
-                if inside == 0:
-                    gap = box_gap_mm(bounds, imaging.field_of_view_bounds_mm(d.headers[i, m]))
-                    problems.append(d.problem(
-                        f"none of the lesion mask's {total} lesion voxels lies inside the {m.upper()}'s field of "
-                        f"view (the lesions are {gap:.0f} mm outside it): is it this patient's mask?", i,
-                        d.image_columns["mask"], file=d.image_paths["mask"][i]))
+        for m, (inside, total) in lesions["inside"].items():
+            if inside == 0 and box_gap_mm(boxes["mask"], boxes[m]) == 0:  # (apart altogether: said above)
+                gap = box_gap_mm(lesions["bounds"], boxes[m])
+                problems.append(d.problem(
+                    f"none of the lesion mask's {total} lesion voxels lies inside the {m.upper()}'s field of "
+                    f"view (the lesions are {gap:.0f} mm outside it): is it this patient's mask?", i,
+                    d.image_columns["mask"], file=d.image_paths["mask"][i]))
     return problems
 
 

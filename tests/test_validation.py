@@ -62,6 +62,16 @@ def _shift(mm):
     return change
 
 
+def _lesions_beyond_the_scan(data, affine):
+    """The mask's grid moved along its first axis until it overlaps the scan by 8 voxels, with its only lesion
+    voxels at the far end: the fields of view overlap, the lesions lie outside the scan."""
+    out = np.zeros_like(data)
+    n = data.shape[0]
+    out[-4:, data.shape[1] // 2, data.shape[2] // 2] = 1
+    affine[:3, 3] += affine[:3, 0] * (n - 8)
+    return out, affine
+
+
 def _keep_rows(keep: Callable):
     return _edit_table(lambda df: df[keep(df)].reset_index(drop=True))
 
@@ -132,6 +142,10 @@ CASES = [
     Case("mask outside the PET", _image(4, "lesion_mask_path", _shift([0, 0, 2000])), "error",
          (r"patient '{id4}' \(row 6\), column 'lesion_mask_path'", r"the mask and the PET do not overlap",
           r"\d+ mm apart")),
+    Case("lesions outside the PET", _image(4, "lesion_mask_path", _lesions_beyond_the_scan), "error",
+         (r"patient '{id4}' \(row 6\), column 'lesion_mask_path'",
+          r"none of the lesion mask's 4 lesion voxels lies inside the PET's field of view \(the lesions are \d+ mm "
+          r"outside it\)")),
     Case("PET and CT apart", _image(4, "pet_path", _shift([900, 0, 0])), "error",
          (r"patient '{id4}'", r"the PET and the CT do not overlap in patient space: they are \d+ mm apart")),
     Case("lab of 1e12", _cells(chromogranin_a={1: "1e12"}), "error",
