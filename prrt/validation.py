@@ -462,7 +462,7 @@ def check_privacy(d: Draft) -> list[Problem]:
         s = d.values[col].dropna()
         if len(s) >= RARE_LEVEL and s.nunique() == len(s) and (s == s.round()).all() and (s.abs() >= 1e5).all():
             problems.append(Problem(
-                f"holds a different whole number of 6 or more digits for every patient: it looks like a record number "
+                "holds a different whole number of 6 or more digits for every patient: it looks like a record number "
                 "or a date, and Table 1 would publish its median and quartiles. Remove it from 'clinical'",
                 column=col, file=str(d.path)))
     for col in d.categorical:
