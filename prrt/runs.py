@@ -305,6 +305,9 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     for warning in cohort.warnings:
         log(str(warning))
     run_dir = Path(run_dir).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "run.json").is_file():
+        raise RunError(f"{run_dir} is not empty and is not a run folder (it has no run.json): a run replaces its whole "
+                       "run folder, so it will not take this one. Choose a new --run-dir; nothing was changed")
     with RunLock(run_dir, "run", log), _Signals():
         # with the lock held no other process works here: a staging folder is what a killed run left behind
         for stale in sorted(run_dir.parent.glob(f".{run_dir.name}.staging*")):

@@ -37,6 +37,16 @@ def test_invalid_manifest_stops_the_run_before_anything_runs(tmp_path, small_coh
     assert not (tmp_path / "r").exists()
 
 
+def test_a_folder_that_is_not_a_run_is_never_replaced(tmp_path, small_cohort_dir, capsys):
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("years of work")
+    rc = main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke",
+               "--run-dir", str(tmp_path / "thesis")])
+    assert rc == 1 and "is not empty and is not a run folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis"]
+    assert (tmp_path / "thesis" / "chapter1.tex").read_text() == "years of work"
+
+
 def test_book_refuses_an_incomplete_run(tmp_path):
     with pytest.raises(runs.RunError, match="not a run directory"):
         runs.build_book(tmp_path)
