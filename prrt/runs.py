@@ -424,12 +424,17 @@ PATH_PARAMETERS = ("manifest", "cache_dir", "ct_weights")
 
 
 def _published_copy(notebook: Path, out: Path) -> None:
-    """Copy an executed notebook for the book with its path parameters cut to file names: the relative path
-    from the run to the manifest may still name a user's or a patient's folder, and Jupyter Book publishes
-    each notebook whole (``_sources``, the download button), hidden cells and papermill's record included."""
+    """Copy an executed notebook for the book with its path parameters cut to file names and without what the
+    cells wrote to stderr: the relative path from the run to the manifest may still name a user's or a
+    patient's folder, a warning names the file it was raised in (the Python environment's folder), and
+    Jupyter Book publishes each notebook whole (``_sources``, the download button), hidden cells and
+    papermill's record included. (The pages leave stderr out too: ``nb_output_stderr: remove``.)"""
     import ast
 
     nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
     params = nb.metadata.get("papermill", {}).get("parameters", {})
     for key in PATH_PARAMETERS:
         if params.get(key):
@@ -593,12 +598,17 @@ def _build_book(run_dir: Path, repo_root, log) -> Path:
         cohort = load_manifest(manifest, check_images="none")
     except Exception as exc:  # the manifest moved or changed: we cannot check, so we do not publish
         raise RunError(f"cannot check the book for patient IDs: the run's manifest could not be read ({exc})")
-    tokens, unchecked = checkable_tokens(identifier_tokens(cohort), fixed_text(repo_root))
+    tokens = identifier_tokens(cohort)
+    for folder, what in ((REPO_ROOT, "the repository's folder"), (Path(sys.prefix), "the Python environment's folder"),
+                         (Path.home(), "the home folder")):  # a warning's path may name the user
+        tokens.setdefault(str(folder), what)
+    tokens, unchecked = checkable_tokens(tokens, fixed_text(repo_root))
     leaks = find_identifiers(html, tokens)
     with (run_dir / "book-build.log").open("a") as f:
         f.write(f"\nprivacy guard: searched every file of the book for {len(tokens)} strings from the manifest "
-                f"(patient IDs, rare values, image paths, its folder); {unchecked} too short or words of the book's "
-                f"own text, not searched; found {len(leaks)}\n")
+                f"(patient IDs, rare values, image paths, its folder) and this machine (the repository's, the Python "
+                f"environment's and the home folder); {unchecked} too short or words of the book's own text, not "
+                f"searched; found {len(leaks)}\n")
     if leaks:
         pages = sorted({p for p, _ in leaks})
         what = sorted({w for _, w in leaks})
