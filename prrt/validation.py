@@ -383,20 +383,18 @@ def check_images(d: Draft) -> list[Problem]:
                 if problem is not None:
                     problems.append(problem)
         d.image_paths[modality] = paths
-        if blank:
-            effect = {"ct": "left out of the models that need CT",
-                      "pet": "left out of the models that need PET, and without PET features",
-                      "mask": "their input box is placed around a PET threshold segmentation instead",
+        if modality in ("ct", "pet"):
+            # every model is fitted and tested on the same splits of all labelled patients: a scan's model
+            # cannot leave a patient out
+            problems += [d.problem(f"has no {modality.upper()} (empty cell), but the manifest names {modality.upper()} "
+                                   f"images: every patient needs one, as all models share one set of splits. Add "
+                                   f"it, leave the patient out of the table, or leave '{modality}' out of 'images'",
+                                   i, col) for i in blank]
+        elif blank:
+            effect = {"mask": "their input box is placed around a PET threshold segmentation instead",
                       "organs": "no tumour-to-liver or tumour-to-spleen ratio"}[modality]
             problems.append(Problem(f"{len(blank)} of {len(d.df)} patients have no {modality} image (empty cell): "
                                     f"{d.rows_text(blank)}; {effect}", column=col, file=d.tfile, severity=WARNING))
-    scans = [m for m in ("ct", "pet") if m in d.image_paths]
-    if scans:
-        for i in range(len(d.df)):
-            if all(d.image_paths[m][i] is None for m in scans):
-                problems.append(d.problem(f"has neither {' nor '.join(m.upper() for m in scans)}: the image models "
-                                          "need at least one scan per patient (leave the row out, or add the "
-                                          "image)", i, ", ".join(d.image_columns[m] for m in scans)))
     base = d.path.parent
     for key, value in (d.doc.get("ct_pretraining") or {}).items():
         if key == "key_prefixes":

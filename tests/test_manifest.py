@@ -296,13 +296,13 @@ def test_image_path_of_a_patient_without_that_image_is_none(cohort_copy):
 
     table = cohort_copy / "cohort.csv"
     df = pd.read_csv(table, dtype=str)
-    df.loc[0, "pet_path"] = ""
+    df.loc[0, "organ_mask_path"] = ""  # an optional image (a missing PET is an error)
     df.to_csv(table, index=False)
     c = load_manifest(cohort_copy / "manifest.yaml")
-    paths = {p: c.image_path(p, "pet") for p in c.data.index}
+    paths = {p: c.image_path(p, "organs") for p in c.data.index}
     without = [p for p, v in paths.items() if v is None]
     assert len(without) == 1 and paths[without[0]] is None
-    assert all(v.name == "pet.nii.gz" for p, v in paths.items() if p not in without)
+    assert all(v.name == "organs.nii.gz" for p, v in paths.items() if p not in without)
     assert c.image_path(without[0], "xray") is None  # a modality the manifest does not name
 
 

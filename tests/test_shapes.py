@@ -19,6 +19,11 @@ SHAPES = {
                                        labs=[], clinical=[]),
     "labs only, generic label": dict(endpoint={"label": "response"}, clinical=["age", "sex"],
                                      labs=["chromogranin_a", "ggt", "alkaline_phosphatase", "albumin", "ldh"]),
+    # what `prrt validate` only warns about must not stop the run: a patient without a mask, one without organs
+    "labs and PET, a mask and an organ map missing": dict(
+        endpoint={"time": "pfs_months", "event": "progressed", "horizon_months": 12},
+        images={"pet": "pet_path", "mask": "lesion_mask_path", "organs": "organ_mask_path"}, clinical=["age"],
+        labs=["chromogranin_a", "ggt"], blank={"lesion_mask_path": 5, "organ_mask_path": 6}),
     "labs and CT, PFS": dict(endpoint={"time": "pfs_months", "event": "progressed", "horizon_months": 12},
                              images={"ct": "ct_path", "mask": "lesion_mask_path"}, clinical=["age", "grade"],
                              labs=["chromogranin_a", "ggt", "alkaline_phosphatase", "albumin", "ldh"]),
@@ -49,10 +54,22 @@ def shape_table(small_cohort_dir, tmp_path_factory):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_every_chapter_runs_on_the_manifest_shape(shape, shape_table, small_cohort_dir, tmp_path):
     manifest = tmp_path / "manifest.yaml"
-    doc = {"name": "shape", "synthetic": True, "table": str(shape_table / "cohort.csv"),
-           "image_root": str(small_cohort_dir), "id": "patient_id", **SHAPES[shape]}
+    shape_doc = dict(SHAPES[shape])
+    table = shape_table / "cohort.csv"
+    if "blank" in shape_doc:
+        df = pd.read_csv(table, dtype=str, keep_default_na=False)
+        for col, row in shape_doc.pop("blank").items():
+            df.loc[row, col] = ""
+        table = tmp_path / "cohort.csv"
+        df.to_csv(table, index=False)
+    doc = {"name": "shape", "synthetic": True, "table": str(table), "image_root": str(small_cohort_dir),
+           "id": "patient_id", **shape_doc}
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
     run_dir = tmp_path / "run"
+    from prrt.validation import validate
+
+    checked = validate(manifest, check_images="full", profile="smoke")
+    assert not checked.errors and len(checked.warnings) == len(SHAPES[shape].get("blank", {})), checked.problems
     assert main(["run", "--manifest", str(manifest), "--profile", "smoke", "--run-dir", str(run_dir), "--seed", "3",
                  "--cache-dir", str(shape_table / "cache")]) == 0
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
@@ -62,8 +79,9 @@ def test_every_chapter_runs_on_the_manifest_shape(shape, shape_table, small_coho
     summary = pd.read_csv(run_dir / "results" / "summary.csv").set_index("model")["status"]
     assert summary.map(lambda s: s == "ran" or s.startswith("skipped: ")).all(), summary
     images, labs = "images" in doc, bool(doc["labs"])
-    assert (summary["lab_rf"] == "ran") == labs and (summary["ct_cnn"] == "ran") == images
-    assert (summary["pet_cnn"] == "ran") == ("pet" in doc.get("images", {}))
+    assert (summary["lab_rf"] == "ran") == labs
+    for modality in ("pet", "ct"):
+        assert (summary[f"{modality}_cnn"] == "ran") == (modality in doc.get("images", {})), modality
     if not labs:
         assert summary["lab_rf"] == "skipped: the manifest lists no laboratory values"
         assert "The manifest lists no laboratory values." in text["02_lab_random_forest"]

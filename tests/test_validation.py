@@ -120,10 +120,11 @@ CASES = [
     Case("PFS in days", _edit_table(lambda df: df.assign(pfs_months=(df["pfs_months"].astype(float) * 30.44)
                                                          .round(0).astype(str))),
          "warning", (r"column 'pfs_months'", r"is PFS recorded in days"), alone=False),  # (and one class: an error)
-    Case("blank image cell", _cells(pet_path={3: ""}), "warning",
-         (r"column 'pet_path'", r"1 of 26 patients have no pet image", r"'{id3}' \(row 5\)")),
-    Case("neither CT nor PET", _cells(pet_path={3: ""}, ct_path={3: ""}), "error",
-         (r"patient '{id3}' \(row 5\)", r"has neither CT nor PET")),
+    Case("blank mask cell", _cells(lesion_mask_path={3: ""}), "warning",
+         (r"column 'lesion_mask_path'", r"1 of 26 patients have no mask image", r"'{id3}' \(row 5\)",
+          r"PET threshold")),
+    Case("blank PET cell", _cells(pet_path={3: ""}), "error",  # `prrt run` failed in chapter 03, naming a pseudonym
+         (r"patient '{id3}' \(row 5\), column 'pet_path'", r"has no PET \(empty cell\)", r"share one set of splits")),
     Case("identifier-like clinical column",
          _both(_edit_table(lambda df: df.assign(birth_date=[f"19{40 + i}-03-0{i % 9 + 1}" for i in range(len(df))])),
                _manifest(clinical=["age", "sex", "birth_date"])),
