@@ -258,6 +258,11 @@ def test_pseudonyms_never_equal_an_id():
     mapping = pseudonymise(ids, "hospital")
     assert all(v.startswith("PS") for v in mapping.values()) and not set(mapping.values()) & set(ids)
     assert set(pseudonymise(["A-1", "B-2"], "x").values()) == {"P001", "P002"}
+    from prrt.manifest import PSEUDONYM_PREFIXES
+
+    every_prefix = [f"{p.lower()}001" for p in PSEUDONYM_PREFIXES]  # (case does not matter)
+    with pytest.raises(ValueError, match=r"^every pseudonym prefix collides with the patient IDs; rename the IDs$"):
+        pseudonymise(every_prefix, "x")
 
 
 # ---- the command ---------------------------------------------------------------------------------
