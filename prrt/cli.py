@@ -124,8 +124,14 @@ def _run(args) -> int:
     info = json.loads((d / "run.json").read_text())
     print(f"Run complete in {info['wall_time_s']} s: {d}")
     if (d / "book" / "index.html").is_file() and not args.no_book:
-        print(f"Book: {d / 'book' / 'index.html'}")
+        _print_book(d)
     return 0
+
+
+def _print_book(run_dir: Path) -> None:
+    print(f"Book: {run_dir / 'book' / 'index.html'}")
+    if (run_dir / "browser-check.json").is_file():
+        print(f"Screenshots of the chapters (headless Chromium): {run_dir / 'screenshots'}")
 
 
 def _book(args) -> int:
@@ -142,7 +148,7 @@ def _book(args) -> int:
     except RunError as exc:
         print(f"Book build failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"Book: {index}")
+    _print_book(index.parent.parent)
     return 0
 
 

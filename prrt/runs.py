@@ -481,6 +481,36 @@ def _run_page(info: dict) -> str:
     return "\n".join(lines)
 
 
+#: ``auto`` (default): check the built book in a browser when one is found; ``off``: never; ``required``: fail
+#: the build when no browser can be driven.
+BROWSER_CHECK_ENV = "PRRT_BROWSER_CHECK"
+
+
+def _check_in_browser(html: Path, run_dir: Path, info: dict, log) -> None:
+    """Open every page of the built book in headless Chromium (:mod:`prrt.browser`): the result goes to
+    ``browser-check.json`` and a screenshot per chapter to ``screenshots/`` in the run folder. Problems are
+    reported, not fatal (they do not endanger anything the book must not publish)."""
+    from .browser import browser_missing_reason, check_book
+
+    mode = os.environ.get(BROWSER_CHECK_ENV, "auto")
+    if mode == "off":
+        return
+    reason = browser_missing_reason()
+    if reason:
+        if mode == "required":
+            raise RunError(f"the book could not be checked in a browser ({BROWSER_CHECK_ENV}=required): {reason}")
+        log(f"the book was not checked in a browser: {reason}")
+        return
+    result = check_book(html, run_dir / "screenshots", synthetic=info["cohort"]["synthetic"])
+    record = {"browser": result.browser, "pages": [p.page for p in result.pages], "problems": result.problems,
+              "search": {"query": result.search_query, "pages_found": result.search_results},
+              "screenshots": sorted(Path(p.screenshot).name for p in result.pages if p.screenshot)}
+    (run_dir / "browser-check.json").write_text(json.dumps(record, indent=2))
+    log(f"checked in a browser: {result.summary()}")
+    for problem in result.problems:
+        log(f"  {problem}")
+
+
 def _token_pattern(tokens) -> re.Pattern:
     return re.compile(r"(?<![\w-])(" + "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
                       + r")(?![\w-])")
@@ -617,6 +647,9 @@ def _build_book(run_dir: Path, repo_root, log) -> Path:
             (("; " if ids else "") + ", ".join(w for w in what if not w.startswith("the patient ID of "))[:300]
              if len(ids) < len(what) else "")
         raise RunError(f"the book would publish {said} on: {', '.join(pages[:10])}; nothing was published")
+    if (html / "_static" / "favicon.png").is_file():  # a page without an icon link (the redirecting index.html)
+        shutil.copyfile(html / "_static" / "favicon.png", html / "favicon.ico")  # makes the browser ask for this
+    _check_in_browser(html, run_dir, info, log)
     _replace_dir(html, run_dir / "book")
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(src, ignore_errors=True)

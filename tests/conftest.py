@@ -14,6 +14,10 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_share))
 
+# Building a book opens it in headless Chromium (prrt.browser) when one is found: about 15 s per book. The tests
+# that build books for other reasons leave that out; the smoke run of tests/test_runner.py turns it on.
+os.environ.setdefault("PRRT_BROWSER_CHECK", "off")
+
 import shutil
 from collections import Counter
 from pathlib import Path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -49,11 +50,62 @@ def canary_cohort(small_cohort_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_run(canary_cohort, tmp_path_factory):
     """One smoke run of every notebook, with its book (`prrt run` builds it), shared by this module's tests."""
+    from unittest import mock
+
     runs_root = tmp_path_factory.mktemp("runs")
     run_dir = runs_root / "smoke"
-    assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
-                 "--run-dir", str(run_dir), "--seed", "11"]) == 0
+    # the book is checked in a browser when one is found; in CI a missing browser fails the run
+    mode = "required" if os.environ.get("CI") == "true" else "auto"
+    with mock.patch.dict(os.environ, {"PRRT_BROWSER_CHECK": mode}):
+        assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
+                     "--run-dir", str(run_dir), "--seed", "11"]) == 0
     return run_dir
+
+
+@pytest.mark.slow
+def test_the_book_works_in_a_browser(smoke_run):
+    """Every page opened in headless Chromium (prrt.browser, during `prrt run`): no JavaScript error or failed
+    request, every image loaded, every internal link resolves, the search finds 'chromogranin', each chapter shows
+    the parameters table and the synthetic-data banner and has its screenshot. Skipped only outside CI when this
+    machine has no Chromium; with CI=true a missing browser fails (the smoke run requires it)."""
+    from prrt.browser import browser_missing_reason
+
+    reason = browser_missing_reason()
+    if reason and os.environ.get("CI") != "true":
+        pytest.skip(f"the book cannot be opened in a browser here: {reason}")
+    record = json.loads((smoke_run / "browser-check.json").read_text())
+    assert record["problems"] == []
+    chapters = sorted(p.name for p in (REPO / "notebooks").glob("0*.ipynb"))
+    assert {f"notebooks/{c.replace('.ipynb', '.html')}" for c in chapters} <= set(record["pages"])
+    assert {"book/methods.html", "book/this_run.html", "data_manifest/README.html", "index.html"} <= set(record["pages"])
+    assert record["search"] == {"query": "chromogranin", "pages_found": record["search"]["pages_found"]}
+    assert record["search"]["pages_found"] >= 3
+    shots = sorted((smoke_run / "screenshots").glob("*.png"))
+    assert [s.stem for s in shots] == [c.replace(".ipynb", "") for c in chapters]
+    assert all(s.stat().st_size > 50_000 for s in shots)
+
+
+@pytest.mark.slow
+def test_the_browser_check_finds_what_it_looks_for(smoke_run, tmp_path):
+    """The check is not blind: a page with a script error, a missing image and a broken link, and a chapter
+    without its parameters table, are reported."""
+    from prrt.browser import browser_missing_reason, check_book
+
+    if browser_missing_reason() and os.environ.get("CI") != "true":
+        pytest.skip(f"no browser here: {browser_missing_reason()}")
+    book = tmp_path / "book"
+    shutil.copytree(smoke_run / "book", book)
+    page = book / "book" / "methods.html"
+    page.write_text(page.read_text().replace("</body>", '<script>undefinedFunction();</script><img src="gone.png">'
+                                             '<a href="nowhere.html">x</a></body>'))
+    chapter = book / "notebooks" / "01_cohort.html"
+    chapter.write_text(chapter.read_text().replace("voxel spacing (mm)", "voxel size"))
+    problems = check_book(book, tmp_path / "shots", synthetic=True).problems
+    assert any(p.startswith("book/methods.html: JavaScript/network: uncaught") and "undefinedFunction" in p
+               for p in problems), problems
+    assert "book/methods.html: image not loaded: gone.png" in problems
+    assert "book/methods.html: link to a missing file: nowhere.html" in problems
+    assert "notebooks/01_cohort.html: not visible: the parameters table" in problems
 
 
 @pytest.mark.slow
