@@ -581,6 +581,16 @@ def build_book(run_dir, repo_root=None, log=print, lock: bool = True) -> Path:
                                  "is untouched", exc.signum) from None
 
 
+def repository_url() -> str | None:
+    """The public repository the book's launch buttons (Binder) open: $PRRT_REPOSITORY_URL, else the GitHub
+    repository that GitHub Actions builds ($GITHUB_REPOSITORY); None when neither is set."""
+    if os.environ.get("PRRT_REPOSITORY_URL"):
+        return os.environ["PRRT_REPOSITORY_URL"]
+    if os.environ.get("GITHUB_REPOSITORY"):
+        return f"{os.environ.get('GITHUB_SERVER_URL', 'https://github.com')}/{os.environ['GITHUB_REPOSITORY']}"
+    return None
+
+
 def _build_book(run_dir: Path, repo_root, log) -> Path:
     import yaml
 
@@ -606,6 +616,12 @@ def _build_book(run_dir: Path, repo_root, log) -> Path:
     (src / "book" / "this_run.md").write_text(_run_page(info))
     config = yaml.safe_load((src / "_config.yml").read_text())
     config["execute"] = {**config.get("execute", {}), "execute_notebooks": "off"}
+    url = repository_url()
+    if url:
+        config["repository"] = {**config.get("repository", {}), "url": url}
+    else:  # the theme cannot make launch buttons without the repository's address (it fails on an empty one)
+        config.pop("launch_buttons", None)
+        config.pop("repository", None)
     if info["cohort"]["synthetic"]:
         config.setdefault("html", {})["announcement"] = (
             "Synthetic data: the results in this book come from a generated cohort, not from patients.")

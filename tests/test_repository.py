@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 import yaml
 
 from prrt.profiles import PROFILES, get_profile
@@ -131,3 +132,96 @@ def test_every_pinned_package_is_used_and_documented():
             module = how.strip("`")
             assert re.search(rf"^\s*(import|from)\s+{re.escape(module)}(\.|\s|$)", code, re.M), \
                 f"{package} is pinned, but nothing imports {module}"
+
+
+# ---- publishing and Binder ------------------------------------------------------------------------
+PINNED_ACTION = re.compile(r"[\w.-]+/[\w.-]+@(v\d+\.\d+\.\d+|[0-9a-f]{40})")
+
+
+def _workflow(name: str) -> tuple[dict, dict]:
+    doc = yaml.safe_load((REPO / ".github" / "workflows" / name).read_text())
+    return doc, doc.get("on", doc.get(True))  # YAML 1.1 reads the key `on` as True
+
+
+def _steps(doc: dict) -> list[dict]:
+    return [step for job in doc["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_the_workflows_publish_the_book_and_run_the_tests_with_the_readmes_commands():
+    readme_block = re.search(r"```(?:bash|sh)?\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    book, on = _workflow("book.yml")
+    assert on["push"]["branches"] == ["main"]
+    assert book["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+    runs = [s.get("run", "").strip() for s in _steps(book)]
+    assert "make book" in runs and "make book" in readme_block
+    uses = {s["uses"].split("@")[0]: s for s in _steps(book) if "uses" in s}
+    # the Makefile's default run folder is runs/demo: that is what gets published
+    assert "RUN_DIR ?= runs/$(PROFILE)" in (REPO / "Makefile").read_text() and "PROFILE ?= demo" in (REPO / "Makefile").read_text()
+    assert uses["actions/upload-pages-artifact"]["with"]["path"] == "runs/demo/book"
+    assert "actions/deploy-pages" in uses and book["jobs"]["deploy"]["needs"] == "build"
+    cached = {s["with"]["path"] for s in _steps(book) if s.get("uses", "").startswith("actions/cache@")}
+    assert cached == {".venv", "runs/.prrt-cache"}
+    assert book["env"]["PRRT_BROWSER_CHECK"] == "required"  # the published book was opened in a browser
+    tests, on = _workflow("tests.yml")
+    assert "push" in on and "pull_request" in on
+    assert "make test" in [s.get("run", "").strip() for s in _steps(tests)] and "make test" in readme_block
+    for name in ("book.yml", "tests.yml"):
+        for step in _steps(_workflow(name)[0]):
+            if "uses" in step:
+                assert PINNED_ACTION.fullmatch(step["uses"]), f"{name}: {step['uses']} is not pinned to a version"
+
+
+def test_binder_gets_launch_buttons_and_the_environment():
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert config["launch_buttons"] == {"binderhub_url": "https://mybinder.org", "notebook_interface": "jupyterlab"}
+    assert config["repository"]["branch"] == "main"
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(d for d in env["dependencies"] if isinstance(d, dict))["pip"]
+    assert "-e ." in pip  # the package; postBuild then makes the demo cohort
+    assert (REPO / "postBuild").stat().st_mode & 0o111
+    assert "lab: venv demo-data" in (REPO / "Makefile").read_text()  # make lab: JupyterLab with the demo cohort
+
+
+def test_launch_buttons_link_to_binder_when_the_repository_is_known(monkeypatch):
+    from prrt.runs import repository_url
+
+    monkeypatch.delenv("PRRT_REPOSITORY_URL", raising=False)
+    monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
+    assert repository_url() is None  # then the book has no launch buttons (the theme needs an address)
+    monkeypatch.setenv("GITHUB_REPOSITORY", "someone/prrt")
+    assert repository_url() == "https://github.com/someone/prrt"
+    monkeypatch.setenv("PRRT_REPOSITORY_URL", "https://gitlab.example/x/prrt")
+    assert repository_url() == "https://gitlab.example/x/prrt"
+
+
+@pytest.mark.slow
+def test_binder_postbuild_makes_the_cohort_the_notebooks_read(tmp_path):
+    """The steps of a Binder build that do not need conda, in a fresh venv: the package installed as
+    environment.yml installs it (`-e .`), then postBuild (a small cohort here, PRRT_DEMO_ARGS)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    repo = tmp_path / "repo"
+    for name in ("prrt", "data_manifest", "pyproject.toml", "README.md", "postBuild"):
+        src = REPO / name
+        (shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
+         else shutil.copy2(src, repo / name))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # the dependencies come from the test environment (conda's part of a Binder build)
+    site = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+    (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", str(repo)],
+                   check=True, cwd=repo)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+           "PRRT_DEMO_ARGS": "--n-patients 24 --geometry small --pretrain-ct 2"}
+    subprocess.run([str(repo / "postBuild")], check=True, env=env, cwd=tmp_path, capture_output=True)
+    assert (repo / "data" / "demo" / "cohort.csv").is_file()
+    from prrt.manifest import load_manifest
+
+    cohort = load_manifest(repo / "data_manifest" / "demo.yaml", check_images="header")  # the notebooks' default
+    assert cohort.n_patients == 24 and cohort.ct_pretraining["data"].is_dir()
