@@ -3,7 +3,8 @@
 :func:`check_book` serves a built book over HTTP on the loopback interface and opens every page in
 Chromium (the system's browser, e.g. Debian's ``chromium`` package; Playwright's own browser builds are
 never downloaded). On every page it records JavaScript errors (console errors and uncaught exceptions),
-failed requests, images that did not load and internal links whose target file is missing; on every
+failed requests, images (in the page's content) that did not load or have no alt text, and internal links
+whose target file is missing; on every
 chapter it checks that the parameters table (and, for a synthetic cohort, the synthetic-data banner) is
 visible, and saves a screenshot; the search page must find a word. :class:`BookCheck` holds the result.
 """
@@ -53,6 +54,7 @@ class PageCheck:
     page: str                      # path in the book, e.g. notebooks/01_cohort.html
     errors: list[str] = field(default_factory=list)         # JavaScript errors and failed requests
     broken_images: list[str] = field(default_factory=list)
+    images_without_alt: list[str] = field(default_factory=list)
     broken_links: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)        # what a chapter must show but does not
     screenshot: str | None = None
@@ -60,6 +62,7 @@ class PageCheck:
     @property
     def problems(self) -> list[str]:
         return ([f"JavaScript/network: {e}" for e in self.errors] + [f"image not loaded: {i}" for i in self.broken_images]
+                + [f"image without alt text: {i}" for i in self.images_without_alt]
                 + [f"link to a missing file: {u}" for u in self.broken_links] + [f"not visible: {m}" for m in self.missing])
 
 
@@ -164,9 +167,12 @@ def _check_page(context, base: str, book: Path, name: str, chapter: bool, synthe
             if r.status >= 400 and r.url.startswith(base) else None)
     page.goto(f"{base}/{name}", wait_until="load")
     page.wait_for_load_state("networkidle")
-    images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete && "
-                                              "e.naturalWidth > 0])")
-    check.broken_images = [src for src, ok in images if not ok]
+    images = page.eval_on_selector_all("article img", "els => els.map(e => [e.getAttribute('src'), e.complete && "
+                                                      "e.naturalWidth > 0, (e.getAttribute('alt') || '').trim()])")
+    check.broken_images = [src for src, ok, _ in images if not ok]
+    # docutils writes the file's path as alt when a figure has none
+    check.images_without_alt = [src for src, _, alt in images
+                                if not alt or alt == src or alt.lower().endswith((".png", ".svg", ".jpg", ".jpeg"))]
     hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
     shown = unquote(urlsplit(page.url).path).lstrip("/")  # after a redirect (index.html) links are relative to it
     for href in sorted(set(hrefs)):

@@ -107,6 +107,11 @@ def mean_training_patients(splits: pd.DataFrame) -> int:
     return int(round(sum(len(f.train) for f in folds) / len(folds))) if folds else 0
 
 
+def splits_table(splits: pd.DataFrame, cohort) -> pd.DataFrame:
+    """:func:`describe_splits` for the book: one column per (repeat, fold), counts as whole numbers."""
+    return describe_splits(splits, cohort).astype(object).T
+
+
 def describe_splits(splits: pd.DataFrame, cohort) -> pd.DataFrame:
     """Test-part size and short-PFS count of every repeat and fold (a check of the stratification)."""
     d = splits.join(cohort.data["label"], on="patient")

@@ -225,3 +225,34 @@ def test_binder_postbuild_makes_the_cohort_the_notebooks_read(tmp_path):
 
     cohort = load_manifest(repo / "data_manifest" / "demo.yaml", check_images="header")  # the notebooks' default
     assert cohort.n_patients == 24 and cohort.ct_pretraining["data"].is_dir()
+
+
+#: A code cell longer than this is collapsed in the book (tag hide-input): its output is the point.
+LONGEST_SHOWN_CELL = 8
+
+
+def test_long_code_cells_are_collapsed_and_figures_have_alt_text():
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+                continue
+            if len(cell.source.strip().splitlines()) > LONGEST_SHOWN_CELL:
+                assert "hide-input" in cell.metadata.get("tags", []), f"{path.name} cell {cell.id}: long and not collapsed"
+            if re.search(r"prrt\.plots\.\w+\(", cell.source):
+                alt = cell.metadata.get("mystnb", {}).get("image", {}).get("alt", "")
+                assert len(alt) > 40, f"{path.name} cell {cell.id}: a figure without alt text"
+
+
+def test_the_splits_table_counts_in_whole_numbers():
+    import pandas as pd
+
+    from prrt.splits import make_splits, splits_table
+
+    y = pd.Series([1] * 6 + [0] * 9, index=[f"P{i:03d}" for i in range(15)])
+
+    class Cohort:
+        data = pd.DataFrame({"label": y})
+
+    table = splits_table(make_splits(y, 3, 2, seed=1), Cohort)
+    assert table.loc["test patients"].map(type).eq(int).all() and table.loc["short PFS"].map(type).eq(int).all()
+    assert table.loc["test patients"].sum() == 30 and table.loc["short PFS share"].iloc[0] == 0.4

@@ -96,8 +96,8 @@ def test_the_browser_check_finds_what_it_looks_for(smoke_run, tmp_path):
     book = tmp_path / "book"
     shutil.copytree(smoke_run / "book", book)
     page = book / "book" / "methods.html"
-    page.write_text(page.read_text().replace("</body>", '<script>undefinedFunction();</script><img src="gone.png">'
-                                             '<a href="nowhere.html">x</a></body>'))
+    page.write_text(page.read_text().replace("</article>", '<script>undefinedFunction();</script><img src="gone.png">'
+                                             '<a href="nowhere.html">x</a></article>'))
     chapter = book / "notebooks" / "01_cohort.html"
     chapter.write_text(chapter.read_text().replace("voxel spacing (mm)", "voxel size"))
     problems = check_book(book, tmp_path / "shots", synthetic=True).problems
@@ -105,6 +105,7 @@ def test_the_browser_check_finds_what_it_looks_for(smoke_run, tmp_path):
                for p in problems), problems
     assert "book/methods.html: image not loaded: gone.png" in problems
     assert "book/methods.html: link to a missing file: nowhere.html" in problems
+    assert "book/methods.html: image without alt text: gone.png" in problems
     assert "notebooks/01_cohort.html: not visible: the parameters table" in problems
 
 
