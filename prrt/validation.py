@@ -607,3 +607,39 @@ def identifier_tokens(cohort: Cohort) -> dict[str, str]:
     tokens.setdefault(str(cohort.manifest_path.parent), "the manifest's folder")
     return tokens
 
+
+
+# ---- a second cohort (external validation) ------------------------------------------------------------
+def check_compatible(development: Cohort, external: Cohort) -> list[Problem]:
+    """Problems that keep models fitted on ``development`` from predicting ``external`` as they are.
+
+    The endpoint must be of the same kind (the same PFS horizon, or both a ready label); every laboratory
+    value and image modality the development cohort's models read must be in the external cohort, each lab
+    in the same unit; and no patient may be in both (compared after case folding and Unicode normalisation:
+    a shared patient would be predicted by a model that was fitted on them).
+    """
+    where = str(external.manifest_path)
+    problems = []
+    if development.horizon_months != external.horizon_months:
+        def kind(c):
+            return f"PFS at {c.horizon_months:g} months" if c.horizon_months is not None else "a ready label"
+        problems.append(Problem(f"the endpoint is {kind(external)}, the development cohort's is {kind(development)}: "
+                                "predictions of one cannot be judged against the other", file=where))
+    for col in development.labs:
+        if col not in external.labs:
+            problems.append(Problem("a laboratory value the development cohort's models use is not among this "
+                                    "cohort's labs", column=col, file=where))
+            continue
+        unit_d, unit_e = development.units.get(col), external.units.get(col)
+        if unit_d != unit_e:
+            problems.append(Problem(f"unit {unit_e!r} differs from the development cohort's {unit_d!r}: convert the "
+                                    "values (a model reads numbers, not units)", column=col, file=where))
+    for modality in development.modalities:
+        if modality not in external.modalities:
+            problems.append(Problem(f"the development cohort's models use {modality} images, which this cohort's "
+                                    "manifest does not name", column=f"images.{modality}", file=where))
+    shared = {_normal_id(i) for i in development.pseudonym_of_id()} & {_normal_id(i) for i in external.pseudonym_of_id()}
+    if shared:
+        problems.append(Problem(f"{len(shared)} patient ID(s) are in both cohorts: an external cohort must not hold "
+                                "patients the models were fitted on", column="id", file=where))
+    return problems

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import yaml
+
 from conftest import edit_manifest
 from prrt.cli import main
 from prrt.manifest import ManifestError, load_manifest, pseudonymise
@@ -315,3 +317,28 @@ def test_yaml_of_the_table_is_not_read_as_na(cohort_copy):
     result = validate(cohort_copy / "manifest.yaml", check_images="none")
     assert [p.column for p in result.warnings] == ["sex"]
     assert pd.isna(result.cohort.data.loc[result.cohort.pseudonym_of_id()[_table(cohort_copy)["patient_id"][0]], "sex"])
+
+
+# ---- a second cohort -----------------------------------------------------------------------------------
+def test_a_second_cohort_must_match_the_first(small_cohort_dir, cohort_copy):
+    from prrt.validation import check_compatible
+
+    development = load_manifest(small_cohort_dir / "manifest.yaml", check_images="none")
+    # the same patients: refused
+    same = check_compatible(development, load_manifest(cohort_copy / "manifest.yaml", check_images="none"))
+    assert [p.message for p in same] == ["26 patient ID(s) are in both cohorts: an external cohort must not hold "
+                                         "patients the models were fitted on"]
+    df = _table(cohort_copy)
+    df["patient_id"] = "EXT-" + df["patient_id"]
+    df.to_csv(cohort_copy / "cohort.csv", index=False)
+    assert check_compatible(development, load_manifest(cohort_copy / "manifest.yaml", check_images="none")) == []
+    doc = yaml.safe_load((cohort_copy / "manifest.yaml").read_text())
+    edit_manifest(cohort_copy / "manifest.yaml", labs=[c for c in doc["labs"] if c != "ggt"],
+                  units={**doc["units"], "albumin": "g/L"}, images={"ct": "ct_path"},
+                  endpoint={**doc["endpoint"], "horizon_months": 24})
+    _edit_table(lambda d: d.assign(albumin=(d["albumin"].astype(float) * 10).round(1).astype(str)))(cohort_copy)
+    text = "\n".join(map(str, check_compatible(development, load_manifest(cohort_copy / "manifest.yaml",
+                                                                           check_images="none"))))
+    assert "the endpoint is PFS at 24 months, the development cohort's is PFS at 12 months" in text
+    assert "column 'ggt'" in text and "column 'albumin'" in text and "unit 'g/L' differs from the development cohort's 'g/dL'" in text
+    assert "column 'images.pet'" in text and "column 'images.mask'" in text
