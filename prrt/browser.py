@@ -83,7 +83,8 @@ class BookCheck:
 
     def summary(self) -> str:
         return (f"{len(self.pages)} pages opened in {Path(self.browser).name}, {len(self.problems)} problem(s); "
-                f"search for {self.search_query!r}: {self.search_results} page(s); screenshots in {self.screenshots}")
+                f"search for {self.search_query!r}: {self.search_results} page(s); "
+                f"{sum(p.screenshot is not None for p in self.pages)} chapter screenshots")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
