@@ -168,12 +168,13 @@ def _check_page(context, base: str, book: Path, name: str, chapter: bool, synthe
             if r.status >= 400 and r.url.startswith(base) else None)
     page.goto(f"{base}/{name}", wait_until="load")
     page.wait_for_load_state("networkidle")
-    images = page.eval_on_selector_all("article img", "els => els.map(e => [e.getAttribute('src'), e.complete && "
-                                                      "e.naturalWidth > 0, (e.getAttribute('alt') || '').trim()])")
-    check.broken_images = [src for src, ok, _ in images if not ok]
-    # docutils writes the file's path as alt when a figure has none
-    check.images_without_alt = [src for src, _, alt in images
-                                if not alt or alt == src or alt.lower().endswith((".png", ".svg", ".jpg", ".jpeg"))]
+    images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete && "
+                                              "e.naturalWidth > 0, (e.getAttribute('alt') || '').trim(), "
+                                              "!!e.closest('article')])")
+    check.broken_images = [src for src, ok, _, _ in images if not ok]
+    # the page's own figures need alt text (docutils writes the file's path as alt when a figure has none)
+    check.images_without_alt = [src for src, _, alt, content in images if content and
+                                (not alt or alt == src or alt.lower().endswith((".png", ".svg", ".jpg", ".jpeg")))]
     hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
     shown = unquote(urlsplit(page.url).path).lstrip("/")  # after a redirect (index.html) links are relative to it
     for href in sorted(set(hrefs)):
