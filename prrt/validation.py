@@ -135,10 +135,10 @@ class Validation:
         return [p for p in self.problems if p.severity == WARNING]
 
     def raise_for_errors(self, strict: bool = False) -> None:
-        """Raise :class:`ManifestError` listing the errors (with ``strict``, the warnings too)."""
-        bad = self.problems if strict else self.errors
-        if bad:
-            raise ManifestError(self.manifest, bad)
+        """Raise :class:`ManifestError` when there is an error (with ``strict``, also when there is only a
+        warning); it lists every problem, errors first, so that one pass fixes them all."""
+        if self.errors or (strict and self.problems):
+            raise ManifestError(self.manifest, self.errors + self.warnings)
 
 
 # ---- the checks --------------------------------------------------------------------------------------

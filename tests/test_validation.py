@@ -342,3 +342,13 @@ def test_a_second_cohort_must_match_the_first(small_cohort_dir, cohort_copy):
     assert "the endpoint is PFS at 24 months, the development cohort's is PFS at 12 months" in text
     assert "column 'ggt'" in text and "column 'albumin'" in text and "unit 'g/L' differs from the development cohort's 'g/dL'" in text
     assert "column 'images.pet'" in text and "column 'images.mask'" in text
+
+
+def test_an_invalid_manifest_lists_its_warnings_too(cohort_copy, capsys):
+    """One pass fixes everything: the errors first, then the warnings, with their counts."""
+    _cells(ggt={2: "high"}, chromogranin_a={5: "NA"})(cohort_copy)
+    assert main(["validate", str(cohort_copy / "manifest.yaml"), "--check-images", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s) (1 error(s), 1 warning(s))" in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("  - ")]
+    assert "'high' is not a number" in lines[0] and lines[1].startswith("  - warning: column 'chromogranin_a'")
