@@ -488,3 +488,29 @@ def test_splits_mismatch_message_counts_both_ways(tmp_path, small_cohort_dir):
     with pytest.raises(ValueError, match=r"does not match the cohort: 1 patients in the splits are not labelled in "
                                          r"the cohort, 1 labelled patients are missing from the splits$"):
         sp.load_splits(tmp_path, c)
+
+
+def test_calibration_intercept_and_slope_recover_a_known_miscalibration():
+    """Outcomes drawn from known probabilities: those probabilities are calibrated (intercept 0, slope 1);
+    predictions shifted up by 1 on the logit scale have calibration-in-the-large -1; predictions twice as
+    extreme have slope 1/2. Each truth lies in its 95 % CI."""
+    from scipy.special import expit
+
+    from prrt.evaluate import calibration_intercept_slope
+
+    rng = np.random.default_rng(3)
+    lp = rng.normal(-0.5, 1.2, 20_000)
+    y = rng.random(lp.size) < expit(lp)
+    exact = calibration_intercept_slope(y, expit(lp))
+    assert exact["calibration_in_the_large"] == pytest.approx(0, abs=0.05)
+    assert exact["calibration_slope"] == pytest.approx(1, abs=0.05)
+    assert exact["n"] == 20_000
+    high = calibration_intercept_slope(y, expit(lp + 1))
+    lo, hi = high["calibration_in_the_large_ci"]
+    assert high["calibration_in_the_large"] == pytest.approx(-1, abs=0.06) and lo < -1 < hi
+    extreme = calibration_intercept_slope(y, expit(2 * lp))
+    lo, hi = extreme["calibration_slope_ci"]
+    assert extreme["calibration_slope"] == pytest.approx(0.5, abs=0.03) and lo < 0.5 < hi
+    # NaN rows are left out; probabilities of exactly 0 or 1 are clipped, not infinite
+    odd = calibration_intercept_slope([1, 0, np.nan, 0, 1, 1, 0, 1], [0.9, 0.2, 0.5, 1.0, 0.0, 0.6, 0.3, 0.4])
+    assert odd["n"] == 7 and np.isfinite(odd["calibration_slope"]) and np.isfinite(odd["calibration_in_the_large"])
