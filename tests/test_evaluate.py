@@ -512,5 +512,6 @@ def test_calibration_intercept_and_slope_recover_a_known_miscalibration():
     lo, hi = extreme["calibration_slope_ci"]
     assert extreme["calibration_slope"] == pytest.approx(0.5, abs=0.03) and lo < 0.5 < hi
     # NaN rows are left out; probabilities of exactly 0 or 1 are clipped, not infinite
-    odd = calibration_intercept_slope([1, 0, np.nan, 0, 1, 1, 0, 1], [0.9, 0.2, 0.5, 1.0, 0.0, 0.6, 0.3, 0.4])
+    # a missing outcome or prediction (None, as from a table) leaves the row out
+    odd = calibration_intercept_slope([1, 0, None, 0, 1, 1, 0, 1, 0], [0.9, 0.2, 0.5, 1.0, 0.0, 0.6, 0.3, 0.4, None])
     assert odd["n"] == 7 and np.isfinite(odd["calibration_slope"]) and np.isfinite(odd["calibration_in_the_large"])

@@ -240,3 +240,18 @@ def test_run_models_fits_required_models_first_through_a_chain_and_refuses_a_cir
     assert list(results) == ["c", "b", "a", "d"] and [r["model"] for r in rows] == ["c", "b", "a", "d"]
     with pytest.raises(ValueError, match=r"require each other in a circle: \['x', 'y'\]"):
         models.run_models([spec("x", "y"), spec("y", "x"), spec("z")], data, None, s, Profile(), 0, tmp_path)
+
+
+def test_the_splits_table_counts_in_whole_numbers():
+    import pandas as pd
+
+    from prrt.splits import make_splits, splits_table
+
+    y = pd.Series([1] * 6 + [0] * 9, index=[f"P{i:03d}" for i in range(15)])
+
+    class Cohort:
+        data = pd.DataFrame({"label": y})
+
+    table = splits_table(make_splits(y, 3, 2, seed=1), Cohort)
+    assert table.loc["test patients"].map(type).eq(int).all() and table.loc["short PFS"].map(type).eq(int).all()
+    assert table.loc["test patients"].sum() == 30 and table.loc["short PFS share"].iloc[0] == 0.4

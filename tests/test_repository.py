@@ -241,18 +241,3 @@ def test_long_code_cells_are_collapsed_and_figures_have_alt_text():
             if re.search(r"prrt\.plots\.\w+\(", cell.source):
                 alt = cell.metadata.get("mystnb", {}).get("image", {}).get("alt", "")
                 assert len(alt) > 40, f"{path.name} cell {cell.id}: a figure without alt text"
-
-
-def test_the_splits_table_counts_in_whole_numbers():
-    import pandas as pd
-
-    from prrt.splits import make_splits, splits_table
-
-    y = pd.Series([1] * 6 + [0] * 9, index=[f"P{i:03d}" for i in range(15)])
-
-    class Cohort:
-        data = pd.DataFrame({"label": y})
-
-    table = splits_table(make_splits(y, 3, 2, seed=1), Cohort)
-    assert table.loc["test patients"].map(type).eq(int).all() and table.loc["short PFS"].map(type).eq(int).all()
-    assert table.loc["test patients"].sum() == 30 and table.loc["short PFS share"].iloc[0] == 0.4
