@@ -102,7 +102,7 @@ def _pretrain_ct(args) -> int:
 
 def _run(args) -> int:
     from .manifest import ManifestError
-    from .runs import RunError, RunInterrupted, RunLocked, run
+    from .runs import RunError, run
 
     try:
         d = run(args.manifest, args.profile, args.run_dir, seed=args.seed, notebooks_dir=args.notebooks_dir,
@@ -112,20 +112,28 @@ def _run(args) -> int:
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
-    except RunLocked as exc:
-        print(f"Run refused: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except RunInterrupted as exc:
-        print(f"Run interrupted: {exc}", file=sys.stderr)
-        return 128 + exc.signum
     except RunError as exc:
-        print(f"Run failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _report(exc, "Run refused", "Run interrupted", "Run failed")
     info = json.loads((d / "run.json").read_text())
     print(f"Run complete in {info['wall_time_s']} s: {d}")
     if (d / "book" / "index.html").is_file() and not args.no_book:
         _print_book(d)
     return 0
+
+
+def _report(exc, refused: str, interrupted: str, failed: str) -> int:
+    """Print a :class:`prrt.runs.RunError` with the word for its kind; the exit status: 2 when another process
+    holds the run folder, 128 + the signal when interrupted, 1 when the run or book failed."""
+    from .runs import RunInterrupted, RunLocked
+
+    if isinstance(exc, RunLocked):
+        print(f"{refused}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if isinstance(exc, RunInterrupted):
+        print(f"{interrupted}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    print(f"{failed}: {exc}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _print_book(run_dir: Path) -> None:
@@ -135,19 +143,12 @@ def _print_book(run_dir: Path) -> None:
 
 
 def _book(args) -> int:
-    from .runs import RunError, RunInterrupted, RunLocked, build_book
+    from .runs import RunError, build_book
 
     try:
         index = build_book(args.run_dir, log=lambda msg: print(msg, file=sys.stderr))
-    except RunLocked as exc:
-        print(f"Book refused: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except RunInterrupted as exc:
-        print(f"Book build interrupted: {exc}", file=sys.stderr)
-        return 128 + exc.signum
     except RunError as exc:
-        print(f"Book build failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _report(exc, "Book refused", "Book build interrupted", "Book build failed")
     _print_book(index.parent.parent)
     return 0
 

@@ -20,6 +20,7 @@ Paths in ``run.json`` and in the executed notebooks are relative to the run dire
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -143,7 +144,7 @@ class _Signals:
     def _raise(signum, frame):
         import signal
 
-        _stop_kernels(kill=True)  # at once: a kernel left running would print its own shutdown errors
+        _stop_kernels()
         raise RunInterrupted(f"stopped by {signal.Signals(signum).name}", signum)
 
     def __exit__(self, *exc):
@@ -153,20 +154,18 @@ class _Signals:
             signal.signal(signum, handler)
 
 
-def _stop_kernels(kill: bool = False) -> None:
-    """Stop the processes this process started (notebook kernels, and theirs): papermill may not get to it when
-    interrupted. ``kill``: SIGKILL at once; otherwise SIGTERM, and SIGKILL after 5 s."""
+def _stop_kernels() -> None:
+    """Kill the processes this process started (notebook kernels, and theirs) at once: papermill does not get to
+    shut them down when interrupted, and a kernel left running would print its own shutdown errors."""
     import psutil
 
     children = psutil.Process().children(recursive=True)
     for child in children:
         try:
-            child.kill() if kill else child.terminate()
+            child.kill()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(children, timeout=5)
-    for child in alive:
-        child.kill()
+    psutil.wait_procs(children, timeout=5)
 
 
 def _now() -> str:
@@ -308,22 +307,31 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "run.json").is_file():
         raise RunError(f"{run_dir} is not empty and is not a run folder (it has no run.json): a run replaces its whole "
                        "run folder, so it will not take this one. Choose a new --run-dir; nothing was changed")
-    with RunLock(run_dir, "run", log), _Signals():
+    staging = run_dir.with_name(f".{run_dir.name}.staging-{os.getpid()}")
+    with _exclusive(run_dir, "run", log, [staging], "the run was abandoned and its staging folder removed; the previous "
+                    f"results and book in {run_dir} (if any) are untouched"):
         # with the lock held no other process works here: a staging folder is what a killed run left behind
         for stale in sorted(run_dir.parent.glob(f".{run_dir.name}.staging*")):
             log(f"removing {stale.name}, left behind by a run that was killed")
             shutil.rmtree(stale, ignore_errors=True)
-        staging = run_dir.with_name(f".{run_dir.name}.staging-{os.getpid()}")
-        try:
-            _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log,
-                      ct_weights, ct_weights_prefix, engine, workers, book)
-        except RunInterrupted as exc:
-            _stop_kernels()
-            shutil.rmtree(staging, ignore_errors=True)
-            raise RunInterrupted(f"{exc}: the run was abandoned and its staging folder removed; the previous results "
-                                 f"and book in {run_dir} (if any) are untouched", exc.signum) from None
+        _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log,
+                  ct_weights, ct_weights_prefix, engine, workers, book)
         _replace_dir(staging, run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path, command: str, log, scratch: list[Path], abandoned: str):
+    """Hold the run folder's lock, and turn SIGTERM/SIGINT into :class:`RunInterrupted` (the kernels are killed
+    by the signal handler); on an interruption the ``scratch`` folders are removed and the error says
+    ``abandoned``."""
+    with RunLock(run_dir, command, log), _Signals():
+        try:
+            yield
+        except RunInterrupted as exc:
+            for folder in scratch:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise RunInterrupted(f"{exc}: {abandoned}", exc.signum) from None
 
 
 def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log, ct_weights,
@@ -367,16 +375,18 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
         try:
             build_book(staging, log=log, lock=False)
         except RunError as exc:
-            _keep_failed(staging, run_dir)
-            raise RunError(f"{exc}\nThe run itself succeeded; it is kept in {run_dir.with_name(f'.{run_dir.name}.failed')}."
+            failed = _keep_failed(staging, run_dir)
+            raise RunError(f"{exc}\nThe run itself succeeded; it is kept in {failed}."
                            f" The previous run in {run_dir} (if any) and its book are untouched.") from None
 
 
-def _keep_failed(staging: Path, run_dir: Path) -> None:
+def _keep_failed(staging: Path, run_dir: Path) -> Path:
+    """Move a failed attempt to ``.<name>.failed`` beside the run (replacing an older one); returns that folder."""
     failed = run_dir.with_name(f".{run_dir.name}.failed")
     if failed.exists():
         shutil.rmtree(failed)
     os.replace(staging, failed)
+    return failed
 
 
 def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, progress: bool, log) -> None:
@@ -396,8 +406,7 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
         except RunInterrupted:
             raise
         except Exception as exc:  # papermill raises PapermillExecutionError, or kernel errors
-            _keep_failed(staging, run_dir)
-            failed = run_dir.with_name(f".{run_dir.name}.failed")
+            failed = _keep_failed(staging, run_dir)
             raise RunError(
                 f"notebook {nb.name} failed at {_failed_cell(exc)}\n"
                 f"The executed notebook, up to the error, is in {failed / 'notebooks' / nb.name}.\n"
@@ -432,14 +441,13 @@ def _published_copy(notebook: Path, out: Path) -> None:
     import ast
 
     nb = nbformat.read(notebook, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
     params = nb.metadata.get("papermill", {}).get("parameters", {})
     for key in PATH_PARAMETERS:
         if params.get(key):
             params[key] = Path(params[key]).name
     for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             lines = []
             for line in cell.source.splitlines():
@@ -570,15 +578,9 @@ def build_book(run_dir, repo_root=None, log=print, lock: bool = True) -> Path:
     run_dir = Path(run_dir).resolve()
     if not lock:
         return _build_book(run_dir, repo_root, log)
-    with RunLock(run_dir, "book", log), _Signals():
-        try:
-            return _build_book(run_dir, repo_root, log)
-        except RunInterrupted as exc:
-            _stop_kernels()
-            for name in (".book-src", ".book-out"):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-            raise RunInterrupted(f"{exc}: the book build was abandoned; the previous book in {run_dir} (if any) "
-                                 "is untouched", exc.signum) from None
+    with _exclusive(run_dir, "book", log, [run_dir / ".book-src", run_dir / ".book-out"],
+                    f"the book build was abandoned; the previous book in {run_dir} (if any) is untouched"):
+        return _build_book(run_dir, repo_root, log)
 
 
 def repository_url() -> str | None:
@@ -659,9 +661,9 @@ def _build_book(run_dir: Path, repo_root, log) -> Path:
         pages = sorted({p for p, _ in leaks})
         what = sorted({w for _, w in leaks})
         ids = [w.split(" of ")[-1] for w in what if w.startswith("the patient ID of ")]
-        said = (f"patient IDs (of {', '.join(ids[:10])})" if ids else "") + \
-            (("; " if ids else "") + ", ".join(w for w in what if not w.startswith("the patient ID of "))[:300]
-             if len(ids) < len(what) else "")
+        others = [w for w in what if not w.startswith("the patient ID of ")]
+        said = "; ".join(([f"patient IDs (of {', '.join(ids[:10])})"] if ids else [])
+                         + ([", ".join(others)[:300]] if others else []))
         raise RunError(f"the book would publish {said} on: {', '.join(pages[:10])}; nothing was published")
     if (html / "_static" / "favicon.png").is_file():  # a page without an icon link (the redirecting index.html)
         shutil.copyfile(html / "_static" / "favicon.png", html / "favicon.ico")  # makes the browser ask for this

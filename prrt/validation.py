@@ -226,14 +226,24 @@ def check_ids(d: Draft) -> list[Problem]:
     return problems
 
 
+def _cells(d: Draft, col: str) -> tuple[pd.Series, pd.Series]:
+    """Column ``col``'s cells without surrounding blanks, and which of them are text meaning "no value"."""
+    text = d.df[col].map(lambda v: v.strip() if isinstance(v, str) else v)
+    return text, text.map(lambda v: isinstance(v, str) and v.lower() in NA_TEXT)
+
+
+def _na_warning(d: Draft, col: str, text: pd.Series, rows: list[int]) -> Problem:
+    return Problem(f"text meaning 'no value' ({', '.join(sorted({repr(text.iloc[i]) for i in rows}))}) in "
+                   f"{len(rows)} row(s), read as missing: {d.rows_text(rows)}. Leave such cells empty",
+                   column=col, file=d.tfile, severity=WARNING)
+
+
 def _numeric(d: Draft, col: str, *, allow_missing: bool, problems: list) -> pd.Series:
     """Column ``col`` as float. Text is an error, NA-like text is missing (a warning), inf is an error."""
-    raw = d.df[col]
-    text = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
-    na_like = text.map(lambda v: isinstance(v, str) and v.lower() in NA_TEXT)
+    text, na_like = _cells(d, col)
     out = pd.to_numeric(text.where(~na_like), errors="coerce").astype(float)
     missing_rows = []
-    for i in range(len(raw)):
+    for i in range(len(text)):
         v = text.iloc[i]
         if pd.isna(v) or na_like.iloc[i]:
             if not allow_missing:
@@ -246,10 +256,7 @@ def _numeric(d: Draft, col: str, *, allow_missing: bool, problems: list) -> pd.S
             problems.append(d.problem(f"{v!r} is not a finite number", i, col))
             out.iloc[i] = np.nan
     if missing_rows:
-        problems.append(Problem(
-            f"text meaning 'no value' ({', '.join(sorted({repr(text.iloc[i]) for i in missing_rows}))}) in "
-            f"{len(missing_rows)} row(s), read as missing: {d.rows_text(missing_rows)}. Leave such cells empty",
-            column=col, file=d.tfile, severity=WARNING))
+        problems.append(_na_warning(d, col, text, missing_rows))
     return out
 
 
@@ -308,18 +315,14 @@ def check_values(d: Draft) -> list[Problem]:
             problems.append(d.problem(f"laboratory value {s.iloc[i]:g} is negative", i, col))
         d.values[col] = s
     for col in d.clinical:
-        raw = d.df[col].map(lambda v: v.strip() if isinstance(v, str) else v)
-        na_like = raw.map(lambda v: isinstance(v, str) and v.lower() in NA_TEXT)
+        raw, na_like = _cells(d, col)
         present = raw[raw.notna() & ~na_like]
         numeric = pd.to_numeric(present, errors="coerce")
         if col not in d.categorical and len(present) and numeric.notna().all():
             d.values[col] = _numeric(d, col, allow_missing=True, problems=problems)
         else:
             if na_like.any():
-                rows = list(np.flatnonzero(na_like.to_numpy()))
-                problems.append(Problem(f"text meaning 'no value' in {len(rows)} row(s), read as missing: "
-                                        f"{d.rows_text(rows)}. Leave such cells empty", column=col, file=d.tfile,
-                                        severity=WARNING))
+                problems.append(_na_warning(d, col, raw, list(np.flatnonzero(na_like.to_numpy()))))
             d.values[col] = raw.where(~na_like)
             if col not in d.categorical:
                 d.categorical.append(col)
