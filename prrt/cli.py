@@ -15,9 +15,19 @@ def _validate(args) -> int:
     from .manifest import ManifestError
     from .validation import validate
 
+    # an external cohort is predicted, not cross-validated: no profile's feasibility check for it
+    profile = None if args.development else args.profile
     try:
-        result = validate(args.manifest, check_images=args.check_images, profile=args.profile)
+        result = validate(args.manifest, check_images=args.check_images, profile=profile)
         result.raise_for_errors(strict=args.strict)
+        if args.development:
+            from .manifest import load_manifest
+            from .validation import check_compatible, incompatible
+
+            development = load_manifest(args.development, check_images="none")
+            problems = check_compatible(development, result.cohort)
+            if problems:
+                raise incompatible(development, result.cohort, problems)
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
@@ -38,8 +48,10 @@ def _validate(args) -> int:
     else:
         print(f"  labelled: {s['labelled']} ({short}: {s['short_pfs']}, {long_}: {s['long_pfs']}); "
               f"without a label: {s['excluded_censored_before_horizon']}")
-    if args.profile:
+    if profile:
         print(f"  cross-validation of the {args.profile} profile: feasible")
+    if args.development:
+        print(f"  fits the models of {args.development}: yes (prrt run --validate-on can predict it)")
     mods = ", ".join(f"{m} {n}/{s['patients']}" for m, n in s["modalities"].items()) or "none"
     print(f"  images: {mods}")
     print(f"  laboratory values: {s['labs']}; clinical variables: {s['clinical']}")
@@ -56,7 +68,8 @@ def _demo_data(args) -> int:
     from .synthetic import SyntheticConfig, generate
 
     cfg = SyntheticConfig.for_size(args.n_patients, n_censored_before_horizon=args.censored_before_horizon,
-                                   geometry=args.geometry, mask_grid=args.mask_grid)
+                                   geometry=args.geometry, mask_grid=args.mask_grid, pet_scale=args.pet_scale,
+                                   pet_fwhm_mm=args.pet_fwhm, name=args.name)
     report = generate(args.out, seed=args.seed, config=cfg, workers=args.workers)
     o = report["oracle_auroc"]
     print(f"Wrote {report['n_patients']} synthetic patients to {args.out} "
@@ -107,7 +120,7 @@ def _run(args) -> int:
     try:
         d = run(args.manifest, args.profile, args.run_dir, seed=args.seed, notebooks_dir=args.notebooks_dir,
                 cache_dir=args.cache_dir, ct_weights=args.ct_weights, ct_weights_prefix=args.ct_weights_prefix,
-                engine=args.engine, workers=args.workers, book=not args.no_book,
+                engine=args.engine, workers=args.workers, book=not args.no_book, validate_on=args.validate_on,
                 log=lambda msg: print(msg, file=sys.stderr))
     except ManifestError as exc:
         print(exc, file=sys.stderr)
@@ -165,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--profile", choices=["smoke", "demo", "paper"], default="demo",
                    help="check that this profile's cross-validation can be run on the cohort (default: demo)")
     v.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
+    v.add_argument("--development", default=None, metavar="MANIFEST",
+                   help="check this cohort as an external cohort for the models of MANIFEST (prrt run --validate-on): "
+                        "same endpoint, labs and units, image types, no shared patient; no profile check")
     v.add_argument("--check-images", choices=["none", "exists", "header", "full"], default="full",
                    help="how far to check image files (default: read every image and check its values)")
     v.set_defaults(func=_validate)
@@ -177,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra patients lost to follow-up before 12 months (default 0)")
     d.add_argument("--geometry", choices=["standard", "small"], default="standard")
     d.add_argument("--mask-grid", choices=["pet", "ct"], default="pet")
+    d.add_argument("--pet-scale", type=float, default=1.0, metavar="F",
+                   help="multiply every PET voxel by F: a second site whose SUVs read off by this factor (default 1)")
+    d.add_argument("--pet-fwhm", type=float, default=None, metavar="MM",
+                   help="PET resolution in mm (default: the geometry's, 7 mm): a coarser one is another site's scanner")
+    d.add_argument("--name", default="synthetic-demo", help="the cohort's name in its manifest")
     d.add_argument("--workers", type=int, default=None)
     d.add_argument("--pretrain-ct", type=int, default=0, metavar="N",
                    help="also write N unlabelled CTs (not cohort patients) to <out>/ct_pretraining for pretraining")
@@ -209,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'local-cuda' (one worker per GPU) or a scheduler address tcp://host:8786; default: "
                         "one after another")
     r.add_argument("--workers", type=int, default=None, help="worker processes for --engine local (default 2)")
+    r.add_argument("--validate-on", default=None, metavar="MANIFEST",
+                   help="a second cohort: the models fitted on all of --manifest's patients predict it once "
+                        "(chapter 6, external validation)")
     r.add_argument("--no-book", action="store_true",
                    help="do not build the book (the run directory then has none until `prrt book`)")
     r.set_defaults(func=_run)

@@ -65,12 +65,12 @@ class Problem:
 class ManifestError(ValueError):
     """Raised for an invalid manifest; ``problems`` lists every problem found."""
 
-    def __init__(self, manifest: Path | str, problems: list[Problem]):
+    def __init__(self, manifest: Path | str, problems: list[Problem], title: str | None = None):
         self.manifest = str(manifest)
         self.problems = list(problems)
         n_err = sum(p.severity == "error" for p in problems)
         counts = f"{n_err} error(s)" + (f", {len(problems) - n_err} warning(s)" if len(problems) > n_err else "")
-        lines = [f"Invalid manifest {self.manifest}: {len(problems)} problem(s) ({counts})"]
+        lines = [f"{title or f'Invalid manifest {self.manifest}'}: {len(problems)} problem(s) ({counts})"]
         lines += [f"  - {p}" for p in problems[:MAX_LISTED_PROBLEMS]]
         if len(problems) > MAX_LISTED_PROBLEMS:
             lines.append(f"  … and {len(problems) - MAX_LISTED_PROBLEMS} more")
@@ -85,18 +85,19 @@ def load_schema() -> dict:
 PSEUDONYM_PREFIXES = ("P", "PS", "PX", "Q", "QX")
 
 
-def pseudonymise(ids: list[str], cohort_name: str) -> dict[str, str]:
+def pseudonymise(ids: list[str], cohort_name: str, prefixes=PSEUDONYM_PREFIXES, taken=()) -> dict[str, str]:
     """Map each patient ID to a pseudonym ``P001``, ``P002``, ….
 
     The order is that of a SHA-256 hash of the cohort name and the ID, so it is stable for a
     cohort, independent of the row order of the table, and reveals nothing of the ID itself. When
     a hospital's own IDs look like pseudonyms (``P001``), another prefix is used (``PS001``), so
-    that no pseudonym in the book can be read as somebody's ID.
+    that no pseudonym in the book can be read as somebody's ID. ``prefixes``: the prefixes to try, in
+    order; ``taken``: further strings no pseudonym may equal (another cohort's IDs and pseudonyms).
     """
     width = max(3, len(str(len(ids))))
     order = sorted(ids, key=lambda i: hashlib.sha256(f"{cohort_name}:{i}".encode()).hexdigest())
-    taken = {str(i).casefold() for i in ids}
-    for prefix in PSEUDONYM_PREFIXES:
+    taken = {str(i).casefold() for i in [*ids, *taken]}
+    for prefix in prefixes:
         mapping = {pid: f"{prefix}{k + 1:0{width}d}" for k, pid in enumerate(order)}
         if not {v.casefold() for v in mapping.values()} & taken:
             return mapping

@@ -286,8 +286,12 @@ def declared_parameters(notebook) -> set[str]:
 
 def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir=None, cache_dir=None,
         progress: bool = True, log=print, ct_weights=None, ct_weights_prefix=(), engine: str | None = None,
-        workers: int | None = None, book: bool = True) -> Path:
+        workers: int | None = None, book: bool = True, validate_on=None) -> Path:
     """Execute the notebooks in order into ``run_dir`` and build its book; returns the run directory.
+
+    ``validate_on``: the manifest of a second cohort, which chapter 06 predicts with the models fitted
+    on all of ``manifest``'s labelled patients (:mod:`prrt.external`); it is validated, and checked to be
+    compatible with the first, before anything runs.
 
     ``engine``: where the notebooks fit their models (:mod:`prrt.parallel`): ``None`` in each
     notebook's own process, one after another; ``"local"`` (``workers`` processes), ``"local-cuda"``
@@ -303,6 +307,17 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     cohort = load_manifest(manifest, check_images="full", profile=profile)
     for warning in cohort.warnings:
         log(str(warning))
+    external = None
+    if validate_on:
+        from .validation import check_compatible, incompatible
+
+        validate_on = Path(validate_on).resolve()
+        external = load_manifest(validate_on, check_images="full")
+        for warning in external.warnings:
+            log(f"external cohort: {warning}")
+        problems = check_compatible(cohort, external)
+        if problems:
+            raise incompatible(cohort, external, problems)
     run_dir = Path(run_dir).resolve()
     if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "run.json").is_file():
         raise RunError(f"{run_dir} is not empty and is not a run folder (it has no run.json): a run replaces its whole "
@@ -315,7 +330,7 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
             log(f"removing {stale.name}, left behind by a run that was killed")
             shutil.rmtree(stale, ignore_errors=True)
         _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log,
-                  ct_weights, ct_weights_prefix, engine, workers, book)
+                  ct_weights, ct_weights_prefix, engine, workers, book, external)
         _replace_dir(staging, run_dir)
     return run_dir
 
@@ -335,7 +350,7 @@ def _exclusive(run_dir: Path, command: str, log, scratch: list[Path], abandoned:
 
 
 def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log, ct_weights,
-              ct_weights_prefix, engine, workers, book) -> None:
+              ct_weights_prefix, engine, workers, book, external=None) -> None:
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "notebooks").mkdir(parents=True)
@@ -358,7 +373,12 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
     # its parameters in the executed notebooks, and an absolute path may name a user or a patient
     params = {"manifest": relative(manifest, run_dir), "run_dir": ".", "profile": profile, "seed": int(seed),
               "cache_dir": relative(cache_dir, run_dir), "ct_weights": relative(ct_weights, run_dir) if ct_weights else "",
-              "ct_weights_prefix": ",".join(ct_weights_prefix)}
+              "ct_weights_prefix": ",".join(ct_weights_prefix),
+              "validate_on": relative(external.manifest_path, run_dir) if external is not None else ""}
+    if external is not None:
+        info["external"] = {"cohort": {"name": external.name, "synthetic": external.synthetic,
+                                       "patients": external.n_patients, "labelled": len(external.labelled)},
+                            "inputs": input_hashes(external, run_dir)}
     if ct_weights:
         info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
                               "key_prefixes": list(ct_weights_prefix)}
@@ -429,7 +449,7 @@ def _engine_text(engine: dict | None) -> str:
 
 
 #: Parameters that hold a path: the book's copies of the notebooks keep only the file's name.
-PATH_PARAMETERS = ("manifest", "cache_dir", "ct_weights")
+PATH_PARAMETERS = ("manifest", "cache_dir", "ct_weights", "validate_on")
 
 
 def _published_copy(notebook: Path, out: Path) -> None:
@@ -469,6 +489,7 @@ def _run_page(info: dict) -> str:
         f"| cohort | {info['cohort']['name']}{' (synthetic)' if info['cohort']['synthetic'] else ''}, "
         f"{info['cohort']['patients']} patients ({info['cohort']['labelled']} labelled) |",
         f"| manifest SHA-256 | `{info['inputs']['manifest']['sha256'][:16]}…` |",
+        *_external_rows(info),
         f"| table SHA-256 | `{info['inputs']['table']['sha256'][:16]}…` |",
         f"| image files hashed | {sum(len(v) for v in info['inputs']['images'].values())} |",
         f"| profile | {info['profile']['name']} |",
@@ -487,6 +508,16 @@ def _run_page(info: dict) -> str:
     lines += ["", "## Profile", "", "```json", json.dumps(info["profile"], indent=2), "```", "",
               "The full record, with the SHA-256 of every input image, is `run.json` in the run directory.", ""]
     return "\n".join(lines)
+
+
+def _external_rows(info: dict) -> list[str]:
+    ext = info.get("external")
+    if not ext:
+        return ["| external cohort | none (chapter 6 has nothing to do) |"]
+    c = ext["cohort"]
+    return [f"| external cohort | {c['name']}{' (synthetic)' if c['synthetic'] else ''}, {c['patients']} patients "
+            f"({c['labelled']} labelled) |",
+            f"| external manifest SHA-256 | `{ext['inputs']['manifest']['sha256'][:16]}…` |"]
 
 
 #: ``auto`` (default): check the built book in a browser when one is found; ``off``: never; ``required``: fail
@@ -647,6 +678,14 @@ def _build_book(run_dir: Path, repo_root, log) -> Path:
     except Exception as exc:  # the manifest moved or changed: we cannot check, so we do not publish
         raise RunError(f"cannot check the book for patient IDs: the run's manifest could not be read ({exc})")
     tokens = identifier_tokens(cohort)
+    if info.get("external"):  # the external cohort's IDs, rare values and paths are as private
+        path = (run_dir / info["external"]["inputs"]["manifest"]["path"]).resolve()
+        try:
+            external = load_manifest(path, check_images="none")
+        except Exception as exc:
+            raise RunError(f"cannot check the book for patient IDs: the external cohort's manifest could not be read "
+                           f"({exc})")
+        tokens = {**identifier_tokens(external), **tokens}
     for folder, what in ((REPO_ROOT, "the repository's folder"), (Path(sys.prefix), "the Python environment's folder"),
                          (Path.home(), "the home folder")):  # a warning's path may name the user
         tokens.setdefault(str(folder), what)

@@ -7,7 +7,9 @@ once per run and saved to ``<run_dir>/splits.csv`` with one row per labelled pat
 =========  =====================================================================
 patient    pseudonym
 repeat     0 … n_repeats − 1
-fold       0 … k − 1: the fold in which the patient is in the *test* part
+fold       0 … k − 1: the fold in which the patient is in the *test* part; −1
+           (:data:`TRAINING_ONLY`): in the training part of every fold and in no test
+           part (external validation: the development cohort, :mod:`prrt.external`)
 =========  =====================================================================
 
 Every model of every later notebook reads this file back (:func:`load_splits`), so that all models
@@ -26,6 +28,8 @@ import pandas as pd
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 SPLITS_FILE = "splits.csv"
+#: The ``fold`` of a patient who only ever trains (external validation's development cohort).
+TRAINING_ONLY = -1
 
 
 def make_splits(labels: pd.Series, n_folds: int, n_repeats: int, seed: int) -> pd.DataFrame:
@@ -60,8 +64,10 @@ class Fold:
 
 
 def iter_folds(splits: pd.DataFrame):
-    """Yield :class:`Fold` for every repeat and fold, in order."""
+    """Yield :class:`Fold` for every repeat and fold, in order (patients of :data:`TRAINING_ONLY` train in each)."""
     for (repeat, fold), _ in splits.groupby(["repeat", "fold"], sort=True):
+        if fold == TRAINING_ONLY:
+            continue
         in_repeat = splits[splits["repeat"] == repeat]
         test = sorted(in_repeat.loc[in_repeat["fold"] == fold, "patient"])
         train = sorted(in_repeat.loc[in_repeat["fold"] != fold, "patient"])

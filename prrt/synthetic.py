@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -89,7 +89,12 @@ class SyntheticConfig:
     ``n_short`` / ``n_long``: patients with short / long PFS at ``horizon_months``;
     ``n_censored_before_horizon``: extra patients lost to follow-up before the horizon (no label);
     ``missing_fraction``: share of laboratory values left empty; ``geometry``: ``"standard"`` or
-    ``"small"``; ``mask_grid``: ``"pet"`` or ``"ct"``.
+    ``"small"``; ``mask_grid``: ``"pet"`` or ``"ct"``; ``pet_scale``: a site's SUV calibration factor,
+    every PET voxel is multiplied by it (1: calibrated; a second site with 0.7 reads 30 % low, as a
+    scanner with a miscalibrated dose calibrator or a wrong patient weight would), for external
+    validation under a shift; ``pet_fwhm_mm``: the PET's resolution (full width at half maximum; None:
+    the geometry's), a coarser one lowers the SUVs of small lesions (partial volume), as an older
+    scanner or another reconstruction does; ``name``: the cohort's name in its manifest.
     """
 
     n_short: int = 42
@@ -99,6 +104,9 @@ class SyntheticConfig:
     missing_fraction: float = 0.03
     geometry: str = "standard"
     mask_grid: str = "pet"
+    pet_scale: float = 1.0
+    pet_fwhm_mm: float | None = None
+    name: str = "synthetic-demo"
     signal: SignalConfig = field(default_factory=SignalConfig)
 
     @classmethod
@@ -325,7 +333,8 @@ def _organ_labels(coords, ph, lesion_mask):
     return labels
 
 
-def _patient_images(out_dir: Path, pid: str, geom: Geometry, mask_grid: str, seed_seq, z_pet, z_ct) -> dict:
+def _patient_images(out_dir: Path, pid: str, geom: Geometry, mask_grid: str, seed_seq, z_pet, z_ct,
+                    pet_scale: float = 1.0) -> dict:
     rng = np.random.default_rng(seed_seq)
     ph = _phantom(rng, z_pet, z_ct)
     table_offset = (rng.normal(0, 6), rng.normal(0, 6), rng.normal(0, 10))
@@ -341,7 +350,7 @@ def _patient_images(out_dir: Path, pid: str, geom: Geometry, mask_grid: str, see
     sigma_vox = geom.pet_fwhm_mm / 2.3548 / np.asarray(geom.pet_spacing_mm)
     pet = ndimage.gaussian_filter(pet, sigma_vox)
     pet = pet + rng.normal(0, 1, pet.shape).astype(np.float32) * 0.12 * np.sqrt(np.maximum(pet, 0.05))
-    pet = np.clip(pet, 0, None).astype(np.float32)
+    pet = (np.clip(pet, 0, None) * pet_scale).astype(np.float32)
 
     folder = out_dir / "images" / pid
     folder.mkdir(parents=True, exist_ok=True)
@@ -394,8 +403,14 @@ def generate(out_dir, seed: int = DEFAULT_SEED, config: SyntheticConfig | None =
     table_seq, image_seq = root.spawn(2)
     table, truth = _cohort_table(cfg, np.random.default_rng(table_seq))
     geom = GEOMETRIES[cfg.geometry]
+    if cfg.pet_fwhm_mm is not None:
+        if not cfg.pet_fwhm_mm > 0:
+            raise ValueError(f"pet_fwhm_mm must be positive, not {cfg.pet_fwhm_mm!r}")
+        geom = replace(geom, pet_fwhm_mm=float(cfg.pet_fwhm_mm))
     seqs = image_seq.spawn(len(table))
-    jobs = [(out_dir, pid, geom, cfg.mask_grid, sq, zp, zc)
+    if not cfg.pet_scale > 0:
+        raise ValueError(f"pet_scale must be positive, not {cfg.pet_scale!r}")
+    jobs = [(out_dir, pid, geom, cfg.mask_grid, sq, zp, zc, cfg.pet_scale)
             for pid, sq, zp, zc in zip(table["patient_id"], seqs, truth["z_pet"], truth["z_ct"])]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     bar = dict(total=len(jobs), desc="synthetic patients", unit="patient", disable=not progress)
@@ -480,8 +495,10 @@ def manifest_dict(table_rel: str, image_root: str, cfg: SyntheticConfig | None =
     """The manifest of a synthetic cohort; ``ct_pretraining``: the folder of its unlabelled CT collection."""
     cfg = cfg or SyntheticConfig()
     doc = {
-        "name": "synthetic-demo",
-        "description": "Synthetic PRRT cohort made by prrt.synthetic (no real patient data).",
+        "name": cfg.name,
+        "description": "Synthetic PRRT cohort made by prrt.synthetic (no real patient data)."
+                       + (f" Its SR-PET reads {cfg.pet_scale:g} times the true SUV (a site shift)."
+                          if cfg.pet_scale != 1 else ""),
         "synthetic": True,
         "table": table_rel,
         "image_root": image_root,

@@ -613,12 +613,24 @@ def identifier_tokens(cohort: Cohort) -> dict[str, str]:
 
 
 # ---- a second cohort (external validation) ------------------------------------------------------------
+#: Numeric clinical columns that a model of the book reads (chapter 02's sensitivity analysis).
+MODEL_CLINICAL = ("prrt_cycles",)
+
+
+def incompatible(development: Cohort, external: Cohort, problems: list[Problem]) -> ManifestError:
+    """The error for an external cohort that does not fit the development cohort's models."""
+    return ManifestError(external.manifest_path, problems,
+                         title=f"The external cohort {external.manifest_path} does not fit the models of "
+                               f"{development.manifest_path}")
+
+
 def check_compatible(development: Cohort, external: Cohort) -> list[Problem]:
     """Problems that keep models fitted on ``development`` from predicting ``external`` as they are.
 
-    The endpoint must be of the same kind (the same PFS horizon, or both a ready label); every laboratory
-    value and image modality the development cohort's models read must be in the external cohort, each lab
-    in the same unit; and no patient may be in both (compared after case folding and Unicode normalisation:
+    The endpoint must be of the same kind (the same PFS horizon, or both a ready label), with labelled
+    patients of both classes in the external cohort; every laboratory value, numeric clinical column
+    (:data:`MODEL_CLINICAL`) and image modality the development cohort's models read must be in the external
+    cohort, each value in the same unit; and no patient may be in both (compared after case folding and Unicode normalisation:
     a shared patient would be predicted by a model that was fitted on them).
     """
     where = str(external.manifest_path)
@@ -628,10 +640,14 @@ def check_compatible(development: Cohort, external: Cohort) -> list[Problem]:
             return f"PFS at {c.horizon_months:g} months" if c.horizon_months is not None else "a ready label"
         problems.append(Problem(f"the endpoint is {kind(external)}, the development cohort's is {kind(development)}: "
                                 "predictions of one cannot be judged against the other", file=where))
-    for col in development.labs:
-        if col not in external.labs:
-            problems.append(Problem("a laboratory value the development cohort's models use is not among this "
-                                    "cohort's labs", column=col, file=where))
+    read = [(col, "laboratory value", "labs") for col in development.labs]
+    numeric_clinical = [c for c in development.clinical if c not in development.categorical]
+    read += [(col, "numeric clinical variable", "clinical") for col in MODEL_CLINICAL if col in numeric_clinical]
+    for col, what, section in read:
+        there = external.labs if section == "labs" else [c for c in external.clinical if c not in external.categorical]
+        if col not in there:
+            problems.append(Problem(f"a {what} the development cohort's models use is not among this cohort's "
+                                    f"{section}", column=col, file=where))
             continue
         unit_d, unit_e = development.units.get(col), external.units.get(col)
         if unit_d != unit_e:
@@ -641,6 +657,11 @@ def check_compatible(development: Cohort, external: Cohort) -> list[Problem]:
         if modality not in external.modalities:
             problems.append(Problem(f"the development cohort's models use {modality} images, which this cohort's "
                                     "manifest does not name", column=f"images.{modality}", file=where))
+    labels = external.data["label"].dropna()
+    if labels.nunique() < 2:
+        problems.append(Problem(f"its {len(labels)} labelled patient(s) are not of both classes ({external.group_names[0]}, "
+                                f"{external.group_names[1]}): AUROC and calibration need both", column="endpoint",
+                                file=where))
     shared = {_normal_id(i) for i in development.pseudonym_of_id()} & {_normal_id(i) for i in external.pseudonym_of_id()}
     if shared:
         problems.append(Problem(f"{len(shared)} patient ID(s) are in both cohorts: an external cohort must not hold "

@@ -24,22 +24,20 @@ REPO = Path(__file__).resolve().parents[1]
 CANARY = "QZXCANARY"  # 9 characters: no base64-encoded image holds it by chance (3 letters did)
 
 
-@pytest.fixture(scope="module")
-def canary_cohort(small_cohort_dir, tmp_path_factory):
-    """The small cohort with canaries: in the IDs, in a declared clinical column (two rare values), in an
-    undeclared column, in the image folders and in the name of the manifest's folder."""
-    root = tmp_path_factory.mktemp("hospital") / f"{CANARY}MANIFEST-Mustermann"
-    shutil.copytree(small_cohort_dir, root)
+def _plant_canaries(source: Path, root: Path, tag: str) -> Path:
+    """A copy of the cohort in ``source`` at ``root`` with canaries (``CANARY`` + ``tag``): in the IDs, in a
+    declared clinical column (two rare values), in an undeclared column, in the image folders."""
+    shutil.copytree(source, root)
     df = pd.read_csv(root / "cohort.csv", dtype=str, keep_default_na=False)
-    new_ids = [f"{CANARY}ID{i:02d}-{pid}" for i, pid in enumerate(df["patient_id"])]
+    new_ids = [f"{CANARY}{tag}ID{i:02d}-{pid}" for i, pid in enumerate(df["patient_id"])]
     for col in ("ct_path", "pet_path", "lesion_mask_path", "organ_mask_path"):
-        df[col] = [p.replace(old, f"{CANARY}PATH-{new}") for p, old, new in zip(df[col], df["patient_id"], new_ids)]
+        df[col] = [p.replace(old, f"{CANARY}{tag}PATH-{new}") for p, old, new in zip(df[col], df["patient_id"], new_ids)]
     for old, new in zip(df["patient_id"], new_ids):
-        (root / "images" / old).rename(root / "images" / f"{CANARY}PATH-{new}")
+        (root / "images" / old).rename(root / "images" / f"{CANARY}{tag}PATH-{new}")
     df["patient_id"] = new_ids
     df["referral"] = ["internal" if i % 2 else "external" for i in range(len(df))]
-    df.loc[0, "referral"], df.loc[1, "referral"] = f"{CANARY}RARE-Dr-Mueller", f"{CANARY}RARE-Ward-7"
-    df["mrn"] = [f"{CANARY}UNDECLARED{i:05d}" for i in range(len(df))]
+    df.loc[0, "referral"], df.loc[1, "referral"] = f"{CANARY}{tag}RARE-Dr-Mueller", f"{CANARY}{tag}RARE-Ward-7"
+    df["mrn"] = [f"{CANARY}{tag}UNDECLARED{i:05d}" for i in range(len(df))]
     df.to_csv(root / "cohort.csv", index=False)
     doc = yaml.safe_load((root / "manifest.yaml").read_text())
     doc["clinical"] = doc["clinical"] + ["referral"]
@@ -48,8 +46,27 @@ def canary_cohort(small_cohort_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(canary_cohort, tmp_path_factory):
-    """One smoke run of every notebook, with its book (`prrt run` builds it), shared by this module's tests."""
+def canary_cohort(small_cohort_dir, tmp_path_factory):
+    """The small cohort with canaries, also in the name of the manifest's folder."""
+    return _plant_canaries(small_cohort_dir, tmp_path_factory.mktemp("hospital") / f"{CANARY}MANIFEST-Mustermann", "")
+
+
+@pytest.fixture(scope="module")
+def external_canary_cohort(tmp_path_factory):
+    """A second site: another seed, a coarser PET (12 mm FWHM), its own canaries (``CANARY`` + ``EXT``)."""
+    from prrt.synthetic import SyntheticConfig, generate
+
+    source = tmp_path_factory.mktemp("site_b_source") / "cohort"
+    generate(source, seed=8, workers=1, progress=False,
+             config=SyntheticConfig.for_size(24, n_censored_before_horizon=2, geometry="small", pet_fwhm_mm=12.0,
+                                             name="synthetic-site-b"))
+    return _plant_canaries(source, tmp_path_factory.mktemp("site_b") / f"{CANARY}EXTMANIFEST-Musterfrau", "EXT")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(canary_cohort, external_canary_cohort, tmp_path_factory):
+    """One smoke run of every notebook, with its book (`prrt run` builds it) and an external validation on a second
+    site (chapter 06), shared by this module's tests."""
     from unittest import mock
 
     runs_root = tmp_path_factory.mktemp("runs")
@@ -58,7 +75,8 @@ def smoke_run(canary_cohort, tmp_path_factory):
     mode = "required" if os.environ.get("CI") == "true" else "auto"
     with mock.patch.dict(os.environ, {"PRRT_BROWSER_CHECK": mode}):
         assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
-                     "--run-dir", str(run_dir), "--seed", "11"]) == 0
+                     "--run-dir", str(run_dir), "--seed", "11",
+                     "--validate-on", str(external_canary_cohort / "manifest.yaml")]) == 0
     return run_dir
 
 
@@ -110,9 +128,10 @@ def test_the_browser_check_finds_what_it_looks_for(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_no_file_of_the_book_holds_a_canary(smoke_run, canary_cohort):
+def test_no_file_of_the_book_holds_a_canary(smoke_run, canary_cohort, external_canary_cohort):
     """Not in any file of the book (pages, scripts, search index, _sources, notebooks, images' metadata), nor in
-    run.json or the notebooks' parameters; the rare values are pooled in Table 1."""
+    run.json or the notebooks' parameters; the rare values are pooled in Table 1. The external cohort's
+    canaries (its IDs, rare values, image folders, manifest folder) are as absent."""
     scanned = 0
     machine = [str(REPO).encode(), sys.prefix.encode()]  # folders that may name the user
     for f in (smoke_run / "book").rglob("*"):
@@ -121,12 +140,18 @@ def test_no_file_of_the_book_holds_a_canary(smoke_run, canary_cohort):
             content = f.read_bytes()
             assert CANARY.encode() not in content and not [m for m in machine if m in content], f
     assert scanned > 100 and any((smoke_run / "book").rglob("*.png"))
-    assert str(canary_cohort.parent) not in (smoke_run / "run.json").read_text()  # no absolute path: a relative one
+    for cohort in (canary_cohort, external_canary_cohort):  # no absolute path: a relative one
+        assert str(cohort.parent) not in (smoke_run / "run.json").read_text()
     for nb in (smoke_run / "notebooks").glob("*.ipynb"):
         assert f"{CANARY}ID" not in nb.read_text() and f"{CANARY}PATH" not in nb.read_text()
         record = nbformat.read(nb, as_version=4).metadata["papermill"]
         assert not Path(record["input_path"]).is_absolute() and record["parameters"]["run_dir"] == "."
         assert not Path(record["parameters"]["manifest"]).is_absolute()
+        assert not Path(record["parameters"].get("validate_on", "")).is_absolute()
+    external = nbformat.read(smoke_run / "notebooks" / "06_external_validation.ipynb", as_version=4)
+    assert external.metadata["papermill"]["parameters"]["validate_on"].endswith("manifest.yaml")
+    published = (smoke_run / "book" / "_sources" / "notebooks" / "06_external_validation.ipynb").read_text()
+    assert '"validate_on": "manifest.yaml"' in published  # the book's copy keeps the file's name only
     info = json.loads((smoke_run / "run.json").read_text())
     assert (smoke_run / info["inputs"]["manifest"]["path"]).resolve() == canary_cohort / "manifest.yaml"
     t1 = pd.read_csv(smoke_run / "cohort" / "table1.csv")
@@ -353,3 +378,69 @@ def test_same_seed_same_numbers_other_seed_other_numbers(smoke_run, canary_cohor
     assert (other / "splits.csv").read_bytes() != (smoke_run / "splits.csv").read_bytes()
     for model in ("lab_rf", "lab_pet_features_rf"):
         assert (other / "predictions" / f"{model}.csv").read_bytes() != (smoke_run / "predictions" / f"{model}.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_external_validation_predicts_the_second_site_with_the_frozen_models(smoke_run, external_canary_cohort):
+    """`prrt run --validate-on`: the second cohort is hashed into run.json; every model that ran in chapters 02-04
+    was fitted once on all 24 labelled development patients and predicted the external patients (fold 0 of the
+    external design, A's patients only train); chapter 06's page shows B's numbers and says them in its prose."""
+    import re
+
+    from prrt.imaging import file_sha256
+
+    info = json.loads((smoke_run / "run.json").read_text())
+    ext = info["external"]
+    assert ext["cohort"] == {"name": "synthetic-site-b", "synthetic": True, "patients": 26, "labelled": 24}
+    assert ext["inputs"]["table"]["sha256"] == file_sha256(external_canary_cohort / "cohort.csv")
+    assert (smoke_run / ext["inputs"]["manifest"]["path"]).resolve() == external_canary_cohort / "manifest.yaml"
+    assert len(ext["inputs"]["images"]) == 26
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv")
+    ran = list(summary.loc[summary["status"] == "ran", "model"])
+    metrics = pd.read_csv(smoke_run / "results" / "06_external_validation.csv")
+    assert sorted(metrics["model"]) == sorted(ran)
+    assert (metrics["n_patients"] == 24).all() and (metrics["n_patients_survival"] == 26).all()
+    for key in ("auroc", "auprc", "c_index"):
+        assert (metrics[f"{key}_ci_low"] <= metrics[key]).all() and (metrics[key] <= metrics[f"{key}_ci_high"]).all()
+    splits = pd.read_csv(smoke_run / "external" / "splits.csv")
+    test = set(splits.loc[splits["fold"] == 0, "patient"])
+    assert len(test) == 24 and all(re.fullmatch(r"E\d{3}", p) for p in test)
+    assert set(splits.loc[splits["fold"] == -1, "patient"]) == set(pd.read_csv(smoke_run / "splits.csv")["patient"])
+    for model in ran:
+        pred = pd.read_csv(smoke_run / "external" / "predictions" / f"{model}.csv")
+        assert set(pred.loc[pred["fold"] == 0, "patient"]) == test
+    assert len(list((smoke_run / "external" / "checkpoints" / "pet_cnn").glob("*.pt"))) == 1
+    comparison = pd.read_csv(smoke_run / "results" / "06_external_vs_development.csv").set_index("model")
+    dev = summary.set_index("model")
+    for model in ran:
+        assert comparison.loc[model, "auroc_development"] == pytest.approx(dev.loc[model, "auroc_mean"])
+        assert comparison.loc[model, "auroc_change"] == pytest.approx(
+            comparison.loc[model, "auroc_external"] - comparison.loc[model, "auroc_development"])
+    page = (smoke_run / "book" / "notebooks" / "06_external_validation.html").read_text()
+    head = metrics.set_index("model").loc["lab_pet_ct_fusion"]
+    text = re.sub(r"<[^>]+>", "", page)
+    assert f"reached an AUROC of {head['auroc']:.2f} (95 % CI {head['auroc_ci_low']:.2f}" in text
+    assert "calibration slope (95 % CI)" in page and "synthetic-site-b" in page
+    for fig in ("roc_pr", "calibration", "km"):
+        assert (smoke_run / "figures" / f"06_external_{fig}.png").stat().st_size > 10_000, fig
+
+
+@pytest.mark.slow
+def test_the_reporting_checklist_page_answers_every_item_from_the_run(smoke_run):
+    """Chapter 07: the 52 TRIPOD+AI items and parts on one page, with this run's numbers (and, since the smoke run
+    has an external cohort, the evaluation items point to chapter 6); rare subgroup levels are pooled."""
+    table = pd.read_csv(smoke_run / "results" / "07_tripod_ai.csv", dtype=str).set_index("item")
+    assert len(table) == 52 and not table["this run"].str.contains("nan").any()
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv").set_index("model")
+    fusion = summary.loc["lab_pet_ct_fusion"]
+    assert table.loc["23a", "this run"].startswith(
+        f"lab_pet_ct_fusion: AUROC {fusion['auroc_mean']:.2f} ± {fusion['auroc_sd']:.2f} over 2 repeats")
+    assert "24 labelled patients, 9 with short PFS" in table.loc["10", "this run"]
+    assert "external: 24 labelled patients" in table.loc["21", "this run"]
+    subgroups = pd.read_csv(smoke_run / "results" / "07_subgroups.csv")
+    assert set(subgroups["column"]) == {"sex", "primary_site", "grade", "referral"}
+    assert (subgroups.groupby("column")["patients"].sum() == 24).all()
+    page = (smoke_run / "book" / "notebooks" / "07_reporting_checklist.html").read_text()
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "52 items and parts" in text and "Collins" in (smoke_run / "book" / "book" / "references.html").read_text()
+    assert '<a href="06_external_validation.html">Chapter 6</a>' in page

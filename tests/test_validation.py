@@ -265,6 +265,9 @@ def test_pseudonyms_never_equal_an_id():
     every_prefix = [f"{p.lower()}001" for p in PSEUDONYM_PREFIXES]  # (case does not matter)
     with pytest.raises(ValueError, match=r"^every pseudonym prefix collides with the patient IDs; rename the IDs$"):
         pseudonymise(every_prefix, "x")
+    # another cohort's IDs and pseudonyms are avoided too, with the prefixes asked for (external validation)
+    assert set(pseudonymise(["A-1", "B-2"], "x", prefixes=("E", "EX"), taken=["e002"]).values()) == {"EX001", "EX002"}
+    assert set(pseudonymise(["A-1", "B-2"], "x", prefixes=("E", "EX")).values()) == {"E001", "E002"}
 
 
 # ---- the command ---------------------------------------------------------------------------------

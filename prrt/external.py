@@ -1,0 +1,336 @@
+"""External validation: the models fitted on one cohort, frozen, predict a second cohort once.
+
+``prrt run --manifest A.yaml --validate-on B.yaml`` answers the question a second hospital asks: does the
+model developed there work on our patients? Chapters 02-04 cross-validate every model inside the
+development cohort A. Chapter 06 fits each of those models once more on *all* labelled patients of A
+(with the same profile and seed; early stopping and every other inner choice use A's patients only),
+and predicts every patient of B with it, once. Nothing of B is seen before that prediction: no scaling,
+imputation, feature selection or epoch choice.
+
+How it reuses the one model loop (:mod:`prrt.models`): both cohorts become one :class:`Cohort`
+(:func:`merge_cohorts`, B's patients under their own pseudonyms ``E001``, …), and the run's *external
+design* (:func:`external_splits`) is a splits table with a single test fold, B's labelled patients, while
+A's labelled patients are :data:`prrt.splits.TRAINING_ONLY`. Every model then runs through
+:func:`prrt.models.run_models` exactly as in the chapters, into ``<run>/external/``.
+
+What is reported for B (:func:`external_metrics`): AUROC and AUPRC with stratified bootstrap CIs, Harrell's
+C-index against PFS with a bootstrap CI (every patient of B with a PFS time, those censored before the
+horizon included), calibration-in-the-large and calibration slope with Wald CIs
+(:func:`prrt.evaluate.calibration_intercept_slope`), and the change from A's cross-validated numbers
+(:func:`comparison_table`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from .manifest import Cohort, pseudonymise
+from .splits import TRAINING_ONLY
+
+#: Pseudonym prefixes of the external cohort's patients, in order of preference.
+EXTERNAL_PREFIXES = ("E", "EX", "EV", "EZ")
+
+
+def merge_cohorts(development: Cohort, external: Cohort) -> tuple[Cohort, list[str]]:
+    """One cohort of A's and B's patients, and the pseudonyms of B's patients in it.
+
+    The result keeps A's definitions (name of each column, units, endpoint, modalities, CT pretraining):
+    the models are A's. B's patients get pseudonyms of their own (``E001``, …, equal to no ID or
+    pseudonym of either cohort); columns of A that B lacks and no model reads (a clinical text column)
+    are empty for them. Raises :class:`prrt.manifest.ManifestError` when B cannot be predicted by A's models
+    (:func:`prrt.validation.check_compatible`).
+    """
+    from .validation import check_compatible, incompatible
+
+    problems = check_compatible(development, external)
+    if problems:
+        raise incompatible(development, external, problems)
+    ext_ids = external.pseudonym_of_id()  # ID -> B's own pseudonym
+    taken = [*development.pseudonym_of_id(), *development.data.index, *external.data.index]
+    mapping = pseudonymise(list(ext_ids), external.name, prefixes=EXTERNAL_PREFIXES, taken=taken)
+    rename = {ps: mapping[pid] for pid, ps in ext_ids.items()}
+    b = external.data.reindex(columns=development.data.columns).rename(index=rename)
+    data = pd.concat([development.data, b.sort_index()])
+    data.index.name = development.data.index.name
+    ids = {**development._id_of_pseudonym, **{rename[ps]: pid for pid, ps in ext_ids.items()}}
+    merged = replace(development, name=f"{development.name} + {external.name}",
+                     synthetic=development.synthetic or external.synthetic, data=data,
+                     input_files=[*development.input_files, *external.input_files], warnings=[],
+                     _id_of_pseudonym=ids)
+    return merged, sorted(rename.values())
+
+
+def external_splits(cohort: Cohort, external: list[str]) -> pd.DataFrame:
+    """The external design in the format of :mod:`prrt.splits`: repeat 0 has one test fold (fold 0), the
+    labelled patients of ``external``; every other labelled patient only trains (:data:`TRAINING_ONLY`)."""
+    ext = set(external)
+    labelled = cohort.data["label"].dropna().sort_index()
+    rows = [(p, 0, 0 if p in ext else TRAINING_ONLY) for p in labelled.index]
+    splits = pd.DataFrame(rows, columns=["patient", "repeat", "fold"])
+    if not (splits["fold"] == 0).any() or not (splits["fold"] == TRAINING_ONLY).any():
+        raise ValueError("external validation needs labelled patients in both cohorts")
+    return splits
+
+
+def features_of(cohort: Cohort, patients: list[str], known: pd.DataFrame | None = None,
+                progress: bool = True) -> pd.DataFrame | None:
+    """SR-PET lesion features of ``patients`` (``known``: those already computed, e.g. by chapter 02 for the
+    development cohort; only the others are computed). None when the cohort has no PET."""
+    from .pet_features import cohort_features
+
+    if "pet" not in cohort.modalities:
+        return None
+    known = known if known is not None else pd.DataFrame()
+    todo = [p for p in patients if p not in known.index]
+    parts = [known.loc[[p for p in patients if p in known.index]]]
+    if todo:
+        parts.append(cohort_features(replace(cohort, data=cohort.data.loc[todo]), progress=progress))
+    out = pd.concat(parts)
+    out.index.name = "patient"
+    return out
+
+
+def c_index_ci(time, event, risk, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of Harrell's C-index (patients resampled with replacement)."""
+    from .evaluate import c_index
+
+    time, event, risk = (np.asarray(v, float) for v in (time, event, risk))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(time), len(time))
+        if event[idx].sum() == 0:  # no event: the C-index is undefined for this sample
+            continue
+        try:
+            values.append(c_index(time[idx], event[idx], risk[idx]))
+        except ZeroDivisionError:  # no comparable pair
+            continue
+    if not values:
+        return (np.nan, np.nan)
+    a = (1 - level) / 2
+    return tuple(float(q) for q in np.quantile(values, [a, 1 - a]))
+
+
+def external_metrics(pred: pd.DataFrame, cohort: Cohort, external: list[str], n_boot: int = 1000,
+                     seed: int = 0) -> dict:
+    """B's numbers for one model from its predictions (:mod:`prrt.evaluate` format, one repeat).
+
+    AUROC and AUPRC with stratified bootstrap CIs on B's labelled patients; C-index with a bootstrap CI on
+    every patient of B with a PFS time; calibration-in-the-large and slope with Wald CIs.
+    """
+    from .evaluate import bootstrap_ci, calibration_intercept_slope, labelled, mean_probability, per_repeat_metrics
+
+    p = pred[pred["patient"].isin(set(external))]
+    lab = labelled(p)
+    if lab["label"].nunique() < 2:
+        raise ValueError("the external cohort's labelled patients are all of one class")
+    m = per_repeat_metrics(p).iloc[0]
+    ci = bootstrap_ci(p, n_boot=n_boot, seed=seed)
+    cal = calibration_intercept_slope(lab["label"], lab["probability"])
+    out = {"auroc": m["auroc"], "auroc_ci_low": ci["auroc_ci"][0], "auroc_ci_high": ci["auroc_ci"][1],
+           "auprc": m["auprc"], "auprc_ci_low": ci["auprc_ci"][0], "auprc_ci_high": ci["auprc_ci"][1],
+           "brier": m["brier"], "n_patients": int(len(lab)), "n_short": int(lab["label"].sum()),
+           "c_index": np.nan, "c_index_ci_low": np.nan, "c_index_ci_high": np.nan, "n_patients_survival": 0,
+           "calibration_in_the_large": cal["calibration_in_the_large"],
+           "calibration_in_the_large_ci_low": cal["calibration_in_the_large_ci"][0],
+           "calibration_in_the_large_ci_high": cal["calibration_in_the_large_ci"][1],
+           "calibration_slope": cal["calibration_slope"],
+           "calibration_slope_ci_low": cal["calibration_slope_ci"][0],
+           "calibration_slope_ci_high": cal["calibration_slope_ci"][1]}
+    if cohort.has_survival:
+        risk = mean_probability(p)
+        d = cohort.data.loc[risk.index]
+        ok = d["pfs_months"].notna() & d["event"].notna()
+        if ok.any() and d.loc[ok, "event"].sum() > 0:
+            from .evaluate import c_index
+
+            t, e, r = d.loc[ok, "pfs_months"], d.loc[ok, "event"], risk[ok]
+            out["c_index"] = c_index(t, e, r)
+            out["c_index_ci_low"], out["c_index_ci_high"] = c_index_ci(t, e, r, n_boot=n_boot, seed=seed)
+            out["n_patients_survival"] = int(ok.sum())
+    return out
+
+
+def comparison_table(development: pd.DataFrame, external: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: A's cross-validated AUROC, AUPRC and C-index (``summary.csv`` rows), B's, and the
+    change (B − A). ``external``: :func:`external_metrics` rows with a ``model`` column."""
+    dev = development.set_index("model")
+    rows = []
+    for _, e in external.iterrows():
+        a = dev.loc[e["model"]]
+        rows.append({"model": e["model"], "inputs": a["inputs"],
+                     "auroc_development": a["auroc_mean"], "auroc_external": e["auroc"],
+                     "auroc_change": e["auroc"] - a["auroc_mean"],
+                     "auprc_development": a["auprc_mean"], "auprc_external": e["auprc"],
+                     "auprc_change": e["auprc"] - a["auprc_mean"],
+                     "c_index_development": a.get("c_index", np.nan), "c_index_external": e["c_index"]})
+    return pd.DataFrame(rows)
+
+
+def format_external(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`external_metrics` rows (with ``model``) for the book: each number with its 95 % CI."""
+    def ci(r, key, digits=2):
+        v, lo, hi = r[key], r[f"{key}_ci_low"], r[f"{key}_ci_high"]
+        return "–" if pd.isna(v) else f"{v:.{digits}f} ({lo:.{digits}f} to {hi:.{digits}f})"
+
+    return pd.DataFrame({
+        "AUROC (95 % CI)": [ci(r, "auroc") for _, r in table.iterrows()],
+        "AUPRC (95 % CI)": [ci(r, "auprc") for _, r in table.iterrows()],
+        "C-index (95 % CI)": [ci(r, "c_index") for _, r in table.iterrows()],
+        "calibration-in-the-large (95 % CI)": [ci(r, "calibration_in_the_large") for _, r in table.iterrows()],
+        "calibration slope (95 % CI)": [ci(r, "calibration_slope") for _, r in table.iterrows()],
+    }, index=pd.Index(table["model"], name="model"))
+
+
+def format_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`comparison_table` for the book (three decimals, signed changes)."""
+    f = lambda v: "–" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
+    d = lambda v: "–" if pd.isna(v) else f"{v:+.3f}"  # noqa: E731
+    return pd.DataFrame({
+        "inputs": table["inputs"].to_list(),
+        "AUROC, development (CV)": table["auroc_development"].map(f).to_list(),
+        "AUROC, external": table["auroc_external"].map(f).to_list(),
+        "AUROC change": table["auroc_change"].map(d).to_list(),
+        "AUPRC, development (CV)": table["auprc_development"].map(f).to_list(),
+        "AUPRC, external": table["auprc_external"].map(f).to_list(),
+        "C-index, development (CV)": table["c_index_development"].map(f).to_list(),
+        "C-index, external": table["c_index_external"].map(f).to_list(),
+    }, index=pd.Index(table["model"], name="model"))
+
+
+def cohorts_table(development: Cohort, external: Cohort) -> pd.DataFrame:
+    """The two cohorts side by side: patients, labels, PFS, modalities, missing laboratory values."""
+    def column(c: Cohort) -> dict:
+        s = c.summary()
+        one, zero = c.group_names
+        out = {"patients": s["patients"], "labelled": s["labelled"], one: s["short_pfs"], zero: s["long_pfs"],
+               "censored before the horizon (no label)": s["excluded_censored_before_horizon"]}
+        if c.has_survival:
+            out["median PFS, months (events only)"] = round(float(c.data.loc[c.data["event"] == 1, "pfs_months"].median()), 1)
+        for m, n in s["modalities"].items():
+            out[f"with {m} image"] = n
+        if c.labs:
+            cells = c.data[c.labs]
+            out["laboratory values missing"] = f"{int(cells.isna().sum().sum())} of {cells.size}"
+        return out
+
+    return pd.DataFrame({f"development: {development.name}": column(development),
+                         f"external: {external.name}": column(external)}).astype(object)
+
+
+# ---- the chapter's work ----------------------------------------------------------------------------------
+#: Where a run keeps its external validation (checkpoints, predictions, the design's splits).
+EXTERNAL_DIR = "external"
+#: The file of B's numbers, one row per model, in the run's ``results/``.
+RESULTS_FILE = "06_external_validation.csv"
+
+
+@dataclass
+class ExternalValidation:
+    """What :func:`validate_externally` did: the cohorts, the design, the frozen models' results and B's numbers."""
+
+    development: Cohort
+    external_cohort: Cohort
+    cohort: Cohort  # both, as one (B under pseudonyms E001, ...)
+    external: list[str]  # B's pseudonyms in ``cohort``
+    splits: pd.DataFrame
+    results: dict  # model -> prrt.models.CVResult (predictions of every patient of B)
+    metrics: pd.DataFrame  # external_metrics, one row per model (with model, inputs)
+    comparison: pd.DataFrame  # comparison_table
+    ct_pretraining: str = ""
+
+    def predictions(self, model: str) -> pd.DataFrame:
+        """The model's predictions of B's patients."""
+        pred = self.results[model].predictions
+        return pred[pred["patient"].isin(set(self.external))]
+
+
+def validate_externally(ctx, validate_on, ct_weights: str = "", ct_weights_prefix=(), progress: bool = True):
+    """Fit every model that ran in chapters 02-04 of this run on all labelled patients of the development
+    cohort and predict the external cohort ``validate_on`` (a manifest) once; ``ctx``: the notebook's
+    :class:`prrt.notebook.Context`. Writes ``external/`` (splits, checkpoints, predictions) and
+    ``results/06_external_validation.csv``; returns an :class:`ExternalValidation`."""
+
+    from .fusion import chapter_specs
+    from .manifest import load_manifest
+    from .models import ModelData, run_models
+    from .pretrain import ct_encoder_state
+    from .splits import save_splits
+    from .tabular import feature_table, lab_chapter_specs
+    from .train import image_data, image_specs
+
+    development = ctx.cohort
+    external_cohort = load_manifest(validate_on, check_images="exists")
+    cohort, ext = merge_cohorts(development, external_cohort)
+    out_dir = ctx.run_dir / EXTERNAL_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = external_splits(cohort, ext)
+    save_splits(splits, out_dir)
+    summary_file = ctx.run_dir / "results" / "summary.csv"
+    if not summary_file.is_file():
+        raise FileNotFoundError(f"{summary_file} does not exist: run chapters 02-04 first (prrt run does)")
+    summary = pd.read_csv(summary_file)
+    ran = set(summary.loc[summary["status"] == "ran", "model"])
+
+    known = None
+    features_file = ctx.run_dir / "features" / "pet_features.csv"
+    if features_file.is_file():  # chapter 02's features of the development cohort
+        known = pd.read_csv(features_file, index_col=0)
+        known.index = known.index.astype(str)
+    pet = features_of(cohort, list(cohort.data.index), known=known, progress=progress)
+    table = feature_table(cohort, pet)
+    prefixes = [p for p in ct_weights_prefix if p]
+    ct_state, _, how = (ct_encoder_state(cohort, ctx.profile, ctx.cache_dir, ctx.seed, ct_weights, prefixes,
+                                         progress=progress) if "ct" in cohort.modalities else (None, {}, ""))
+    if {"ct", "pet"} & set(cohort.modalities):
+        data = image_data(cohort, ctx.profile, ctx.cache_dir, progress=progress, table=table)
+    else:
+        data = ModelData(cohort.data["label"], table=table)
+    specs = (lab_chapter_specs(cohort, pet, ctx.profile) + image_specs(cohort, ctx.profile)
+             + chapter_specs(cohort, ctx.profile, ct_state, run_dir=out_dir))
+    # the models of this run (a profile's subset of chapter 04 included); importances are the chapters' business
+    specs = [replace(s, permutation_repeats=0) for s in specs if s.name in ran and s.build is not None]
+    results, _ = run_models(specs, data, cohort, splits, ctx.profile, ctx.seed, out_dir, progress=progress,
+                            engine=ctx.engine)
+    rows = []
+    for spec in specs:
+        rows.append({"model": spec.name, "inputs": spec.inputs,
+                     **external_metrics(results[spec.name].predictions, cohort, ext, n_boot=ctx.profile.n_bootstrap,
+                                        seed=ctx.seed)})
+    metrics = pd.DataFrame(rows)
+    metrics.to_csv(ctx.path("results", RESULTS_FILE), index=False)
+    comparison = comparison_table(summary, metrics) if len(metrics) else pd.DataFrame()
+    return ExternalValidation(development, external_cohort, cohort, ext, splits, results, metrics, comparison, how)
+
+
+def headline_model(metrics: pd.DataFrame) -> str | None:
+    """The model the chapter's sentence is about: chapter 04's headline fusion if it ran, else the first."""
+    from .fusion import HEADLINE
+
+    names = list(metrics["model"]) if len(metrics) else []
+    return HEADLINE if HEADLINE in names else (names[0] if names else None)
+
+
+def headline_text(ev: ExternalValidation) -> str:
+    """A sentence on the headline model's numbers on B against its cross-validation in A (Markdown)."""
+    name = headline_model(ev.metrics)
+    if name is None:
+        return "No model ran, so nothing was validated."
+    e = ev.metrics.set_index("model").loc[name]
+    c = ev.comparison.set_index("model").loc[name]
+    return (f"`{name}` reached an AUROC of {e['auroc']:.2f} (95 % CI {e['auroc_ci_low']:.2f} to "
+            f"{e['auroc_ci_high']:.2f}) on the {e['n_patients']} labelled patients of the external cohort, against "
+            f"{c['auroc_development']:.2f} in cross-validation inside the development cohort (change "
+            f"{c['auroc_change']:+.2f}); its calibration-in-the-large was {e['calibration_in_the_large']:+.2f} "
+            f"({e['calibration_in_the_large_ci_low']:+.2f} to {e['calibration_in_the_large_ci_high']:+.2f}) and its "
+            f"calibration slope {e['calibration_slope']:.2f} ({e['calibration_slope_ci_low']:.2f} to "
+            f"{e['calibration_slope_ci_high']:.2f}).")
+
+
+#: What chapter 06 says in a run without a second cohort.
+NO_EXTERNAL = ("This run has no external cohort, so this chapter has nothing to validate: run "
+               "`prrt run --manifest A.yaml --validate-on B.yaml` to test the models of chapters 2 to 4 on a second "
+               "cohort.")
