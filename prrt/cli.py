@@ -113,6 +113,27 @@ def _pretrain_ct(args) -> int:
     return 0
 
 
+def _import_dicom(args) -> int:
+    from .dicom import DicomImportError, import_dicom
+
+    try:
+        result = import_dicom(args.src, args.out, table=args.table, table_id=args.table_id, template=args.template,
+                              id_map=args.id_map, key=args.key, study=args.study, pet_series=args.pet_series,
+                              ct_series=args.ct_series, roi=args.roi, mask_from=args.mask_from,
+                              log=lambda msg: print(msg, file=sys.stderr))
+    except DicomImportError as exc:
+        print(f"DICOM import failed: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    n = len(result.patients)
+    masks = sum("mask" in e for e in result.patients.values())
+    print(f"Imported {n} patient(s) into {result.out} ({masks} with a lesion mask); the header fields read are "
+          f"listed in {result.out / 'import-report.json'}.")
+    print(f"Manifest: {result.manifest}" + ("" if args.table and args.template else
+          "  (add the endpoint and laboratory values: --table and --template, or edit it)"))
+    print(f"Check it: prrt validate {result.manifest}")
+    return 0
+
+
 def _run(args) -> int:
     from .manifest import ManifestError
     from .runs import RunError, run
@@ -212,6 +233,40 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="also copy the weights (and their .json card) here")
     t.add_argument("--force", action="store_true", help="train again even if the cache has this result")
     t.set_defaults(func=_pretrain_ct)
+
+    i = sub.add_parser(
+        "import-dicom", help="turn a DICOM export (PET, CT, RTSTRUCT/SEG) into NIfTI in SUV and HU and a manifest",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Walk a folder of DICOM files (any layout), choose each patient's PET and CT series, and write "
+                    "pet.nii.gz (body-weight SUV), ct.nii.gz (HU) and mask.nii.gz (from an RTSTRUCT or DICOM-SEG) per "
+                    "patient, a table and a manifest. Patients get pseudonyms D001, ... unless --id-map is given; no "
+                    "other header field reaches the output.",
+        epilog="examples:\n"
+               "  prrt import-dicom /pacs/export --out data/hospital\n"
+               "  prrt import-dicom /pacs/export --out data/hospital --table clinical.csv --table-id mrn \\\n"
+               "      --template data_manifest/demo.yaml --key ~/private/hospital-key.csv --roi 'lesion|gtv'\n"
+               "  prrt import-dicom /pacs/export --out data/hospital --pet-series 'AC|QCFX' --ct-series 'WB' "
+               "--study DOTATOC\n"
+               "then: prrt validate data/hospital/manifest.yaml")
+    i.add_argument("src", help="a folder of DICOM files, in any layout")
+    i.add_argument("--out", required=True, help="a new (or empty) folder for the images, table and manifest")
+    i.add_argument("--table", default=None, help="a clinical table (CSV) with one row per patient, keyed by the DICOM "
+                                                 "patient ID")
+    i.add_argument("--table-id", default="patient_id", help="the column of --table with the DICOM patient IDs "
+                                                            "(default: patient_id); it is not copied")
+    i.add_argument("--template", default=None, help="a manifest whose endpoint, labs, clinical columns and units the "
+                                                    "new manifest takes")
+    i.add_argument("--id-map", default=None, help="CSV with dicom_patient_id,patient_id: the IDs to use instead of "
+                                                  "pseudonyms")
+    i.add_argument("--key", default=None, help="write the pseudonym key (DICOM ID -> pseudonym) here; never inside --out")
+    i.add_argument("--study", default=None, metavar="REGEX", help="take the study whose description matches "
+                                                                  "(default: the earliest with a PET)")
+    i.add_argument("--pet-series", default=None, metavar="REGEX", help="only PET series whose description matches")
+    i.add_argument("--ct-series", default=None, metavar="REGEX", help="only CT series whose description matches")
+    i.add_argument("--roi", default=None, metavar="REGEX", help="unite the RTSTRUCT ROIs / SEG segments whose name "
+                                                                "matches (default: all)")
+    i.add_argument("--mask-from", choices=["RTSTRUCT", "SEG"], default=None, help="take masks of this kind only")
+    i.set_defaults(func=_import_dicom)
 
     r = sub.add_parser("run", help="execute the notebooks into a run directory and build its book")
     r.add_argument("--manifest", required=True)
