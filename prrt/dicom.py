@@ -36,7 +36,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +106,10 @@ PET_SOP = "1.2.840.10008.5.1.4.1.1.128"
 
 class DicomImportError(ValueError):
     """A DICOM input that cannot be imported; the message names the patient, the series and the tag."""
+
+
+class OffSlice(DicomImportError):
+    """A contour that does not lie on a slice of the series tried."""
 
 
 @dataclass
@@ -495,8 +501,8 @@ def rasterise_rtstruct(ds, volume, roi_pattern: str | None, where: str) -> tuple
             idx = _indices(volume, points)
             k = np.round(idx[:, 0])
             if np.ptp(idx[:, 0]) > 0.2 or np.abs(idx[:, 0] - k).max() > 0.2:
-                raise DicomImportError(f"{where}: a contour of ROI {names.get(int(roi.ReferencedROINumber))!r} does not "
-                                       "lie on a slice of the series it refers to (oblique or between slices)")
+                raise OffSlice(f"{where}: a contour of ROI {names.get(int(roi.ReferencedROINumber))!r} does not lie on a "
+                               "slice of the series it was drawn on (oblique, or between its slices)")
             k = int(k[0])
             if not 0 <= k < shape[0]:
                 continue  # outside the volume
@@ -568,15 +574,35 @@ class ImportResult:
 def import_dicom(src, out, table=None, table_id: str = "patient_id", template=None, id_map=None, key=None,
                  study: str | None = None, pet_series: str | None = None, ct_series: str | None = None,
                  roi: str | None = None, mask_from: str | None = None, progress: bool = True, log=print) -> ImportResult:
-    """Import every patient of the DICOM export ``src`` into ``out`` (see the module's description)."""
-    from tqdm.auto import tqdm
-
+    """Import every patient of the DICOM export ``src`` into ``out`` (see the module's description). Nothing is left
+    in ``out`` unless every patient was imported."""
     src, out = Path(src).resolve(), Path(out).resolve()
     if key is not None and Path(key).resolve().is_relative_to(out):
         raise DicomImportError(f"--key {key} is inside --out {out}: the key of the pseudonyms must be kept apart "
                                "from what is shared")
     if out.exists() and any(out.iterdir()):
         raise DicomImportError(f"{out} exists and is not empty; choose a new folder")
+    # written into a staging folder beside --out and moved there only when every patient was imported
+    staging = out.with_name(f".{out.name}.importing-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        result = _import_into(src, staging, table, table_id, template, id_map, key, study, pet_series, ct_series, roi,
+                              mask_from, progress, log)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.out = out
+    result.manifest = out / result.manifest.name if result.manifest else None
+    return result
+
+
+def _import_into(src, out, table, table_id, template, id_map, key, study, pet_series, ct_series, roi, mask_from,
+                 progress, log) -> ImportResult:
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True)
     series = scan(src, progress=progress)
     if not series:
         raise DicomImportError(f"no DICOM files found under {src}")
@@ -643,7 +669,6 @@ def _import_patient(c: Choice, pid: str, out: Path, roi: str | None) -> tuple[di
             entry["suv"] = {**suv, "factor": factor}
         integral = kind == "ct" and np.array_equal(array, np.round(array)) and -32768 <= array.min() <= array.max() <= 32767
         write_nifti(volume, array.astype(np.int16 if integral else np.float32), folder / f"{kind}.nii.gz")
-        volumes.setdefault(s.frame_of_reference, (volume, datasets, s))
         volumes[s.uid] = (volume, datasets, s)
         row[f"{kind}_path"] = f"images/{pid}/{kind}.nii.gz"
         entry[kind] = {"slices": geometry["n_slices"], "slice_spacing_mm": round(geometry["spacing_mm"], 4),
@@ -654,12 +679,17 @@ def _import_patient(c: Choice, pid: str, out: Path, roi: str | None) -> tuple[di
             raise DicomImportError(f"{where}: {len(c.mask.files)} files; one RTSTRUCT or SEG object is expected")
         mask_file = c.mask.files[0]
         ds = read(mask_file)
-        target = _referenced(ds, c, volumes, where)
-        volume, datasets, ref = target
-        if c.mask.modality == "RTSTRUCT":
-            mask, names = rasterise_rtstruct(ds, volume, roi, where)
-        else:
-            mask, names = seg_mask(mask_file, volume, roi, where)
+        candidates = _referenced(ds, volumes, where)
+        for n, (volume, datasets, ref) in enumerate(candidates):
+            try:
+                if c.mask.modality == "RTSTRUCT":
+                    mask, names = rasterise_rtstruct(ds, volume, roi, where)
+                else:
+                    mask, names = seg_mask(mask_file, volume, roi, where)
+                break
+            except OffSlice:  # drawn on the other series of the frame of reference
+                if n == len(candidates) - 1:
+                    raise
         write_nifti(volume, mask.astype(np.uint8), folder / "mask.nii.gz")
         row["mask_path"] = f"images/{pid}/mask.nii.gz"
         entry["mask"] = {"from": c.mask.modality, "on": "pet" if ref is c.pet else "ct", "rois": len(names),
@@ -667,22 +697,24 @@ def _import_patient(c: Choice, pid: str, out: Path, roi: str | None) -> tuple[di
     return row, entry
 
 
-def _referenced(ds, c: Choice, volumes: dict, where: str):
-    """The (volume, datasets, series) a mask object was drawn on: the series it names, else its frame of reference."""
+def _referenced(ds, volumes: dict, where: str) -> list:
+    """The (volume, datasets, series) a mask object may have been drawn on: the series it names, else every chosen
+    series of its frame of reference (PET first)."""
     uids = []
     for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
         for study in frame.get("RTReferencedStudySequence", []):
             uids += [str(s.SeriesInstanceUID) for s in study.get("RTReferencedSeriesSequence", [])]
     uids += [str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", [])]
-    for uid in uids:
-        if uid in volumes:
-            return volumes[uid]
+    named = [volumes[u] for u in uids if u in volumes]
+    if named:
+        return named[:1]
     frames = [str(f.FrameOfReferenceUID) for f in ds.get("ReferencedFrameOfReferenceSequence", [])]
     frames.append(str(ds.get("FrameOfReferenceUID", "")))
-    for frame in frames:
-        if frame in volumes:
-            return volumes[frame]
-    raise DicomImportError(f"{where}: the mask refers to none of the chosen PET and CT series")
+    same = [v for v in volumes.values() if isinstance(v, tuple) and v[2].frame_of_reference in frames]
+    unique = list({id(v[2]): v for v in same}.values())
+    if not unique:
+        raise DicomImportError(f"{where}: the mask refers to none of the chosen PET and CT series")
+    return unique
 
 
 def _write_table_and_manifest(out: Path, images: pd.DataFrame, dicom_id_of: dict, table, table_id: str,

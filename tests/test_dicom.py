@@ -108,7 +108,7 @@ def test_a_pet_whose_suv_cannot_be_trusted_is_refused_naming_patient_series_and_
         import_dicom(tmp_path / "src", tmp_path / "out", progress=False, log=lambda m: None)
     text = str(err.value)
     assert words in text and "patient QZXDICOMID-001, series 3 (PET AC, PT, 10 files in" in text, text
-    assert not (tmp_path / "out" / "cohort.csv").exists()
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nothing half-written is left
 
 
 def test_other_suv_settings(tmp_path, pet_phantom):
@@ -401,3 +401,24 @@ def test_philips_counts_with_their_suv_scale_factor_and_an_id_map(tmp_path, pet_
         import_dicom(tmp_path / "src", tmp_path / "out2", table=tmp_path / "clinical.csv", progress=False,
                      log=lambda m: None)
     assert series
+
+
+def test_an_rtstruct_that_names_only_the_frame_of_reference_lands_on_the_series_it_was_drawn_on(tmp_path, pet_phantom):
+    """Contours drawn on the CT (finer slices than the PET), the RTSTRUCT naming no series: the mask is put on the CT,
+    the series whose slices the contours lie on."""
+    suv, _ = pet_phantom
+    st = study("RS-CT")
+    tags = pet_tags()
+    write_series(_image(bqml(suv, 185e6, 72.5, MINUTES, GA68_HALF_LIFE)), tmp_path / "src" / "pet", "PT", st, number=3,
+                 description="PET", pet=tags)
+    ct_img = _image(np.zeros((20, 16, 16)) - 100, spacing=(4.0, 4.0, 2.5))
+    write_series(ct_img, tmp_path / "src" / "ct", "CT", st, number=2, description="CT")
+    lesion = _sphere((20, 16, 16), (10, 8, 7), 4)
+    ds = write_rtstruct(tmp_path / "src" / "rs.dcm", ct_img, reread(tmp_path / "src" / "ct"), st, {"lesion": lesion})
+    del ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence
+    ds.save_as(tmp_path / "src" / "rs.dcm", enforce_file_format=True)
+    r = import_dicom(tmp_path / "src", tmp_path / "out", progress=False, log=lambda m: None)
+    (pid, entry), = r.patients.items()
+    assert entry["mask"]["on"] == "ct"
+    mask = _load(tmp_path / "out" / "images" / pid / "mask.nii.gz", ct_img) > 0
+    assert 2 * (mask & lesion).sum() / (mask.sum() + lesion.sum()) >= 0.95
