@@ -238,7 +238,7 @@ def choose_series(series: list[Series], study: str | None = None, pet: str | Non
         date, uid = pool[0]
         c = Choice(patient, uid)
         if len(studies) > 1:
-            c.notes.append(f"{len(studies)} studies; took the earliest {'with a PET' if with_pet else ''} "
+            c.notes.append(f"{len(studies)} studies; took the earliest{' with a PET' if with_pet else ''} "
                            f"({date or 'no date'}); --study chooses another")
         in_study = [s for s in items if s.study == uid]
 

@@ -171,18 +171,19 @@ def comparison_table(development: pd.DataFrame, external: pd.DataFrame) -> pd.Da
 
 
 def format_external(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`external_metrics` rows (with ``model``) for the book: each number with its 95 % CI."""
-    def ci(r, key, digits=2):
-        v, lo, hi = r[key], r[f"{key}_ci_low"], r[f"{key}_ci_high"]
-        return "–" if pd.isna(v) else f"{v:.{digits}f} ({lo:.{digits}f} to {hi:.{digits}f})"
+    """:func:`external_metrics` rows (with ``model``) for the book: each number with its 95 % CI in brackets."""
+    def num(v):
+        text = f"{v:.2f}"
+        return "0.00" if text == "-0.00" else text
 
-    return pd.DataFrame({
-        "AUROC (95 % CI)": [ci(r, "auroc") for _, r in table.iterrows()],
-        "AUPRC (95 % CI)": [ci(r, "auprc") for _, r in table.iterrows()],
-        "C-index (95 % CI)": [ci(r, "c_index") for _, r in table.iterrows()],
-        "calibration-in-the-large (95 % CI)": [ci(r, "calibration_in_the_large") for _, r in table.iterrows()],
-        "calibration slope (95 % CI)": [ci(r, "calibration_slope") for _, r in table.iterrows()],
-    }, index=pd.Index(table["model"], name="model"))
+    def ci(r, key):
+        v, lo, hi = r[key], r[f"{key}_ci_low"], r[f"{key}_ci_high"]
+        return "–" if pd.isna(v) else f"{num(v)} ({num(lo)}, {num(hi)})"
+
+    columns = {"AUROC": "auroc", "AUPRC": "auprc", "C-index": "c_index",
+               "calibration-in-the-large": "calibration_in_the_large", "calibration slope": "calibration_slope"}
+    return pd.DataFrame({name: [ci(r, key) for _, r in table.iterrows()] for name, key in columns.items()},
+                        index=pd.Index(table["model"], name="model (95 % CI)"))
 
 
 def format_comparison(table: pd.DataFrame) -> pd.DataFrame:

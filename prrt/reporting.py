@@ -370,4 +370,4 @@ def checklist(f: RunFacts) -> pd.DataFrame:
 
 def checklist_html(table: pd.DataFrame) -> str:
     """The checklist as an HTML table (links kept), for the book page."""
-    return table.to_html(index=False, escape=False, classes="tripod-checklist", border=0)
+    return table.to_html(index=False, escape=False, classes="tripod-checklist", border=0, justify="left")

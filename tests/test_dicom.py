@@ -422,3 +422,19 @@ def test_an_rtstruct_that_names_only_the_frame_of_reference_lands_on_the_series_
     assert entry["mask"]["on"] == "ct"
     mask = _load(tmp_path / "out" / "images" / pid / "mask.nii.gz", ct_img) > 0
     assert 2 * (mask & lesion).sum() / (mask.sum() + lesion.sum()) >= 0.95
+
+
+def test_of_several_studies_the_earliest_with_a_pet_is_taken_unless_study_says_otherwise(tmp_path, pet_phantom):
+    suv, _ = pet_phantom
+    values = bqml(suv, 185e6, 72.5, MINUTES, GA68_HALF_LIFE)
+    early = {**study("TWO-STUDIES"), "StudyDate": "20230101", "StudyDescription": "PET-CT baseline"}
+    late = {**early, "StudyInstanceUID": "1.2.3.4.5.6", "StudyDate": "20240305", "StudyDescription": "PET-CT restaging",
+            "FrameOfReferenceUID": "1.2.3.4.5.7"}
+    write_series(_image(values), tmp_path / "src" / "a", "PT", early, number=3, description="PET", pet=pet_tags())
+    write_series(_image(values[:8]), tmp_path / "src" / "b", "PT", late, number=3, description="PET", pet=pet_tags())
+    said = []
+    r = import_dicom(tmp_path / "src", tmp_path / "o1", progress=False, log=said.append)
+    assert next(iter(r.patients.values()))["pet"]["slices"] == 10
+    assert any("2 studies; took the earliest with a PET (20230101); --study chooses another" in s for s in said), said
+    r = import_dicom(tmp_path / "src", tmp_path / "o2", progress=False, log=lambda m: None, study="restaging")
+    assert next(iter(r.patients.values()))["pet"]["slices"] == 8

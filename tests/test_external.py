@@ -200,7 +200,9 @@ def test_the_tables_for_the_book():
     metrics.loc[0, ["auroc", "auroc_ci_low", "auroc_ci_high"]] = [0.61, 0.52, 0.7]
     metrics.loc[0, "c_index"] = np.nan
     shown = external.format_external(metrics)
-    assert shown.loc["lab_rf", "AUROC (95 % CI)"] == "0.61 (0.52 to 0.70)" and shown.loc["lab_rf", "C-index (95 % CI)"] == "–"
+    assert shown.loc["lab_rf", "AUROC"] == "0.61 (0.52, 0.70)" and shown.loc["lab_rf", "C-index"] == "–"
+    metrics.loc[0, "calibration_in_the_large"] = -0.001
+    assert external.format_external(metrics).loc["lab_rf", "calibration-in-the-large"].startswith("0.00 (")
     dev = pd.DataFrame([{"model": "lab_rf", "inputs": "labs", "auroc_mean": 0.7, "auprc_mean": 0.6, "c_index": 0.65}])
     comp = external.comparison_table(dev, metrics)
     assert comp.loc[0, "auroc_change"] == pytest.approx(-0.09) and comp.loc[0, "auprc_change"] == pytest.approx(-0.1)
