@@ -126,8 +126,8 @@ class Series:
     modality: str
     frame_of_reference: str
     files: list[Path] = field(default_factory=list)
-    multiframe: bool = False
     localizer: bool = False
+    attenuation_corrected: bool = False
 
     def name(self) -> str:
         """How messages name the series: its number and description, and where its files are."""
@@ -152,7 +152,7 @@ def _tags(names) -> list:
 
 #: The fields :func:`scan` reads to sort files into series (the pixel data and the rest come later).
 SCAN_FIELDS = ["PatientID", "StudyInstanceUID", "StudyDate", "StudyDescription", "SeriesInstanceUID", "SeriesNumber",
-               "SeriesDescription", "Modality", "SOPClassUID", "FrameOfReferenceUID", "ImageType", "NumberOfFrames"]
+               "SeriesDescription", "Modality", "SOPClassUID", "FrameOfReferenceUID", "ImageType", "CorrectedImage"]
 
 
 def read(path, fields=None, pixels: bool = False):
@@ -191,8 +191,8 @@ def scan(src, progress: bool = True) -> list[Series]:
                 frame_of_reference=str(ds.get("FrameOfReferenceUID", "")))
         s = series[uid]
         s.files.append(f)
-        s.multiframe |= int(ds.get("NumberOfFrames", 1) or 1) > 1 and s.modality in ("CT", "PT")
         s.localizer |= "LOCALIZER" in [str(t).upper() for t in ds.get("ImageType", [])]
+        s.attenuation_corrected |= "ATTN" in [str(t).upper() for t in ds.get("CorrectedImage", [])]
     return sorted(series.values(), key=lambda s: (s.patient, s.study_date, s.study, s.number or 0, s.uid))
 
 
@@ -216,8 +216,8 @@ def _matches(pattern: str | None, text: str) -> bool:
 def choose_series(series: list[Series], study: str | None = None, pet: str | None = None, ct: str | None = None,
                   mask_modality: str | None = None) -> list[Choice]:
     """For each patient: the study (the earliest that has a PET, or the one whose description matches
-    ``study``), its PET (of those whose description matches ``pet``: attenuation-corrected ones are not told apart
-    here; the one with the most slices, then the lowest series number), its CT (no localizer, the same frame of
+    ``study``), its PET (of those whose description matches ``pet``: an attenuation-corrected one, then the one with
+    the most slices, then the lowest series number), its CT (no localizer, the same frame of
     reference as the PET if any, then the most slices), and a mask (an RTSTRUCT or SEG of the study that refers to
     the PET's or CT's frame of reference; ``mask_modality`` picks one kind). ``notes`` say what was chosen and why."""
     by_patient: dict[str, list[Series]] = {}
@@ -252,7 +252,7 @@ def choose_series(series: list[Series], study: str | None = None, pet: str | Non
                                + "; ".join(x.name() for x in cands[1:]))
             return cands[0]
 
-        c.pet = pick("PT", pet, lambda s: (-len(s.files), s.number or 0))
+        c.pet = pick("PT", pet, lambda s: (not s.attenuation_corrected, -len(s.files), s.number or 0))
         same_frame = c.pet.frame_of_reference if c.pet else None
         c.ct = pick("CT", ct, lambda s: (s.frame_of_reference != same_frame, -len(s.files), s.number or 0))
         frames = {x.frame_of_reference for x in (c.pet, c.ct) if x is not None}

@@ -245,20 +245,20 @@ def test_nothing_of_the_headers_reaches_the_output_and_the_clinical_table_is_mer
 
 
 def test_several_series_are_chosen_by_the_printed_rules_and_can_be_overridden(tmp_path, pet_phantom):
+    """An attenuation-corrected PET is preferred to a longer uncorrected one; --pet-series takes the other (whose SUV
+    then cannot be trusted: an error naming the tag)."""
     suv, lesion = pet_phantom
     st = study("CHOOSE-1")
-    tags = pet_tags()
-    item = tags["RadiopharmaceuticalInformationSequence"][0]
-    values = bqml(suv, item.RadionuclideTotalDose, tags["PatientWeight"], MINUTES, item.RadionuclideHalfLife)
-    write_series(_image(values), tmp_path / "src" / "a", "PT", st, number=3, description="PET AC", pet=tags)
-    write_series(_image(values[2:8]), tmp_path / "src" / "b", "PT", st, number=4, description="PET NAC", pet=tags)
+    values = bqml(suv, 185e6, 72.5, MINUTES, GA68_HALF_LIFE)
+    nac = {**pet_tags(), "CorrectedImage": ["DECY"]}
+    write_series(_image(values[2:8]), tmp_path / "src" / "a", "PT", st, number=3, description="PET AC", pet=pet_tags())
+    write_series(_image(values), tmp_path / "src" / "b", "PT", st, number=4, description="PET NAC", pet=nac)
     said = []
     r = import_dicom(tmp_path / "src", tmp_path / "o1", progress=False, log=said.append)
     (pid, entry), = r.patients.items()
-    assert entry["pet"]["slices"] == 10 and any("2 PT series; took series 3 (PET AC" in s for s in said)
-    r = import_dicom(tmp_path / "src", tmp_path / "o2", progress=False, log=lambda m: None, pet_series="NAC")
-    (pid, entry), = r.patients.items()
-    assert entry["pet"]["slices"] == 6
+    assert entry["pet"]["slices"] == 6 and any("2 PT series; took series 3 (PET AC" in s for s in said), said
+    with pytest.raises(DicomImportError, match="series 4 .PET NAC.*tag CorrectedImage lacks ATTN"):
+        import_dicom(tmp_path / "src", tmp_path / "o2", progress=False, log=lambda m: None, pet_series="NAC")
 
 
 def test_a_multiframe_image_is_refused_clearly(tmp_path):
