@@ -230,3 +230,67 @@ def test_the_commands_check_the_second_cohort_before_anything_runs(sites, tmp_pa
     assert main(["run", "--manifest", a, "--validate-on", str(tmp_path / "b.yaml"), "--profile", "smoke",
                  "--run-dir", str(run_dir)]) == EXIT_INVALID
     assert "differs from the development cohort's 'g/dL'" in capsys.readouterr().err and not run_dir.exists()
+
+
+def test_every_number_of_an_external_row_is_the_one_its_method_gives():
+    """Each field of external_metrics equals what its method computes on the external patients only (AUROC,
+    AUPRC and Brier score of the one repeat, their stratified bootstrap CIs, calibration by logistic
+    recalibration, the C-index over every external patient with a PFS time and its bootstrap CI, the counts);
+    and the comparison table subtracts the development cohort's cross-validated means."""
+    from prrt.evaluate import (bootstrap_ci, c_index, calibration_intercept_slope, labelled, mean_probability,
+                               per_repeat_metrics)
+
+    rng = np.random.default_rng(4)
+    n = 60
+    ids = [f"E{i:03d}" for i in range(n)]
+    risk = rng.normal(size=n)
+    label = (rng.uniform(size=n) < 1 / (1 + np.exp(-risk))).astype(float)
+    label[:6] = np.nan  # censored before the horizon: no label, but a PFS time
+    time = np.round(rng.exponential(12, n) + 0.5, 1)
+    event = (rng.uniform(size=n) < 0.7).astype(float)
+    time[6], event[6] = np.nan, np.nan  # no follow-up recorded
+    data = pd.DataFrame({"label": label, "pfs_months": time, "event": event}, index=ids)
+    cohort = type("C", (), {"has_survival": True, "data": data})()
+    prob = 1 / (1 + np.exp(-0.8 * risk - 0.3))
+    pred = pd.DataFrame({"patient": ids, "repeat": 0, "fold": np.where(np.isnan(label), -1, 0), "probability": prob,
+                         "label": label})
+    other = pd.DataFrame({"patient": ["P001"], "repeat": 0, "fold": 0, "probability": [0.9], "label": [0.0]})
+    got = external.external_metrics(pd.concat([pred, other]), cohort, ids, n_boot=150, seed=9)
+
+    lab = labelled(pred)
+    m = per_repeat_metrics(pred).iloc[0]
+    ci = bootstrap_ci(pred, n_boot=150, seed=9)
+    cal = calibration_intercept_slope(lab["label"], lab["probability"])
+    r = mean_probability(pred)
+    d = data.loc[r.index]
+    ok = d["pfs_months"].notna() & d["event"].notna()
+    c_lo, c_hi = external.c_index_ci(d.loc[ok, "pfs_months"], d.loc[ok, "event"], r[ok], n_boot=150, seed=9)
+    want = {"auroc": m["auroc"], "auroc_ci_low": ci["auroc_ci"][0], "auroc_ci_high": ci["auroc_ci"][1],
+            "auprc": m["auprc"], "auprc_ci_low": ci["auprc_ci"][0], "auprc_ci_high": ci["auprc_ci"][1],
+            "brier": m["brier"], "n_patients": 54, "n_short": int(lab["label"].sum()),
+            "c_index": c_index(d.loc[ok, "pfs_months"], d.loc[ok, "event"], r[ok]), "c_index_ci_low": c_lo,
+            "c_index_ci_high": c_hi, "n_patients_survival": 59,
+            "calibration_in_the_large": cal["calibration_in_the_large"],
+            "calibration_in_the_large_ci_low": cal["calibration_in_the_large_ci"][0],
+            "calibration_in_the_large_ci_high": cal["calibration_in_the_large_ci"][1],
+            "calibration_slope": cal["calibration_slope"], "calibration_slope_ci_low": cal["calibration_slope_ci"][0],
+            "calibration_slope_ci_high": cal["calibration_slope_ci"][1]}
+    assert got == pytest.approx(want) and list(got) == list(want)
+    assert got["auroc_ci_low"] < got["auroc"] < got["auroc_ci_high"] and got["c_index_ci_low"] < got["c_index_ci_high"]
+    # one class among the external patients: refused
+    with pytest.raises(ValueError, match="all of one class"):
+        external.external_metrics(pred.assign(label=pred["label"].where(pred["label"].isna(), 1.0)), cohort, ids)
+
+    metrics = pd.DataFrame([{"model": "b", **got}, {"model": "a", **{**got, "auroc": 0.5, "auprc": 0.4,
+                                                                     "c_index": np.nan}}])
+    dev = pd.DataFrame([{"model": "a", "inputs": "labs", "auroc_mean": 0.7, "auprc_mean": 0.6, "c_index": 0.66},
+                        {"model": "b", "inputs": "pet", "auroc_mean": 0.55, "auprc_mean": 0.45}])
+    comp = external.comparison_table(dev, metrics).set_index("model")
+    assert list(comp.index) == ["b", "a"]
+    assert comp.loc["a"].to_dict() == pytest.approx({
+        "inputs": "labs", "auroc_development": 0.7, "auroc_external": 0.5, "auroc_change": -0.2,
+        "auprc_development": 0.6, "auprc_external": 0.4, "auprc_change": -0.2, "c_index_development": 0.66,
+        "c_index_external": np.nan}, nan_ok=True)
+    assert comp.loc["b", "auroc_change"] == pytest.approx(got["auroc"] - 0.55)
+    assert comp.loc["b", "auprc_change"] == pytest.approx(got["auprc"] - 0.45)
+    assert np.isnan(comp.loc["b", "c_index_development"]) and comp.loc["b", "inputs"] == "pet"
