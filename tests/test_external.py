@@ -294,3 +294,51 @@ def test_every_number_of_an_external_row_is_the_one_its_method_gives():
     assert comp.loc["b", "auroc_change"] == pytest.approx(got["auroc"] - 0.55)
     assert comp.loc["b", "auprc_change"] == pytest.approx(got["auprc"] - 0.45)
     assert np.isnan(comp.loc["b", "c_index_development"]) and comp.loc["b", "inputs"] == "pet"
+
+
+def test_external_rows_at_the_edges_of_follow_up():
+    """No event among the external patients: no C-index (NaN, not an error); one event: a C-index; a patient with an
+    event flag but no time is not counted; no PFS at all: 0 patients with follow-up; the seed's default is 0; the
+    one-class error says exactly what is wrong; a development summary without C-index gives NaN, not None."""
+    rng = np.random.default_rng(2)
+    n = 30
+    ids = [f"E{i:03d}" for i in range(n)]
+    label = np.array([1.0, 0.0] * (n // 2))
+    prob = np.clip(label * 0.3 + rng.uniform(0.2, 0.6, n), 0.01, 0.99)
+    pred = pd.DataFrame({"patient": ids, "repeat": 0, "fold": 0, "probability": prob, "label": label})
+
+    def cohort(time, event):
+        data = pd.DataFrame({"label": label, "pfs_months": time, "event": event}, index=ids)
+        return type("C", (), {"has_survival": True, "data": data})()
+
+    time = np.arange(1.0, n + 1)
+    none = external.external_metrics(pred, cohort(time, np.zeros(n)), ids, n_boot=50)
+    assert np.isnan(none["c_index"]) and none["n_patients_survival"] == 0
+    one_event = np.zeros(n)
+    one_event[0] = 1.0
+    one = external.external_metrics(pred, cohort(time, one_event), ids, n_boot=50)
+    assert not np.isnan(one["c_index"]) and one["n_patients_survival"] == n
+    no_time = time.copy()
+    no_time[1] = np.nan
+    events = np.ones(n)
+    assert external.external_metrics(pred, cohort(no_time, events), ids, n_boot=50)["n_patients_survival"] == n - 1
+    plain = type("C", (), {"has_survival": False,
+                           "data": pd.DataFrame({"label": label}, index=ids)})()
+    default = external.external_metrics(pred, plain, ids, n_boot=50)
+    assert default["n_patients_survival"] == 0 and np.isnan(default["c_index"])
+    assert default == pytest.approx(external.external_metrics(pred, plain, ids, n_boot=50, seed=0), nan_ok=True)
+    # 1000 bootstrap samples by default (300 patients: the interval moves with one sample more)
+    big = pd.DataFrame({"patient": [f"E{i:03d}" for i in range(300)], "repeat": 0, "fold": 0,
+                        "probability": rng.uniform(size=300), "label": np.array([1.0, 0.0] * 150)})
+    big_cohort = type("C", (), {"has_survival": False, "data": big.set_index("patient")[["label"]]})()
+    by_default = external.external_metrics(big, big_cohort, list(big["patient"]))
+    assert by_default == pytest.approx(external.external_metrics(big, big_cohort, list(big["patient"]), n_boot=1000,
+                                                                 seed=0), nan_ok=True)
+    assert by_default != pytest.approx(external.external_metrics(big, big_cohort, list(big["patient"]), n_boot=1001,
+                                                                 seed=0), nan_ok=True)
+    assert default != pytest.approx(external.external_metrics(pred, plain, ids, n_boot=50, seed=1), nan_ok=True)
+    with pytest.raises(ValueError, match="^the external cohort's labelled patients are all of one class$"):
+        external.external_metrics(pred.assign(label=1.0), plain, ids)
+    dev = pd.DataFrame([{"model": "m", "inputs": "labs", "auroc_mean": 0.7, "auprc_mean": 0.6}])
+    comp = external.comparison_table(dev, pd.DataFrame([{"model": "m", **default}]))
+    assert np.isnan(comp.loc[0, "c_index_development"])

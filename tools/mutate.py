@@ -46,6 +46,7 @@ SCOPE = {
         "prrt.train.x_recompute_batch_norm__*", "prrt.train.x_predict__*",
         "prrt.train.xǁImageModelǁ*", "prrt.models.*"],
     "results (prrt.results)": ["prrt.results.*"],
+    "external validation (prrt.external)": ["prrt.external.x_external_metrics__*", "prrt.external.x_comparison_table__*"],
 }
 KILLED = {"killed", "timeout"}
 
