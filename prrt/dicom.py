@@ -34,7 +34,6 @@ Nothing else of the headers (names, dates of birth, accession numbers, descripti
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -463,11 +462,6 @@ def suv_factor(datasets, where: str) -> tuple[float, dict]:
 
 
 # ---- masks ------------------------------------------------------------------------------------------
-def _indices(volume, points: np.ndarray) -> np.ndarray:
-    """Continuous (slice, row, column) indices of patient coordinates ``points`` (n, 3) in ``volume``."""
-    return volume.map_reference_to_indices(points, round_output=False)
-
-
 def rasterise_rtstruct(ds, volume, roi_pattern: str | None, where: str) -> tuple[np.ndarray, list[str]]:
     """The union of the ROIs of an RTSTRUCT whose name matches ``roi_pattern`` (all when None), on the grid of
     ``volume`` (the series the contours were drawn on); and the names of those ROIs.
@@ -498,7 +492,7 @@ def rasterise_rtstruct(ds, volume, roi_pattern: str | None, where: str) -> tuple
                 raise DicomImportError(f"{where}: ROI {names.get(int(roi.ReferencedROINumber))!r} has a {kind} contour; "
                                        "only closed planar contours can be filled")
             points = np.asarray(contour.ContourData, float).reshape(-1, 3)
-            idx = _indices(volume, points)
+            idx = volume.map_reference_to_indices(points, round_output=False)  # (slice, row, column), continuous
             k = np.round(idx[:, 0])
             if np.ptp(idx[:, 0]) > 0.2 or np.abs(idx[:, 0] - k).max() > 0.2:
                 raise OffSlice(f"{where}: a contour of ROI {names.get(int(roi.ReferencedROINumber))!r} does not lie on a "
@@ -557,10 +551,11 @@ def write_nifti(volume, array: np.ndarray, path: Path) -> None:
 
 
 def pseudonyms(ids: list[str], salt: str = "prrt-import-dicom") -> dict[str, str]:
-    """DICOM patient ID → ``D001``, ``D002``, … in the order of a salted hash (revealing nothing of the ID)."""
-    width = max(3, len(str(len(ids))))
-    order = sorted(ids, key=lambda i: hashlib.sha256(f"{salt}:{i}".encode()).hexdigest())
-    return {pid: f"D{k + 1:0{width}d}" for k, pid in enumerate(order)}
+    """DICOM patient ID → ``D001``, ``D002``, … in the order of a salted hash (revealing nothing of the ID), by
+    :func:`prrt.manifest.pseudonymise` (another prefix when the IDs themselves look like that)."""
+    from .manifest import pseudonymise
+
+    return pseudonymise(ids, salt, prefixes=("D", "DX", "DZ"))
 
 
 @dataclass
@@ -710,11 +705,10 @@ def _referenced(ds, volumes: dict, where: str) -> list:
         return named[:1]
     frames = [str(f.FrameOfReferenceUID) for f in ds.get("ReferencedFrameOfReferenceSequence", [])]
     frames.append(str(ds.get("FrameOfReferenceUID", "")))
-    same = [v for v in volumes.values() if isinstance(v, tuple) and v[2].frame_of_reference in frames]
-    unique = list({id(v[2]): v for v in same}.values())
-    if not unique:
+    same = [v for v in volumes.values() if v[2].frame_of_reference in frames]
+    if not same:
         raise DicomImportError(f"{where}: the mask refers to none of the chosen PET and CT series")
-    return unique
+    return same
 
 
 def _write_table_and_manifest(out: Path, images: pd.DataFrame, dicom_id_of: dict, table, table_id: str,
