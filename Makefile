@@ -54,7 +54,7 @@ external: venv demo-data $(SITE_B_DIR)/cohort.csv
 		--run-dir runs/$(PROFILE)-external --seed $(SEED)
 
 # One pytest worker per core (pytest-xdist), one test file per worker at a time: the tests that read the
-# smoke run (tests/test_runner.py) then share one worker, which makes that run once; files start in the
+# smoke run (tests/e2e/test_runner.py) then share one worker, which makes that run once; files start in the
 # order tests/conftest.py gives (longest first), not by their number of tests. (`--dist loadgroup` would
 # place single tests, but pytest-xdist 3.8 cannot rename test IDs under pytest 9, so its groups are ignored.)
 test: venv

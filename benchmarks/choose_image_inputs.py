@@ -1,7 +1,7 @@
 """How the image inputs and training settings of the demo profile were chosen: on another cohort.
 
 No setting of the book's image models may be chosen by looking at the test folds of the cohort the
-book reports on. This script trains one image model with the engine of ``prrt.train`` on a
+book reports on. This script trains one image model with the engine of ``prrt.learn.training`` on a
 *tuning* cohort, a synthetic cohort made with another seed of the generator (default 7; the book's
 demo cohort uses 20251105), on its own 2 × 3-fold splits, and prints the AUROC of each repeat.
 The runs recorded in ``book/methods.md`` ("How the demo settings were chosen") were made with it.
@@ -22,10 +22,11 @@ import numpy as np
 
 
 def main(argv=None):
-    from prrt import evaluate, imaging, models
-    from prrt import splits as sp
-    from prrt import train
-    from prrt.manifest import load_manifest
+    from prrt.data.load import load_cohort
+    from prrt.evaluation import metrics as evaluate
+    from prrt.evaluation import splits as sp
+    from prrt.imaging import boxes as imaging
+    from prrt.learn import base, image_model, loop, training
     from prrt.profiles import get_profile
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,17 +49,17 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=20251105, help="seed of the splits and of training")
     a = ap.parse_args(argv)
 
-    cohort = load_manifest(f"{a.data}/manifest.yaml", check_images="exists")
+    cohort = load_cohort(f"{a.data}/manifest.yaml", check_images="exists")
     profile = replace(get_profile("demo"), input_size_voxels=tuple(a.size), roi=a.roi, roi_min_spacing_mm=a.min_spacing,
                       roi_margin_mm=a.margin, hu_window=tuple(a.hu_window), mask_channel=a.mask_channel)
-    x, patients = train.image_tensors(cohort, profile, a.cache, a.modality, progress=False)
+    x, patients = image_model.image_tensors(cohort, profile, a.cache, a.modality, progress=False)
     splits = sp.make_splits(cohort.data["label"], 3, a.repeats, a.seed)
-    cfg = train.TrainConfig(encoder=a.encoder, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay,
+    cfg = training.TrainConfig(encoder=a.encoder, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay,
                             selection=a.selection, lr_schedule=a.lr_schedule)
     t0 = time.perf_counter()
-    data = models.ModelData(cohort.data["label"], images={a.modality: models.ImageSet(x, patients)})
-    spec = train.image_spec(a.modality, a.modality, cfg, "03", a.modality, available=True)
-    res = models.cross_validate(spec, data, splits, a.seed, progress=False)
+    data = base.ModelData(cohort.data["label"], images={a.modality: base.ImageSet(x, patients)})
+    spec = image_model.image_spec(a.modality, a.modality, cfg, "03", a.modality, available=True)
+    res = loop.cross_validate(spec, data, splits, a.seed, progress=False)
     m = evaluate.per_repeat_metrics(res.predictions)
     best = res.curves[res.curves["best"]]["epoch"].tolist()
     print(json.dumps({**vars(a), "auroc_per_repeat": np.round(m["auroc"].to_numpy(), 3).tolist(),

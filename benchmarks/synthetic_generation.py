@@ -9,7 +9,7 @@ import argparse
 import tempfile
 import time
 
-from prrt.synthetic import DEFAULT_SEED, generate
+from prrt.data.synthetic import DEFAULT_SEED, generate
 
 
 def main() -> None:

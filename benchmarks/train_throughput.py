@@ -4,7 +4,7 @@ Both train the same network (the compact 3D CNN by default) on the same in-memor
 with the same batch size and the same kind of augmentation (random affine + intensity scaling);
 each makes its own precision choice:
 
-* ``engine``: :func:`prrt.train.train_model` (batched augmentation with MONAI's AffineTransform
+* ``engine``: :func:`prrt.learn.training.train_model` (batched augmentation with MONAI's AffineTransform
   layer; on a GPU bf16 autocast, channels_last_3d and cuDNN autotuning; its per-epoch inner
   validation is included in its time);
 * ``baseline``: the loop of MONAI's 3D classification tutorials: ``monai.data.Dataset`` with
@@ -41,7 +41,7 @@ def data(n: int, size, seed: int = 0):
 
 
 def run_engine(a) -> dict:
-    from prrt import train
+    from prrt.learn import training as train
 
     x, y = data(a.n, a.size)
     xv, yv = data(8, a.size, seed=1)
@@ -62,7 +62,7 @@ def run_baseline(a) -> dict:
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose, RandAffined, RandScaleIntensityd
 
-    from prrt.networks import ImageClassifier, build_encoder
+    from prrt.learn.networks import ImageClassifier, build_encoder
 
     torch.manual_seed(0)
     x, y = data(a.n, a.size)

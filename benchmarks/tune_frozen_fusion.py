@@ -19,33 +19,38 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from prrt import fusion, inputs as pin, models, pretrain, splits as sp, train
-from prrt.evaluate import per_repeat_metrics
-from prrt.manifest import load_manifest
-from prrt.pet_features import FEATURES
+from prrt.data.load import load_cohort
+from prrt.evaluation import splits as sp
+from prrt.evaluation.metrics import per_repeat_metrics
+from prrt.imaging import inputs as pin
+from prrt.imaging.lesions import FEATURES
+from prrt.learn import fusion, image_model, pretrain, training
+from prrt.learn import loop as models
 from prrt.profiles import get_profile
+from prrt.study import ch04_fusion
 
 d, run = sys.argv[1], sys.argv[2]
 SEED = 20251105
-c = load_manifest(f"{d}/manifest.yaml")
+c = load_cohort(f"{d}/manifest.yaml")
 prof = get_profile("demo")
 cache = f"{run}/.cache"
 s = sp.ensure_splits(c, prof, SEED, run)
 arrays = pin.prepare_inputs(c, prof, cache, run, progress=False)
-X = fusion.chapter_table(c, run, progress=False)
-data = train.image_data(c, prof, cache, arrays=arrays.get(prof.roi), table=X, progress=False)
+X = ch04_fusion.chapter_table(c, run, progress=False)
+data = image_model.image_data(c, prof, cache, arrays=arrays.get(prof.roi), table=X, progress=False)
 ct_state, card, how = pretrain.ct_encoder_state(c, prof, cache, SEED, "", [])
-cfg = train.config_from_profile(prof)
+cfg = training.config_from_profile(prof)
 t = time.time()
 import pickle
 from pathlib import Path
+
 store = Path(run) / "frozen_fold_outputs.pkl"
 if store.is_file():
     folds_out = pickle.loads(store.read_bytes())
 else:
     uni = {}
     for name, mod, w in [("pet_cnn", "pet", None), ("ct_cnn_pretrained", "ct", ct_state)]:
-        spec = train.image_spec(name, mod, cfg, "04", mod, True, encoder_weights=w)
+        spec = image_model.image_spec(name, mod, cfg, "04", mod, True, encoder_weights=w)
         uni[mod] = models.cross_validate(spec, data, s, SEED, progress=False, keep_models=True)
         print(name, "AUROC %.3f" % per_repeat_metrics(uni[mod].predictions)["auroc"].mean(), flush=True)
     folds_out = {}

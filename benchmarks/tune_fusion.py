@@ -10,22 +10,30 @@ Demo profile, 5 x 3-fold; prints the AUROC of each repeat and the time of each m
 chapter 03 first, then every model of chapter 04. ``features`` / ``cnn_only``: the headline fusion
 trained end to end, with and without the SR-PET lesion features.
 """
-import sys, time
+import sys
+import time
 from dataclasses import replace
-from prrt.manifest import load_manifest
+
+from prrt.data.load import load_cohort
+from prrt.evaluation import splits as sp
+from prrt.evaluation.metrics import per_repeat_metrics
+from prrt.imaging import inputs as pin
+from prrt.learn import image_model, pretrain
+from prrt.learn import loop as models
 from prrt.profiles import get_profile
-from prrt import fusion, models, splits as sp, train, pretrain, inputs as pin
-from prrt.evaluate import per_repeat_metrics
+from prrt.study import ch03_images
+from prrt.study import ch04_fusion as fusion
+
 d, run = sys.argv[1], sys.argv[2]
 variants = sys.argv[3].split(",")
-c = load_manifest(f"{d}/manifest.yaml")
+c = load_cohort(f"{d}/manifest.yaml")
 prof = get_profile("demo")
 cache = f"{run}/.cache"
 import os; os.makedirs(run, exist_ok=True)
 s = sp.ensure_splits(c, prof, 20251105, run)
 arrays = pin.prepare_inputs(c, prof, cache, run, progress=False)
 X = fusion.chapter_table(c, run, progress=False)
-data = train.image_data(c, prof, cache, arrays=arrays.get(prof.roi), table=X, progress=False)
+data = image_model.image_data(c, prof, cache, arrays=arrays.get(prof.roi), table=X, progress=False)
 ct_state, card, how = pretrain.ct_encoder_state(c, prof, cache, 20251105, "", [])
 print("pretraining:", how, flush=True)
 
@@ -38,7 +46,7 @@ def report(name, inputs, res, seconds):
 
 for v in variants:
     if v in ("fold_models", "fold_fusions"):  # fold_fusions: only the fusions (the CNNs' checkpoints are there)
-        specs = [*train.image_specs(c, prof)[:1], *fusion.chapter_specs(c, prof, ct_state, run_dir=run)]
+        specs = [*ch03_images.image_specs(c, prof)[:1], *fusion.chapter_specs(c, prof, ct_state, run_dir=run)]
         if v == "fold_fusions":
             specs = [x for x in specs if "fusion" in x.name or "intermediate" in x.name]
         for spec in [x for x in specs if x.build is not None]:

@@ -1,4 +1,6 @@
-"""The ``prrt`` command: validate a manifest, make demo data, run the notebooks, build the book."""
+"""The ``prrt`` command: validate a manifest, make demo data, pretrain the CT encoder, import a DICOM export,
+run the notebooks, build the book.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +9,44 @@ import json
 import sys
 from pathlib import Path
 
+from .data import (
+    DicomImportError,
+    ManifestError,
+    SyntheticConfig,
+    check_compatible,
+    generate,
+    generate_ct_collection,
+    import_dicom,
+    incompatible,
+    load_cohort,
+    write_manifest,
+)
+from .learn import PretrainConfig, pretrain_ct, read_card
+from .profiles import DEFAULT_SEED, get_profile
+from .runner import RunError, RunInterrupted, RunLocked, build_book, run
+
 EXIT_INVALID = 2
 EXIT_FAILED = 1
 
 
 def _validate(args) -> int:
-    from .manifest import ManifestError
-    from .validation import validate
-
     # an external cohort is predicted, not cross-validated: no profile's feasibility check for it
     profile = None if args.development else args.profile
     try:
-        result = validate(args.manifest, check_images=args.check_images, profile=profile)
-        result.raise_for_errors(strict=args.strict)
+        cohort = load_cohort(args.manifest, check_images=args.check_images, profile=profile, strict=args.strict)
         if args.development:
-            from .manifest import load_manifest
-            from .validation import check_compatible, incompatible
-
-            development = load_manifest(args.development, check_images="none")
-            problems = check_compatible(development, result.cohort)
+            development = load_cohort(args.development, check_images="none")
+            problems = check_compatible(development, cohort)
             if problems:
-                raise incompatible(development, result.cohort, problems)
+                raise incompatible(development, cohort, problems)
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
-    cohort = result.cohort
     s = cohort.summary()
     short, long_ = s["group_names"]
-    print(f"Manifest {cohort.manifest_path} is valid" + (f", with {len(result.warnings)} warning(s):"
-                                                         if result.warnings else "."))
-    for w in result.warnings:
+    print(f"Manifest {cohort.manifest_path} is valid" + (f", with {len(cohort.warnings)} warning(s):"
+                                                         if cohort.warnings else "."))
+    for w in cohort.warnings:
         print(f"  - {w}")
     print(f"  cohort: {s['name']}{' (synthetic)' if s['synthetic'] else ''}")
     print(f"  patients: {s['patients']}")
@@ -65,8 +75,6 @@ def _validate(args) -> int:
 
 
 def _demo_data(args) -> int:
-    from .synthetic import SyntheticConfig, generate
-
     cfg = SyntheticConfig.for_size(args.n_patients, n_censored_before_horizon=args.censored_before_horizon,
                                    geometry=args.geometry, mask_grid=args.mask_grid, pet_scale=args.pet_scale,
                                    pet_fwhm_mm=args.pet_fwhm, name=args.name)
@@ -79,12 +87,8 @@ def _demo_data(args) -> int:
           f"PET {o['pet']:.3f}; CT {o['ct']:.3f}")
     print(f"Manifest: {Path(args.out) / 'manifest.yaml'}")
     if args.pretrain_ct:
-        from .synthetic import generate_ct_collection
-
         folder = generate_ct_collection(Path(args.out) / "ct_pretraining", args.pretrain_ct, args.seed,
                                         geometry=args.geometry)
-        from .synthetic import write_manifest
-
         write_manifest(Path(args.out) / "manifest.yaml", table_rel="cohort.csv", image_root=".", cfg=cfg,
                        ct_pretraining="ct_pretraining")
         print(f"Unlabelled CT collection for pretraining ({args.pretrain_ct} cases): {folder}")
@@ -92,9 +96,6 @@ def _demo_data(args) -> int:
 
 
 def _pretrain_ct(args) -> int:
-    from .pretrain import PretrainConfig, pretrain_ct, read_card
-    from .profiles import get_profile
-
     profile = get_profile(args.profile)
     cfg = PretrainConfig(encoder=profile.encoder, epochs=args.epochs or PretrainConfig.epochs)
     cache = Path(args.cache_dir) if args.cache_dir else Path("runs") / ".prrt-cache"
@@ -114,8 +115,6 @@ def _pretrain_ct(args) -> int:
 
 
 def _import_dicom(args) -> int:
-    from .dicom import DicomImportError, import_dicom
-
     try:
         result = import_dicom(args.src, args.out, table=args.table, table_id=args.table_id, template=args.template,
                               id_map=args.id_map, key=args.key, study=args.study, pet_series=args.pet_series,
@@ -135,9 +134,6 @@ def _import_dicom(args) -> int:
 
 
 def _run(args) -> int:
-    from .manifest import ManifestError
-    from .runs import RunError, run
-
     try:
         d = run(args.manifest, args.profile, args.run_dir, seed=args.seed, notebooks_dir=args.notebooks_dir,
                 cache_dir=args.cache_dir, ct_weights=args.ct_weights, ct_weights_prefix=args.ct_weights_prefix,
@@ -156,10 +152,8 @@ def _run(args) -> int:
 
 
 def _report(exc, refused: str, interrupted: str, failed: str) -> int:
-    """Print a :class:`prrt.runs.RunError` with the word for its kind; the exit status: 2 when another process
+    """Print a :class:`prrt.runner.RunError` with the word for its kind; the exit status: 2 when another process
     holds the run folder, 128 + the signal when interrupted, 1 when the run or book failed."""
-    from .runs import RunInterrupted, RunLocked
-
     if isinstance(exc, RunLocked):
         print(f"{refused}: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -177,8 +171,6 @@ def _print_book(run_dir: Path) -> None:
 
 
 def _book(args) -> int:
-    from .runs import RunError, build_book
-
     try:
         index = build_book(args.run_dir, log=lambda msg: print(msg, file=sys.stderr))
     except RunError as exc:
@@ -188,8 +180,6 @@ def _book(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .runs import DEFAULT_SEED
-
     p = argparse.ArgumentParser(prog="prrt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 

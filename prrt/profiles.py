@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+#: The seed of a run and of the synthetic cohort when none is given (the study's arXiv date, 2025-11-05).
+DEFAULT_SEED = 20251105
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -29,7 +32,7 @@ class Profile:
     roi:
         Region of interest of the networks' input: ``lesions`` (a box around every lesion voxel of
         the mask plus ``roi_margin_mm``, isotropic voxels) or ``body`` (``field_of_view_mm`` centred
-        on the body). See :func:`prrt.imaging.input_box`.
+        on the body). See :func:`prrt.imaging.boxes.input_box`.
     roi_margin_mm:
         Margin added around the lesions on each side (``lesions`` only).
     roi_min_spacing_mm:
@@ -58,9 +61,9 @@ class Profile:
     n_bootstrap:
         Bootstrap resamples for confidence intervals.
     encoder:
-        Image encoder of the CNNs (see :mod:`prrt.networks`).
+        Image encoder of the CNNs (see :mod:`prrt.learn.networks`).
     pretrain_epochs:
-        Epochs of the self-supervised CT-encoder pretraining (chapter 04, :mod:`prrt.pretrain`).
+        Epochs of the self-supervised CT-encoder pretraining (chapter 04, :mod:`prrt.learn.pretrain`).
     fusion_mechanism:
         ``adaptive`` or ``intermediate``: how the four fusions of chapter 04 combine the modalities.
     late_inner_folds:
@@ -73,10 +76,10 @@ class Profile:
         rest of the network; ``fold_models``: its SR-PET and CT branches are given the score of the
         fold's unimodal CNN (the PET CNN of chapter 03, the pretrained CT CNN of chapter 04), which
         was trained on the same training patients, and only the small networks of the fusion learn
-        (minutes instead of hours on a CPU; see :class:`prrt.fusion.FoldModelScores`).
+        (minutes instead of hours on a CPU; see :class:`prrt.learn.FoldModelScores`).
     fusion_score_epochs:
         Epochs of a fusion whose image branches are the fold models' scores (the other training settings
-        are :data:`prrt.fusion.SCORE_FUSION_TRAINING`).
+        are :data:`prrt.learn.fusion.SCORE_FUSION_TRAINING`).
     fusion_models:
         Which models chapter 04 trains: ``all`` (the seven models and the three mechanisms),
         ``neural`` (all but the late fusion, whose nested cross-validation trains each CNN four times

@@ -14,8 +14,8 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_share))
 
-# Building a book opens it in headless Chromium (prrt.browser) when one is found: about 15 s per book. The tests
-# that build books for other reasons leave that out; the smoke run of tests/test_runner.py turns it on.
+# Building a book opens it in headless Chromium (prrt.runner.browser) when one is found: about 15 s per book. The tests
+# that build books for other reasons leave that out; the smoke run of tests/e2e/test_runner.py turns it on.
 os.environ.setdefault("PRRT_BROWSER_CHECK", "off")
 
 import shutil
@@ -25,9 +25,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prrt.synthetic import SyntheticConfig, generate
+from prrt.data.load import load_cohort
+from prrt.data.manifest import ManifestError
+from prrt.data.synthetic import SyntheticConfig, generate
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 REAL_CT = DATA / "example_ct.nii.gz"
 
 
@@ -46,6 +48,15 @@ def cohort_copy(small_cohort_dir, tmp_path) -> Path:
     dst = tmp_path / "cohort"
     shutil.copytree(small_cohort_dir, dst)
     return dst
+
+
+def problems_of(manifest, **kwargs) -> list:
+    """Every problem that the one door to a cohort (``load_cohort``) finds, errors then warnings ([] for none)."""
+    try:
+        load_cohort(manifest, strict=True, **kwargs)
+    except ManifestError as exc:
+        return exc.problems
+    return []
 
 
 def edit_manifest(path: Path, **changes) -> Path:

@@ -37,16 +37,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Area -> mutmut name patterns (module.x_function__mutmut_N; methods are module.xǁClassǁmethod__mutmut_N).
 SCOPE = {
-    "evaluation statistics (prrt.evaluate)": ["prrt.evaluate.*"],
-    "splits (prrt.splits)": ["prrt.splits.*"],
-    "labelling and pseudonyms (prrt.manifest)": ["prrt.manifest.x_pseudonymise__*", "prrt.manifest.x_pfs_label__*",
-                                                 "prrt.manifest.xǁCohortǁ*"],
-    "training selection and weighting (prrt.train, prrt.models)": [
-        "prrt.train.x_train_model__*", "prrt.train.x_fit_network__*", "prrt.train.x_check_config__*",
-        "prrt.train.x_recompute_batch_norm__*", "prrt.train.x_predict__*",
-        "prrt.train.xǁImageModelǁ*", "prrt.models.*"],
-    "results (prrt.results)": ["prrt.results.*"],
-    "external validation (prrt.external)": ["prrt.external.x_external_metrics__*", "prrt.external.x_comparison_table__*"],
+    "evaluation statistics (prrt.evaluation: metrics, comparison, calibration)": [
+        "prrt.evaluation.metrics.*", "prrt.evaluation.comparison.*", "prrt.evaluation.calibration.*",
+        "prrt.evaluation.survival.x_risk_groups_logrank__*"],
+    "splits (prrt.evaluation.splits)": [
+        f"prrt.evaluation.splits.{f}" for f in ("x_make_splits__*", "xǁFoldǁ*", "x_iter_folds__*", "x_save_splits__*",
+                                                "x_load_splits__*", "x_ensure_splits__*", "x_mean_training_patients__*",
+                                                "x_splits_table__*", "x_describe_splits__*")],
+    "labelling and pseudonyms (prrt.data)": ["prrt.data.privacy.x_pseudonymise__*", "prrt.data.cohort.x_pfs_label__*",
+                                             "prrt.data.cohort.xǁCohortǁ*"],
+    "training selection and weighting (prrt.learn)": [
+        "prrt.learn.training.x_train_model__*", "prrt.learn.training.x_fit_network__*",
+        "prrt.learn.training.x_check_config__*", "prrt.learn.training.x_recompute_batch_norm__*",
+        "prrt.learn.training.x_predict__*", "prrt.learn.image_model.xǁImageModelǁ*", "prrt.learn.base.*",
+        "prrt.learn.loop.*", "prrt.learn.engines.xǁSequentialǁ*"],
+    "results (prrt.evaluation.results, prrt.study.reported)": ["prrt.evaluation.results.*",
+                                                               "prrt.study.reported.x_comparison_with_study__*"],
+    "external validation (prrt.evaluation.external)": ["prrt.evaluation.external.x_external_metrics__*",
+                                                       "prrt.evaluation.external.x_comparison_table__*"],
 }
 KILLED = {"killed", "timeout"}
 

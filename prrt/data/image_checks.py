@@ -1,0 +1,134 @@
+"""The image checks of a manifest: the files exist and read as 3D volumes in the right units, and each
+patient's scans and masks overlap in patient space.
+
+:func:`check_images`, as far as ``check_images`` says: ``"exists"`` (the files exist), ``"header"`` (each
+file's header is read) or ``"full"`` (every voxel is read and checked, :func:`prrt.imaging.read_image`);
+every patient needs a CT (a PET) when the manifest names CT (PET) images, since all models share one set
+of splits, while a patient without a lesion mask or organ map is a warning; the manifest's
+``ct_pretraining`` files must exist. :func:`check_geometry`: the fields of view of a patient's PET, CT,
+mask and organ map overlap (from the headers), and, in ``"full"`` mode, the lesion mask has lesion voxels
+inside each scan.
+
+Both run as checks of :func:`prrt.data.load_cohort` (:mod:`prrt.data.load`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..imaging import (
+    ImageError,
+    field_of_view_bounds_mm,
+    lesion_bounds_mm,
+    read_header,
+    read_image,
+    voxels_inside,
+)
+from .checks import WARNING, Draft
+from .manifest import MODALITIES, Problem
+
+
+def _header_problem(d: Draft, i: int, modality: str, col: str, path: Path) -> Problem | None:
+    try:
+        d.headers[i, modality] = read_header(path, modality=modality, patient=d.ids[i])
+        if d.check_images == "full":
+            image = read_image(path, modality=modality, patient=d.ids[i])
+            if modality == "mask":  # the scans' headers are read already (MODALITIES puts them first)
+                bounds = lesion_bounds_mm(image)
+                d.lesions[i] = {"bounds": bounds, "inside": {} if bounds is None else {
+                    m: voxels_inside(image, d.headers[i, m]) for m in ("pet", "ct") if (i, m) in d.headers}}
+    except ImageError as exc:
+        return d.problem(exc.reason, i, col, file=str(path))
+    return None
+
+
+def check_images(d: Draft) -> list[Problem]:
+    """Image files exist and read as 3D volumes in the right units; every patient has a CT or a PET."""
+    problems: list[Problem] = []
+    for modality in MODALITIES:
+        col = d.image_columns.get(modality)
+        if col is None:
+            continue
+        paths, blank = [], []
+        for i, v in enumerate(d.df[col]):
+            if pd.isna(v) or str(v).strip() == "":
+                paths.append(None)
+                blank.append(i)
+                continue
+            p = (d.image_root / str(v).strip()).resolve()
+            paths.append(str(p))
+            if d.check_images == "none":
+                continue
+            if not p.is_file():
+                problems.append(d.problem(f"{modality} image file not found", i, col, file=str(p)))
+            elif d.check_images in ("header", "full"):
+                problem = _header_problem(d, i, modality, col, p)
+                if problem is not None:
+                    problems.append(problem)
+        d.image_paths[modality] = paths
+        if modality in ("ct", "pet"):
+            # every model is fitted and tested on the same splits of all labelled patients: a scan's model
+            # cannot leave a patient out
+            problems += [d.problem(f"has no {modality.upper()} (empty cell), but the manifest names {modality.upper()} "
+                                   f"images: every patient needs one, as all models share one set of splits. Add "
+                                   f"it, leave the patient out of the table, or leave '{modality}' out of 'images'",
+                                   i, col) for i in blank]
+        elif blank:
+            effect = {"mask": "their input box is placed around a PET threshold segmentation instead",
+                      "organs": "no tumour-to-liver or tumour-to-spleen ratio"}[modality]
+            problems.append(Problem(f"{len(blank)} of {len(d.df)} patients have no {modality} image (empty cell): "
+                                    f"{d.rows_text(blank)}; {effect}", column=col, file=d.tfile, severity=WARNING))
+    base = d.path.parent
+    for key, value in (d.doc.get("ct_pretraining") or {}).items():
+        if key == "key_prefixes":
+            d.pretraining[key] = list(value)
+            continue
+        p = (base / value).resolve()
+        if not p.exists():
+            problems.append(Problem(f"ct_pretraining {key} not found", column=f"ct_pretraining.{key}", file=str(p)))
+        d.pretraining[key] = p
+    return problems
+
+
+def box_gap_mm(a: tuple, b: tuple) -> float:
+    """Distance in mm between two axis-aligned boxes ``(lo, hi)`` (0 when they overlap)."""
+    gap = np.maximum(0.0, np.maximum(np.asarray(b[0]) - np.asarray(a[1]), np.asarray(a[0]) - np.asarray(b[1])))
+    return float(np.linalg.norm(gap))
+
+
+def check_geometry(d: Draft) -> list[Problem]:
+    """PET, CT and masks of a patient overlap in patient space; a mask has lesion voxels inside the scans.
+
+    From the headers (``check_images`` "header" or "full"); the mask's own voxels only in "full" mode.
+    """
+    problems: list[Problem] = []
+    for i in range(len(d.df)):
+        boxes = {m: field_of_view_bounds_mm(h) for (row, m), h in d.headers.items() if row == i}
+        for a, b in (("pet", "ct"), ("mask", "pet"), ("mask", "ct"), ("organs", "pet"), ("organs", "ct")):
+            if a in boxes and b in boxes:
+                gap = box_gap_mm(boxes[a], boxes[b])
+                if gap > 0:
+                    problems.append(d.problem(
+                        f"the {a.upper() if a in ('ct', 'pet') else a} and the {b.upper()} do not overlap in "
+                        f"patient space: they are {gap:.0f} mm apart. Do both belong to this patient and scan, and "
+                        "were their origins and orientations kept on export?", i, d.image_columns[a],
+                        file=d.image_paths[a][i]))
+        lesions = d.lesions.get(i)
+        if lesions is None:
+            continue
+        if lesions["bounds"] is None:
+            problems.append(d.problem("the lesion mask has no lesion voxel (every voxel is 0): the input box will be "
+                                      "placed around a PET threshold segmentation instead", i,
+                                      d.image_columns["mask"], file=d.image_paths["mask"][i], severity=WARNING))
+            continue
+        for m, (inside, total) in lesions["inside"].items():
+            if inside == 0 and box_gap_mm(boxes["mask"], boxes[m]) == 0:  # (apart altogether: said above)
+                gap = box_gap_mm(lesions["bounds"], boxes[m])
+                problems.append(d.problem(
+                    f"none of the lesion mask's {total} lesion voxels lies inside the {m.upper()}'s field of "
+                    f"view (the lesions are {gap:.0f} mm outside it): is it this patient's mask?", i,
+                    d.image_columns["mask"], file=d.image_paths["mask"][i]))
+    return problems

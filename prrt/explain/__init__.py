@@ -1,0 +1,27 @@
+"""Explanations that can be checked: Grad-CAM, saliency numbers and sanity checks, importance inside a
+model, modality ablation.
+
+What other subpackages may use is listed in ``__all__``; the rest is private to this one.
+"""
+
+from .ablation import ablation_table, modality_ablation
+from .gradcam import display_size, upsample
+from .importance import importance_comparison, permutation_importance
+from .saliency import Saliency, image_saliency, summarise_saliency
+from .sanity import REINITIALISED, SIMILAR, sanity_checks, sanity_summary
+
+__all__ = [
+    "REINITIALISED",
+    "SIMILAR",
+    "Saliency",
+    "ablation_table",
+    "display_size",
+    "image_saliency",
+    "importance_comparison",
+    "modality_ablation",
+    "permutation_importance",
+    "sanity_checks",
+    "sanity_summary",
+    "summarise_saliency",
+    "upsample",
+]

@@ -1,0 +1,156 @@
+"""The sanity checks of the Grad-CAM maps (Adebayo et al., NeurIPS 2018).
+
+They compare the maps with those of the same network with its weights re-initialised, layer by layer
+from the top (:func:`cascading_randomisation`), and with those of a network trained on permuted labels
+(:func:`label_randomisation`), by the rank correlation of the two maps (:func:`rank_correlation`): a
+map that barely changes says nothing about what the network learnt. :func:`sanity_checks` runs both for
+every image model on the first fold of the first repeat; :func:`sanity_summary` gives the median rank
+correlation of each check and flags the maps as uninformative at :data:`SIMILAR` or above.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..evaluation import iter_folds
+from ..learn import fold_seed, inner_split
+from .gradcam import gradcam_maps
+from .saliency import Saliency
+
+#: The two sanity checks, as the book names them.
+REINITIALISED, PERMUTED = "weights re-initialised", "trained on permuted labels"
+
+#: A map whose median rank correlation with a randomised network's map reaches this is flagged as
+#: uninformative (it does not depend on what the network learnt).
+SIMILAR = 0.5
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two maps over their voxels; 0 when either map is flat (a map
+    that vanished shares no ranking with the other)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def randomisation_steps(net: nn.Module) -> list[list[str]]:
+    """The network's layers with weights, grouped from the top (output) to the bottom (input):
+    a convolution or linear layer together with the normalisation that follows it."""
+    leaves = [(n, m) for n, m in net.named_modules()
+              if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    groups: list[list[str]] = []
+    for name, mod in leaves:
+        is_norm = isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+                                   nn.GroupNorm, nn.LayerNorm))
+        if is_norm and groups:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups[::-1]
+
+
+def _reinitialise(net: nn.Module, names: list[str], seed: int) -> None:
+    mods = dict(net.named_modules())
+    with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+        torch.manual_seed(seed)
+        for name in names:
+            mod = mods[name]
+            if hasattr(mod, "reset_running_stats"):
+                mod.reset_running_stats()
+            if hasattr(mod, "reset_parameters"):
+                mod.reset_parameters()
+
+
+def cascading_randomisation(net: nn.Module, x: torch.Tensor, layer: str, patients: list[str], seed: int,
+                            reference: np.ndarray | None = None) -> pd.DataFrame:
+    """Adebayo's model-randomisation test: re-initialise the weights layer by layer from the top
+    (cumulatively) and compare each step's maps with the trained network's (``reference``, computed
+    if not given). Returns one row per step and patient: ``step`` (1 = the top layer re-initialised),
+    ``layers`` (the layers re-initialised at that step), ``rank_correlation``."""
+    reference = gradcam_maps(net, x, layer) if reference is None else reference
+    work = copy.deepcopy(net)
+    rows = []
+    for step, names in enumerate(randomisation_steps(work), start=1):
+        _reinitialise(work, names, seed + step)
+        maps = gradcam_maps(work, x, layer)
+        for p, a, b in zip(patients, reference, maps):
+            rows.append({"step": step, "layers": " + ".join(names), "patient": p,
+                         "rank_correlation": rank_correlation(a, b)})
+    return pd.DataFrame(rows)
+
+
+def label_randomisation(spec, data, fold, seed: int, reference: np.ndarray, patients: list[str], layer: str):
+    """Adebayo's data-randomisation test on one fold: the same image model trained on the same
+    patients with their labels permuted, its maps of ``patients`` compared with ``reference`` (the
+    real fold model's maps). Returns the per-patient rank correlations and the permuted model's AUROC
+    on the fold's test patients (it should be near 0.5)."""
+    from dataclasses import replace
+
+    from sklearn.metrics import roc_auc_score
+
+
+    s = fold_seed(seed, fold.repeat, fold.fold)
+    part = inner_split(fold.train, data.y, spec.val_fraction, s)
+    rng = np.random.default_rng(s)
+    y = data.y.copy()
+    for ids in (part.fit, part.val):  # permuted within each part: the same class balance in both
+        y.loc[ids] = rng.permutation(y.loc[ids].to_numpy())
+    model = spec.build(seed)
+    model.fit(replace(data, y=y), part, s, progress=False)
+    maps = gradcam_maps(model.model, data.images[model.modality].take(patients), layer)
+    test_y = data.y.loc[fold.test].astype(int)
+    auroc = float(roc_auc_score(test_y, model.predict(data, fold.test))) if 0 < test_y.sum() < len(test_y) else np.nan
+    corr = pd.DataFrame({"patient": patients, "rank_correlation": [rank_correlation(a, b) for a, b in zip(reference, maps)]})
+    return corr, auroc
+
+
+def sanity_summary(cascade: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The two sanity checks per model, with a verdict: the median rank correlation (and its IQR) of
+    the trained network's maps with those of the fully re-initialised network and of the network
+    trained on permuted labels; at :data:`SIMILAR` or above the maps are flagged as uninformative."""
+    rows = []
+    for model, g in cascade.groupby("model", sort=False):
+        rows.append((model, REINITIALISED, g[g["step"] == g["step"].max()]["rank_correlation"]))
+        h = labels[labels["model"] == model] if "model" in labels else labels.iloc[:0]
+        if len(h):
+            rows.append((model, PERMUTED, h["rank_correlation"]))
+    out = []
+    for model, check, r in rows:
+        med = float(r.median())
+        out.append({"model": model, "check": check, "maps": len(r), "median rank correlation": med,
+                    "IQR": f"{r.quantile(0.25):.2f} to {r.quantile(0.75):.2f}",
+                    "verdict": "flagged: uninformative" if med >= SIMILAR else "passes"})
+    return pd.DataFrame(out)
+
+
+def sanity_checks(saliency: Saliency, specs: list, data, splits: pd.DataFrame, seed: int, n_patients: int = 30,
+                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Both sanity checks for every image model of ``saliency`` on the first fold of the first repeat
+    (up to ``n_patients`` of its test patients): the cascading model randomisation and the network
+    trained on permuted labels. Returns the cascade rows, the label-randomisation rows (both with a
+    ``model`` column) and each permuted-label model's test AUROC."""
+    from tqdm.auto import tqdm
+
+
+    fold = next(iter_folds(splits))
+    cascade, labels, aurocs = [], [], {}
+    by_name = {s.name: s for s in specs}
+    for name in tqdm(list(saliency.layers), desc="sanity checks", unit="model", disable=not progress):
+        model = saliency.models[name][(fold.repeat, fold.fold)]
+        images = data.images[model.modality]
+        patients = [p for p in fold.test if images.has(p)][:n_patients]
+        x, layer = images.take(patients), saliency.layers[name]
+        ref = np.stack([saliency.maps[name][p] for p in patients])
+        cascade.append(cascading_randomisation(model.model, x, layer, patients, seed, reference=ref).assign(model=name))
+        corr, aurocs[name] = label_randomisation(by_name[name], data, fold, seed, ref, patients, layer)
+        labels.append(corr.assign(model=name))
+    return (pd.concat(cascade, ignore_index=True) if cascade else pd.DataFrame(),
+            pd.concat(labels, ignore_index=True) if labels else pd.DataFrame(), aurocs)

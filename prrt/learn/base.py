@@ -1,0 +1,154 @@
+"""The model interface of the book: what a model is (:class:`ModelSpec`, :class:`Model`), what it is given
+(:class:`ModelData`, :class:`TrainingPart`) and what fitting leaves behind (:class:`FitRecord`).
+
+Every model, tabular, image or fusion, is described by a :class:`ModelSpec`: its name, the chapter
+that reports it, a description of its inputs, the data it needs, and how to build it. ``build(seed)``
+returns a fresh, unfitted object with four methods:
+
+``fit(data, part, seed, progress=..., desc=...)``
+    learn from the training part of one fold (``part.fit``; a model that selects or monitors
+    epochs uses ``part.val``, an inner validation part drawn from the same training patients);
+    returns a :class:`FitRecord` (learning curve, kept epoch, weights to save) or ``None``.
+``predict(data, patients)``
+    the probability of short PFS for these patients.
+``features(data, patients)``
+    per-modality embeddings ``{modality: array (n, d)}``: what a fusion model or an explanation
+    can build on.
+``restore(data, part, checkpoint)``
+    the model that ``fit`` on ``part`` left as ``checkpoint``, without training (a model that leaves
+    no checkpoint raises :class:`NotImplementedError`).
+
+:class:`ModelData` holds what a model may read, for every patient: the labels, the table and the images
+(one :class:`ImageSet` per modality). The one cross-validation loop that runs a spec is
+:mod:`prrt.learn.loop`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # for the annotations only: importing torch costs seconds
+    import torch
+
+
+# ---- data ------------------------------------------------------------------------------------------
+@dataclass
+class ImageSet:
+    """Preprocessed images of one modality: one entry of ``x`` (C, X, Y, Z) per pseudonym in ``patients``."""
+
+    x: torch.Tensor
+    patients: list[str]
+
+    def __post_init__(self):
+        if len(self.x) != len(self.patients):
+            raise ValueError(f"{len(self.x)} images for {len(self.patients)} patients")
+        self._row = {p: i for i, p in enumerate(self.patients)}
+
+    def has(self, patient: str) -> bool:
+        return patient in self._row
+
+    def take(self, patients: list[str]):
+        return self.x[[self._row[p] for p in patients]]
+
+
+@dataclass
+class ModelData:
+    """Everything a model may read, for every patient of the cohort (index: pseudonym).
+
+    ``y``: the label (1 short PFS, 0 long PFS, NaN unlabelled). ``table``: tabular inputs (laboratory
+    values, numeric clinical variables, PET features), NaN where missing. ``images``: ``{modality:
+    ImageSet}``; a patient without that image is absent from it.
+    """
+
+    y: pd.Series
+    table: pd.DataFrame | None = None
+    images: dict[str, ImageSet] = field(default_factory=dict)
+
+    def has(self, patient: str, modality: str, columns: list[str] | None = None) -> bool:
+        """Whether ``patient`` has ``modality`` (``"table"`` with ``columns``: any of them measured)."""
+        if modality == "table":
+            return (self.table is not None and patient in self.table.index
+                    and bool(self.table.loc[patient, columns].notna().any()))
+        return modality in self.images and self.images[modality].has(patient)
+
+
+@dataclass
+class TrainingPart:
+    """The training patients of one fold: ``fit`` trains the weights, ``val`` is the inner validation part."""
+
+    fit: list[str]
+    val: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return sorted(self.fit + self.val)
+
+    def digest(self) -> str:
+        """A fingerprint of the two parts (saved with a fold's checkpoint, so that a model that reuses a
+        fold model can check that it was trained on exactly these patients; the IDs are not stored)."""
+        import hashlib
+
+        text = "fit:" + ",".join(sorted(self.fit)) + "|val:" + ",".join(sorted(self.val))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class FitRecord:
+    """What fitting one fold leaves behind besides the model."""
+
+    curve: pd.DataFrame | None = None  # epoch, train_loss, val_loss, val_auroc
+    best_epoch: int | None = None
+    checkpoint: dict | None = None  # saved as checkpoints/<model>/r{repeat}_f{fold}.pt
+
+
+class Model(Protocol):
+    """What the loop (:mod:`prrt.learn.loop`) calls on a model; every model of the book implements all four.
+
+    Optional, looked up with ``hasattr``: ``permutation_importance(data, patients, repeats, seed)`` and
+    ``impurity_importance()`` (collected by the loop), ``modality_weights`` and ``stacking_weights`` (read
+    by the chapters).
+    """
+
+    def fit(self, data: ModelData, part: TrainingPart, seed: int, progress: bool = True,
+            desc: str = "") -> FitRecord | None:
+        """Learn from ``part`` (its ``fit`` patients; ``val`` for models that monitor epochs)."""
+
+    def predict(self, data: ModelData, patients: list[str]) -> np.ndarray:
+        """The probability of the positive class (short PFS) for ``patients``."""
+
+    def features(self, data: ModelData, patients: list[str]) -> dict[str, np.ndarray]:
+        """Per-modality embeddings ``{modality: (n, d) array}``."""
+
+    def restore(self, data: ModelData, part: TrainingPart, checkpoint: dict) -> Model:
+        """The model that :meth:`fit` on ``part`` left as ``checkpoint`` (:func:`prrt.learn.restore_fold_models`);
+        a model that leaves no checkpoint raises :class:`NotImplementedError` saying so."""
+
+
+@dataclass
+class ModelSpec:
+    """A model of the book: what it is called, what it sees, and how to build it.
+
+    ``build(seed)`` returns a fresh unfitted :class:`Model`; ``None`` means the manifest lacks its
+    inputs and ``reason`` says which. ``needs`` lists the modalities a patient must have to be
+    predicted (``"table"``, ``"pet"``, ``"ct"``); a model that copes with a missing modality (the
+    fusion models) lists none. ``val_fraction`` > 0 draws an inner validation part from each training
+    fold. ``permutation_repeats`` > 0 computes permutation importance on each held-out fold.
+    ``requires`` names models whose fold checkpoints this one reads (see
+    :class:`prrt.learn.FoldModelScores`): :func:`prrt.learn.loop.run_models` fits those first.
+    """
+
+    name: str
+    chapter: str
+    inputs: str
+    build: Callable[[int], Model] | None
+    reason: str = ""
+    oracle: str | None = None
+    needs: tuple[str, ...] = ()
+    val_fraction: float = 0.0
+    permutation_repeats: int = 0
+    columns: list[str] | None = None  # the table columns the model reads (for importances)
+    requires: tuple[str, ...] = ()

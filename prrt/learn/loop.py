@@ -1,0 +1,299 @@
+"""The one cross-validation loop of every model of the book, and a run's fold models taken up again.
+
+:func:`cross_validate` runs one spec over the saved splits: for every repeat and fold it draws the
+inner validation part from the training patients only (:func:`inner_split`), builds and fits a fresh
+model, predicts the test fold once (and the unlabelled patients, who are in no fold), and collects the
+predictions in the format of :mod:`prrt.evaluation.metrics`, the learning curves and, for a spec that
+asks for them, permutation importances on the held-out fold. :func:`run_models` does that for a
+chapter's specs, writes ``predictions/<model>.csv``, checkpoints and curves, and returns the summary
+rows; a spec whose inputs the manifest lacks becomes a ``skipped`` row with its reason, and a spec that
+``requires`` other models' fold checkpoints is fitted after them.
+
+Seeds: the model of (repeat r, fold k) is fitted with ``seed + 1000 r + k`` (:func:`fold_seed`); the
+inner validation part is drawn with the same number.
+
+Each (model, repeat, fold) is one job (:func:`fit_fold`) that depends on nothing but the data, the
+spec and the seed. An *engine* runs the jobs (:mod:`prrt.learn.engines`): ``Sequential`` (the default)
+one after another in this process, ``DaskEngine`` over processes, GPUs or machines. The results are
+gathered in fold order, so the files a run writes do not depend on the engine.
+
+:func:`restore_fold_models` takes up the fold models of a run from their checkpoints
+(:func:`checkpoint_path`: ``checkpoints/<model>/r{repeat}_f{fold}.pt``) and checks that they give the
+run's predictions again, so that an explanation is of the model whose results the book reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation import (
+    assemble_predictions,
+    fold_test_rows,
+    iter_folds,
+    read_predictions,
+    skipped,
+    summarise,
+    write_predictions,
+)
+from .base import FitRecord, ModelData, ModelSpec, TrainingPart
+from .engines import Sequential
+
+
+# ---- fold models back from a run ------------------------------------------------------------------
+def checkpoint_path(run_dir, model: str, repeat: int, fold: int) -> Path:
+    return Path(run_dir) / "checkpoints" / model / f"r{repeat}_f{fold}.pt"
+
+
+def restore_fold_models(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed: int, run_dir,
+                        repeats=None, check: bool = True, tolerance: float | None = None) -> dict:
+    """The fold models that :func:`run_models` fitted for ``spec``, taken up from their checkpoints.
+
+    ``{(repeat, fold): model}`` for the ``repeats`` asked for (default: all). Each fold's training part
+    is drawn again exactly as when fitting; a checkpoint of other training patients (another split or
+    seed) is an error, as is a missing one. With ``check``, every restored model predicts its test
+    fold again and must give the probabilities of ``predictions/<model>.csv`` (within ``tolerance``;
+    default 1e-4 on the CPU, where the numbers are deterministic, and 2e-2 with CUDA, where bf16 and
+    cuDNN's choice of algorithm move the last digits), so that an explanation is always of the model
+    whose results the book reports.
+    """
+    import torch
+
+
+    if tolerance is None:
+        tolerance = 2e-2 if torch.cuda.is_available() else 1e-4
+
+    if spec.build is None:
+        raise ValueError(f"{spec.name} did not run: {spec.reason}")
+    saved = read_predictions(run_dir, spec.name) if check else None
+    out = {}
+    for fold in iter_folds(splits):
+        if repeats is not None and fold.repeat not in repeats:
+            continue
+        s = fold_seed(seed, fold.repeat, fold.fold)
+        part = inner_split(fold.train, data.y, spec.val_fraction, s)
+        path = checkpoint_path(run_dir, spec.name, fold.repeat, fold.fold)
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec.name}: no checkpoint of repeat {fold.repeat}, fold {fold.fold} ({path}); "
+                                    f"run chapter {spec.chapter} first with the same splits and seed")
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck.get("training_part") != part.digest():
+            raise ValueError(f"{spec.name}: the checkpoint {path} was trained on other patients than repeat "
+                             f"{fold.repeat}, fold {fold.fold} of this run (another split or seed?)")
+        model = spec.build(seed)
+        model.restore(data, part, ck)
+        if check:
+            want = saved.query("repeat == @fold.repeat and fold == @fold.fold").set_index("patient")["probability"]
+            if sorted(want.index) != sorted(fold.test):
+                raise ValueError(f"{spec.name}: predictions/{spec.name}.csv does not hold the test patients of repeat "
+                                 f"{fold.repeat}, fold {fold.fold}; the run folder mixes results of different runs")
+            diff = float(np.max(np.abs(model.predict(data, list(want.index)) - want.to_numpy())))
+            if diff > tolerance:
+                raise ValueError(f"{spec.name}: the checkpoint {path} does not reproduce predictions/{spec.name}.csv "
+                                 f"for repeat {fold.repeat}, fold {fold.fold} (largest difference {diff:.2g}); "
+                                 "the run folder mixes results of different runs")
+        out[(fold.repeat, fold.fold)] = model
+    return out
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+@dataclass
+class CVResult:
+    """Out-of-fold predictions and what each fold's model left behind."""
+
+    name: str
+    predictions: pd.DataFrame
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # repeat, fold, epoch, ..., best
+    permutation: pd.DataFrame = field(default_factory=pd.DataFrame)  # repeat, fold, feature, importance
+    impurity: pd.DataFrame = field(default_factory=pd.DataFrame)  # repeat, fold, feature, importance
+    inner_validation: dict = field(default_factory=dict)  # (repeat, fold) -> validation patients
+    features: list[str] = field(default_factory=list)
+    models: dict = field(default_factory=dict, repr=False)
+
+
+def fold_seed(seed: int, repeat: int, fold: int) -> int:
+    return seed + 1000 * repeat + fold
+
+
+def inner_split(train: list[str], y: pd.Series, val_fraction: float, seed: int) -> TrainingPart:
+    """Split a fold's training patients into a fitting and a validation part, stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    train = sorted(train)
+    if not val_fraction:
+        return TrainingPart(train, [])
+    fit, val = train_test_split(train, test_size=val_fraction, stratify=y.loc[train].astype(int),
+                                random_state=seed % 2**32)
+    return TrainingPart(sorted(fit), sorted(val))
+
+
+def predictable_patients(spec: ModelSpec, data: ModelData) -> list[str]:
+    """The patients the model can predict: those with every modality in ``spec.needs``."""
+    return [p for p in data.y.index if all(data.has(p, m, spec.columns) for m in spec.needs)]
+
+
+@dataclass
+class FoldOutput:
+    """What fitting one spec on one (repeat, fold) gives: the job an engine runs (:func:`fit_fold`)."""
+
+    repeat: int
+    fold: int
+    test: pd.DataFrame  # the test patients' rows (prrt.evaluation format)
+    unlabelled: pd.Series | None  # the probabilities of the patients in no fold (index: pseudonym)
+    val: list[str]  # the inner validation patients
+    record: FitRecord
+    permutation: pd.DataFrame | None = None
+    impurity: pd.DataFrame | None = None
+    model: object = None  # the fitted model, when asked for
+
+
+def fit_fold(spec: ModelSpec, data: ModelData, fold, seed: int, unlabelled: list[str], progress: bool = False,
+             keep_model: bool = False) -> FoldOutput:
+    """Fit ``spec`` on the training part of one fold and predict its test patients (and the unlabelled) once.
+
+    Everything random inside derives from :func:`fold_seed`, so a fold gives the same numbers
+    wherever it runs (on one device type).
+    """
+    s = fold_seed(seed, fold.repeat, fold.fold)
+    part = inner_split(fold.train, data.y, spec.val_fraction, s)
+    if set(fold.test) & set(part.all) or set(part.all) != set(fold.train):
+        raise AssertionError(f"repeat {fold.repeat}, fold {fold.fold}: the training part is not the fold's training set")
+    model = spec.build(seed)
+    record = model.fit(data, part, s, progress=progress, desc=f"r{fold.repeat} f{fold.fold}") or FitRecord()
+    out = FoldOutput(fold.repeat, fold.fold, fold_test_rows(fold, model.predict(data, fold.test), data.y),
+                     pd.Series(model.predict(data, unlabelled), index=unlabelled) if unlabelled else None,
+                     part.val, record)
+    if spec.permutation_repeats and hasattr(model, "permutation_importance"):
+        out.permutation = model.permutation_importance(data, fold.test, spec.permutation_repeats, s)
+    if hasattr(model, "impurity_importance"):
+        out.impurity = model.impurity_importance()
+    if keep_model:
+        out.model = model
+    return out
+
+
+def cross_validate(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed: int, run_dir=None,
+                   progress: bool = True, keep_models: bool = False, engine=None) -> CVResult:
+    """Fit ``spec`` on the training part of every repeat and fold of ``splits``; predict the test part once.
+
+    Patients without a label are predicted by every fold model of a repeat (the mean is kept). With
+    ``run_dir``, each fold's checkpoint and the learning curves go to ``checkpoints/<model>/``.
+    ``engine`` runs the fold jobs (:class:`Sequential` by default; :class:`prrt.learn.engines.DaskEngine`
+    spreads them over processes, GPUs or machines with the same results).
+    """
+    return collect(spec, fold_outputs([spec], data, splits, seed, progress, keep_models, engine)[spec.name],
+                   run_dir)
+
+
+def _check_inputs(spec: ModelSpec, data: ModelData, splits: pd.DataFrame) -> list[str]:
+    """The unlabelled patients ``spec`` predicts; an error when a patient of the splits lacks its inputs."""
+    if spec.build is None:
+        raise ValueError(f"{spec.name} cannot run: {spec.reason}")
+    in_splits = set(splits["patient"])
+    available = predictable_patients(spec, data)
+    missing = in_splits - set(available)
+    if missing:
+        raise ValueError(f"{spec.name}: {len(missing)} patients of the splits lack its inputs "
+                         f"({', '.join(spec.needs)}), e.g. {sorted(missing)[:3]}")
+    return [p for p in available if p not in in_splits]
+
+
+def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, seed: int, progress: bool = True,
+                 keep_models: bool = False, engine=None) -> dict[str, list[FoldOutput]]:
+    """Every (model, repeat, fold) job of ``specs``, run by ``engine``; ``{model: outputs in fold order}``."""
+    from functools import partial
+
+    engine = engine or Sequential()
+    folds = list(iter_folds(splits))
+    jobs = [(spec, f, _check_inputs(spec, data, splits)) for spec in specs for f in folds]
+    desc = specs[0].name if len(specs) == 1 else f"{len(specs)} models"
+    # the jobs' own (epoch) progress bars only where they reach this terminal
+    local = isinstance(engine, Sequential)
+    outs = engine.map(partial(_run_job, seed=seed, keep_model=keep_models, progress=progress and local),
+                      jobs, data, progress=progress, desc=desc)
+    by_model = {spec.name: [] for spec in specs}
+    for (spec, _, _), out in zip(jobs, outs):
+        by_model[spec.name].append(out)
+    return by_model
+
+
+def _run_job(job, data: ModelData, seed: int, keep_model: bool, progress: bool) -> FoldOutput:
+    spec, fold, unlabelled = job
+    return fit_fold(spec, data, fold, seed, unlabelled, progress=progress, keep_model=keep_model)
+
+
+def collect(spec: ModelSpec, outs: list[FoldOutput], run_dir=None) -> CVResult:
+    """The :class:`CVResult` of one spec from its fold outputs; writes checkpoints and curves to ``run_dir``."""
+    import torch
+
+    preds, extra, curves, perm, imp, inner, models = [], {}, [], [], [], {}, {}
+    unlabelled = []
+    for out in outs:
+        preds.append(out.test)
+        if out.unlabelled is not None:
+            unlabelled = list(out.unlabelled.index)
+            extra.setdefault(out.repeat, []).append(out.unlabelled.to_numpy())
+        inner[(out.repeat, out.fold)] = out.val
+        if out.permutation is not None:
+            perm.append(out.permutation.assign(repeat=out.repeat, fold=out.fold))
+        if out.impurity is not None:
+            imp.append(out.impurity.assign(repeat=out.repeat, fold=out.fold))
+        record = out.record
+        if record.curve is not None:
+            curves.append(record.curve.assign(repeat=out.repeat, fold=out.fold,
+                                              best=lambda d, b=record.best_epoch: d["epoch"] == b))
+        if run_dir is not None and record.checkpoint is not None:
+            ck = checkpoint_path(run_dir, spec.name, out.repeat, out.fold)
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(record.checkpoint, ck)
+        if out.model is not None:
+            models[(out.repeat, out.fold)] = out.model
+    order = ["repeat", "fold", "feature", "importance"]
+    curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    if run_dir is not None and curves:
+        curves_df.to_csv(Path(run_dir) / "checkpoints" / spec.name / "curves.csv", index=False)
+    return CVResult(spec.name, assemble_predictions(preds, unlabelled, extra), curves_df,
+                    pd.concat(perm, ignore_index=True)[order] if perm else pd.DataFrame(),
+                    pd.concat(imp, ignore_index=True)[order] if imp else pd.DataFrame(),
+                    inner, list(spec.columns or []), models)
+
+
+def run_models(specs: list[ModelSpec], data: ModelData, cohort, splits: pd.DataFrame, profile, seed: int, run_dir,
+               progress: bool = True, keep_models: bool = False, engine=None) -> tuple[dict[str, CVResult], list[dict]]:
+    """Cross-validate every spec that can run, write its predictions; return the results and summary rows.
+
+    ``engine``: :class:`Sequential` (default) runs the models one after another; another engine
+    (:class:`prrt.learn.engines.DaskEngine`) gets every (model, repeat, fold) job of the chapter at once.
+    """
+    engine = engine or Sequential()
+    runnable = [spec for spec in specs if spec.build is not None]
+    # models that read other models' fold checkpoints (``requires``) wait until those are written:
+    # each wave holds the models whose required models of this call have all been fitted
+    results, pending = {}, list(runnable)
+    while pending:
+        waiting = {spec.name for spec in pending}
+        wave = [spec for spec in pending if not set(spec.requires) & waiting]
+        if not wave:
+            raise ValueError(f"these models require each other in a circle: {sorted(waiting)}")
+        pending = [spec for spec in pending if spec.name not in {w.name for w in wave}]
+        if isinstance(engine, Sequential):  # one progress bar per model
+            outs = {}
+            for spec in wave:
+                outs.update(fold_outputs([spec], data, splits, seed, progress, keep_models, engine))
+        else:
+            outs = fold_outputs(wave, data, splits, seed, progress, keep_models, engine)
+        for spec in wave:
+            results[spec.name] = res = collect(spec, outs[spec.name], run_dir)
+            write_predictions(run_dir, spec.name, res.predictions)
+    rows = []
+    for spec in specs:
+        if spec.build is None:
+            rows.append(skipped(spec.name, spec.chapter, spec.inputs, spec.reason))
+            continue
+        rows.append({"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",
+                     **summarise(results[spec.name].predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
+    results = {spec.name: results[spec.name] for spec in runnable}
+    return results, rows

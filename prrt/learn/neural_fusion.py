@@ -1,0 +1,222 @@
+"""The neural fusions (``intermediate``, ``adaptive``) behind the model interface: :class:`NeuralFusion`.
+
+A :class:`NeuralFusion` builds a :class:`prrt.learn.fusion.FusionNet` for each fold and trains it end to
+end with the loop every network shares (:func:`prrt.learn.training.fit_network`). What it learns besides
+the weights comes from the fitting patients only: the median imputation and standardisation of each
+table branch (laboratory values, SR-PET lesion features) and, for image branches given the scores of the
+fold's unimodal CNNs, those scores' mean and SD. During training each present modality of a patient is
+dropped at random (``modality_dropout``, never all of them). Its predictions are prior-corrected with the
+fitting part's share of short PFS; ``predict(..., without=...)`` masks branches as if the patients
+lacked them (for the modality ablation), :meth:`NeuralFusion.modality_weights` gives each patient's
+weight per modality, and :meth:`NeuralFusion.features` the projected embeddings.
+
+The mechanisms, the network and their settings are described in :mod:`prrt.learn.fusion`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..evaluation import prior_correction
+from .base import FitRecord
+from .fusion import (
+    MODALITIES,
+    TABULAR,
+    FoldModelScores,
+    FusionConfig,
+    FusionNet,
+    LabEncoder,
+    ScoreInput,
+    network_scores,
+)
+from .networks import build_encoder
+from .training import autocast, fit_network, seed_everything, select_device, to_device
+from .weights import load_encoder_weights
+
+
+class NeuralFusion:
+    """Intermediate or adaptive fusion, trained end to end (the model interface of :mod:`prrt.learn.base`)."""
+
+    def __init__(self, modalities: list[str], lab_columns: list[str] | None, cfg: FusionConfig,
+                 ct_weights: dict | None = None, pet_feature_columns: list[str] | None = None,
+                 fold_models: dict[str, FoldModelScores] | None = None):
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
+        self.modalities, self.cfg, self.ct_weights = list(modalities), cfg, ct_weights
+        # image branches given the score of the fold's unimodal CNN instead of a CNN of their own
+        self.fold_models = {m: f for m, f in (fold_models or {}).items() if m in self.modalities}
+        self.columns = {"labs": lab_columns, "pet_features": pet_feature_columns}  # each table branch's columns
+        for m in TABULAR:
+            if m in self.modalities and not self.columns[m]:
+                raise ValueError(f"the fusion's {m!r} branch needs its table columns")
+
+    # -- inputs
+    def _present(self, data, patients) -> torch.Tensor:
+        cols = []
+        for m in self.modalities:
+            key = "table" if m in TABULAR else m
+            cols.append([data.has(p, key, self.columns.get(m)) for p in patients])
+        return torch.tensor(np.array(cols, dtype=np.float32).T.reshape(len(patients), len(self.modalities)))
+
+    def _inputs(self, data, patients) -> dict:
+        out = {}
+        for m in self.modalities:
+            if m in TABULAR:
+                imputer, scaler = self.tables_[m]
+                x = scaler.transform(imputer.transform(data.table.loc[patients, self.columns[m]]))
+                out[m] = torch.as_tensor(np.nan_to_num(x), dtype=torch.float32)
+            elif m in self.fold_models:
+                x = torch.zeros((len(patients), 1))
+                have = [i for i, p in enumerate(patients) if data.has(p, m)]
+                if have:
+                    mean, sd = self.score_scale_[m]
+                    z = (self._raw_scores(data, m, [patients[i] for i in have]) - mean) / sd
+                    x[have, 0] = torch.as_tensor(z, dtype=torch.float32)
+                out[m] = x
+            else:
+                images = data.images.get(m)
+                shape = self.shapes_[m]
+                x = torch.zeros((len(patients), *shape))
+                for i, p in enumerate(patients):
+                    if images is not None and images.has(p):
+                        x[i] = images.take([p])[0]
+                out[m] = x
+        return out
+
+    def _build(self, data) -> FusionNet:
+        encoders = {}
+        for m in self.modalities:
+            if m in TABULAR:
+                encoders[m] = LabEncoder(len(self.columns[m]), self.cfg.lab_width)
+            elif m in self.fold_models:
+                encoders[m] = ScoreInput()
+            else:
+                enc = build_encoder(self.cfg.train.encoder, in_channels=self.shapes_[m][0])
+                if m == "ct" and self.ct_weights is not None:
+                    load_encoder_weights(enc, self.ct_weights)
+                encoders[m] = enc
+        return FusionNet(encoders, self.cfg.mechanism, self.cfg.dim, self.cfg.train.dropout)
+
+    # -- interface
+    def _prepare(self, data, part) -> FusionNet:
+        """Everything a fold's fusion learns besides its weights, from the fitting patients only (the
+        imputers and scalers of the table branches, the fold models' scores and their scale); returns
+        the freshly initialised network."""
+        from sklearn.impute import SimpleImputer
+        from sklearn.preprocessing import StandardScaler
+
+        self.device = select_device(self.cfg.train.device)
+        self.shapes_ = {m: tuple(data.images[m].x.shape[1:]) for m in self.modalities if m in data.images}
+        for m in self.modalities:
+            if m not in TABULAR and m not in self.shapes_:
+                raise ValueError(f"fusion needs {m.upper()} images for some patients; the data has none")
+        # the fold's CNNs; the training patients' scores, computed once; their mean and SD on the fitting part
+        self.scorers_ = {m: source.load(part) for m, source in self.fold_models.items()}
+        self._known, self.score_scale_ = {}, {}
+        self.remember_scores(data, part.fit + part.val)
+        for m in self.fold_models:
+            fit_scores = np.array([self._known[m][p] for p in part.fit if p in self._known[m]])
+            self.score_scale_[m] = (float(fit_scores.mean()), float(fit_scores.std()) or 1.0) if len(fit_scores) else (0.0, 1.0)
+        self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
+        for m in [m for m in self.modalities if m in TABULAR]:
+            x = data.table.loc[part.fit, self.columns[m]]
+            imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(x)
+            self.tables_[m] = (imputer, StandardScaler().fit(imputer.transform(x)))
+        return self._build(data)
+
+    def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
+        cfg = self.cfg.train
+        seed_everything(seed)
+        model = self._prepare(data, part)
+        y_fit = data.y.loc[part.fit].to_numpy(float)
+        x_fit, pr_fit = self._inputs(data, part.fit), self._present(data, part.fit)
+        x_val, pr_val = self._inputs(data, part.val), self._present(data, part.val)
+        self.model, self.prevalence = model, float(y_fit.mean())
+        device = self.device
+
+        def batch(idx, g):
+            present = pr_fit[idx].clone()
+            if self.cfg.modality_dropout and len(self.modalities) > 1:
+                drop = (torch.rand(present.shape, generator=g) < self.cfg.modality_dropout) & (present > 0)
+                keep_one = (present * ~drop).sum(dim=1) == 0  # never drop every modality of a patient
+                drop[keep_one] = False
+                present = present * ~drop
+            return {m: to_device(v[idx], device) for m, v in x_fit.items()}, present.to(device)
+
+        out = fit_network(model, y_fit, data.y.loc[part.val].to_numpy(int), cfg, seed, batch,
+                          validate=lambda: self._raw(x_val, pr_val),
+                          bn_forward=lambda rows: model({m: to_device(v[rows], device) for m, v in x_fit.items()},
+                                                        pr_fit[rows].to(device)),
+                          desc=desc or "fusion", progress=progress)
+        self.model, self._known = out.model, {}
+        return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(),
+                                                     "modalities": self.modalities,
+                                                     "mechanism": self.cfg.mechanism,
+                                                     "fold_models": {m: f.model for m, f in self.fold_models.items()},
+                                                     "training_part": part.digest()})
+
+    def restore(self, data, part, checkpoint: dict):
+        """The fold's fusion as ``fit`` left it on ``part``, from its checkpoint (no training): what it
+        learnt besides the weights is recomputed from the same fitting patients."""
+        if list(checkpoint["modalities"]) != self.modalities:
+            raise ValueError(f"the checkpoint's fusion has the branches {checkpoint['modalities']}, this one {self.modalities}")
+        model = self._prepare(data, part)
+        model.load_state_dict(checkpoint["state_dict"])
+        self.model, self.prevalence = model.to(self.device).eval(), float(data.y.loc[part.fit].mean())
+        return self
+
+    def remember_scores(self, data, patients: list[str]) -> None:
+        """Compute the fold models' scores of ``patients`` once and keep them (the images do not change
+        while the table is shuffled for permutation importance)."""
+        for m in self.fold_models:
+            known = self._known.setdefault(m, {})
+            ids = [p for p in patients if p not in known and data.has(p, m)]
+            if ids:
+                known.update(zip(ids, network_scores(self.scorers_[m], data.images[m].take(ids))))
+
+    def _raw_scores(self, data, m: str, patients: list[str]) -> np.ndarray:
+        """The fold CNN's scores of ``patients`` (those computed while fitting are not computed again)."""
+        known = getattr(self, "_known", {}).get(m, {})
+        if all(p in known for p in patients):
+            return np.array([known[p] for p in patients], dtype=np.float32)
+        return network_scores(self.scorers_[m], data.images[m].take(patients))
+
+    @torch.no_grad()
+    def _raw(self, x, present, weights: bool = False):
+        self.model.eval()
+        out, ws = [], []
+        for i in range(0, len(present), 32):
+            sl = slice(i, i + 32)
+            with autocast(self.device):
+                logit, w = self.model({m: to_device(v[sl], self.device) for m, v in x.items()},
+                                      present[sl].to(self.device), return_weights=True)
+            out.append(torch.sigmoid(logit.float()).cpu())
+            ws.append(w.float().cpu())
+        p = torch.cat(out).numpy() if out else np.zeros(0)
+        return (p, torch.cat(ws).numpy()) if weights else p
+
+    def predict(self, data, patients: list[str], without: tuple[str, ...] = ()) -> np.ndarray:
+        """The probability of short PFS; ``without`` names branches masked as if the patients lacked
+        them (the missing-modality path; for the modality ablation of chapter 05)."""
+        present = self._present(data, patients)
+        for m in without:
+            if m not in self.modalities:
+                raise ValueError(f"the fusion has no {m!r} branch; it has {self.modalities}")
+            present[:, self.modalities.index(m)] = 0
+        p = self._raw(self._inputs(data, patients), present)
+        return prior_correction(p, self.prevalence)
+
+    @torch.no_grad()
+    def features(self, data, patients: list[str]) -> dict[str, np.ndarray]:
+        x, present = self._inputs(data, patients), self._present(data, patients)
+        self.model.eval()
+        h, _ = self.model.embed({m: to_device(v, self.device) for m, v in x.items()}, present.to(self.device))
+        return {m: h[:, i].float().cpu().numpy() for i, m in enumerate(self.modalities)}
+
+    def modality_weights(self, data, patients: list[str]) -> pd.DataFrame:
+        """Each patient's weight per modality (adaptive: the gate; intermediate: equal over present ones)."""
+        _, w = self._raw(self._inputs(data, patients), self._present(data, patients), weights=True)
+        return pd.DataFrame(w, index=list(patients), columns=self.modalities)

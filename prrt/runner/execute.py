@@ -1,0 +1,214 @@
+"""Executing the notebooks of the study into a run directory (:func:`run`).
+
+One run = one manifest + one profile + one seed. ``run`` executes ``notebooks/[0-9][0-9]_*.ipynb`` in
+order with papermill into a *staging* directory beside the run directory (``.<name>.staging-<pid>``, one
+per process), builds the book there (:mod:`prrt.runner.book`) and, only when every notebook and the book
+succeeded, replaces the run directory with it: results and book change together. A failing notebook
+therefore never touches the previous good run or its book; the failed attempt is kept in
+``.<name>.failed`` for inspection. SIGTERM or Ctrl-C stops the notebook's kernel, removes the staging
+directory and leaves the previous run as it was (the lock and the signals: :mod:`prrt.runner.lock`).
+
+Each notebook gets the parameters its ``parameters`` cell declares (:func:`declared_parameters`), with
+paths relative to the run directory. ``run.json`` records the run: the cohort, the SHA-256 of every
+input file, the profile, the seed, the git commit, the package versions, the device and the wall time
+of each notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import nbformat
+
+from ..data import check_compatible, incompatible, load_cohort
+from ..learn import ENV
+from ..profiles import DEFAULT_SEED, get_profile
+from ..provenance import (
+    NOTEBOOKS_DIR,
+    environment_info,
+    file_sha256,
+    git_state,
+    input_hashes,
+    relative,
+)
+from .book import build_book
+from .lock import RunError, RunInterrupted, exclusive, keep_failed, replace_dir, utc_now
+
+HIDDEN_TAG = "remove-cell"
+
+
+def list_notebooks(notebooks_dir=None) -> list[Path]:
+    d = Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR
+    nbs = sorted(p for p in d.glob("[0-9][0-9]_*.ipynb"))
+    if not nbs:
+        raise RunError(f"no notebooks (NN_name.ipynb) found in {d}")
+    return nbs
+
+
+def _finish_notebook(path: Path) -> None:
+    """Tag papermill's injected-parameters cell (and the parameters cell) so the book hides them, and put
+    paths relative to the run directory in papermill's record (it keeps the absolute ones)."""
+    nb = nbformat.read(path, as_version=4)
+    record = nb.metadata.get("papermill", {})
+    if record:
+        record["input_path"] = f"notebooks/{path.name}"  # in the repository
+        record["output_path"] = f"notebooks/{path.name}"  # in the run directory
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if ("injected-parameters" in tags or "parameters" in tags) and HIDDEN_TAG not in tags:
+            cell.metadata["tags"] = tags + [HIDDEN_TAG]
+    nbformat.write(nb, path)
+
+
+def _failed_cell(exc) -> str:
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    cell = getattr(exc, "exec_count", None)
+    return f"cell [{cell}]: {ename}: {evalue}" if cell else f"{ename}: {evalue}"
+
+
+def declared_parameters(notebook) -> set[str]:
+    """Names assigned in a notebook's cell tagged ``parameters`` (read with ``ast``)."""
+    import ast
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)}
+    return set()
+
+
+def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir=None, cache_dir=None,
+        progress: bool = True, log=print, ct_weights=None, ct_weights_prefix=(), engine: str | None = None,
+        workers: int | None = None, book: bool = True, validate_on=None) -> Path:
+    """Execute the notebooks in order into ``run_dir`` and build its book; returns the run directory.
+
+    ``validate_on``: the manifest of a second cohort, which chapter 06 predicts with the models fitted
+    on all of ``manifest``'s labelled patients (:mod:`prrt.study.ch06_external`); it is validated, and checked to be
+    compatible with the first, before anything runs.
+
+    ``engine``: where the notebooks fit their models (:mod:`prrt.learn.engines`): ``None`` in each
+    notebook's own process, one after another; ``"local"`` (``workers`` processes), ``"local-cuda"``
+    or ``"tcp://host:port"``, a Dask cluster. ``book=False``: leave the book out (the run directory
+    then has none until ``build_book``).
+
+    Raises :class:`prrt.data.ManifestError` for an invalid manifest (before anything runs),
+    :class:`prrt.runner.RunLocked` when another process works on ``run_dir``, :class:`RunInterrupted` on SIGTERM or
+    SIGINT, and :class:`RunError` when a notebook or the book fails, naming the notebook and the cell.
+    """
+    get_profile(profile)  # fail early on an unknown profile
+    manifest = Path(manifest).resolve()
+    cohort = load_cohort(manifest, check_images="full", profile=profile)
+    for warning in cohort.warnings:
+        log(str(warning))
+    external = None
+    if validate_on:
+        validate_on = Path(validate_on).resolve()
+        external = load_cohort(validate_on, check_images="full")
+        for warning in external.warnings:
+            log(f"external cohort: {warning}")
+        problems = check_compatible(cohort, external)
+        if problems:
+            raise incompatible(cohort, external, problems)
+    run_dir = Path(run_dir).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "run.json").is_file():
+        raise RunError(f"{run_dir} is not empty and is not a run folder (it has no run.json): a run replaces its whole "
+                       "run folder, so it will not take this one. Choose a new --run-dir; nothing was changed")
+    staging = run_dir.with_name(f".{run_dir.name}.staging-{os.getpid()}")
+    with exclusive(run_dir, "run", log, [staging], "the run was abandoned and its staging folder removed; the previous "
+                    f"results and book in {run_dir} (if any) are untouched"):
+        # with the lock held no other process works here: a staging folder is what a killed run left behind
+        for stale in sorted(run_dir.parent.glob(f".{run_dir.name}.staging*")):
+            log(f"removing {stale.name}, left behind by a run that was killed")
+            shutil.rmtree(stale, ignore_errors=True)
+        _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log,
+                  ct_weights, ct_weights_prefix, engine, workers, book, external)
+        replace_dir(staging, run_dir)
+    return run_dir
+
+
+def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log, ct_weights,
+              ct_weights_prefix, engine, workers, book, external=None) -> None:
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / "notebooks").mkdir(parents=True)
+    notebooks = list_notebooks(notebooks_dir)
+    cache_dir = Path(cache_dir).resolve() if cache_dir else run_dir.parent / ".prrt-cache"
+    info = {
+        "name": run_dir.name,
+        "status": "running",
+        "started": utc_now(),
+        "cohort": {"name": cohort.name, "synthetic": cohort.synthetic, "patients": cohort.n_patients,
+                   "labelled": len(cohort.labelled)},
+        "profile": get_profile(profile).to_dict(),
+        "seed": int(seed),
+        "git": git_state(),
+        **environment_info(),
+        "inputs": input_hashes(cohort, run_dir),
+        "notebooks": [],
+    }
+    # the notebooks run in the run directory, and every path they get is relative to it: papermill keeps
+    # its parameters in the executed notebooks, and an absolute path may name a user or a patient
+    params = {"manifest": relative(manifest, run_dir), "run_dir": ".", "profile": profile, "seed": int(seed),
+              "cache_dir": relative(cache_dir, run_dir), "ct_weights": relative(ct_weights, run_dir) if ct_weights else "",
+              "ct_weights_prefix": ",".join(ct_weights_prefix),
+              "validate_on": relative(external.manifest_path, run_dir) if external is not None else ""}
+    if external is not None:
+        info["external"] = {"cohort": {"name": external.name, "synthetic": external.synthetic,
+                                       "patients": external.n_patients, "labelled": len(external.labelled)},
+                            "inputs": input_hashes(external, run_dir)}
+    if ct_weights:
+        info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
+                              "key_prefixes": list(ct_weights_prefix)}
+    from unittest import mock
+
+
+    info["engine"] = {"address": engine or "sequential", "workers": workers}
+    # the kernels papermill starts inherit the engine (prrt.study.notebook.Context.engine); restored afterwards
+    with mock.patch.dict(os.environ, {ENV: engine or "", ENV + "_WORKERS": str(workers or "")}):
+        _execute(notebooks, staging, run_dir, params, info, progress, log)
+    (staging / "run.json").write_text(json.dumps(info, indent=2))
+    if book:
+        try:
+            build_book(staging, log=log, lock=False)
+        except RunError as exc:
+            failed = keep_failed(staging, run_dir)
+            raise RunError(f"{exc}\nThe run itself succeeded; it is kept in {failed}."
+                           f" The previous run in {run_dir} (if any) and its book are untouched.") from None
+
+
+def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, progress: bool, log) -> None:
+    import papermill as pm
+    from tqdm.auto import tqdm
+
+    t_run = time.perf_counter()
+    bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
+    for nb in bar:
+        bar.set_postfix_str(nb.name)
+        out = staging / "notebooks" / nb.name
+        t0 = time.perf_counter()
+        try:
+            declared = declared_parameters(nb)  # each notebook gets the parameters it declares
+            pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
+                                cwd=str(staging), progress_bar=progress, kernel_name="python3")
+        except RunInterrupted:
+            raise
+        except Exception as exc:  # papermill raises PapermillExecutionError, or kernel errors
+            failed = keep_failed(staging, run_dir)
+            raise RunError(
+                f"notebook {nb.name} failed at {_failed_cell(exc)}\n"
+                f"The executed notebook, up to the error, is in {failed / 'notebooks' / nb.name}.\n"
+                f"The previous run in {run_dir} (if any) and its book are untouched."
+            ) from None
+        _finish_notebook(out)
+        info["notebooks"].append({"name": nb.name, "wall_time_s": round(time.perf_counter() - t0, 1)})
+        log(f"  {nb.name}: {info['notebooks'][-1]['wall_time_s']} s")
+    info.update(status="complete", finished=utc_now(), wall_time_s=round(time.perf_counter() - t_run, 1))
+
+

@@ -1,0 +1,92 @@
+"""Chapter 01, the cohort: who enters the analysis, Table 1 by PFS group, PFS survival and a few patients' images.
+
+Table 1 compares the short-PFS and long-PFS groups (labelled patients only):
+
+* numeric variables: median [interquartile range], two-sided Mann–Whitney U test;
+* categorical variables: n (%), Pearson's chi-square test (with Yates' continuity correction for
+  2×2 tables, as ``scipy.stats.chi2_contingency`` applies it) when every expected count is at least
+  5, otherwise Fisher's exact test (exact for 2×2 tables; for larger tables its p-value is estimated
+  from 20 000 random tables with a seeded generator, so it is reproducible).
+
+Percentages are of patients with a value; missing values are counted in their own column. A level of
+a categorical variable seen in fewer than ``RARE_LEVEL`` (5) of the patients described is never shown
+by name: such levels are pooled into one row, ``other (n < 5)``, so that a rare value (a birth date or
+a ward put into a clinical column by mistake) is not published.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation import cohort_table1, display_table1, exclusion_summary, km_summary
+from ..imaging import preprocess_cohort
+
+
+def pick_example_patients(cohort, n: int, seed: int, modality: str = "pet") -> list[str]:
+    """Pseudonyms of ``n`` patients with images for the montage, half short and half long PFS."""
+    rng = np.random.default_rng(seed)
+    d = cohort.labelled
+    col = f"{modality}_path" if f"{modality}_path" in d.columns else None
+    if col is not None:
+        d = d[d[col].notna()]
+    picks = []
+    for lab, k in ((1, n // 2), (0, n - n // 2)):
+        pool = sorted(d.index[d["label"] == lab])
+        picks += list(rng.choice(pool, size=min(k, len(pool)), replace=False))
+    return sorted(str(p) for p in picks)
+
+
+# ---- what chapter 01 shows ---------------------------------------------------------------------------
+def exclusion_table(cohort):
+    """Who enters the binary task and who is left out (censored before the horizon), as the page shows it: a
+    table without its index (a pandas ``Styler``)."""
+    return exclusion_summary(cohort).style.hide(axis="index")
+
+
+def table1_of_run(ctx) -> pd.DataFrame:
+    """Table 1 of the run's cohort by PFS group (one row per variable or level, with its test and p-values, Holm's
+    adjustment included), written to ``cohort/table1.csv``; empty when the manifest lists no clinical or
+    laboratory variable."""
+    table = cohort_table1(ctx.cohort, seed=ctx.seed)
+    table.to_csv(ctx.path("cohort", "table1.csv"), index=False)
+    return table
+
+
+def table1_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 (:func:`table1_of_run`) as the page shows it."""
+    return display_table1(table)
+
+
+def significance_lines(table: pd.DataFrame) -> list[str]:
+    """Two sentences on Table 1: the variables with p < 0.05, and those still below 0.05 after Holm's adjustment
+    ("none" when there is none); no sentence when no variable was tested."""
+    tested = table[table["test"] != ""]
+    if not len(tested):
+        return []
+    return ["Variables with p < 0.05: " + (", ".join(tested.loc[tested["p"] < 0.05, "variable"]) or "none"),
+            "... and still below 0.05 after Holm's adjustment: "
+            + (", ".join(tested.loc[tested["p_holm"] < 0.05, "variable"]) or "none")]
+
+
+def pfs_lines(cohort) -> list[str]:
+    """The Kaplan–Meier estimates of the cohort in two sentences: median PFS and PFS at the horizon, each with its
+    95 % confidence interval (a cohort with PFS times and a horizon)."""
+    km = km_summary(cohort.data["pfs_months"], cohort.data["event"], cohort.horizon_months)
+    return [f"Median PFS: {km['median_pfs_months']:.1f} months "
+            f"(95 % CI {km['median_pfs_ci'][0]:.1f}–{km['median_pfs_ci'][1]:.1f})",
+            f"PFS at {cohort.horizon_months:g} months: {100 * km['pfs_rate_at_horizon']:.0f} % "
+            f"(95 % CI {100 * km['pfs_rate_ci'][0]:.0f}–{100 * km['pfs_rate_ci'][1]:.0f} %)"]
+
+
+def montage_patients(ctx) -> tuple[dict, dict]:
+    """The patients of the montage (the profile's ``montage_patients``, half of each PFS group, chosen by the
+    seed), preprocessed on the display grid around the body: ``({pseudonym: arrays}, {pseudonym: title})``, the
+    title naming the patient's PFS group."""
+    cohort = ctx.cohort
+    examples = pick_example_patients(cohort, ctx.profile.montage_patients, ctx.seed)
+    arrays = preprocess_cohort(cohort, ctx.profile, ctx.cache_dir, patients=examples,
+                               size=ctx.profile.display_size_voxels, roi="body")
+    group = {1.0: cohort.group_names[0], 0.0: cohort.group_names[1]}
+    titles = {p: f"{p} · {group[cohort.data.at[p, 'label']]}" for p in examples}
+    return arrays, titles

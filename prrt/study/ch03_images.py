@@ -1,0 +1,170 @@
+"""Chapter 03: the unimodal image CNNs (SR-PET, CT), what their inputs hold, and how they compare with the
+laboratory model. Their training engine, shared by every image model (:mod:`prrt.learn`):
+
+* **Data in memory.** Preprocessed tensors come from the imaging cache once
+  (:func:`image_tensors`) and stay in memory as one tensor, so an epoch re-reads no file.
+* **Device.** CUDA when present, else CPU (:func:`select_device`). On a GPU: bf16 autocast, the
+  ``channels_last_3d`` memory format and cuDNN autotuning; on the CPU: float32 and deterministic
+  algorithms, so that the same seed gives the same predictions.
+* **Class imbalance.** Binary cross-entropy with ``pos_weight = n_long / n_short`` of the training
+  patients; the test predictions are then prior-corrected with the fitting part's share of short
+  PFS (:func:`prrt.evaluation.prior_correction`), so that they read as risks.
+* **Schedule and the kept weights.** AdamW with a cosine-annealed learning rate over the profile's
+  epochs; by default (``selection = "last"``) the weights after the last epoch are kept.
+  ``selection = "val_loss"`` keeps the epoch with the lowest inner-validation loss instead: on the
+  tuning cohort (generator seed 7) that choice, made on ~15 validation patients, kept one of the
+  first five epochs in 19 of 42 folds (see book/methods.md).
+* **Inner validation.** Each training fold is split once more, stratified, into a part that fits
+  the network and a validation part (``val_fraction``) whose loss and AUROC per epoch are the
+  learning curves (and that selects the epoch with ``selection = "val_loss"``). The test fold is
+  never seen before its single prediction.
+* **Augmentation** on training batches only: a random affine (rotation up to ±0.1 rad, scaling
+  ±5 %, translation ±5 % of the field of view) applied to the whole batch at once with MONAI's
+  ``AffineTransform`` layer, and a random intensity scaling of ±10 %.
+* **Records.** A tqdm progress bar per fold; the best checkpoint (``checkpoints/<model>/r{repeat}_f{fold}.pt``)
+  and the training curve (loss and validation AUROC per epoch) per repeat and fold.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pandas as pd
+
+from ..evaluation import (
+    format_summary,
+    mean_training_patients,
+    pairwise_table,
+    read_predictions,
+)
+from ..imaging import (
+    box_summary,
+    format_signal_table,
+    input_boxes,
+    prepare_inputs,
+    signal_table_for,
+)
+from ..learn import (
+    config_from_profile,
+    count_weights,
+    image_data,
+    image_spec,
+    select_device,
+)
+from .ch01_cohort import pick_example_patients
+from .names import IMAGE_MODELS
+from .notebook import fit_models, models_that_ran, table_from_dict
+from .reported import comparison_tables
+
+#: The laboratory model of chapter 02 that the networks are compared with.
+LAB_MODEL = "lab_rf"
+
+
+def input_description(profile, base: str) -> str:
+    """``base`` (e.g. "SR-PET, 3D CNN") with the input the profile gives it: mask channel and region."""
+    modality, _, net = base.partition(", ")
+    mask = " + lesion mask" if profile.mask_channel else ""
+    where = "lesion-centred" if profile.roi == "lesions" else "whole body"
+    return f"{modality}{mask} ({where}), {net}"
+
+
+def image_specs(cohort, profile, chapter: str = "03") -> list:
+    """The PET CNN and the CT CNN of chapter 03."""
+    cfg = config_from_profile(profile)
+    return [image_spec(name, modality, cfg, chapter, input_description(profile, description),
+                       modality in cohort.modalities, oracle)
+            for name, (modality, description, oracle) in IMAGE_MODELS.items()]
+
+
+# ---- what chapter 03 shows ---------------------------------------------------------------------------
+def training_patients_per_fold(ctx) -> int:
+    """Training patients per fold of the run's shared splits, averaged over every repeat and fold (rounded)."""
+    return mean_training_patients(ctx.splits)
+
+
+def network_inputs(ctx) -> dict:
+    """The networks' inputs of every patient, ``{roi: {pseudonym: arrays}}``: the profile's region of interest
+    and the other one for comparison (each patient's box written to ``inputs/boxes_<roi>.csv``); empty when the
+    manifest names no CT or PET."""
+    return prepare_inputs(ctx.cohort, ctx.profile, ctx.cache_dir, ctx.run_dir)
+
+
+def input_grid_tables(inputs: dict, profile) -> dict[str, pd.DataFrame]:
+    """For each region of interest of ``inputs``, a heading (is it this profile's?) and the summary of its
+    boxes: how many patients got each kind of box, and its extent and voxel spacing."""
+    return {f"Input grids, roi = {roi!r}" + (" (this profile's)" if roi == profile.roi else " (for comparison)"):
+            box_summary(input_boxes(arrays)) for roi, arrays in inputs.items()}
+
+
+def example_inputs(ctx, inputs: dict) -> tuple[dict, dict]:
+    """Two patients (one of each PFS group, chosen by the seed) as the networks receive them, on the profile's
+    region of interest: ``({pseudonym: arrays}, {pseudonym: title})``."""
+    arrays = inputs[ctx.profile.roi]
+    shown = [p for p in pick_example_patients(ctx.cohort, 2, ctx.seed) if p in arrays]
+    group = {1.0: "short PFS", 0.0: "long PFS"}
+    titles = {p: f"{p} · {group.get(ctx.cohort.data.at[p, 'label'], 'no label')}" for p in shown}
+    return {p: arrays[p] for p in shown}, titles
+
+
+def input_signal_table(ctx, inputs: dict) -> pd.DataFrame:
+    """The AUROC of a few plain statistics of the networks' inputs, per modality and region of interest, as the
+    page shows them; the numbers are written to ``results/03_input_signal.csv``."""
+    signal = signal_table_for(inputs, ctx.cohort)
+    signal.to_csv(ctx.path("results", "03_input_signal.csv"), index=False)
+    return format_signal_table(signal)
+
+
+class TrainingSetup(NamedTuple):
+    """How the profile trains the image networks."""
+
+    device: object  # the torch device the networks train on
+    settings: pd.DataFrame  # every training setting, one row each
+    weights: int  # trainable weights of each network
+
+
+def training_setup(profile) -> TrainingSetup:
+    """The device, the training settings and the size of each network for ``profile`` (with the lesion mask as
+    a second input channel when the profile says so)."""
+    cfg = config_from_profile(profile)
+    return TrainingSetup(select_device(cfg.device), table_from_dict(cfg.to_dict(), "training setting"),
+                         count_weights(cfg, in_channels=2 if profile.mask_channel else 1))
+
+
+def fit_chapter_models(ctx, inputs: dict) -> tuple[dict, pd.DataFrame]:
+    """Cross-validate the PET CNN and the CT CNN (:func:`image_specs`) on the inputs of the profile's region of
+    interest; returns their results and the run's summary (with the chapter's rows)."""
+    data = image_data(ctx.cohort, ctx.profile, ctx.cache_dir, arrays=inputs.get(ctx.profile.roi))
+    return fit_models(ctx, image_specs(ctx.cohort, ctx.profile), data)
+
+
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows of the networks and of the laboratory model, as the book shows them."""
+    return format_summary(summary[summary["model"].isin([LAB_MODEL, *IMAGE_MODELS])])
+
+
+def learning_curves(results: dict) -> dict[str, pd.DataFrame]:
+    """Each network's training curves (loss and validation AUROC per repeat, fold and epoch)."""
+    return {n: r.curves for n, r in results.items()}
+
+
+def with_lab_model(ctx, results: dict, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The networks' out-of-fold predictions and, when it ran in chapter 02, the laboratory model's."""
+    compare = {n: r.predictions for n, r in results.items()}
+    if LAB_MODEL in models_that_ran(summary):
+        compare[LAB_MODEL] = read_predictions(ctx.run_dir, LAB_MODEL)
+    return compare
+
+
+def paired_comparison(compare: dict[str, pd.DataFrame], splits: pd.DataFrame) -> pd.DataFrame | None:
+    """Each network against the laboratory model (paired tests on the shared splits); ``None`` when either side
+    is missing."""
+    if LAB_MODEL not in compare or len(compare) < 2:
+        return None
+    return pairwise_table(compare, splits, reference=LAB_MODEL)
+
+
+def comparison_with_study(ctx, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The networks and the laboratory model beside the study's numbers, with the oracle AUROC of each modality
+    on a synthetic cohort (:func:`prrt.study.reported.comparison_tables`)."""
+    keys = {name: oracle for name, (_, _, oracle) in IMAGE_MODELS.items()} | {LAB_MODEL: "lab"}
+    return comparison_tables(ctx.cohort, summary[summary["model"].isin(keys)], keys)

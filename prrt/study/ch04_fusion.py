@@ -1,0 +1,388 @@
+"""Multimodal fusion of laboratory values, SR-PET and CT behind the model interface of :mod:`prrt.learn`.
+
+Three mechanisms, each a :class:`prrt.learn.ModelSpec`:
+
+``late``
+    Stacking. The unimodal models (their own specs) are cross-validated *inside* the training part
+    of each fold (stratified ``inner_folds``-fold, training patients only); a logistic regression
+    learns how to weigh their out-of-fold logits, and is then applied to the logits of unimodal
+    models refitted on the whole training part. The test fold is never predicted before the single
+    final prediction, and no stacking weight is fitted on a test-fold prediction.
+``intermediate``
+    One network, trained end to end: each modality's encoder (a small MLP on the laboratory
+    values, the CNN encoders for PET and CT) gives an embedding, projected to a common size; the
+    projections are concatenated (a missing modality's slot is zero) and a linear head gives the
+    logit.
+``adaptive``
+    Cross-modal adaptive fusion: the same branches, and per patient a softmax gate over the
+    modalities it has (a learnt score of each projected embedding); the fused embedding is the
+    weighted sum. :meth:`NeuralFusion.modality_weights` returns the weights each patient's
+    modalities received.
+
+Missing modalities: a patient without PET, CT or laboratory values is still predicted. In the
+neural fusions a missing modality is masked (its slot zeroed, or left out of the gate) and, during
+training, each present modality of a patient is dropped at random (``modality_dropout``, never all
+of them) so that the network learns to do without. In late fusion a missing unimodal prediction
+is replaced by that model's mean logit on the training part.
+
+The laboratory branch sees the values imputed (median) and standardised with statistics of the
+fitting part only; the CNN branches see the same preprocessed inputs as chapter 03. With
+``profile.fusion_pet_features`` the SR-PET part of a fusion has two branches: the PET CNN and a
+small network on the lesion features of chapter 02 (``pet_features``; imputed and standardised
+like the laboratory values, absent where the PET is). With ``ct_weights`` the CT encoder starts
+from pretrained weights (:mod:`prrt.learn.pretrain`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluation import (
+    compare_models,
+    format_p,
+    format_summary,
+    p_phrase,
+    read_predictions,
+)
+from ..imaging import FEATURES, cohort_features
+from ..learn import (
+    SOURCE,
+    FoldModelScores,
+    FusionConfig,
+    LateFusion,
+    ModelSpec,
+    NeuralFusion,
+    config_from_profile,
+    ct_encoder_state,
+    feature_table,
+    fusion_config,
+    image_data,
+    image_spec,
+    make_model,
+    table_spec,
+)
+from .ch03_images import input_description
+from .names import (
+    CLASSICAL,
+    CT_PRETRAINED,
+    FUSIONS,
+    HEADLINE,
+    LATE_FUSION,
+    MODEL_CHAPTERS,
+    SEVEN,
+    UNIMODAL,
+    inputs_without,
+    mechanism_variant,
+)
+from .notebook import RiskGroups, fit_models, median_risk_groups
+from .reported import comparison_tables
+
+
+def late_fusion_spec(name: str, chapter: str, inputs: str, bases: list[ModelSpec], inner_folds: int = 3,
+                     oracle: str | None = None) -> ModelSpec:
+    runnable = [b for b in bases if b.build is not None]
+    if len(runnable) < 2:
+        return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
+    # the image bases need their modality; the tabular base (laboratory values) declares none
+    missing = [b.needs[0] if b.needs else "labs" for b in bases if b.build is None]
+    return ModelSpec(name, chapter, inputs_without(inputs, missing), lambda seed: LateFusion(runnable, inner_folds),
+                     oracle=oracle)
+
+
+def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[str], cohort, cfg: FusionConfig,
+                       ct_weights: dict | None = None, oracle: str | None = None,
+                       fold_models: dict[str, FoldModelScores] | None = None) -> ModelSpec:
+    """A neural fusion over the ``modalities`` the manifest has (skipped if they come from fewer than
+    two sources: laboratory values, SR-PET, CT). ``pet_features`` reads the columns of
+    :data:`prrt.imaging.FEATURES` from the data's table (see :func:`chapter_table`).
+    ``fold_models`` (``{"pet": FoldModelScores, ...}``): those image branches read the fold's unimodal
+    CNN instead of training their own (the spec then ``requires`` that model)."""
+    sources = {"labs": bool(cohort.labs), "pet": "pet" in cohort.modalities, "ct": "ct" in cohort.modalities}
+    have = [m for m in modalities if sources[SOURCE[m]]]
+    if len({SOURCE[m] for m in have}) < 2:
+        return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
+    labs = list(cohort.labs) if "labs" in have else None
+    pet = list(FEATURES) if "pet_features" in have else None
+    missing = list(dict.fromkeys(SOURCE[m] for m in modalities if m not in have))
+    fold_models = {m: f for m, f in (fold_models or {}).items() if m in have}
+    return ModelSpec(name, chapter, inputs_without(inputs, missing),
+                     lambda seed: NeuralFusion(have, labs, cfg, ct_weights, pet_feature_columns=pet,
+                                               fold_models=fold_models),
+                     oracle=oracle, val_fraction=cfg.train.val_fraction,
+                     requires=tuple(f.model for f in fold_models.values()))
+
+
+def chapter_table(cohort, run_dir, progress: bool = True) -> pd.DataFrame:
+    """The table chapter 04 reads: laboratory values, numeric clinical variables and, where the manifest
+    names PET images, the SR-PET lesion features that chapter 02 wrote (computed here if it did not)."""
+    if "pet" not in cohort.modalities:
+        return feature_table(cohort)
+    path = Path(run_dir) / "features" / "pet_features.csv"
+    if path.is_file():
+        pet = pd.read_csv(path, index_col=0)
+        pet.index = pet.index.astype(str)
+    else:
+        pet = cohort_features(cohort, progress=progress)
+    return feature_table(cohort, pet)
+
+
+def fusion_modalities(mods: list[str], profile) -> list[str]:
+    """The branches of a fusion of ``mods``: SR-PET is the CNN and, with ``profile.fusion_pet_features``,
+    also the lesion features of chapter 02."""
+    if not profile.fusion_pet_features or "pet" not in mods:
+        return list(mods)
+    i = mods.index("pet")
+    return [*mods[:i], "pet_features", *mods[i:]]
+
+
+def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", run_dir=None) -> list[ModelSpec]:
+    """The models chapter 04 trains: the pretrained CT CNN, the four fusions (the profile's mechanism,
+    pretrained CT branch) and, for laboratory values + SR-PET + CT, the other two mechanisms.
+
+    With ``profile.fusion_image_branches == "fold_models"`` the neural fusions' image branches are the
+    scores of the fold models that ``run_dir`` holds: the PET CNN of chapter 03 and the pretrained CT
+    CNN of this chapter (the CT CNN of chapter 03 when there is no pretraining)."""
+    cfg = config_from_profile(profile)
+    no_weights = "no CT pretraining in the manifest (ct_pretraining) or the run (--ct-weights)"
+    specs = [image_spec("ct_cnn_pretrained", "ct", cfg, chapter,
+                        input_description(profile, "CT, 3D CNN") + ", encoder pretrained",
+                        "ct" in cohort.modalities and ct_state is not None, oracle="ct", encoder_weights=ct_state,
+                        reason=None if "ct" in cohort.modalities else "the manifest names no CT images")]
+    if "ct" in cohort.modalities and ct_state is None:
+        specs[0].reason = no_weights
+    mech = profile.fusion_mechanism
+    pretrained = " (CT branch pretrained)" if ct_state is not None else ""
+
+    branches = getattr(profile, "fusion_image_branches", "end_to_end")
+    if branches not in ("end_to_end", "fold_models"):
+        raise ValueError(f"fusion_image_branches must be 'end_to_end' or 'fold_models', not {branches!r}")
+    fold_models = None
+    if branches == "fold_models":
+        if run_dir is None:
+            raise ValueError("fusions with image branches from the fold models need the run folder (run_dir)")
+        ct_source = "ct_cnn_pretrained" if ct_state is not None else "ct_cnn"
+        fold_models = {"pet": FoldModelScores(run_dir, "pet_cnn", "pet", MODEL_CHAPTERS["pet_cnn"]),
+                       "ct": FoldModelScores(run_dir, ct_source, "ct", MODEL_CHAPTERS[ct_source])}
+        pretrained = " (CT CNN pretrained)" if ct_state is not None else ""
+
+    def text_of(mods, text, mechanism):
+        cnn = "CNN score" if fold_models else "CNN"
+        lesions = f" ({cnn} and lesion features)" if "pet_features" in fusion_modalities(mods, profile) else ""
+        images = ", image branches: the fold's unimodal CNN scores" if fold_models and {"pet", "ct"} & set(mods) else ""
+        return (text.replace("SR-PET", f"SR-PET{lesions}") + f", {mechanism} fusion"
+                + (pretrained if "ct" in mods else "") + images)
+
+    for name, (mods, text) in FUSIONS.items():
+        specs.append(neural_fusion_spec(name, chapter, text_of(mods, text, mech), fusion_modalities(mods, profile),
+                                        cohort, fusion_config(profile, mech), ct_weights=ct_state,
+                                        oracle="all" if len(mods) == 3 else None, fold_models=fold_models))
+    mods, text = FUSIONS[HEADLINE]
+    for other in [m for m in ("intermediate", "adaptive") if m != mech]:
+        specs.append(neural_fusion_spec(mechanism_variant(other), chapter, text_of(mods, text, other),
+                                        fusion_modalities(mods, profile), cohort, fusion_config(profile, other),
+                                        ct_weights=ct_state, oracle="all", fold_models=fold_models))
+    labs = list(cohort.labs)
+    bases = [table_spec("lab_rf", chapter, "labs", labs or None, lambda s: make_model("rf", s, profile)),
+             image_spec("pet_cnn", "pet", cfg, chapter, "PET", "pet" in cohort.modalities),
+             image_spec("ct_cnn", "ct", cfg, chapter, "CT", "ct" in cohort.modalities,
+                        encoder_weights=ct_state)]
+    specs.append(late_fusion_spec("lab_pet_ct_late", chapter, "laboratory values + SR-PET + CT, late fusion "
+                                  "(stacking of the unimodal models)", bases, profile.late_inner_folds, oracle="all"))
+    subsets = {"headline": {"ct_cnn_pretrained", HEADLINE, "lab_pet_ct_late"},  # one model of each kind
+               "fusion": {"ct_cnn_pretrained", HEADLINE},  # without the nested CNN training of late fusion
+               "neural": {s.name for s in specs} - {"lab_pet_ct_late"}}
+    if profile.fusion_models in subsets:
+        keep = subsets[profile.fusion_models]
+        specs = [s if s.name in keep or s.build is None else
+                 replace(s, build=None, reason=f"not trained in the {profile.name} profile "
+                                               f"(fusion_models = {profile.fusion_models})")
+                 for s in specs]
+    elif profile.fusion_models != "all":
+        raise ValueError(f"fusion_models must be 'all', 'neural', 'headline' or 'fusion', not {profile.fusion_models!r}")
+    return specs
+
+
+# ---- what chapter 04 shows ---------------------------------------------------------------------------
+def image_branches_text(profile, ct_pretrained: bool) -> str:
+    """How this run's neural fusions get their SR-PET and CT branches, in a sentence or two (Markdown)."""
+    if getattr(profile, "fusion_image_branches", "end_to_end") == "fold_models":
+        ct = "the pretrained CT CNN above" if ct_pretrained else "the CT CNN of chapter 3"
+        return ("In this run (profile setting `fusion_image_branches: fold_models`) the fusions train no CNN of their "
+                "own: their SR-PET and CT branches are given the score of the fold's unimodal CNN (the PET CNN of "
+                f"chapter 3 and {ct}), standardised on the fitting patients. That CNN was trained on exactly the "
+                "same training patients: a fingerprint of the two patient lists is saved with every checkpoint and "
+                "checked, so no test patient of the fold reached it. Only the fusion's small networks learn, which "
+                "keeps the chapter within minutes on a laptop CPU; the paper profile trains the encoders end to end.")
+    start = " (the CT encoder from the pretrained weights)" if ct_pretrained else ""
+    return f"In this run the fusions train their SR-PET and CT encoders end to end{start}, with the rest of the network."
+
+
+def headline_comparisons(run_dir, summary: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Paired tests (corrected resampled t-test, DeLong) of the fusion against the best unimodal model
+    and the classical baseline, and of the pretrained CT CNN against the CT CNN from scratch."""
+    ran = set(summary.loc[summary["status"] == "ran", "model"])
+    auroc = summary.set_index("model")["auroc_mean"]
+    pairs = []
+    uni = [m for m in UNIMODAL if m in ran]
+    if HEADLINE in ran and uni:
+        best = max(uni, key=lambda m: auroc[m])
+        pairs.append((HEADLINE, best, "fusion vs the best unimodal model"))
+    if HEADLINE in ran and CLASSICAL in ran:
+        pairs.append((HEADLINE, CLASSICAL, "fusion vs the classical baseline (labs + PET features, Random Forest)"))
+    if {"ct_cnn_pretrained", "ct_cnn"} <= ran:
+        pairs.append(("ct_cnn_pretrained", "ct_cnn", "CT CNN: pretrained encoder vs from scratch"))
+    rows = []
+    for a, b, what in pairs:
+        c = compare_models(read_predictions(run_dir, a), read_predictions(run_dir, b), splits)
+        rows.append({"comparison": what, "model": a, "versus": b,
+                     "AUROC": f"{auroc[a]:.2f} vs {auroc[b]:.2f}",
+                     "difference (mean over folds)": f"{c['auroc_difference']:+.3f}",
+                     "p, corrected resampled t-test": format_p(c["p_corrected_t"]), "p, DeLong": format_p(c["p_delong"])})
+    return pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
+
+
+def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+    """The chapter's result in a sentence or two (Markdown), from the summary rows and the paired tests."""
+    rows = summary.set_index("model")
+    if HEADLINE not in rows.index or rows.loc[HEADLINE, "status"] != "ran":
+        why = rows.loc[HEADLINE, "status"] if HEADLINE in rows.index else "not in the summary"
+        return f"The laboratory + SR-PET + CT fusion did not run ({why}), so there is no fusion result to report."
+
+    def score(m):
+        r = rows.loc[m]
+        return f"{r['auroc_mean']:.2f} ± {r['auroc_sd']:.2f}"
+
+    r = rows.loc[HEADLINE]
+    out = [f"In this run the laboratory + SR-PET + CT fusion reached an AUROC of {score(HEADLINE)} "
+           f"(AUPRC {r['auprc_mean']:.2f} ± {r['auprc_sd']:.2f}; mean ± SD over {int(r['n_repeats'])} repeats)."]
+    for _, c in comparisons.iterrows() if not comparisons.empty else []:
+        if c["model"] != HEADLINE:
+            continue
+        kind = "the best unimodal model" if c["versus"] in UNIMODAL else "the classical baseline"
+        p = p_phrase(c["p, corrected resampled t-test"])
+        out.append(f"Against {kind}, `{c['versus']}` ({score(c['versus'])}), the per-fold AUROCs differ on average "
+                   f"by {c['difference (mean over folds)']} (corrected resampled t-test p {p}).")
+    return " ".join(out)
+
+
+def modality_weights(result, data) -> pd.DataFrame:
+    """Each patient's modality weights in a neural fusion, from the fold models that tested them (mean over repeats)."""
+    parts = []
+    for (repeat, fold), model in result.models.items():
+        test = result.predictions.query("repeat == @repeat and fold == @fold")["patient"].tolist()
+        if test and hasattr(model, "modality_weights"):
+            parts.append(model.modality_weights(data, test))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts).groupby(level=0).mean()
+
+
+def stacking_weights(result) -> pd.DataFrame:
+    """The late fusion's logistic-regression coefficients per fold (on each unimodal model's logit)."""
+    rows = [m.stacking_weights().rename((r, f)) for (r, f), m in result.models.items() if hasattr(m, "stacking_weights")]
+    return pd.DataFrame(rows) if rows else pd.DataFrame()
+
+
+# ---- the chapter's steps -----------------------------------------------------------------------------
+#: The oracle key of each model of the comparison with the study (what the generator's risk of those inputs reaches).
+ORACLE_KEYS = {"lab_rf": "lab", "pet_cnn": "pet", "ct_cnn": "ct", CT_PRETRAINED: "ct", HEADLINE: "all"}
+#: The laboratory + SR-PET + CT fusion by each mechanism: the profile's (the headline) and the others.
+MECHANISMS = [HEADLINE, mechanism_variant("intermediate"), mechanism_variant("adaptive"), LATE_FUSION]
+
+
+def ct_encoder(ctx, ct_weights: str = "", ct_weights_prefix: str = "") -> tuple[dict | None, dict, str]:
+    """The CT encoder's starting weights for this run (:func:`prrt.learn.ct_encoder_state`): from ``ct_weights``
+    (a state-dict file; ``ct_weights_prefix``: key renames ``OLD=NEW``, comma-separated) or pretrained on the
+    manifest's CT collection. Returns ``(state dict or None, its card, how it was made in words)``."""
+    prefixes = [p for p in ct_weights_prefix.split(",") if p]
+    return ct_encoder_state(ctx.cohort, ctx.profile, ctx.cache_dir, ctx.seed, ct_weights, prefixes)
+
+
+def pretraining_text(how: str) -> str:
+    """The CT encoder's starting point in words, for the page's prose (Markdown)."""
+    return how or "no pretraining (none is configured)"
+
+
+def pretraining_line(how: str, card: dict) -> str:
+    """One line on the pretraining this run made: epochs, time, input size and channels."""
+    return (f"{how}: {card['epochs']} epochs, {card['seconds']} s; inputs {card['input_size_voxels']} voxels, "
+            f"{card['in_channels']} channels")
+
+
+def fit_chapter_models(ctx, ct_state: dict | None) -> tuple[object, dict, pd.DataFrame]:
+    """Cross-validate the models of :func:`chapter_specs` (keeping each fold's model, whose weights the chapter
+    shows) on the chapter's table and the image inputs. Returns the data (:class:`prrt.learn.ModelData`), the
+    results and the run's summary (with the chapter's rows)."""
+    data = image_data(ctx.cohort, ctx.profile, ctx.cache_dir, table=chapter_table(ctx.cohort, ctx.run_dir))
+    specs = chapter_specs(ctx.cohort, ctx.profile, ct_state, run_dir=ctx.run_dir)
+    results, summary = fit_models(ctx, specs, data, keep_models=True)
+    return data, results, summary
+
+
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The chapter's rows of the run's summary, as the book shows them."""
+    return format_summary(summary[summary["chapter"] == "04"])
+
+
+def seven_models(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows of the study's seven models and of the pretrained CT CNN, in the study's order."""
+    order = SEVEN + [CT_PRETRAINED]
+    rows = summary[summary["model"].isin(order)]
+    return rows.set_index("model").reindex([m for m in order if m in set(rows["model"])]).reset_index()
+
+
+def seven_models_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`seven_models` as the book shows them."""
+    return format_summary(seven_models(summary))
+
+
+def comparison_with_study(ctx, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The seven models beside the study's numbers, with the oracle AUROC of their inputs on a synthetic cohort
+    (:func:`prrt.study.reported.comparison_tables`)."""
+    return comparison_tables(ctx.cohort, seven_models(summary), ORACLE_KEYS)
+
+
+def paired_tests(ctx, summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`headline_comparisons` on the run's shared splits, written to ``results/04_paired_tests.csv``; empty
+    (and no file) when the fusion or the models it is compared with did not run."""
+    comparisons = headline_comparisons(ctx.run_dir, summary, ctx.splits)
+    if not comparisons.empty:
+        comparisons.to_csv(ctx.path("results", "04_paired_tests.csv"))
+    return comparisons
+
+
+def mechanisms_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows of the laboratory + SR-PET + CT fusion by each mechanism, as the book shows them."""
+    return format_summary(summary[summary["model"].isin(MECHANISMS)])
+
+
+def fusion_weights(ctx, results: dict, data) -> tuple[str, pd.DataFrame] | None:
+    """The modality weights of each patient (:func:`modality_weights`) in the laboratory + SR-PET + CT neural
+    fusion (the headline's, else the adaptive one), written to ``results/04_modality_weights.csv``: ``(model,
+    weights)``; ``None`` when no such fusion ran or it gives no weights."""
+    fused = [n for n in [HEADLINE, mechanism_variant("adaptive")] if n in results]
+    if not fused:
+        return None
+    weights = modality_weights(results[fused[0]], data)
+    if weights.empty:
+        return None
+    weights.to_csv(ctx.path("results", "04_modality_weights.csv"))
+    return fused[0], weights
+
+
+def stacking_summary(results: dict) -> pd.DataFrame | None:
+    """Mean and SD over the folds of the late fusion's stacking coefficients (two decimals); ``None`` when the
+    late fusion did not run."""
+    if LATE_FUSION not in results:
+        return None
+    return stacking_weights(results[LATE_FUSION]).describe().loc[["mean", "std"]].round(2)
+
+
+def risk_groups(cohort, results: dict) -> RiskGroups | None:
+    """The median risk groups of the laboratory + SR-PET + CT fusion; ``None`` without PFS times or fusion."""
+    if not cohort.has_survival or HEADLINE not in results:
+        return None
+    return median_risk_groups(cohort, HEADLINE, results[HEADLINE].predictions)

@@ -1,0 +1,63 @@
+"""The names of the book's models and inputs, in one place: every chapter, table and figure reads them here.
+
+A model's name is the key of its row in ``results/summary.csv``, of ``predictions/<model>.csv`` and of
+``checkpoints/<model>/``; the mechanisms of :mod:`prrt.learn` and :mod:`prrt.explain` never name a model (a
+test checks that no module outside :mod:`prrt.study` holds one of :data:`MODELS`).
+"""
+
+from __future__ import annotations
+
+# ---- models, chapter by chapter ----------------------------------------------------------------------
+#: The models of chapter 02 (laboratory values and SR-PET lesion features).
+LAB_MODELS = ("lab_rf", "lab_rf_with_cycles", "lab_logreg", "pet_features_rf", "pet_features_logreg",
+              "lab_pet_features_rf")
+#: The unimodal image models of chapter 03: name -> (modality, description, oracle key).
+IMAGE_MODELS = {"pet_cnn": ("pet", "SR-PET, 3D CNN", "pet"), "ct_cnn": ("ct", "CT, 3D CNN", "ct")}
+#: Chapter 04's CT CNN whose encoder starts from the pretrained weights.
+CT_PRETRAINED = "ct_cnn_pretrained"
+#: The models of chapter 04 besides the unimodal ones of chapters 02-03: name -> (modalities, description).
+FUSIONS = {
+    "lab_pet_fusion": (["labs", "pet"], "laboratory values + SR-PET"),
+    "lab_ct_fusion": (["labs", "ct"], "laboratory values + CT"),
+    "pet_ct_fusion": (["pet", "ct"], "SR-PET + CT"),
+    "lab_pet_ct_fusion": (["labs", "pet", "ct"], "laboratory values + SR-PET + CT"),
+}
+HEADLINE = "lab_pet_ct_fusion"
+#: The laboratory + SR-PET + CT fusion with another mechanism than the profile's: its name.
+LATE_FUSION = "lab_pet_ct_late"
+
+
+def mechanism_variant(mechanism: str) -> str:
+    """The name of the laboratory + SR-PET + CT fusion with ``mechanism`` when it is not the headline's."""
+    return f"lab_pet_ct_{mechanism}"
+
+
+#: Every model the book can fit.
+MODELS = (*LAB_MODELS, *IMAGE_MODELS, CT_PRETRAINED, *FUSIONS, mechanism_variant("intermediate"),
+          mechanism_variant("adaptive"), LATE_FUSION)
+
+#: The seven models of the study's comparison (its Table 3).
+SEVEN = ["lab_rf", "pet_cnn", "ct_cnn", "lab_pet_fusion", "lab_ct_fusion", "pet_ct_fusion", HEADLINE]
+UNIMODAL = ["lab_rf", "pet_cnn", "ct_cnn", CT_PRETRAINED]
+#: The strongest classical baseline of chapter 02 (Random Forest on laboratory values + PET features).
+CLASSICAL = "lab_pet_features_rf"
+#: Models for the survival view of chapter 02, in order of preference: baseline predictors only.
+RISK_GROUP_MODELS = ("lab_pet_features_rf", "lab_rf", "pet_features_rf")
+#: The model whose numbers the checklist quotes, in order of preference: chapter 04's headline fusion, else
+#: the laboratory Random Forest, else the first model that ran.
+HEADLINE_ORDER = (HEADLINE, "lab_rf")
+#: The chapter that fits each model whose fold checkpoints another chapter reads.
+MODEL_CHAPTERS = {"pet_cnn": "03", "ct_cnn": "03", CT_PRETRAINED: "04"}
+
+# ---- inputs ------------------------------------------------------------------------------------------
+#: How the inputs column names a modality (the fusion modalities).
+MODALITY_NAMES = {"labs": "laboratory values", "pet_features": "SR-PET lesion features", "pet": "SR-PET", "ct": "CT"}
+#: The sources a fusion can be ablated by, as the book names them.
+SOURCE_NAMES = {"labs": "laboratory values", "pet": "SR-PET", "ct": "CT"}
+
+
+def inputs_without(inputs: str, missing: list[str]) -> str:
+    """``inputs`` with the modalities it lacks in this manifest named, so that the summary tells the truth."""
+    if not missing:
+        return inputs
+    return f"{inputs}; without {' or '.join(MODALITY_NAMES.get(m, m) for m in missing)} (not in the manifest)"

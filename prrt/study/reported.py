@@ -1,0 +1,50 @@
+"""What the study reported, and the tables that set a chapter's numbers (from ``results/summary.csv``) beside it.
+
+``summary.csv`` has one row per model, written by the chapter that trains it; a model that could not run
+(its inputs are not in the manifest) has ``status = skipped: <reason>`` and no numbers, and no row here.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..evaluation import mean_sd
+from .notebook import synthetic_report
+
+#: What the study reported (mean ± SD over repeated 3-fold cross-validation), for comparison tables.
+#: The study does not say which class its AUPRC takes as positive. With short PFS positive
+#: (prevalence 0.36) an AUROC of 0.72 goes with an AUPRC of about 0.6; 0.80 fits long PFS as the
+#: positive class (prevalence 0.64), so our tables compare it with ``auprc_long``.
+STUDY_REPORTED = pd.DataFrame([
+    ("Random Forest, laboratory biomarkers", "0.59 ± 0.02", "–"),
+    ("3D CNN, SR-PET", "0.42 ± 0.03", "–"),
+    ("3D CNN, CT", "0.54 ± 0.01", "–"),
+    ("fusion of laboratory + SR-PET + CT, CT branch pretrained", "0.72 ± 0.01", "0.80 ± 0.01"),
+], columns=["study model", "AUROC", "AUPRC (long PFS positive, our reading)"])
+
+
+def comparison_with_study(summary: pd.DataFrame, synthetic: bool, oracle: dict | None = None,
+                          oracle_keys: dict | None = None) -> pd.DataFrame:
+    """Our models' AUROC / AUPRC (mean ± SD) with, for a synthetic cohort, the oracle AUROC beside them."""
+    ran = summary[summary["status"] == "ran"]
+    out = pd.DataFrame({
+        "model": ran["model"],
+        "inputs": ran["inputs"],
+        "AUROC": [f"{m:.2f} ± {s:.2f}" for m, s in zip(ran["auroc_mean"], ran["auroc_sd"])],
+        "AUPRC, short PFS positive": [mean_sd(m, s) for m, s in zip(ran["auprc_mean"], ran["auprc_sd"])],
+        "AUPRC, long PFS positive (as the study's)": [mean_sd(m, s) for m, s in
+                                                      zip(ran["auprc_long_mean"], ran["auprc_long_sd"])],
+    })
+    if oracle and oracle_keys:
+        out["oracle AUROC"] = [f"{oracle[oracle_keys[m]]:.2f}" if oracle_keys.get(m) else "–" for m in ran["model"]]
+    out["comparable with the study"] = "not comparable: synthetic data" if synthetic else "same protocol, another cohort"
+    return out.set_index("model")
+
+
+def comparison_tables(cohort, summary: pd.DataFrame, oracle_keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What a chapter shows beside the study: its ``summary`` rows as :func:`comparison_with_study` (with the
+    oracle AUROC of a synthetic cohort, ``oracle_keys``: model -> key of the generator's report) and the study's
+    own numbers (:data:`STUDY_REPORTED`, one row per study model)."""
+    report = synthetic_report(cohort)
+    ours = comparison_with_study(summary, cohort.synthetic, report["oracle_auroc"] if report else None, oracle_keys)
+    return ours, STUDY_REPORTED.set_index("study model")

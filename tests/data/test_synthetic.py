@@ -1,0 +1,155 @@
+"""The synthetic cohort: study-like counts and group differences, geometry, signal, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from prrt.data import phantoms, synthetic
+from prrt.data.synthetic import SyntheticConfig, generate
+
+
+@pytest.fixture(scope="module")
+def default_table():
+    """The default 116-patient table (images are not needed for these checks)."""
+    return synthetic._cohort_table(SyntheticConfig(), np.random.default_rng(synthetic.DEFAULT_SEED))
+
+
+def test_default_cohort_mirrors_the_study(default_table):
+    table, truth = default_table
+    assert len(table) == 116
+    short = (table["progressed"] == 1) & (table["pfs_months"] <= 12)
+    long_ = table["pfs_months"] > 12
+    assert short.sum() == 42 and long_.sum() == 74
+    assert (truth["short_pfs"] == short.astype(float)).all()
+    # higher chromogranin A and gamma-GT, fewer PRRT cycles in short PFS (as in the study)
+    for col, alt in [("chromogranin_a", "greater"), ("ggt", "greater"), ("prrt_cycles", "less")]:
+        p = stats.mannwhitneyu(table.loc[short, col].dropna(), table.loc[long_, col].dropna(), alternative=alt).pvalue
+        assert p < 0.05, (col, p)
+    # a few missing laboratory values, none elsewhere
+    labs = table[list(synthetic.LAB_PANEL)]
+    assert 0 < labs.isna().sum().sum() < 0.1 * labs.size
+    assert table[synthetic.CLINICAL + ["pfs_months", "progressed"]].notna().all().all()
+    # plausible values
+    assert table["age"].between(18, 95).all()
+    assert set(table["grade"]) <= {"G1", "G2", "G3"} and set(table["sex"]) == {"F", "M"}
+    assert (table.loc[table["grade"] == "G1", "ki67_percent"] < 3).all()
+    assert table["albumin"].dropna().between(2, 6).all()
+
+
+def test_censoring_before_horizon(small_cohort_dir):
+    table = pd.read_csv(small_cohort_dir / "cohort.csv")
+    report = json.loads((small_cohort_dir / "synthetic_report.json").read_text())
+    early = (table["progressed"] == 0) & (table["pfs_months"] <= 12)
+    assert early.sum() == report["n_censored_before_horizon"] == 2
+    assert "lost to follow-up" in report["censoring_note"]
+
+
+def test_report_has_oracle_aurocs(small_cohort_dir):
+    report = json.loads((small_cohort_dir / "synthetic_report.json").read_text())
+    o = report["oracle_auroc"]
+    assert set(o) == {"all", "lab", "pet", "ct"}
+    # the oracle really is the AUROC of the latent risk against the labels
+    from sklearn.metrics import roc_auc_score
+
+    truth = pd.read_csv(small_cohort_dir / "truth.csv").dropna(subset=["short_pfs"])
+    assert o["all"] == pytest.approx(roc_auc_score(truth["short_pfs"], truth["latent_risk"]))
+    assert 0.5 < o["all"] <= 1.0
+
+
+def test_images_have_realistic_distinct_geometry(small_cohort_dir):
+    row = pd.read_csv(small_cohort_dir / "cohort.csv").iloc[0]
+    ct = nib.load(small_cohort_dir / row["ct_path"])
+    pet = nib.load(small_cohort_dir / row["pet_path"])
+    mask = nib.load(small_cohort_dir / row["lesion_mask_path"])
+    assert not np.allclose(ct.header.get_zooms(), pet.header.get_zooms())
+    assert not np.allclose(ct.affine, pet.affine)
+    assert np.allclose(mask.affine, pet.affine)  # default: mask on the PET grid
+    hu = ct.get_fdata()
+    assert hu.min() < -900 and 400 < hu.max() < 3072  # air and bone
+    assert ct.get_data_dtype() == np.int16
+    suv = pet.get_fdata()
+    assert suv.min() >= 0 and 10 < suv.max() < 200
+
+
+def test_physiological_uptake_order():
+    """Spleen > kidneys > liver > soft tissue in SUV; lungs are dark; HU of tissues as expected."""
+    rng = np.random.default_rng(0)
+    ph = phantoms._phantom(rng, 0.0, 0.0)
+    coords, _ = phantoms._axes((80, 80, 64), (4.8, 4.8, 5.0), (0, 0, 0), flip_xy=False)
+    suv, _ = phantoms._render(coords, ph, 1, "suv")
+    hu, _ = phantoms._render(coords, ph, 0, "hu")
+
+    def at(name, max_z=1e9):
+        c = list(ph["shapes"][name]["c"])
+        c[2] = min(c[2], max_z)
+        i = [int(np.argmin(np.abs(ax - v))) for ax, v in zip(coords, c)]
+        return suv[tuple(i)], hu[tuple(i)]
+
+    spleen, kidney, liver = at("spleen"), at("kidney_r"), at("liver")
+    assert spleen[0] > kidney[0] > liver[0] > 1.0
+    lung = at("lung_r", max_z=150.0)  # the lung centre may lie above the field of view
+    assert lung[1] == -850 and lung[0] < 0.5
+    assert 40 <= liver[1] <= 80 and spleen[1] > 0
+
+
+def test_signal_is_where_the_docs_say(tmp_path):
+    cfg = SyntheticConfig.for_size(40, geometry="small")
+    generate(tmp_path, seed=11, config=cfg, workers=2, progress=False)
+    truth = pd.read_csv(tmp_path / "truth.csv")
+    # PET: lesion SUV falls with z_pet; burden (CT and PET) grows with z_ct
+    assert stats.spearmanr(truth["z_pet"], truth["lesion_suv"]).statistic < -0.5
+    assert stats.spearmanr(truth["z_ct"], truth["tumour_volume_ml"]).statistic > 0.3
+    table = pd.read_csv(tmp_path / "cohort.csv")
+    assert stats.spearmanr(truth["z_lab"], table["chromogranin_a"], nan_policy="omit").statistic > 0.5
+    # the lesion mask matches the lesions: more voxels for more burden
+    vox = [nib.load(tmp_path / p).get_fdata().sum() for p in table["lesion_mask_path"]]
+    assert stats.spearmanr(truth["tumour_volume_ml"], vox).statistic > 0.7
+
+
+def test_signal_weights_are_configurable():
+    strong = SyntheticConfig(signal=synthetic.SignalConfig(w_lab=2.0, w_pet=0.0, w_ct=0.0, label_noise_sd=0.2))
+    table, truth = synthetic._cohort_table(strong, np.random.default_rng(1))
+    from sklearn.metrics import roc_auc_score
+
+    lab = truth["short_pfs"]
+    assert roc_auc_score(lab, truth["z_lab"]) > 0.95
+    assert abs(roc_auc_score(lab, truth["z_pet"]) - 0.5) < 0.15
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix != ".json":
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(nib.load(f).get_fdata().tobytes() if f.name.endswith(".nii.gz") else f.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_for_a_seed_whatever_the_workers(tmp_path):
+    cfg = SyntheticConfig.for_size(6, geometry="small")
+    generate(tmp_path / "a", seed=5, config=cfg, workers=1, progress=False)
+    generate(tmp_path / "b", seed=5, config=cfg, workers=2, progress=False)
+    generate(tmp_path / "c", seed=6, config=cfg, workers=1, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_demo_data_cli_writes_a_valid_manifest(tmp_path, capsys):
+    from prrt.cli import main
+    from prrt.data.load import load_cohort
+
+    assert main(["demo-data", "--out", str(tmp_path), "--seed", "3", "--n-patients", "8", "--geometry", "small",
+                 "--mask-grid", "ct", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Oracle AUROC" in out and "3 short PFS, 5 long PFS" in out
+    c = load_cohort(tmp_path / "manifest.yaml", check_images="full")
+    assert c.synthetic and c.n_patients == 8
+    row = pd.read_csv(tmp_path / "cohort.csv").iloc[0]
+    assert np.allclose(nib.load(tmp_path / row["lesion_mask_path"]).affine, nib.load(tmp_path / row["ct_path"]).affine)

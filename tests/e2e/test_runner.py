@@ -1,0 +1,447 @@
+"""End to end: `prrt run` on the smoke profile, `prrt book`, and what happens when a notebook fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from prrt.cli import main
+from prrt.runner import book as book_
+from prrt.runner import execute, lock
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+#: Distinctive strings planted where a hospital's data could leak from (none may reach the book).
+CANARY = "QZXCANARY"  # 9 characters: no base64-encoded image holds it by chance (3 letters did)
+
+
+def _plant_canaries(source: Path, root: Path, tag: str) -> Path:
+    """A copy of the cohort in ``source`` at ``root`` with canaries (``CANARY`` + ``tag``): in the IDs, in a
+    declared clinical column (two rare values), in an undeclared column, in the image folders."""
+    shutil.copytree(source, root)
+    df = pd.read_csv(root / "cohort.csv", dtype=str, keep_default_na=False)
+    new_ids = [f"{CANARY}{tag}ID{i:02d}-{pid}" for i, pid in enumerate(df["patient_id"])]
+    for col in ("ct_path", "pet_path", "lesion_mask_path", "organ_mask_path"):
+        df[col] = [p.replace(old, f"{CANARY}{tag}PATH-{new}") for p, old, new in zip(df[col], df["patient_id"], new_ids)]
+    for old, new in zip(df["patient_id"], new_ids):
+        (root / "images" / old).rename(root / "images" / f"{CANARY}{tag}PATH-{new}")
+    df["patient_id"] = new_ids
+    df["referral"] = ["internal" if i % 2 else "external" for i in range(len(df))]
+    df.loc[0, "referral"], df.loc[1, "referral"] = f"{CANARY}{tag}RARE-Dr-Mueller", f"{CANARY}{tag}RARE-Ward-7"
+    df["mrn"] = [f"{CANARY}{tag}UNDECLARED{i:05d}" for i in range(len(df))]
+    df.to_csv(root / "cohort.csv", index=False)
+    doc = yaml.safe_load((root / "manifest.yaml").read_text())
+    doc["clinical"] = doc["clinical"] + ["referral"]
+    (root / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def canary_cohort(small_cohort_dir, tmp_path_factory):
+    """The small cohort with canaries, also in the name of the manifest's folder."""
+    return _plant_canaries(small_cohort_dir, tmp_path_factory.mktemp("hospital") / f"{CANARY}MANIFEST-Mustermann", "")
+
+
+@pytest.fixture(scope="module")
+def external_canary_cohort(tmp_path_factory):
+    """A second site: another seed, a coarser PET (12 mm FWHM), its own canaries (``CANARY`` + ``EXT``)."""
+    from prrt.data.synthetic import SyntheticConfig, generate
+
+    source = tmp_path_factory.mktemp("site_b_source") / "cohort"
+    generate(source, seed=8, workers=1, progress=False,
+             config=SyntheticConfig.for_size(24, n_censored_before_horizon=2, geometry="small", pet_fwhm_mm=12.0,
+                                             name="synthetic-site-b"))
+    return _plant_canaries(source, tmp_path_factory.mktemp("site_b") / f"{CANARY}EXTMANIFEST-Musterfrau", "EXT")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(canary_cohort, external_canary_cohort, tmp_path_factory):
+    """One smoke run of every notebook, with its book (`prrt run` builds it) and an external validation on a second
+    site (chapter 06), shared by this module's tests."""
+    from unittest import mock
+
+    runs_root = tmp_path_factory.mktemp("runs")
+    run_dir = runs_root / "smoke"
+    # the book is checked in a browser when one is found; in CI a missing browser fails the run
+    mode = "required" if os.environ.get("CI") == "true" else "auto"
+    with mock.patch.dict(os.environ, {"PRRT_BROWSER_CHECK": mode}):
+        assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
+                     "--run-dir", str(run_dir), "--seed", "11",
+                     "--validate-on", str(external_canary_cohort / "manifest.yaml")]) == 0
+    return run_dir
+
+
+@pytest.mark.slow
+def test_the_book_works_in_a_browser(smoke_run):
+    """Every page opened in headless Chromium (prrt.runner.browser, during `prrt run`): no JavaScript error or failed
+    request, every image loaded, every internal link resolves, the search finds 'chromogranin', each chapter shows
+    the parameters table and the synthetic-data banner and has its screenshot. Skipped only outside CI when this
+    machine has no Chromium; with CI=true a missing browser fails (the smoke run requires it)."""
+    from prrt.runner.browser import browser_missing_reason
+
+    reason = browser_missing_reason()
+    if reason and os.environ.get("CI") != "true":
+        pytest.skip(f"the book cannot be opened in a browser here: {reason}")
+    record = json.loads((smoke_run / "browser-check.json").read_text())
+    assert record["problems"] == []
+    chapters = sorted(p.name for p in (REPO / "notebooks").glob("0*.ipynb"))
+    assert {f"notebooks/{c.replace('.ipynb', '.html')}" for c in chapters} <= set(record["pages"])
+    assert {"book/methods.html", "book/this_run.html", "data_manifest/README.html", "index.html"} <= set(record["pages"])
+    assert record["search"] == {"query": "chromogranin", "pages_found": record["search"]["pages_found"]}
+    assert record["search"]["pages_found"] >= 3
+    shots = sorted((smoke_run / "screenshots").glob("*.png"))
+    assert [s.stem for s in shots] == [c.replace(".ipynb", "") for c in chapters]
+    assert all(s.stat().st_size > 50_000 for s in shots)
+
+
+@pytest.mark.slow
+def test_the_browser_check_finds_what_it_looks_for(smoke_run, tmp_path):
+    """The check is not blind: a page with a script error, a missing image and a broken link, and a chapter
+    without its parameters table, are reported."""
+    from prrt.runner.browser import browser_missing_reason, check_book
+
+    if browser_missing_reason() and os.environ.get("CI") != "true":
+        pytest.skip(f"no browser here: {browser_missing_reason()}")
+    book = tmp_path / "book"
+    shutil.copytree(smoke_run / "book", book)
+    page = book / "book" / "methods.html"
+    page.write_text(page.read_text().replace("</article>", '<script>undefinedFunction();</script><img src="gone.png">'
+                                             '<a href="nowhere.html">x</a></article>'))
+    chapter = book / "notebooks" / "01_cohort.html"
+    chapter.write_text(chapter.read_text().replace("voxel spacing (mm)", "voxel size"))
+    problems = check_book(book, tmp_path / "shots", synthetic=True).problems
+    assert any(p.startswith("book/methods.html: JavaScript/network: uncaught") and "undefinedFunction" in p
+               for p in problems), problems
+    assert "book/methods.html: image not loaded: gone.png" in problems
+    assert "book/methods.html: link to a missing file: nowhere.html" in problems
+    assert "book/methods.html: image without alt text: gone.png" in problems
+    assert "notebooks/01_cohort.html: not visible: the parameters table" in problems
+
+
+@pytest.mark.slow
+def test_no_file_of_the_book_holds_a_canary(smoke_run, canary_cohort, external_canary_cohort):
+    """Not in any file of the book (pages, scripts, search index, _sources, notebooks, images' metadata), nor in
+    run.json or the notebooks' parameters; the rare values are pooled in Table 1. The external cohort's
+    canaries (its IDs, rare values, image folders, manifest folder) are as absent."""
+    scanned = 0
+    machine = [str(REPO).encode(), sys.prefix.encode()]  # folders that may name the user
+    for f in (smoke_run / "book").rglob("*"):
+        if f.is_file():
+            scanned += 1
+            content = f.read_bytes()
+            assert CANARY.encode() not in content and not [m for m in machine if m in content], f
+    assert scanned > 100 and any((smoke_run / "book").rglob("*.png"))
+    for cohort in (canary_cohort, external_canary_cohort):  # no absolute path: a relative one
+        assert str(cohort.parent) not in (smoke_run / "run.json").read_text()
+    for nb in (smoke_run / "notebooks").glob("*.ipynb"):
+        assert f"{CANARY}ID" not in nb.read_text() and f"{CANARY}PATH" not in nb.read_text()
+        record = nbformat.read(nb, as_version=4).metadata["papermill"]
+        assert not Path(record["input_path"]).is_absolute() and record["parameters"]["run_dir"] == "."
+        assert not Path(record["parameters"]["manifest"]).is_absolute()
+        assert not Path(record["parameters"].get("validate_on", "")).is_absolute()
+    external = nbformat.read(smoke_run / "notebooks" / "06_external_validation.ipynb", as_version=4)
+    assert external.metadata["papermill"]["parameters"]["validate_on"].endswith("manifest.yaml")
+    published = (smoke_run / "book" / "_sources" / "notebooks" / "06_external_validation.ipynb").read_text()
+    assert '"validate_on": "manifest.yaml"' in published  # the book's copy keeps the file's name only
+    info = json.loads((smoke_run / "run.json").read_text())
+    assert (smoke_run / info["inputs"]["manifest"]["path"]).resolve() == canary_cohort / "manifest.yaml"
+    t1 = pd.read_csv(smoke_run / "cohort" / "table1.csv")
+    assert "    other (n < 5)" in set(t1["variable"]) and "    internal" in set(t1["variable"])
+    log = (smoke_run / "book-build.log").read_text()
+    assert re.search(r"privacy guard: searched every file of the book for \d+ strings .* found 0", log)
+
+
+@pytest.mark.slow
+def test_run_directory_has_the_record(smoke_run, canary_cohort):
+    info = json.loads((smoke_run / "run.json").read_text())
+    assert info["status"] == "complete" and info["seed"] == 11 and info["profile"]["name"] == "smoke"
+    assert info["engine"] == {"address": "sequential", "workers": None}
+    assert [n["name"] for n in info["notebooks"]] == [p.name for p in execute.list_notebooks()]
+    assert all(n["wall_time_s"] > 0 for n in info["notebooks"])
+    assert info["packages"]["torch"].startswith("2.13.0") and info["packages"]["monai"]
+    import re
+
+    assert re.fullmatch(r"[0-9a-f]{40}", info["git"]["commit"] or ""), info["git"]  # tests run in a git checkout
+    from prrt.provenance import file_sha256
+
+    assert info["inputs"]["table"]["sha256"] == file_sha256(canary_cohort / "cohort.csv")
+    assert len(info["inputs"]["images"]) == 26 and set(info["inputs"]["images"]["P001"]) == {"ct", "pet", "mask", "organs"}
+    assert (smoke_run / "notebooks" / "01_cohort.ipynb").is_file()
+    t1 = pd.read_csv(smoke_run / "cohort" / "table1.csv")
+    assert t1["variable"].iloc[0].startswith("age")
+    assert (smoke_run / "cohort" / "km_pfs.png").stat().st_size > 10_000
+    assert (smoke_run / "cohort" / "montage.png").stat().st_size > 10_000
+    # chapter 02: shared splits, predictions of every model that ran, the summary
+    splits = pd.read_csv(smoke_run / "splits.csv")
+    assert set(splits.columns) == {"patient", "repeat", "fold"} and splits["repeat"].nunique() == 2
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv").set_index("model")
+    assert list(summary.index) == ["lab_rf", "lab_rf_with_cycles", "lab_logreg", "pet_features_rf",
+                                   "pet_features_logreg", "lab_pet_features_rf",
+                                   "pet_cnn", "ct_cnn",
+                                   "ct_cnn_pretrained", "lab_pet_fusion", "lab_ct_fusion", "pet_ct_fusion",
+                                   "lab_pet_ct_fusion", "lab_pet_ct_intermediate", "lab_pet_ct_late"]
+    ran = summary[summary["status"] == "ran"]
+    assert list(ran.index) == list(summary.index[:8]) + ["lab_pet_ct_fusion", "lab_pet_ct_late"]
+    assert ran["auroc_mean"].between(0, 1).all()
+    # chapter 04: no CT collection in this manifest; the smoke profile trains one fusion of each kind
+    assert summary.loc["ct_cnn_pretrained", "status"].startswith("skipped: no CT pretraining in the manifest")
+    assert summary.loc["lab_pet_fusion", "status"] == ("skipped: not trained in the smoke profile "
+                                                       "(fusion_models = headline)")
+    for model in ran.index:
+        pred = pd.read_csv(smoke_run / "predictions" / f"{model}.csv")
+        lab = pred[pred["fold"] >= 0].merge(splits, on=["patient", "repeat"], suffixes=("", "_s"))
+        assert (lab["fold"] == lab["fold_s"]).all() and len(lab) == len(splits)  # the saved splits were used
+        assert pred.loc[pred["fold"] == -1, "label"].isna().all()
+    assert (smoke_run / "features" / "pet_features.csv").is_file()
+    # chapter 03: a checkpoint and a training curve per repeat and fold
+    for model in ("pet_cnn", "ct_cnn"):
+        assert len(list((smoke_run / "checkpoints" / model).glob("r*_f*.pt"))) == 6
+        assert pd.read_csv(smoke_run / "checkpoints" / model / "curves.csv")["epoch"].max() == 2
+    # the image cache lives beside the run and was filled
+    assert any((smoke_run.parent / ".prrt-cache").rglob("*.npz"))
+
+
+@pytest.mark.slow
+def test_book_has_the_cohort_page_without_patient_ids(smoke_run, canary_cohort):
+    book = smoke_run / "book"
+    page = book / "notebooks" / "01_cohort.html"
+    assert "Permutation importance" in (book / "notebooks" / "02_lab_random_forest.html").read_text()
+    ch3 = (book / "notebooks" / "03_unimodal_cnn.html").read_text()
+    assert "Learning curves" in ch3
+    # numbers in the prose come from the executed cells: 24 labelled patients, 3 folds -> 16 train
+    import re
+
+    assert re.search(r"about\s*(<[^>]+>\s*)*16(\s*<[^>]+>)*\s*training patients per fold", ch3), "glued number missing"
+    assert "Does the input still carry the signal?" in ch3 and "AUROC, lesions input" in ch3
+    ch1 = (book / "notebooks" / "01_cohort.html").read_text()
+    assert re.search(r"horizon \(\s*(<[^>]+>\s*)*12 months", ch1), "glued horizon missing"
+    assert "p (Holm)" in ch1
+    assert (book / "index.html").is_file() and page.is_file()
+    html = page.read_text()
+    assert "Table 1" in html and "Synthetic data" in html and "Kaplan" in html
+    assert html.count("<img") >= 2  # KM curve and montage
+    assert "injected-parameters" not in html and "cache_dir =" not in html  # parameter cells hidden
+    assert "voxel spacing (mm)" in html  # ... and shown as a table instead
+    assert (book / "book" / "this_run.html").is_file()
+    log = (smoke_run / "book-build.log").read_text()
+    assert "WARNING:" not in log and "ERROR:" not in log, log[-3000:]
+    assert "Baur" in (book / "book" / "references.html").read_text()  # the bibliography was built
+    ids = pd.read_csv(canary_cohort / "cohort.csv")["patient_id"]
+    text = "".join(f.read_text(errors="ignore") for f in book.rglob("*") if f.suffix in {".html", ".js", ".txt"})
+    assert not [i for i in ids if i in text]
+    assert "P0" in html  # pseudonyms are what the montage shows
+
+
+@pytest.mark.slow
+def test_chapter_05_checks_its_explanations_with_numbers_from_the_run(smoke_run):
+    """Grad-CAM of every test patient of the first repeat (smoke: gradcam_repeats = 1), cached per fold
+    model; the checks, the importance and the ablation written; the page's prose says the numbers of
+    those files."""
+    import re
+
+    splits = pd.read_csv(smoke_run / "splits.csv")
+    sal = pd.read_csv(smoke_run / "results" / "05_saliency.csv")
+    assert set(sal["model"]) == {"pet_cnn", "ct_cnn"} and set(sal["repeat"]) == {0}  # no CT pretraining here
+    assert sorted(sal.loc[sal["model"] == "pet_cnn", "patient"]) == sorted(splits.loc[splits["repeat"] == 0, "patient"])
+    assert len(list((smoke_run / "explain" / "gradcam" / "pet_cnn").glob("r0_f*.npz"))) == 3
+    ablation = pd.read_csv(smoke_run / "results" / "05_modality_ablation.csv", index_col=0)
+    assert list(ablation.index) == ["all modalities", "without laboratory values", "without SR-PET", "without CT"]
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv").set_index("model")
+    assert ablation.loc["all modalities", "auroc_mean"] == pytest.approx(summary.loc["lab_pet_ct_fusion", "auroc_mean"],
+                                                                          abs=1e-4)  # the restored fold models
+    imp = pd.read_csv(smoke_run / "results" / "05_fusion_permutation.csv")
+    assert imp.groupby(["repeat", "fold"]).size().eq(imp["feature"].nunique()).all() and len(imp) == 6 * imp["feature"].nunique()
+    assert len(pd.read_csv(smoke_run / "results" / "05_model_randomisation.csv")) == 2 * 5 * 8  # models x steps x patients
+    for fig in ("saliency", "gradcam_examples", "randomisation", "lab_importance", "modality_ablation", "km_risk_tertiles"):
+        assert (smoke_run / "figures" / f"05_{fig}.png").stat().st_size > 10_000, fig
+    page = (smoke_run / "book" / "notebooks" / "05_explainability.html").read_text()
+    text = re.sub(r"<[^>]+>", "", page)
+    hits = sal[sal["model"] == "pet_cnn"].dropna(subset=["mass_in_mask"])["pointing_hit"].mean()
+    assert re.search(rf"pet_cnn: \d+ % of the map.s mass in the lesion mask against \d+ % by chance .{{0,80}}and its "
+                     rf"maximum inside the mask in {100 * hits:.0f} %", text), "glued saliency numbers missing"
+    full = ablation.loc["all modalities"]
+    assert f"test-fold AUROC of {full['auroc_mean']:.2f} (95 % CI {full['ci_low']:.2f}–{full['ci_high']:.2f})" in text
+    assert "Inside the fusion the laboratory values with the largest drop in AUROC were" in text
+    assert "in the Random Forest of chapter 2" in text  # chapter 02 wrote its importance
+    assert "median rank correlation" in text and "log-rank test over the three groups" in text
+
+
+@pytest.mark.slow
+def test_no_file_of_the_run_holds_a_patient_id(smoke_run, canary_cohort):
+    """Every text file of the run folder (notebooks, tables, predictions, boxes, run.json, book pages)."""
+    ids = list(pd.read_csv(canary_cohort / "cohort.csv")["patient_id"])
+    scanned = 0
+    for path in smoke_run.rglob("*"):
+        if path.suffix not in {".ipynb", ".csv", ".json", ".html", ".md", ".txt", ".log"} or not path.is_file():
+            continue
+        text = path.read_text(errors="ignore")
+        scanned += 1
+        assert not [i for i in ids if i in text], path
+    assert scanned > 20 and (smoke_run / "inputs" / "boxes_lesions.csv").is_file()
+
+
+def _failing_notebooks(tmp_path) -> Path:
+    """A notebook that runs, then one that fails."""
+    d = tmp_path / "nbs"
+    d.mkdir()
+    for name, last in [("01_fine.ipynb", "x = 2"), ("02_broken.ipynb", "raise ValueError('deliberate failure for the test')")]:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("manifest = run_dir = profile = seed = cache_dir = None",
+                                              metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell("x = 1"),
+                    nbformat.v4.new_code_cell(last)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, d / name)
+    return d
+
+
+@pytest.mark.slow
+def test_failed_run_leaves_previous_run_and_book_untouched(smoke_run, canary_cohort, tmp_path, capsys):
+    before = {p: p.read_bytes() for p in [smoke_run / "run.json", smoke_run / "book" / "index.html",
+                                           smoke_run / "notebooks" / "01_cohort.ipynb"]}
+    rc = main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
+               "--run-dir", str(smoke_run), "--notebooks-dir", str(_failing_notebooks(tmp_path))])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "02_broken.ipynb failed" in err and "ValueError: deliberate failure for the test" in err
+    assert "untouched" in err
+    for p, content in before.items():
+        assert p.read_bytes() == content
+    failed = smoke_run.with_name(f".{smoke_run.name}.failed")
+    assert (failed / "notebooks" / "01_fine.ipynb").is_file() and (failed / "notebooks" / "02_broken.ipynb").is_file()
+
+
+@pytest.mark.slow
+def test_book_with_a_planted_patient_id_is_refused_and_the_previous_book_kept(smoke_run, canary_cohort, tmp_path):
+    run = smoke_run.with_name("planted")  # beside the run: run.json finds the manifest by a relative path
+    shutil.copytree(smoke_run, run)
+    before = (run / "book" / "index.html").read_bytes()
+    pid = pd.read_csv(canary_cohort / "cohort.csv")["patient_id"].iloc[5]
+    nb = nbformat.read(run / "notebooks" / "03_unimodal_cnn.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"Note on {pid}"))
+    nbformat.write(nb, run / "notebooks" / "03_unimodal_cnn.ipynb")
+    with pytest.raises(lock.RunError, match=r"would publish patient IDs .*03_unimodal_cnn.html.*nothing was published"):
+        book_.build_book(run, log=lambda *a: None)
+    assert (run / "book" / "index.html").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_failed_book_build_leaves_the_previous_book(smoke_run, tmp_path, monkeypatch):
+    import subprocess
+
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_run, run)
+    before = {p.relative_to(run): p.read_bytes() for p in (run / "book").rglob("*.html")}
+    monkeypatch.setattr(book_.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "boom"))
+    with pytest.raises(lock.RunError, match="the book build failed .*previous book is untouched"):
+        book_.build_book(run, log=lambda *a: None)
+    assert {p.relative_to(run): p.read_bytes() for p in (run / "book").rglob("*.html")} == before
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers_other_seed_other_numbers(smoke_run, canary_cohort, tmp_path):
+    """A second smoke run with the seed of the first gives byte-identical predictions and summary (CPU);
+    a run with another seed does not."""
+    def run(name, seed, *extra):
+        d = tmp_path / name
+        # the preprocessed inputs and the pretrained CT encoder come from the first run's cache, as for
+        # any run beside it (both are keyed by content and tested for determinism on their own)
+        assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
+                     "--run-dir", str(d), "--seed", str(seed), "--cache-dir", str(smoke_run.parent / ".prrt-cache"),
+                     "--no-book", *extra]) == 0
+        return d
+
+    files = ["results/summary.csv", "splits.csv", *[f"predictions/{p.name}" for p in (smoke_run / "predictions").glob("*.csv")]]
+    assert len(files) > 8
+    # chapter 01 writes no predictions: the second run starts at chapter 02
+    later = tmp_path / "later_chapters"
+    later.mkdir()
+    for nb in sorted((REPO / "notebooks").glob("0[2-9]_*.ipynb")):
+        shutil.copy(nb, later / nb.name)
+    again = run("again", 11, "--notebooks-dir", str(later))
+    for f in files:
+        assert (again / f).read_bytes() == (smoke_run / f).read_bytes(), f
+    # another seed: chapter 02 (splits and the tabular models) is enough to show it
+    first = tmp_path / "chapter_02"
+    first.mkdir()
+    shutil.copy(REPO / "notebooks" / "02_lab_random_forest.ipynb", first)
+    other = run("other", 12, "--notebooks-dir", str(first))
+    assert (other / "splits.csv").read_bytes() != (smoke_run / "splits.csv").read_bytes()
+    for model in ("lab_rf", "lab_pet_features_rf"):
+        assert (other / "predictions" / f"{model}.csv").read_bytes() != (smoke_run / "predictions" / f"{model}.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_external_validation_predicts_the_second_site_with_the_frozen_models(smoke_run, external_canary_cohort):
+    """`prrt run --validate-on`: the second cohort is hashed into run.json; every model that ran in chapters 02-04
+    was fitted once on all 24 labelled development patients and predicted the external patients (fold 0 of the
+    external design, A's patients only train); chapter 06's page shows B's numbers and says them in its prose."""
+    import re
+
+    from prrt.provenance import file_sha256
+
+    info = json.loads((smoke_run / "run.json").read_text())
+    ext = info["external"]
+    assert ext["cohort"] == {"name": "synthetic-site-b", "synthetic": True, "patients": 26, "labelled": 24}
+    assert ext["inputs"]["table"]["sha256"] == file_sha256(external_canary_cohort / "cohort.csv")
+    assert (smoke_run / ext["inputs"]["manifest"]["path"]).resolve() == external_canary_cohort / "manifest.yaml"
+    assert len(ext["inputs"]["images"]) == 26
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv")
+    ran = list(summary.loc[summary["status"] == "ran", "model"])
+    metrics = pd.read_csv(smoke_run / "results" / "06_external_validation.csv")
+    assert sorted(metrics["model"]) == sorted(ran)
+    assert (metrics["n_patients"] == 24).all() and (metrics["n_patients_survival"] == 26).all()
+    for key in ("auroc", "auprc", "c_index"):
+        assert (metrics[f"{key}_ci_low"] <= metrics[key]).all() and (metrics[key] <= metrics[f"{key}_ci_high"]).all()
+    splits = pd.read_csv(smoke_run / "external" / "splits.csv")
+    test = set(splits.loc[splits["fold"] == 0, "patient"])
+    assert len(test) == 24 and all(re.fullmatch(r"E\d{3}", p) for p in test)
+    assert set(splits.loc[splits["fold"] == -1, "patient"]) == set(pd.read_csv(smoke_run / "splits.csv")["patient"])
+    for model in ran:
+        pred = pd.read_csv(smoke_run / "external" / "predictions" / f"{model}.csv")
+        assert set(pred.loc[pred["fold"] == 0, "patient"]) == test
+    assert len(list((smoke_run / "external" / "checkpoints" / "pet_cnn").glob("*.pt"))) == 1
+    comparison = pd.read_csv(smoke_run / "results" / "06_external_vs_development.csv").set_index("model")
+    dev = summary.set_index("model")
+    for model in ran:
+        assert comparison.loc[model, "auroc_development"] == pytest.approx(dev.loc[model, "auroc_mean"])
+        assert comparison.loc[model, "auroc_change"] == pytest.approx(
+            comparison.loc[model, "auroc_external"] - comparison.loc[model, "auroc_development"])
+    page = (smoke_run / "book" / "notebooks" / "06_external_validation.html").read_text()
+    head = metrics.set_index("model").loc["lab_pet_ct_fusion"]
+    text = re.sub(r"<[^>]+>", "", page)
+    assert f"reached an AUROC of {head['auroc']:.2f} (95 % CI {head['auroc_ci_low']:.2f}" in text
+    assert "calibration slope" in page and "model (95 % CI)" in page and "synthetic-site-b" in page
+    for fig in ("roc_pr", "calibration", "km"):
+        assert (smoke_run / "figures" / f"06_external_{fig}.png").stat().st_size > 10_000, fig
+
+
+@pytest.mark.slow
+def test_the_reporting_checklist_page_answers_every_item_from_the_run(smoke_run):
+    """Chapter 07: the 52 TRIPOD+AI items and parts on one page, with this run's numbers (and, since the smoke run
+    has an external cohort, the evaluation items point to chapter 6); rare subgroup levels are pooled."""
+    table = pd.read_csv(smoke_run / "results" / "07_tripod_ai.csv", dtype=str).set_index("item")
+    assert len(table) == 52 and not table["this run"].str.contains("nan").any()
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv").set_index("model")
+    fusion = summary.loc["lab_pet_ct_fusion"]
+    assert table.loc["23a", "this run"].startswith(
+        f"lab_pet_ct_fusion: AUROC {fusion['auroc_mean']:.2f} ± {fusion['auroc_sd']:.2f} over 2 repeats")
+    assert "24 labelled patients, 9 with short PFS" in table.loc["10", "this run"]
+    assert "external: 24 labelled patients" in table.loc["21", "this run"]
+    subgroups = pd.read_csv(smoke_run / "results" / "07_subgroups.csv")
+    assert set(subgroups["column"]) == {"sex", "primary_site", "grade", "referral"}
+    assert (subgroups.groupby("column")["patients"].sum() == 24).all()
+    page = (smoke_run / "book" / "notebooks" / "07_reporting_checklist.html").read_text()
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "52 items and parts" in text and "Collins" in (smoke_run / "book" / "book" / "references.html").read_text()
+    assert '<a href="06_external_validation.html">Chapter 6</a>' in page

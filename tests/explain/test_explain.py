@@ -1,0 +1,429 @@
+"""Chapter 05's explanations: Grad-CAM and its numbers, the sanity checks, restoring fold models,
+laboratory importance inside the fusion, modality ablation, risk tertiles."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fusion_fakes import _Cohort, _multimodal, _Profile
+
+from prrt.data.phantoms import planted_lesion_images
+from prrt.evaluation import splits as sp
+from prrt.evaluation import survival
+from prrt.explain import ablation, gradcam, importance, saliency, sanity
+from prrt.learn import base, fusion, image_model, loop, training
+from prrt.learn.networks import ImageClassifier, build_encoder
+from prrt.study import ch04_fusion, ch05_explain
+from prrt.study.names import SOURCE_NAMES
+
+
+# ---- Grad-CAM ------------------------------------------------------------------------------------
+def test_minmax_scales_each_map_to_0_1_and_keeps_a_flat_map_zero():
+    maps = torch.stack([torch.arange(8.0).view(1, 2, 2, 2) + 3, torch.full((1, 2, 2, 2), 5.0)])
+    out = gradcam.minmax(maps)
+    assert out[0].min() == 0 and out[0].max() == 1 and out[0].flatten()[3] == pytest.approx(3 / 7)
+    assert (out[1] == 0).all()
+
+
+@pytest.mark.parametrize("shape,layer,voxels", [((2, 32, 32, 32), "encoder.body.10", (8, 8, 8)),
+                                                ((2, 24, 24, 20), "encoder.body.6", (12, 12, 10)),
+                                                ((1, 96, 96, 96), "encoder.body.14", (12, 12, 12))])
+def test_the_target_layer_is_the_deepest_block_with_at_least_eight_voxels_per_axis(shape, layer, voxels):
+    net = ImageClassifier(build_encoder("compact", in_channels=shape[0]))
+    assert gradcam.target_layer(net, shape) == layer
+    assert gradcam.layer_shapes(net, shape, [layer])[layer] == voxels
+
+
+def test_the_target_layer_of_a_monai_resnet():
+    net = ImageClassifier(build_encoder("resnet10"))
+    assert gradcam.candidate_layers(net) == [f"encoder.net.layer{i}" for i in range(1, 5)]
+    assert gradcam.target_layer(net, (1, 32, 32, 32)) == "encoder.net.layer2"  # 8 voxels; layer3 has 4
+
+
+def test_gradcam_maps_are_0_1_on_the_input_grid_and_leave_the_network_alone():
+    torch.manual_seed(0)
+    net = ImageClassifier(build_encoder("compact", in_channels=2)).eval()
+    before = copy.deepcopy(net.state_dict())
+    x = torch.rand(3, 2, 16, 16, 12)
+    maps = gradcam.gradcam_maps(net, x, "encoder.body.2")
+    assert maps.shape == (3, 16, 16, 12) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 and np.isclose(maps.reshape(3, -1).max(1), 1).all()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert not any(m._forward_hooks or m._backward_hooks for m in net.modules())  # hooks went to a copy
+
+
+# ---- the numbers of a map ------------------------------------------------------------------------
+def test_saliency_metrics_on_maps_whose_answer_is_known():
+    mask = np.zeros((3, 10, 10, 10), bool)
+    mask[:, 4:6, 4:6, 4:6] = True
+    inside = np.zeros((10, 10, 10), np.float32)
+    inside[4:6, 4:6, 4:6] = 1  # all mass in the lesion
+    outside = np.zeros((10, 10, 10), np.float32)
+    outside[0, 0, 0] = 1  # far from it
+    zero = np.zeros((10, 10, 10), np.float32)
+    m = saliency.saliency_metrics(np.stack([inside, outside, zero]), mask, ["a", "b", "c"], dilation_voxels=1)
+    chance = 4 ** 3 / 10 ** 3  # the 2-voxel cube dilated by one voxel is 4 wide
+    assert m["chance"].tolist()[:2] == pytest.approx([chance, chance])
+    assert m.loc[0, "mass_in_mask"] == 1 and m.loc[0, "pointing_hit"] == 1
+    assert m.loc[0, "enrichment"] == pytest.approx(1 / chance)
+    assert m.loc[1, "mass_in_mask"] == 0 and m.loc[1, "pointing_hit"] == 0
+    assert np.isnan(m.loc[2, "mass_in_mask"]) and m.loc[2, "empty_map"]
+    # next to the lesion: inside the dilated mask only
+    beside = np.zeros((10, 10, 10), np.float32)
+    beside[3, 4, 4] = 1
+    assert saliency.saliency_metrics(beside[None], mask[:1], ["d"], 1).loc[0, "pointing_hit"] == 1
+    assert saliency.saliency_metrics(beside[None], mask[:1], ["d"], 0).loc[0, "pointing_hit"] == 0
+    # a patient without lesion: no verdict
+    assert np.isnan(saliency.saliency_metrics(inside[None], np.zeros((1, 10, 10, 10)), ["e"]).loc[0, "pointing_hit"])
+
+
+def test_summarise_saliency_tests_mass_against_chance():
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"model": ["good"] * 20 + ["flat"] * 20,
+                         "mass_in_mask": np.r_[rng.uniform(0.3, 0.6, 20), np.full(20, 0.1)],
+                         "chance": 0.1, "pointing_hit": np.r_[np.ones(15), np.zeros(25)]})
+    s = saliency.summarise_saliency(rows).set_index("model")
+    assert s.loc["good", "p (mass > chance)"] < 1e-3 and np.isnan(s.loc["flat", "p (mass > chance)"])
+    assert s.loc["good", "pointing hits"] == 0.75 and s.loc["flat", "pointing hits"] == 0
+
+
+def test_rank_correlation():
+    a = np.arange(27.0).reshape(3, 3, 3)
+    assert sanity.rank_correlation(a, a ** 2) == pytest.approx(1)
+    assert sanity.rank_correlation(a, -a) == pytest.approx(-1)
+    assert sanity.rank_correlation(a, np.zeros_like(a)) == 0
+
+
+def test_randomisation_goes_from_the_top_and_keeps_convolution_and_norm_together():
+    net = ImageClassifier(build_encoder("compact"))
+    steps = sanity.randomisation_steps(net)
+    assert steps[0] == ["head.1"] and steps[1] == ["encoder.body.12", "encoder.body.13"]
+    assert steps[-1] == ["encoder.body.0", "encoder.body.1"] and len(steps) == 5
+
+
+@pytest.mark.slow
+def test_gradcam_finds_the_planted_lesion_and_the_randomised_network_does_not():
+    """The only signal is the uptake of one planted lesion; a brighter, larger cube carries none. The
+    trained network's map peaks in the lesion in most test patients with the outcome (the class the
+    map explains); the same network with every layer re-initialised peaks elsewhere (at the cube),
+    and its maps share little ranking with the trained ones. (benchmarks/planted_lesion_gradcam.py
+    repeats this over several seeds.)"""
+    x, y, masks = planted_lesion_images(140, size=24, seed=10)
+    tr, va, te = slice(0, 80), slice(80, 100), slice(100, 140)
+    out = training.train_model(x[tr], y[tr], x[va], y[va], training.TrainConfig(epochs=15, augment=False, lr=3e-3),
+                            seed=0, progress=False)
+    net = out.model.eval()
+    layer = gradcam.target_layer(net, x.shape[1:])
+    patients = [f"T{i}" for i in range(40)]
+    maps = gradcam.gradcam_maps(net, x[te], layer)
+    real = saliency.saliency_metrics(maps, masks[te], patients, 1).assign(y=y[te])
+    rand = copy.deepcopy(net)
+    for names in sanity.randomisation_steps(rand):
+        sanity._reinitialise(rand, names, 0)
+    rmaps = gradcam.gradcam_maps(rand, x[te], layer)
+    random = saliency.saliency_metrics(rmaps, masks[te], patients, 1).assign(y=y[te])
+    hit, rhit = real[real.y == 1]["pointing_hit"].mean(), random[random.y == 1]["pointing_hit"].mean()
+    assert hit >= 0.8 and rhit <= 0.3, (hit, rhit)
+    assert real[real.y == 1]["mass_in_mask"].mean() > 2 * real["chance"].mean()
+    assert np.median([sanity.rank_correlation(a, b) for a, b in zip(maps, rmaps)]) < sanity.SIMILAR
+    cascade = sanity.cascading_randomisation(net, x[te][:10], layer, patients[:10], seed=1, reference=maps[:10])
+    assert cascade["step"].max() == 5
+    last = cascade[cascade["step"] == 5]["rank_correlation"].median()
+    assert last < sanity.SIMILAR
+
+
+# ---- fold models back from the run --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """PET CNN and CT CNN fold models, then a fusion on their scores, written to a run folder."""
+    run = tmp_path_factory.mktemp("run")
+    complete, y, _ = _multimodal(missing=False)
+    s = sp.make_splits(y, 3, 2, 0)
+    tcfg = training.TrainConfig(epochs=2, batch_size=8)
+    cnns = [image_model.image_spec("pet_cnn", "pet", tcfg, "03", "PET", True),
+            image_model.image_spec("ct_cnn", "ct", tcfg, "03", "CT", True)]
+    scores = {"pet": fusion.FoldModelScores(run, "pet_cnn", "pet"), "ct": fusion.FoldModelScores(run, "ct_cnn", "ct")}
+    cfg = fusion.FusionConfig(training.TrainConfig(epochs=30, batch_size=32, lr=3e-3), mechanism="adaptive")
+    fused = ch04_fusion.neural_fusion_spec("f", "04", "all", ["labs", "pet", "ct"], _Cohort(), cfg, fold_models=scores)
+    results, _ = loop.run_models(cnns + [fused], complete, None, s, _Profile(), 0, run, keep_models=True)
+    return run, complete, y, s, {spec.name: spec for spec in cnns + [fused]}, results
+
+
+def test_restored_fold_models_give_the_run_s_predictions(fitted):
+    run, data, y, s, specs, results = fitted
+    for name in ("pet_cnn", "f"):
+        back = loop.restore_fold_models(specs[name], data, s, 0, run)
+        assert set(back) == set(results[name].models)
+        for key, m in back.items():
+            test = results[name].predictions.query("repeat == @key[0] and fold == @key[1]")["patient"].tolist()
+            np.testing.assert_allclose(m.predict(data, test), results[name].models[key].predict(data, test), atol=1e-6)
+    assert set(loop.restore_fold_models(specs["f"], data, s, 0, run, repeats=[1])) == {(1, 0), (1, 1), (1, 2)}
+    # on the CPU the restored CNNs give the saved probabilities to the last digits
+    assert len(loop.restore_fold_models(specs["pet_cnn"], data, s, 0, run, tolerance=1e-12)) == 6
+    ck = torch.load(run / "checkpoints" / "pet_cnn" / "r0_f0.pt", weights_only=True)
+    with pytest.raises(ValueError, match="^the checkpoint holds a PET CNN, not a CT one$"):
+        image_model.ImageModel("ct", training.TrainConfig()).restore(data, base.TrainingPart([], []), ck)
+    del ck["modality"]  # a checkpoint written before checkpoints named their modality: taken as it is
+    part = base.TrainingPart(list(y.dropna().index[:10]), [])
+    assert image_model.ImageModel("ct", training.TrainConfig()).restore(data, part, ck).prevalence == y.iloc[:10].mean()
+
+
+def test_restoring_refuses_checkpoints_of_another_run(fitted, tmp_path):
+    import shutil
+
+    run, data, y, s, specs, _ = fitted
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    with pytest.raises(ValueError, match=r"r0_f0.pt was trained on other patients than repeat 0, fold 0"):
+        loop.restore_fold_models(specs["pet_cnn"], data, s, 1, other)  # another seed: other inner parts
+    pred = pd.read_csv(other / "predictions" / "pet_cnn.csv")
+    pred.loc[pred["fold"] == 1, "probability"] += 0.01
+    pred.to_csv(other / "predictions" / "pet_cnn.csv", index=False)
+    with pytest.raises(ValueError, match=r"does not reproduce predictions/pet_cnn.csv for repeat 0, fold 1 \(largest "
+                                         r"difference 0.01\); the run folder mixes results of different runs$"):
+        loop.restore_fold_models(specs["pet_cnn"], data, s, 0, other)
+    assert len(loop.restore_fold_models(specs["pet_cnn"], data, s, 0, other, check=False)) == 6  # not compared
+    orig = pd.read_csv(run / "predictions" / "pet_cnn.csv")
+    orig[orig["fold"] != 2].to_csv(other / "predictions" / "pet_cnn.csv", index=False)
+    with pytest.raises(ValueError, match=r"pet_cnn.csv does not hold the test patients of repeat 0, fold 2; the run"):
+        loop.restore_fold_models(specs["pet_cnn"], data, s, 0, other)
+    (other / "predictions" / "pet_cnn.csv").unlink()
+    assert len(loop.restore_fold_models(specs["pet_cnn"], data, s, 0, other, check=False)) == 6  # never read
+    with pytest.raises(FileNotFoundError, match="no predictions for model 'pet_cnn'"):
+        loop.restore_fold_models(specs["pet_cnn"], data, s, 0, other)
+    skipped = base.ModelSpec("gone", "03", "PET", None, reason="the manifest names no PET images")
+    with pytest.raises(ValueError, match="^gone did not run: the manifest names no PET images$"):
+        loop.restore_fold_models(skipped, data, s, 0, other)
+    (other / "checkpoints" / "ct_cnn" / "r1_f2.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="ct_cnn: no checkpoint of repeat 1, fold 2"):
+        loop.restore_fold_models(specs["ct_cnn"], data, s, 0, other)
+
+
+def test_fold_maps_are_cached_per_fold_model_and_recomputed_when_it_changes(fitted, tmp_path, monkeypatch):
+    import shutil
+
+    run, data, y, s, specs, _ = fitted
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    model = loop.restore_fold_models(specs["pet_cnn"], data, s, 0, work, repeats=[0], check=False)[(0, 0)]
+    patients = data.images["pet"].patients[:5]
+    x = data.images["pet"].take(patients)
+    first = gradcam.fold_maps(work, "pet_cnn", 0, 0, model.model, x, patients, "encoder.body.2")
+    assert (work / "explain" / "gradcam" / "pet_cnn" / "r0_f0.npz").is_file()
+    calls = []
+    real = gradcam.gradcam_maps
+    monkeypatch.setattr(gradcam, "gradcam_maps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = gradcam.fold_maps(work, "pet_cnn", 0, 0, model.model, x, patients, "encoder.body.2")
+    assert not calls and np.allclose(first, again, atol=1e-3)
+    ck = torch.load(work / "checkpoints" / "pet_cnn" / "r0_f0.pt", weights_only=True)
+    ck["best_epoch"] = 99
+    torch.save(ck, work / "checkpoints" / "pet_cnn" / "r0_f0.pt")  # another model: computed again
+    gradcam.fold_maps(work, "pet_cnn", 0, 0, model.model, x, patients, "encoder.body.2")
+    assert calls == [1]
+
+
+def test_image_saliency_and_sanity_checks_run_over_every_test_fold(fitted):
+    run, data, y, s, specs, _ = fitted
+    cnn = [specs["pet_cnn"], specs["ct_cnn"]]
+    sal = saliency.image_saliency(cnn, data, s, 0, run, progress=False)
+    m = sal.metrics
+    assert len(m) == 2 * 2 * len(y.dropna())  # two models, two repeats, every labelled patient once per repeat
+    for (model, r), g in m.groupby(["model", "repeat"]):
+        assert sorted(g["patient"]) == sorted(s.loc[s["repeat"] == r, "patient"])
+    assert set(sal.maps["pet_cnn"]) == set(s.loc[s["repeat"] == 0, "patient"])
+    assert sal.layers["pet_cnn"] == "encoder.body.2"  # 8×8×6 input: no block has 8 voxels per axis, the first
+    one = saliency.image_saliency(cnn[:1], data, s, 0, run, repeats=1, progress=False)
+    assert set(one.metrics["repeat"]) == {0}
+    cascade, labels, aurocs = sanity.sanity_checks(one, cnn[:1], data, s, 0, n_patients=5, progress=False)
+    assert set(cascade["step"]) == {1, 2, 3, 4, 5} and len(labels) == 5 and 0 <= aurocs["pet_cnn"] <= 1
+    table = sanity.sanity_summary(cascade.assign(model="pet_cnn"), labels.assign(model="pet_cnn"))
+    assert list(table["check"]) == [sanity.REINITIALISED, sanity.PERMUTED]
+    assert list(table["maps"]) == [5, 5] and set(table["verdict"]) <= {"passes", "flagged: uninformative"}
+
+
+# ---- the fusion: importance, ablation ------------------------------------------------------------
+def test_permutation_importance_inside_the_fusion(fitted):
+    run, data, y, s, specs, _ = fitted
+    back = loop.restore_fold_models(specs["f"], data, s, 0, run)
+    wide = base.ModelData(data.y, data.table.assign(unused=1.0), data.images)
+    imp = importance.permutation_importance(back, wide, s, ["cga", "ggt", "unused"], repeats=3, seed=0)
+    assert len(imp) == 6 * 3 and set(imp["feature"]) == {"cga", "ggt", "unused"}
+    mean = imp.groupby("feature")["importance"].mean()
+    assert mean["cga"] > 0.05 and mean["unused"] == 0  # a column the fusion never reads cannot matter
+    assert mean["cga"] > mean["ggt"]
+    again = importance.permutation_importance(back, wide, s, ["cga", "ggt", "unused"], repeats=3, seed=0)
+    pd.testing.assert_frame_equal(imp, again)
+
+
+def test_masking_a_modality_at_inference_is_the_missing_modality_path(fitted):
+    run, data, y, s, specs, _ = fitted
+    back = loop.restore_fold_models(specs["f"], data, s, 0, run)
+    m = back[(0, 0)]
+    ids = list(y.dropna().index[:10])
+    no_labs = base.ModelData(data.y, data.table.assign(cga=np.nan, ggt=np.nan), data.images)
+    np.testing.assert_allclose(m.predict(data, ids, without=("labs",)), m.predict(no_labs, ids), atol=1e-6)
+    assert not np.allclose(m.predict(data, ids, without=("labs",)), m.predict(data, ids))
+    with pytest.raises(ValueError, match="no 'pet_features' branch"):
+        m.predict(data, ids, without=("pet_features",))
+    ab = ablation.modality_ablation(back, data, s, SOURCE_NAMES)
+    assert list(ab) == ["all modalities", "without laboratory values", "without SR-PET", "without CT"]
+    saved = pd.read_csv(run / "predictions" / "f.csv", dtype={"patient": str}).query("fold >= 0")
+    pd.testing.assert_frame_equal(ab["all modalities"].sort_values(["repeat", "fold", "patient"], ignore_index=True),
+                                  saved.sort_values(["repeat", "fold", "patient"], ignore_index=True),
+                                  check_dtype=False, atol=1e-6)
+    table = ablation.ablation_table(ab, n_boot=50, seed=0, splits=s)
+    assert table.loc["all modalities", "difference from all modalities"] == 0
+    assert np.isnan(table.loc["all modalities", "p, corrected t-test"])
+    from prrt.evaluation.comparison import compare_models
+
+    assert table.loc["without CT", "p, corrected t-test"] == compare_models(ab["without CT"], ab["all modalities"],
+                                                                            s)["p_corrected_t"]
+    assert "p, corrected t-test" not in ablation.ablation_table(ab, n_boot=50, seed=0)
+    assert (table["ci_low"] <= table["auroc_mean"] + 0.05).all() and (table["ci_high"] >= table["ci_low"]).all()
+    # the labs carry the signal here: without them the fusion is worse
+    assert table.loc["without laboratory values", "difference from all modalities"] < 0
+
+
+def test_importance_comparison_ranks_both_models():
+    fus = pd.DataFrame({"feature": ["a", "b", "a", "b"], "importance": [0.1, 0.0, 0.2, 0.02]})
+    rf = pd.DataFrame({"feature": ["a", "b", "c"], "importance": [0.0, 0.1, 0.5]})
+    t = importance.importance_comparison(fus, rf)
+    assert list(t.index) == ["a", "b"] and list(t["fusion: rank"]) == [1, 2]
+    assert list(t["Random Forest: rank"]) == [2, 1]  # only the fusion's columns are ranked
+    assert "Random Forest: rank" not in importance.importance_comparison(fus, None)
+    shown = ch05_explain.format_importance(t)
+    assert shown.loc["a", "fusion: drop in AUROC"] == "0.150 ± 0.071" and shown.loc["b", "Random Forest: rank"] == 1
+    assert list(ch05_explain.format_importance(importance.importance_comparison(fus, None)).columns) == [
+        "fusion: drop in AUROC", "fusion: rank"]
+
+
+def test_risk_tertiles():
+    rng = np.random.default_rng(0)
+    risk = rng.uniform(size=90)
+    time = np.where(risk > 0.66, 3, np.where(risk > 0.33, 12, 30)) + rng.uniform(0, 1, 90)
+    out = survival.risk_tertiles(time, np.ones(90), risk)
+    assert (pd.Series(out["group"]).value_counts() == 30).all()
+    assert set(out["group"][risk > np.quantile(risk, 0.7)]) == {"high"} and out["p"] < 1e-10
+    assert survival.risk_tertiles(rng.uniform(0, 30, 90), np.ones(90), risk)["p"] > 0.01
+
+
+# ---- overlay geometry -------------------------------------------------------------------------------
+def test_a_map_on_the_input_grid_lines_up_with_the_mask_on_the_display_grid(tmp_path):
+    """Phantom: two hot lesions of different size away from the centre. A "map" that is exactly the
+    input's mask channel, upsampled to the display grid, covers the mask resampled from the file onto
+    that grid; the same map shifted by one input voxel does not."""
+    from dataclasses import replace
+
+    from image_phantoms import LESIONS, patient
+
+    from prrt.imaging import preprocess as imaging
+
+    settings = replace(LESIONS, input_size_voxels=(16, 16, 16), roi_min_spacing_mm=4.0)
+    paths = patient(tmp_path, [((40, -20, 10), 14), ((10, 5, -5), 8)])
+    arrays = imaging.preprocess(paths, settings)
+    size = (48, 48, 48)
+    shown = imaging.display_arrays(paths, imaging.box_of(arrays), size)
+    assert shown["mask"].shape == shown["suv"].shape == shown["ct"].shape == size
+    up = gradcam.upsample(arrays["mask"][None].astype(np.float32), size)[0] > 0.5
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    def centroid(a):
+        return np.argwhere(a).mean(axis=0)
+
+    truth = shown["mask"] > 0
+    assert dice(up, truth) > 0.8
+    np.testing.assert_allclose(centroid(up), centroid(truth), atol=1.0)
+    np.testing.assert_allclose(centroid(shown["suv"] > 10), centroid(truth), atol=1.0)  # the PET lines up too
+    shifted = gradcam.upsample(np.roll(arrays["mask"], 1, axis=0)[None].astype(np.float32), size)[0] > 0.5
+    assert abs(centroid(shifted)[0] - centroid(truth)[0]) > 2  # one input voxel = three display voxels
+
+
+def test_display_size_refines_the_input_grid_by_a_whole_factor():
+    from prrt.profiles import get_profile
+
+    assert gradcam.display_size(get_profile("demo")) == (96, 96, 96)
+    assert gradcam.display_size(get_profile("smoke")) == (48, 48, 40)
+
+
+# ---- what the page says ---------------------------------------------------------------------------
+def test_the_wilcoxon_test_counts_each_patient_once_over_the_repeats():
+    rows = pd.DataFrame({"model": "m", "patient": np.tile(["a", "b", "c", "d"], 5), "mass_in_mask": 0.5,
+                         "chance": 0.1, "pointing_hit": 1.0})
+    s = saliency.summarise_saliency(rows)
+    assert s.loc[0, "maps"] == 20 and np.isnan(s.loc[0, "p (mass > chance)"])  # four patients: too few to test
+    more = pd.concat([rows, rows.assign(patient=rows["patient"] + "x")])
+    assert saliency.summarise_saliency(more).loc[0, "p (mass > chance)"] == pytest.approx(1 / 2 ** 8)  # 8 patients
+
+
+def test_a_map_that_barely_changes_is_flagged_in_the_table_and_the_text():
+    cascade = pd.DataFrame({"model": ["same"] * 4 + ["changes"] * 4, "step": [1, 1, 2, 2] * 2,
+                            "rank_correlation": [0.9, 0.9, 0.8, 0.7, 0.5, 0.4, 0.1, 0.0]})
+    labels = pd.DataFrame({"model": ["same", "same", "changes", "changes"], "rank_correlation": [0.6, 0.4, 0.1, 0.2]})
+    t = sanity.sanity_summary(cascade, labels).set_index(["model", "check"])
+    assert t.loc[("same", sanity.REINITIALISED), "median rank correlation"] == pytest.approx(0.75)  # the last step
+    assert t.loc[("same", sanity.REINITIALISED), "verdict"] == "flagged: uninformative"
+    assert t.loc[("same", sanity.PERMUTED), "verdict"] == "flagged: uninformative"  # median 0.5: at the flag
+    assert set(t.loc["changes", "verdict"]) == {"passes"}
+    text = ch05_explain.sanity_text(t.reset_index(), {"same": 0.5, "changes": 0.48})
+    assert "`same`: median rank correlation 0.75 with the re-initialised network and 0.50 with the permuted-label " \
+           "network (the permuted-label network's test AUROC 0.50): **flagged as uninformative**" in text
+    assert "`changes`: median rank correlation 0.05 with the re-initialised network and 0.15 with the permuted-label " \
+           "network (the permuted-label network's test AUROC 0.48): the maps depend on what the network learnt" in text
+
+
+def test_the_page_s_sentences_come_from_the_tables():
+    sal = pd.DataFrame([{"model": "pet_cnn", "maps": 10, "maps checked": 8, "mass in mask": 0.123, "chance": 0.02,
+                         "pointing hits": 0.5, "p (mass > chance)": 0.001},
+                        {"model": "ct_cnn", "maps": 10, "maps checked": 0, "mass in mask": np.nan, "chance": np.nan,
+                         "pointing hits": np.nan, "p (mass > chance)": np.nan}])
+    assert ch05_explain.saliency_text(sal) == (
+        "In this run: `pet_cnn`: 12 % of the map's mass in the lesion mask against 2 % by chance (more than chance; "
+        "Wilcoxon p = 0.001), and its maximum inside the mask in 50 % of 8 maps; `ct_cnn`: no map could be checked "
+        "(no patient has a lesion in the mask, or the network's input has no mask channel).")
+    imp = importance.importance_comparison(pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.3, 0.2, 0.1]}),
+                                        pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.1, 0.3, 0.2]}))
+    assert ch05_explain.importance_text(imp) == ("Inside the fusion the laboratory values with the largest drop in AUROC "
+                                            "were `ggt` and `cga`; in the Random Forest of chapter 2, `cga` and `alp`.")
+    ab = pd.DataFrame({"auroc_mean": [0.8, 0.7, 0.75], "ci_low": [0.7, 0.6, 0.65], "ci_high": [0.9, 0.8, 0.85]},
+                      index=["all modalities", "without SR-PET", "without CT"])
+    ab["difference from all modalities"] = ab["auroc_mean"] - 0.8
+    assert ch05_explain.ablation_text(ab) == ("with every modality the fusion reached a test-fold AUROC of 0.80 (95 % CI "
+                                         "0.70–0.90); without SR-PET 0.70 (-0.10); without CT 0.75 (-0.05). Hiding the "
+                                         "SR-PET cost the most.")
+    ab["p, corrected t-test"] = [np.nan, 0.0004, 0.2]
+    assert "without SR-PET 0.70 (-0.10, p <0.001); without CT 0.75 (-0.05, p = 0.200)" in ch05_explain.ablation_text(ab)
+
+
+def test_example_patients_by_role():
+    risk = pd.Series({"a": 0.9, "b": 0.7, "c": 0.8, "d": 0.1, "e": 0.3, "f": 0.2})
+    labels = pd.Series({"a": 1, "b": 1, "c": 0, "d": 0, "e": 0, "f": 1})
+    assert ch05_explain.example_patients(risk, labels) == {"highest-risk true positive": "a", "true negative": "d",
+                                                      "false positive": "c"}
+    assert ch05_explain.example_patients(risk[["d", "e"]], labels) == {"true negative": "d"}
+
+
+def test_the_page_says_whether_the_cnns_are_the_fusions_branches():
+    from prrt.profiles import get_profile
+
+    assert "also the fusions' SR-PET and CT branches" in ch05_explain.branches_text(get_profile("demo"))
+    assert "encoders of their own" in ch05_explain.branches_text(get_profile("paper"))
+
+
+def test_without_a_mask_channel_the_maps_are_made_and_none_is_judged(tmp_path):
+    complete, y, _ = _multimodal(missing=False)
+    one = base.ModelData(y, complete.table, {"pet": base.ImageSet(complete.images["pet"].x[:, :1],
+                                                                      complete.images["pet"].patients)})
+    s = sp.make_splits(y, 3, 1, 0)
+    spec = image_model.image_spec("pet_cnn", "pet", training.TrainConfig(epochs=1, batch_size=8), "03", "PET", True)
+    loop.run_models([spec], one, None, s, _Profile(), 0, tmp_path)
+    sal = saliency.image_saliency([spec], one, s, 0, tmp_path, progress=False)
+    assert len(sal.maps["pet_cnn"]) == len(y.dropna()) and sal.metrics["mass_in_mask"].isna().all()
+    summary = saliency.summarise_saliency(sal.metrics)
+    assert summary.loc[0, "maps checked"] == 0 and "no map could be checked" in ch05_explain.saliency_text(summary)

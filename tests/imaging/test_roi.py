@@ -1,0 +1,204 @@
+"""Lesion-centred inputs: the box rule, its fallbacks, and the crop's robustness cases.
+
+Phantoms: a CT (water cylinder in air, 100 × 100 × 60 voxels of 3 × 3 × 4 mm, x/y flipped) and a
+PET with hot spheres on another grid (other spacing, origin and orientation). World positions are
+RAS millimetres in the NIfTI files; the preprocessed grid follows ITK's LPS axes (x and y negated).
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from image_phantoms import LESIONS, PET_GRID, patient, spheres
+from scipy import ndimage
+
+from prrt.imaging import preprocess as imaging
+from prrt.imaging.boxes import fit_box, input_box
+from prrt.imaging.io import ImageError
+from prrt.imaging.preprocess import ImageCache, preprocess
+from prrt.imaging.settings import PreprocessSettings
+
+
+def lps(ras):
+    return np.asarray(ras, float) * [-1, -1, 1]
+
+
+def world_of(box: dict, ijk):
+    """LPS position of voxel ``ijk`` of a preprocessed grid, from its stored box record."""
+    centre = np.array([box[f"centre_{a}_mm"] for a in "xyz"])
+    spacing = np.array([box[f"spacing_{a}_mm"] for a in "xyz"])
+    return centre + (np.asarray(ijk) - (np.asarray(LESIONS.input_size_voxels) - 1) / 2) * spacing
+
+
+def touches_border(mask):
+    return bool(mask[[0, -1]].any() or mask[:, [0, -1]].any() or mask[:, :, [0, -1]].any())
+
+
+# ---- the box rule -----------------------------------------------------------------------------------
+def test_fit_box_keeps_voxels_isotropic_pads_and_never_cuts():
+    centre, spacing = fit_box((-60, -40, -65), (60, 35, 65), 20, (32, 32, 32), 3.0)
+    assert spacing == pytest.approx((130 + 40) / 32)  # the longest axis decides; the others are padded
+    np.testing.assert_allclose(centre, (0, -2.5, 0))
+    # a small box is not magnified beyond the finest spacing
+    assert fit_box((0, 0, 0), (5, 5, 5), 2, (32, 32, 32), 3.0)[1] == 3.0
+    # a non-cubic input: the box fits along every axis
+    c, s = fit_box((0, 0, 0), (300, 100, 100), 0, (64, 32, 32), 1.0)
+    assert s * 64 >= 300 and s * 32 >= 100
+
+
+def test_lesion_box_from_the_mask_with_margin(tmp_path):
+    paths = patient(tmp_path, [((30, -20, 10), 15)])
+    box, _ = input_box(paths, LESIONS)
+    assert box.source == "lesion mask" and box.roi == "lesions"
+    lo, hi = np.asarray(box.lesion_lo_mm), np.asarray(box.lesion_hi_mm)
+    # the voxel-edge bounds of a 30 mm sphere drawn on a 5-6 mm grid: within a voxel of the sphere
+    np.testing.assert_allclose((lo + hi) / 2, lps((30, -20, 10)), atol=3.5)
+    assert np.all(np.abs((hi - lo) - 30) <= 6.0)
+    assert box.spacing_mm[0] == box.spacing_mm[1] == box.spacing_mm[2]
+    assert box.spacing_mm[0] == pytest.approx(max(float(np.max(hi - lo)) + 20, 32 * 3.0) / 32)
+
+
+def test_pet_ct_and_mask_line_up_inside_the_lesion_box(tmp_path):
+    paths = patient(tmp_path, [((30, -20, 10), 15)])
+    out = preprocess(paths, LESIONS)
+    assert out["pet"].shape == out["ct"].shape == out["mask"].shape == (32, 32, 32)
+    hot = np.argwhere(out["suv"] > 10).mean(axis=0)
+    np.testing.assert_allclose(np.argwhere(out["mask"]).mean(axis=0), hot, atol=0.6)
+    # the box is centred on the lesion and the world position is right
+    np.testing.assert_allclose(hot, (np.asarray(LESIONS.input_size_voxels) - 1) / 2, atol=0.8)
+    np.testing.assert_allclose(world_of(imaging.box_of(out), hot), lps((30, -20, 10)), atol=3)
+    # the CT phantom's 300 HU sphere sits at the same world place: it lines up with the PET lesion
+    np.testing.assert_allclose(np.argwhere(out["ct"] > 0.99).mean(axis=0), hot, atol=0.8)
+
+
+# ---- robustness cases ---------------------------------------------------------------------------------
+def test_lesion_at_the_edge_of_the_field_of_view_is_kept_whole_and_the_outside_is_padded(tmp_path):
+    # the PET field of view ends at x = 160 mm (RAS); a lesion touches that edge
+    paths = patient(tmp_path, [((150, 0, 0), 12)])
+    out = preprocess(paths, LESIONS)
+    box = imaging.box_of(out)
+    assert box["source"] == "lesion mask"
+    assert out["mask"].sum() > 0 and not touches_border(out["mask"] > 0)
+    # voxels beyond the CT (x > 150 mm RAS) and beyond the PET are padding: air on CT, 0 on PET
+    beyond = [i for i in range(32) if -world_of(box, (i, 16, 16))[0] > 175]
+    assert beyond, "the box should reach past both scans"
+    assert np.all(out["ct"][beyond] == 0.0) and np.all(out["suv"][beyond] == 0.0)
+
+
+def test_lesion_far_from_the_body_centre_is_centred(tmp_path):
+    # a "limb" lesion 130 mm right of the body centre and low in z, beside the CT's cylinder
+    paths = patient(tmp_path, [((130, 40, -80), 10)])
+    out = preprocess(paths, LESIONS)
+    c = np.argwhere(out["mask"]).mean(axis=0)
+    np.testing.assert_allclose(c, (np.asarray(LESIONS.input_size_voxels) - 1) / 2, atol=1.0)
+    body = imaging.preprocess(paths, PreprocessSettings((32, 32, 32), (384.0, 384.0, 320.0), (-160.0, 240.0),
+                                                        (0.0, 30.0)))
+    assert np.linalg.norm(np.argwhere(body["mask"]).mean(axis=0) - 15.5) > 8  # far off-centre on the body grid
+
+
+def test_mask_on_the_ct_grid_gives_the_same_box_as_on_the_pet_grid(tmp_path):
+    a = input_box(patient(tmp_path / "a", [((30, -20, 10), 15)], mask_grid="pet"), LESIONS)[0]
+    b = input_box(patient(tmp_path / "b", [((30, -20, 10), 15)], mask_grid="ct"), LESIONS)[0]
+    np.testing.assert_allclose(a.centre_mm, b.centre_mm, atol=3.5)  # within a voxel of the coarser grid
+    out = preprocess(patient(tmp_path / "c", [((30, -20, 10), 15)], mask_grid="ct"), LESIONS)
+    np.testing.assert_allclose(np.argwhere(out["mask"]).mean(axis=0), np.argwhere(out["suv"] > 10).mean(axis=0),
+                               atol=0.8)
+
+
+def test_single_tiny_lesion_gets_the_finest_spacing_and_stays_visible(tmp_path):
+    paths = patient(tmp_path, [((30, -20, 10), 6)])  # a few voxels of 5-6 mm
+    n_voxels = int((nib.load(paths["mask"]).get_fdata() > 0).sum())
+    assert 1 <= n_voxels <= 12
+    out = preprocess(paths, LESIONS)
+    box = imaging.box_of(out)
+    assert box["spacing_x_mm"] == LESIONS.roi_min_spacing_mm
+    assert out["mask"].sum() >= n_voxels  # finer voxels: the lesion is not lost
+    peak = np.unravel_index(np.argmax(out["suv"]), out["suv"].shape)
+    assert out["mask"][peak] == 1
+
+
+def test_burden_larger_than_the_input_is_downsampled_to_fit_never_cut(tmp_path):
+    # two lesions 250 mm apart: more than 32 voxels x 3 mm
+    lesions = [((-120, 0, -60), 12), ((120, 20, 60), 12)]
+    out = preprocess(patient(tmp_path, lesions), LESIONS)
+    box = imaging.box_of(out)
+    assert box["spacing_x_mm"] > LESIONS.roi_min_spacing_mm
+    assert box["extent_x_mm"] >= 240 + 24 + 2 * LESIONS.roi_margin_mm - 0.01
+    labels, n = ndimage.label(out["mask"])
+    assert n == 2 and not touches_border(out["mask"] > 0)
+
+
+def test_empty_mask_falls_back_to_the_pet_threshold_then_to_the_body(tmp_path):
+    paths = patient(tmp_path, [((30, -20, 10), 15)], mask_lesions=[])
+    box, seg = input_box(paths, LESIONS)
+    assert box.source == "PET threshold" and "empty" in box.note and "SUV >= 10" in box.note
+    np.testing.assert_allclose((np.asarray(box.lesion_lo_mm) + box.lesion_hi_mm) / 2, lps((30, -20, 10)), atol=3.5)
+    out = preprocess(paths, LESIONS)
+    assert out["mask"].sum() > 0  # the threshold segmentation is the mask channel
+    # no mask at all: the same fallback, and the note says why
+    box2, _ = input_box({"ct": paths["ct"], "pet": paths["pet"]}, LESIONS)
+    assert box2.source == "PET threshold" and "no lesion mask" in box2.note
+    # no PET: a box around the body, isotropic, centred on the body
+    box3, _ = input_box({"ct": paths["ct"], "mask": paths["mask"]}, LESIONS)
+    assert box3.source == "body (no lesion found)"
+    assert len(set(box3.spacing_mm)) == 1 and box3.spacing_mm[0] == pytest.approx(384 / 32)
+    np.testing.assert_allclose(box3.centre_mm, (0, 0, 0), atol=3)
+    # a PET without anything above the threshold: the body as well
+    cold = spheres(tmp_path / "cold.nii.gz", [((30, -20, 10), 15)], 4.0, 1.0, **PET_GRID)
+    box4, seg4 = input_box({"ct": paths["ct"], "pet": cold}, LESIONS)
+    assert box4.source == "body (no lesion found)" and seg4 is None and "no voxel above" in box4.note
+
+
+def test_mask_that_does_not_overlap_the_pet_is_an_error_naming_patient_and_file(tmp_path):
+    paths = patient(tmp_path, [((30, -20, 10), 15)], mask_grid="pet")
+    # the same mask shifted 1 m away (an affine that lost its origin, or another patient's mask)
+    img = nib.load(paths["mask"])
+    moved = img.affine.copy()
+    moved[:3, 3] += (0, 0, 1000)
+    bad = tmp_path / "moved_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), moved), bad)
+    with pytest.raises(ImageError, match=r"patient 'P012', image \"mask\" \(.*moved_mask.nii.gz\): the lesion mask "
+                                         r"does not overlap the (PET|CT)"):
+        input_box({**paths, "mask": bad}, LESIONS, patient="P012")
+    with pytest.raises(ImageError, match="P012"):
+        ImageCache(tmp_path / "cache").get({**paths, "mask": bad}, LESIONS, patient="P012")
+
+
+# ---- cache and records ----------------------------------------------------------------------------------
+def test_the_box_is_stored_and_part_of_the_cache_key(tmp_path):
+    paths = patient(tmp_path, [((30, -20, 10), 15)])
+    cache = ImageCache(tmp_path / "cache")
+    a = cache.get(paths, LESIONS)
+    assert imaging.box_of(a)["source"] == "lesion mask"
+    cache.get(paths, LESIONS)
+    assert (cache.misses, cache.hits) == (1, 1)
+    box = input_box(paths, LESIONS)[0]
+    assert cache.key(paths, LESIONS, box) != cache.key(paths, LESIONS, None)
+    # another margin changes the box, hence the key and the arrays
+    wider = PreprocessSettings(**{**LESIONS.__dict__, "roi_margin_mm": 60.0})
+    b = cache.get(paths, wider)
+    assert cache.misses == 2 and imaging.box_of(b)["extent_x_mm"] > imaging.box_of(a)["extent_x_mm"]
+    # the body grid ignores lesion settings
+    body = PreprocessSettings(**{**LESIONS.__dict__, "roi": "body"})
+    body2 = PreprocessSettings(**{**LESIONS.__dict__, "roi": "body", "roi_margin_mm": 60.0})
+    assert cache.key(paths, body) == cache.key(paths, body2)
+
+
+def test_unknown_roi_is_a_clear_error(tmp_path):
+    paths = patient(tmp_path, [((30, -20, 10), 15)])
+    with pytest.raises(ValueError, match="unknown roi 'tumour'"):
+        input_box(paths, PreprocessSettings(**{**LESIONS.__dict__, "roi": "tumour"}))
+
+
+def test_the_preprocessing_chain_runs_through_torchio(tmp_path, monkeypatch):
+    import torchio as tio
+
+    calls = []
+    for name in ("ToCanonical", "Resample", "Clamp", "RescaleIntensity"):
+        cls = getattr(tio, name)
+        monkeypatch.setattr(tio, name, type(name, (cls,), {"apply_transform": (
+            lambda self, subject, _cls=cls, _name=name: calls.append(_name) or _cls.apply_transform(self, subject))}))
+    out = preprocess(patient(tmp_path, [((30, -20, 10), 15)]), LESIONS)
+    assert {"ToCanonical", "Resample", "Clamp", "RescaleIntensity"} <= set(calls)
+    assert out["mask"].sum() > 0

@@ -1,0 +1,273 @@
+"""`prrt.learn.run_models`: what a chapter's call writes and returns, checked against the parts it is made of."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from prrt.data.load import load_cohort
+from prrt.evaluation import splits as sp
+from prrt.evaluation.metrics import summarise
+from prrt.evaluation.results import read_predictions
+from prrt.learn import base, engines, image_model, loop, tabular, training
+from prrt.profiles import get_profile
+
+
+@pytest.fixture(scope="module")
+def chapter(small_cohort_dir):
+    """A cohort, its labs and tiny noise 'PET' images; a logistic regression, a skipped spec, a CNN."""
+    cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="none")
+    ids = list(cohort.data.index)
+    x = torch.from_numpy(np.random.default_rng(0).random((len(ids), 1, 8, 8, 6)).astype(np.float32))
+    data = base.ModelData(cohort.data["label"], table=tabular.feature_table(cohort),
+                            images={"pet": base.ImageSet(x, ids)})
+    splits = sp.make_splits(cohort.data["label"], 3, 2, seed=3)
+    # a plain logistic regression (the chapter's one tunes its penalty by an inner CV: slower, same loop)
+    lab = tabular.table_spec("lab_lr", "02", "labs", list(cohort.labs),
+                             lambda s: make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
+                                                       LogisticRegression()),
+                             permutation_repeats=1)
+    gone = base.ModelSpec("pet_thing", "02", "PET", None, reason="the manifest names no PET images")
+    cnn = image_model.image_spec("tiny_cnn", "pet", training.TrainConfig(epochs=1, batch_size=8), "03", "PET", available=True)
+    profile = replace(get_profile("smoke"), n_bootstrap=50)
+    return cohort, data, splits, [lab, gone, cnn], profile
+
+
+class Inline:
+    """An engine that is not :class:`prrt.learn.engines.Sequential`: runs the jobs here and notes how it was called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def map(self, fn, jobs, data, progress=True, desc=""):
+        self.calls.append((len(jobs), progress, desc))
+        return [fn(job, data) for job in jobs]
+
+
+def test_run_models_returns_and_writes_what_the_loop_and_summarise_give(chapter, tmp_path, capsys):
+    cohort, data, splits, specs, profile = chapter
+    results, rows = loop.run_models(specs, data, cohort, splits, profile, 8, tmp_path, progress=False)
+    assert capsys.readouterr().err == ""
+    assert list(results) == ["lab_lr", "tiny_cnn"]
+    # the rows in the order of the specs; the skipped one says why
+    assert [r["model"] for r in rows] == ["lab_lr", "pet_thing", "tiny_cnn"]
+    assert rows[1] == {"model": "pet_thing", "chapter": "02", "inputs": "PET",
+                       "status": "skipped: the manifest names no PET images"}
+    for spec, row in [(specs[0], rows[0]), (specs[2], rows[2])]:
+        alone = loop.cross_validate(spec, data, splits, 8, progress=False)
+        res = results[spec.name]
+        pd.testing.assert_frame_equal(res.predictions, alone.predictions)
+        pd.testing.assert_frame_equal(res.permutation, alone.permutation)
+        pd.testing.assert_frame_equal(res.curves, alone.curves)
+        written = read_predictions(tmp_path, spec.name)
+        np.testing.assert_allclose(written["probability"], res.predictions["probability"], rtol=0, atol=1e-12)
+        assert list(written["patient"]) == list(res.predictions["patient"])
+        expected = {"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",
+                    **summarise(res.predictions, cohort, n_boot=50, seed=8)}
+        assert list(row) == list(expected)
+        for k, v in expected.items():
+            assert row[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(row[k])), k
+        assert row["n_patients_survival"] == len(cohort.data) and not math.isnan(row["c_index"])
+        assert res.models == {}  # fold models are kept only when asked
+    assert not (tmp_path / "predictions" / "pet_thing.csv").exists()
+    # the CNN's checkpoints and learning curves go to the run folder
+    ck = tmp_path / "checkpoints" / "tiny_cnn"
+    assert sorted(p.name for p in ck.glob("*.pt")) == [f"r{r}_f{f}.pt" for r in range(2) for f in range(3)]
+    curves = results["tiny_cnn"].curves
+    assert curves.index.equals(pd.RangeIndex(6)) and len(curves) == 6  # one epoch per fold
+    pd.testing.assert_frame_equal(pd.read_csv(ck / "curves.csv"), curves, check_dtype=False)
+    assert results["tiny_cnn"].name == "tiny_cnn" and results["lab_lr"].features == list(cohort.labs)
+    assert not (tmp_path / "checkpoints" / "lab_lr").exists()
+
+
+def test_run_models_keeps_the_fold_models_when_asked_and_shows_one_bar_per_model(chapter, tmp_path, capsys):
+    cohort, data, splits, specs, profile = chapter
+    results, _ = loop.run_models([specs[0], specs[0].__class__(**{**specs[0].__dict__, "name": "lab_lr2"})],
+                                   data, cohort, splits, profile, 8, tmp_path, keep_models=True)
+    assert sorted(results["lab_lr"].models) == [(r, f) for r in range(2) for f in range(3)]
+    err = capsys.readouterr().err  # progress bars by default, one per model, counting folds
+    assert "lab_lr:" in err and "lab_lr2:" in err and "6/6" in err and "2 models" not in err
+    assert re.search(r"fold/s|s/fold", err)
+
+
+def test_another_engine_gets_every_job_of_the_chapter_at_once_with_the_same_results(chapter, tmp_path, capsys):
+    cohort, data, splits, specs, profile = chapter
+    engine = Inline()
+    results, rows = loop.run_models(specs, data, cohort, splits, profile, 8, tmp_path / "a", engine=engine)
+    assert engine.calls == [(12, True, "2 models")]
+    assert "r0 f0" not in capsys.readouterr().err  # no epoch bars from jobs that may run elsewhere
+    ref, ref_rows = loop.run_models(specs, data, cohort, splits, profile, 8, tmp_path / "b", progress=False)
+    for name in ref:
+        pd.testing.assert_frame_equal(results[name].predictions, ref[name].predictions)
+    assert [r["status"] for r in rows] == [r["status"] for r in ref_rows]
+    assert loop.run_models(specs, data, cohort, splits, profile, 8, tmp_path / "c", engine=engine,
+                             progress=False)[0].keys() == ref.keys()
+    assert engine.calls[-1] == (12, False, "2 models")
+
+
+def test_the_engine_given_is_the_engine_used_and_keeps_the_models_when_asked(chapter, tmp_path):
+    cohort, data, splits, specs, profile = chapter
+
+    class Recording(engines.Sequential):  # a sequential engine of one's own (e.g. another progress display)
+        calls = []
+
+        def map(self, fn, jobs, data, progress=True, desc=""):
+            self.calls.append(desc)
+            return super().map(fn, jobs, data, progress, desc)
+
+    engine = Recording()
+    loop.run_models(specs, data, cohort, splits, profile, 8, tmp_path / "a", progress=False, engine=engine)
+    assert engine.calls == ["lab_lr", "tiny_cnn"]  # one call per model, as the default engine
+    results, _ = loop.run_models(specs[:1], data, cohort, splits, profile, 8, tmp_path / "b", progress=False,
+                                   keep_models=True, engine=Inline())
+    assert sorted(results["lab_lr"].models) == [(r, f) for r in range(2) for f in range(3)]
+
+
+def test_run_models_without_a_runnable_spec_writes_nothing(chapter, tmp_path):
+    cohort, data, splits, specs, profile = chapter
+    for engine in (None, Inline()):
+        results, rows = loop.run_models([specs[1]], data, cohort, splits, profile, 8, tmp_path, progress=False,
+                                          engine=engine)
+        assert results == {} and [r["status"] for r in rows] == ["skipped: the manifest names no PET images"]
+        assert not (tmp_path / "predictions").exists()
+    assert engine.calls == []
+
+
+def test_cross_validate_defaults_and_the_engine_it_is_given(chapter, capsys):
+    cohort, data, splits, specs, profile = chapter
+    res = loop.cross_validate(specs[2], data, splits, 8)
+    err = capsys.readouterr().err
+    assert "tiny_cnn:" in err and "r0 f0" in err  # progress by default: the folds and each fold's epochs
+    assert res.models == {}  # fold models only when asked
+    loop.cross_validate(specs[2], data, splits, 8, progress=False)
+    assert capsys.readouterr().err == ""
+    engine = Inline()
+    loop.cross_validate(specs[0], data, splits, 8, engine=engine)
+    assert engine.calls == [(6, True, "lab_lr")]
+
+
+def test_fit_fold_refuses_a_training_part_that_is_not_the_folds_training_set(chapter, monkeypatch, capsys):
+    cohort, data, splits, specs, profile = chapter
+    fold = next(sp.iter_folds(splits))
+    loop.fit_fold(specs[2], data, fold, 8, [])
+    assert capsys.readouterr().err == ""  # a fold alone trains quietly unless asked
+    out = loop.fit_fold(specs[0], data, fold, 8, [])
+    assert out.model is None and len(out.test) == len(fold.test)
+    real = loop.inner_split
+    for wrong in (lambda part: base.TrainingPart(part.fit[1:], part.val),  # a training patient left out
+                  lambda part: base.TrainingPart(part.fit + fold.test[:1], part.val)):  # a test patient let in
+        monkeypatch.setattr(loop, "inner_split", lambda *a, w=wrong: w(real(*a)))
+        with pytest.raises(AssertionError, match=rf"repeat {fold.repeat}, fold {fold.fold}: the training part is "
+                                                 "not the fold's training set"):
+            loop.fit_fold(specs[0], data, fold, 8, [])
+
+
+def test_a_model_that_needs_table_columns_predicts_the_patients_with_one_of_them(chapter):
+    cohort, data, splits, specs, profile = chapter
+    y = pd.Series([1.0, 0.0, 1.0], index=["A", "B", "C"])
+    table = pd.DataFrame({"a": [1.0, np.nan, np.nan], "b": [np.nan, np.nan, 2.0]}, index=y.index)
+    spec = base.ModelSpec("t", "02", "a", lambda s: None, needs=("table",), columns=["a"])
+    assert loop.predictable_patients(spec, base.ModelData(y, table=table)) == ["A"]
+    assert loop.predictable_patients(replace(spec, columns=["a", "b"]), base.ModelData(y, table=table)) == ["A", "C"]
+
+
+def test_fold_outputs_defaults_show_progress_and_keep_no_model(chapter, capsys):
+    cohort, data, splits, specs, profile = chapter
+    outs = loop.fold_outputs([specs[0]], data, splits, 8)
+    assert [o.model for o in outs["lab_lr"]] == [None] * 6
+    assert "lab_lr:" in capsys.readouterr().err
+
+
+def test_a_patient_of_the_splits_without_the_models_inputs_stops_it_with_a_clear_error(chapter):
+    cohort, data, splits, specs, profile = chapter
+    ids = list(data.y.index)
+    few = base.ModelData(data.y, images={"pet": base.ImageSet(data.images["pet"].x[4:], ids[4:])})
+    with pytest.raises(ValueError, match=re.escape(f"tiny_cnn: 4 patients of the splits lack its inputs (pet), "
+                                                   f"e.g. {sorted(ids[:4])[:3]}")):
+        loop.fold_outputs([specs[2]], few, splits, 8, progress=False)
+    with pytest.raises(ValueError, match=re.escape("pet_thing cannot run: the manifest names no PET images")):
+        loop.fold_outputs([specs[1]], data, splits, 8, progress=False)
+
+
+def test_inner_split_reads_the_seed_modulo_2_to_the_32(chapter):
+    cohort, data, splits, specs, profile = chapter
+    train = list(next(sp.iter_folds(splits)).train)
+    assert loop.inner_split(train, data.y, 0.2, 2**32 + 5) == loop.inner_split(train, data.y, 0.2, 5)
+
+
+def test_training_part_digest_tells_parts_apart_and_ignores_order():
+    a = base.TrainingPart(fit=["P1", "P2", "P3"], val=["P4"])
+    assert a.digest() == base.TrainingPart(fit=["P3", "P1", "P2"], val=["P4"]).digest()
+    others = [base.TrainingPart(fit=["P1", "P2", "P4"], val=["P3"]), base.TrainingPart(fit=["P1", "P2", "P3"], val=[]),
+              base.TrainingPart(fit=["P1", "P2", "P3", "P4"], val=[]), base.TrainingPart(fit=["P1", "P2"], val=["P3", "P4"])]
+    assert len({a.digest(), *[o.digest() for o in others]}) == 5
+    sha = lambda text: __import__("hashlib").sha256(text).hexdigest()[:16]
+    assert a.digest() == sha(b"fit:P1,P2,P3|val:P4")
+    assert base.TrainingPart(fit=["P1"], val=["P3", "P2"]).digest() == sha(b"fit:P1|val:P2,P3")
+
+
+def test_run_models_fits_required_models_first_through_a_chain_and_refuses_a_circle(tmp_path):
+    from prrt.learn import tabular
+
+    rng = np.random.default_rng(0)
+    y = pd.Series((np.arange(30) % 3 == 0).astype(float), index=[f"P{i:03d}" for i in range(30)])
+    data = base.ModelData(y, table=pd.DataFrame({"a": rng.normal(size=30) + y}, index=y.index))
+    s = sp.make_splits(y, 3, 1, 0)
+    order = []
+
+    def spec(name, *requires):
+        def build(seed):
+            order.append(name)
+            return tabular.table_spec(name, "04", "a", ["a"], lambda s: LogisticRegression()).build(seed)
+        return replace(tabular.table_spec(name, "04", "a", ["a"], None), build=build, requires=requires)
+
+    class Profile:
+        n_bootstrap = 10
+
+    specs = [spec("c", "b"), spec("b", "a"), spec("a"), spec("d", "not_in_this_call")]
+    results, rows = loop.run_models(specs, data, None, s, Profile(), 0, tmp_path)
+    assert [order[i] for i in range(0, len(order), 3)] == ["a", "d", "b", "c"]  # three folds each
+    assert list(results) == ["c", "b", "a", "d"] and [r["model"] for r in rows] == ["c", "b", "a", "d"]
+    with pytest.raises(ValueError, match=r"require each other in a circle: \['x', 'y'\]"):
+        loop.run_models([spec("x", "y"), spec("y", "x"), spec("z")], data, None, s, Profile(), 0, tmp_path)
+
+
+def test_the_splits_table_counts_in_whole_numbers():
+    import pandas as pd
+
+    from prrt.evaluation.splits import make_splits, splits_table
+
+    y = pd.Series([1] * 6 + [0] * 9, index=[f"P{i:03d}" for i in range(15)])
+
+    class Cohort:
+        data = pd.DataFrame({"label": y})
+
+    table = splits_table(make_splits(y, 3, 2, seed=1), Cohort)
+    assert table.loc["test patients"].map(type).eq(int).all() and table.loc["short PFS"].map(type).eq(int).all()
+    assert table.loc["test patients"].sum() == 30 and table.loc["short PFS share"].iloc[0] == 0.4
+
+
+def test_the_model_protocol_states_every_method_the_loop_calls():
+    """`Model` lists fit, predict, features and restore, and every model class of prrt.learn has all four."""
+    from prrt.learn.base import Model
+    from prrt.learn.fusion import LateFusion
+    from prrt.learn.image_model import ImageModel
+    from prrt.learn.neural_fusion import NeuralFusion
+    from prrt.learn.tabular import TableModel
+
+    stated = {n for n in vars(Model) if not n.startswith("_")}
+    assert stated == {"fit", "predict", "features", "restore"}
+    for cls in (TableModel, ImageModel, LateFusion, NeuralFusion):
+        assert all(callable(getattr(cls, m, None)) for m in stated), cls
+    with pytest.raises(NotImplementedError, match="no checkpoint"):
+        TableModel(None, ["a"]).restore(None, None, {})

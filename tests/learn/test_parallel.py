@@ -1,0 +1,64 @@
+"""The parallel engine gives the sequential loop's results, file for file (on the CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from prrt.evaluation import splits as sp
+from prrt.learn import base, image_model, loop, tabular, training
+from prrt.learn import engines as parallel
+
+
+def _data(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    y = pd.Series(np.r_[np.ones(11), np.zeros(n - 11), [np.nan]], index=[f"P{i:03d}" for i in range(n + 1)])
+    X = pd.DataFrame({"a": rng.normal(size=n + 1) + y.fillna(0), "b": rng.normal(size=n + 1)}, index=y.index)
+    x = torch.from_numpy(rng.random((n + 1, 1, 8, 8, 8)).astype(np.float32))
+    x[np.flatnonzero(y.to_numpy() == 1), 0, 2:5, 2:5, 2:5] += 0.8
+    return base.ModelData(y, table=X, images={"pet": base.ImageSet(x, list(y.index))}), y
+
+
+def test_dask_engine_gives_the_sequential_results(tmp_path):
+    data, y = _data()
+    specs = [tabular.table_spec("lr", "02", "labs", ["a", "b"], lambda s: LogisticRegression()),
+             image_model.image_spec("cnn", "pet", training.TrainConfig(epochs=2, batch_size=6), "03", "PET", available=True)]
+    s = sp.make_splits(y.dropna(), 3, 2, 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each worker: torch's CPU sums depend on the thread count
+    try:
+        seq = loop.fold_outputs(specs, data, s, seed=4, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    engine = parallel.DaskEngine("local", workers=2)
+    try:
+        assert engine.describe() == {"engine": "dask", "address": "local", "workers": 2}
+        par = loop.fold_outputs(specs, data, s, seed=4, progress=False, engine=engine)
+    finally:
+        engine.close()
+    for spec in specs:
+        a = loop.collect(spec, seq[spec.name], tmp_path / "seq")
+        b = loop.collect(spec, par[spec.name], tmp_path / "par")
+        pd.testing.assert_frame_equal(a.predictions, b.predictions, check_exact=True)
+        assert a.inner_validation == b.inner_validation
+        assert (a.predictions["fold"] == -1).sum() == 2  # the unlabelled patient, once per repeat
+    for f in sorted((tmp_path / "seq" / "checkpoints" / "cnn").glob("*")):
+        other = tmp_path / "par" / "checkpoints" / "cnn" / f.name
+        if f.suffix == ".csv":
+            assert other.read_bytes() == f.read_bytes()
+        else:
+            sa, sb = torch.load(f)["state_dict"], torch.load(other)["state_dict"]
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_engine_choice(monkeypatch):
+    monkeypatch.delenv(parallel.ENV, raising=False)
+    assert parallel.engine_from("") is None and parallel.engine_from("sequential") is None
+    monkeypatch.setenv(parallel.ENV, "gpu-farm")  # what `prrt run --engine` passes to the kernels
+    with pytest.raises(ValueError, match="not 'gpu-farm'"):
+        parallel.engine_from()
+    with pytest.raises(ValueError, match="engine must be 'local', 'local-cuda' or a scheduler address"):
+        parallel.DaskEngine("gpu-farm")
