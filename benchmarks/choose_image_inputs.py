@@ -33,10 +33,9 @@ def main(argv=None):
     ap.add_argument("--data", default="data/tune", help="folder of a synthetic cohort (with manifest.yaml)")
     ap.add_argument("--cache", default="runs/.prrt-cache", help="preprocessed-image cache")
     ap.add_argument("--modality", choices=["pet", "ct"], default="pet")
-    ap.add_argument("--roi", choices=list(imaging.ROI_MODES), default="lesions")
+    ap.add_argument("--roi", choices=list(imaging.ROI_MODES), default="liver")
     ap.add_argument("--size", type=int, nargs=3, default=[32, 32, 32], help="input size in voxels")
-    ap.add_argument("--min-spacing", type=float, default=6.0, help="finest spacing of a lesions box, mm")
-    ap.add_argument("--margin", type=float, default=20.0, help="margin around the lesions, mm")
+    ap.add_argument("--spacing", type=float, default=6.0, help="the one voxel spacing of a liver or lesions box, mm")
     ap.add_argument("--hu-window", type=float, nargs=2, default=[-160.0, 240.0])
     ap.add_argument("--mask-channel", action="store_true")
     ap.add_argument("--encoder", default="compact")
@@ -50,8 +49,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     cohort = load_cohort(f"{a.data}/manifest.yaml", check_images="exists")
-    profile = replace(get_profile("demo"), input_size_voxels=tuple(a.size), roi=a.roi, roi_min_spacing_mm=a.min_spacing,
-                      roi_margin_mm=a.margin, hu_window=tuple(a.hu_window), mask_channel=a.mask_channel)
+    profile = replace(get_profile("demo"), input_size_voxels=tuple(a.size), roi=a.roi, roi_spacing_mm=a.spacing,
+                      hu_window=tuple(a.hu_window), mask_channel=a.mask_channel)
     x, patients = image_model.image_tensors(cohort, profile, a.cache, a.modality, progress=False)
     splits = sp.make_splits(cohort.data["label"], 3, a.repeats, a.seed)
     cfg = training.TrainConfig(encoder=a.encoder, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay,

@@ -79,12 +79,12 @@ def _demo_data(args) -> int:
                                    geometry=args.geometry, mask_grid=args.mask_grid, pet_scale=args.pet_scale,
                                    pet_fwhm_mm=args.pet_fwhm, name=args.name)
     report = generate(args.out, seed=args.seed, config=cfg, workers=args.workers)
-    o = report["oracle_auroc"]
+    b = report["achievable_auroc"]
     print(f"Wrote {report['n_patients']} synthetic patients to {args.out} "
           f"({report['n_short_pfs']} short PFS, {report['n_long_pfs']} long PFS, "
           f"{report['n_censored_before_horizon']} censored before the horizon).")
-    print(f"Oracle AUROC (latent risk vs label): all {o['all']:.3f}; labs {o['lab']:.3f}; "
-          f"PET {o['pet']:.3f}; CT {o['ct']:.3f}")
+    print("Achievable AUROC (expected risk given what the inputs show, against the labels): "
+          + "; ".join(f"{k} {v:.3f}" for k, v in b.items()))
     print(f"Manifest: {Path(args.out) / 'manifest.yaml'}")
     if args.pretrain_ct:
         folder = generate_ct_collection(Path(args.out) / "ct_pretraining", args.pretrain_ct, args.seed,

@@ -30,20 +30,19 @@ class Profile:
     input_size_voxels:
         Shape (x, y, z) of the preprocessed image tensors fed to the networks.
     roi:
-        Region of interest of the networks' input: ``lesions`` (a box around every lesion voxel of
-        the mask plus ``roi_margin_mm``, isotropic voxels) or ``body`` (``field_of_view_mm`` centred
-        on the body). See :func:`prrt.imaging.boxes.input_box`.
-    roi_margin_mm:
-        Margin added around the lesions on each side (``lesions`` only).
-    roi_min_spacing_mm:
-        Finest voxel spacing of a ``lesions`` input: a small tumour burden is not magnified beyond it;
-        a burden larger than ``input_size_voxels × roi_min_spacing_mm`` gets coarser voxels.
+        Region of interest of the networks' input (see :func:`prrt.imaging.boxes.input_box`): ``liver``
+        (a grid of ``input_size_voxels`` cubic voxels of ``roi_spacing_mm`` centred on the liver of the
+        organ map, so that it holds the liver's lesions whether or not they take up the tracer; centred
+        on the lesions without a liver label), ``lesions`` (the same grid centred on the lesions of the
+        mask) or ``body`` (``field_of_view_mm`` centred on the body).
+    roi_spacing_mm:
+        The one voxel spacing of every ``liver`` or ``lesions`` input, whatever the patient: lesions
+        beyond the grid are cut, never squeezed onto coarser voxels.
     mask_channel:
         Whether the networks see the lesion mask as a second input channel.
     field_of_view_mm:
-        Physical extent (x, y, z) in millimetres of the ``body`` grid, centred on the body (also the
-        fallback of a ``lesions`` box for a patient with no lesion found). Its voxel spacing is
-        ``field_of_view_mm / input_size_voxels``.
+        Physical extent (x, y, z) in millimetres of the ``body`` grid, centred on the body. Its voxel
+        spacing is ``field_of_view_mm / input_size_voxels``.
     hu_window:
         CT window (lower, upper) in Hounsfield units, mapped linearly to [0, 1].
     suv_range:
@@ -99,9 +98,8 @@ class Profile:
 
     name: str
     input_size_voxels: tuple[int, int, int]
-    roi: str = "lesions"
-    roi_margin_mm: float = 20.0
-    roi_min_spacing_mm: float = 6.0
+    roi: str = "liver"
+    roi_spacing_mm: float = 6.0
     mask_channel: bool = True
     field_of_view_mm: tuple[float, float, float] = (384.0, 384.0, 320.0)
     hu_window: tuple[float, float] = (-160.0, 240.0)
@@ -130,9 +128,9 @@ class Profile:
 
     @property
     def voxel_spacing_mm(self) -> tuple[float, float, float]:
-        """Spacing (x, y, z) in mm of the ``body`` grid; the finest spacing of a ``lesions`` input."""
-        if self.roi == "lesions":
-            return (float(self.roi_min_spacing_mm),) * 3
+        """Spacing (x, y, z) in mm of every input of this profile."""
+        if self.roi != "body":
+            return (float(self.roi_spacing_mm),) * 3
         return tuple(f / s for f, s in zip(self.field_of_view_mm, self.input_size_voxels))
 
     def to_dict(self) -> dict:
@@ -145,8 +143,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         input_size_voxels=(24, 24, 20),
-        roi="lesions",
-        roi_min_spacing_mm=8.0,
+        roi="liver",
+        roi_spacing_mm=8.0,
         mask_channel=True,
         display_size_voxels=(48, 48, 40),
         n_repeats=2,
@@ -168,8 +166,8 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         name="demo",
         input_size_voxels=(32, 32, 32),
-        roi="lesions",
-        roi_min_spacing_mm=6.0,
+        roi="liver",
+        roi_spacing_mm=6.0,
         mask_channel=True,
         n_repeats=5,
         epochs=12,
@@ -184,8 +182,8 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
         input_size_voxels=(96, 96, 96),
-        roi="lesions",
-        roi_min_spacing_mm=2.0,
+        roi="liver",
+        roi_spacing_mm=2.0,
         mask_channel=True,
         n_repeats=10,
         epochs=100,

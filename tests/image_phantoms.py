@@ -25,7 +25,7 @@ def body_ct(path, flip_xy=True):
 
 
 LESIONS = PreprocessSettings((32, 32, 32), (384.0, 384.0, 320.0), (-160.0, 240.0), (0.0, 30.0), roi="lesions",
-                             roi_margin_mm=10.0, roi_min_spacing_mm=3.0)
+                             roi_spacing_mm=3.0)
 
 
 PET_GRID = dict(shape=(60, 50, 40), spacing=(5.0, 6.0, 5.5), origin=(-140.0, -150.0, -100.0))

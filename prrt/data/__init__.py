@@ -13,15 +13,23 @@ from .load import load_cohort
 from .manifest import ManifestError
 from .phantoms import generate_ct_collection
 from .privacy import checkable_tokens, find_identifiers, fixed_text, identifier_tokens
-from .synthetic import SyntheticConfig, generate, write_manifest
+from .synthetic import (
+    INPUT_SETS,
+    SyntheticConfig,
+    exact_parameter_aurocs,
+    generate,
+    write_manifest,
+)
 
 __all__ = [
+    "INPUT_SETS",
     "Cohort",
     "DicomImportError",
     "ManifestError",
     "SyntheticConfig",
     "check_compatible",
     "checkable_tokens",
+    "exact_parameter_aurocs",
     "find_identifiers",
     "fixed_text",
     "generate",

@@ -8,8 +8,12 @@ spine, liver metastases, lymph-node metastases and (in some) a primary tumour; p
 in spleen, kidneys and liver; a lesion mask on the PET grid (or the CT grid), and a label map of the
 reference organs (1 liver, 2 spleen, 3 kidneys) on the PET grid for uptake ratios. The patient's latent
 factors (:mod:`prrt.data.synthetic`) decide what the images show: ``z_pet`` lowers the lesions' SUV,
-``z_ct`` raises the number and size of liver and nodal metastases. The PET is blurred to the geometry's
-resolution (``pet_fwhm_mm``) and multiplied by ``pet_scale`` (a site's SUV calibration).
+``z_ct`` raises the number and size of liver and nodal metastases, ``z_mismatch`` the number and size of
+SSTR-negative ("mismatch") liver metastases: clearly hypodense on CT, cold on the SR-PET (below the liver
+background), and therefore outside the lesion mask (which, as a mask drawn on the SR-PET would, holds
+the receptor-positive lesions only) and outside the liver label of the organ map (a reference region
+avoids lesions). The PET is blurred to the geometry's resolution (``pet_fwhm_mm``) and multiplied by
+``pet_scale`` (a site's SUV calibration).
 
 :func:`generate_ct_collection` writes unlabelled CTs with their lesion masks (``<out_dir>/C###/``), drawn
 like the cohort's patients but from a seed sequence of their own, so that none is a cohort patient: a
@@ -45,16 +49,16 @@ GEOMETRIES = {
                       pet_shape=(48, 48, 40), pet_spacing_mm=(8.0, 8.0, 8.0)),
 }
 
-# tissue classes: CT (HU) and PET (SUV)
+# tissue classes: CT (HU, a contrast-enhanced CT in the portal-venous phase) and PET (SUV)
 TISSUE = {
     "air": (-1000.0, 0.0),
     "fat": (-100.0, 0.3),
-    "soft": (35.0, 0.7),
+    "soft": (45.0, 0.7),
     "lung": (-850.0, 0.25),
-    "liver": (60.0, 6.5),
-    "spleen": (50.0, 22.0),
-    "kidney": (35.0, 14.0),
-    "aorta": (45.0, 1.6),
+    "liver": (110.0, 6.5),
+    "spleen": (115.0, 22.0),
+    "kidney": (160.0, 14.0),
+    "aorta": (170.0, 1.6),
     "bone": (650.0, 1.2),
     "marrow": (220.0, 1.8),
 }
@@ -73,7 +77,21 @@ def _axes(shape, spacing, centre_mm, flip_xy):
     return coords, affine
 
 
-def _phantom(rng: np.random.Generator, z_pet: float, z_ct: float) -> dict:
+#: Mismatch (SSTR-negative) liver metastases: CT density (HU, mean and SD) and SR-PET uptake as a fraction
+#: of the patient's liver background (lowest, highest).
+MISMATCH_HU = (25.0, 8.0)
+MISMATCH_UPTAKE = (0.1, 0.3)
+
+
+def _in_liver(rng: np.random.Generator, liver: dict) -> np.ndarray:
+    """A point drawn uniformly inside the inner three quarters of the liver ellipsoid (mm)."""
+    while True:
+        u = rng.uniform(-0.75, 0.75, 3)
+        if (u**2).sum() <= 0.75**2:
+            return np.asarray(liver["c"]) + u * np.asarray(liver["r"])
+
+
+def draw_phantom(rng: np.random.Generator, z_pet: float, z_ct: float, z_mismatch: float = 0.0) -> dict:
     """Anatomy and lesions of one patient, in world millimetres (RAS: +x right, +y anterior)."""
     size = rng.uniform(0.88, 1.12)
     j = lambda sd: rng.normal(0, sd)  # noqa: E731
@@ -96,31 +114,36 @@ def _phantom(rng: np.random.Generator, z_pet: float, z_ct: float) -> dict:
     n_liver = int(np.clip(rng.poisson(np.exp(1.1 + 0.55 * z_ct)), 0, 14))
     lesion_suv = float(np.exp(np.log(20.0) - 0.35 * z_pet))  # low SSTR expression = higher risk
     for _ in range(n_liver):
-        while True:
-            u = rng.uniform(-0.75, 0.75, 3)
-            if (u**2).sum() <= 0.75**2:
-                break
-        c = np.asarray(liver["c"]) + u * np.asarray(liver["r"])
+        c = _in_liver(rng, liver)
         r = float(np.clip(rng.lognormal(np.log(9.0) + 0.25 * z_ct, 0.35), 4, 35))
         lesions.append(dict(c=tuple(c), r=(r, r, r), kind="liver",
-                            suv=lesion_suv * rng.lognormal(0, 0.2), hu=float(rng.normal(32, 6))))
+                            suv=lesion_suv * rng.lognormal(0, 0.2), hu=float(rng.normal(85, 8))))
     n_nodes = int(np.clip(rng.poisson(np.exp(0.2 + 0.45 * z_ct)), 0, 6))
     for _ in range(n_nodes):
         c = (rng.uniform(-45, 45), rng.uniform(-25, 25), rng.uniform(-70, 20))
         r = float(np.clip(rng.lognormal(np.log(7.0) + 0.15 * z_ct, 0.25), 4, 20))
         lesions.append(dict(c=c, r=(r, r, r), kind="node",
-                            suv=lesion_suv * rng.lognormal(0, 0.25), hu=float(rng.normal(40, 5))))
+                            suv=lesion_suv * rng.lognormal(0, 0.25), hu=float(rng.normal(60, 6))))
     if rng.uniform() < 0.6:  # a primary tumour in the mid abdomen
         c = (rng.uniform(-30, 40), rng.uniform(0, 40), rng.uniform(-40, 10))
         r = float(rng.uniform(8, 16))
         lesions.append(dict(c=c, r=(r, r, r), kind="primary",
-                            suv=lesion_suv * rng.lognormal(0, 0.2), hu=float(rng.normal(45, 5))))
+                            suv=lesion_suv * rng.lognormal(0, 0.2), hu=float(rng.normal(90, 8))))
     physiology = {
         "liver": TISSUE["liver"][1] * rng.lognormal(0, 0.12),
         "spleen": TISSUE["spleen"][1] * rng.lognormal(0, 0.2),
         "kidney": TISSUE["kidney"][1] * rng.lognormal(0, 0.15),
     }
-    return {"shapes": shapes, "lesions": lesions, "physiology": physiology}
+    # SSTR-negative liver metastases (z_mismatch): hypodense on CT, cold on SR-PET, not in the lesion mask.
+    # Painted before the receptor-positive lesions, which cover them where both overlap.
+    mismatch = []
+    for _ in range(int(np.clip(rng.poisson(np.exp(0.2 + 0.7 * z_mismatch)), 0, 10))):
+        c = _in_liver(rng, liver)
+        r = float(np.clip(rng.lognormal(np.log(15.0) + 0.3 * z_mismatch, 0.25), 5, 40))
+        mismatch.append(dict(c=tuple(c), r=(r, r, r), kind="mismatch",
+                             suv=physiology["liver"] * rng.uniform(*MISMATCH_UPTAKE),
+                             hu=float(rng.normal(*MISMATCH_HU))))
+    return {"shapes": shapes, "lesions": lesions, "mismatch": mismatch, "physiology": physiology}
 
 
 def _inside(coords, c, r):
@@ -130,7 +153,10 @@ def _inside(coords, c, r):
 
 
 def _render(coords, ph, value_index, lesion_key):
-    """Paint tissue values (0: HU, 1: SUV) on a grid; returns (values, lesion mask)."""
+    """Paint tissue values (0: HU, 1: SUV) on a grid; returns (values, lesion mask, any-lesion mask).
+
+    The lesion mask holds the receptor-positive lesions; the any-lesion mask the mismatch lesions too.
+    """
     shape = tuple(len(a) for a in coords)
     v = np.full(shape, TISSUE["air"][value_index], np.float32)
     s = ph["shapes"]
@@ -148,11 +174,14 @@ def _render(coords, ph, value_index, lesion_key):
             val = ph["physiology"][tissue]
         v[m] = val
     mask = np.zeros(shape, np.uint8)
-    for les in ph["lesions"]:
+    any_lesion = np.zeros(shape, bool)
+    for les in ph.get("mismatch", []) + ph["lesions"]:
         m = _inside(coords, les["c"], les["r"]) & inner
         v[m] = les[lesion_key]
-        mask[m] = 1
-    return v, mask
+        any_lesion |= m
+        if les["kind"] != "mismatch":
+            mask[m] = 1
+    return v, mask, any_lesion
 
 
 ORGAN_LABELS = {"liver": 1, "spleen": 2, "kidney_r": 3, "kidney_l": 3}
@@ -170,20 +199,39 @@ def _organ_labels(coords, ph, lesion_mask):
     return labels
 
 
+def lesion_parameters(ph: dict) -> dict:
+    """The exact lesion parameters of one phantom: what a perfect reader of the images would measure."""
+    def volume(lesions):
+        return round(float(sum(4 / 3 * np.pi * les["r"][0] ** 3 for les in lesions) / 1000), 2)
+
+    avid, mismatch = ph["lesions"], ph.get("mismatch", [])
+    liver = [les for les in avid if les["kind"] == "liver"]
+    return {
+        "n_lesions": len(avid),
+        "tumour_volume_ml": volume(avid),
+        "lesion_suv": round(float(np.mean([les["suv"] for les in avid])) if avid else 0.0, 2),
+        "n_liver_lesions": len(liver),
+        "liver_lesion_volume_ml": volume(liver),
+        "n_mismatch_lesions": len(mismatch),
+        "mismatch_volume_ml": volume(mismatch),
+    }
+
+
 def patient_images(out_dir: Path, pid: str, geom: Geometry, mask_grid: str, seed_seq, z_pet, z_ct,
-                    pet_scale: float = 1.0) -> dict:
+                   z_mismatch: float = 0.0, pet_scale: float = 1.0) -> dict:
+    """Draw and write one patient's images; returns their paths and :func:`lesion_parameters`."""
     rng = np.random.default_rng(seed_seq)
-    ph = _phantom(rng, z_pet, z_ct)
+    ph = draw_phantom(rng, z_pet, z_ct, z_mismatch)
     table_offset = (rng.normal(0, 6), rng.normal(0, 6), rng.normal(0, 10))
     ct_coords, ct_affine = _axes(geom.ct_shape, geom.ct_spacing_mm, table_offset, flip_xy=True)
     pet_centre = np.asarray(table_offset) + rng.normal(0, 4, 3)
     pet_coords, pet_affine = _axes(geom.pet_shape, geom.pet_spacing_mm, pet_centre, flip_xy=False)
 
-    ct, ct_mask = _render(ct_coords, ph, 0, "hu")
+    ct, ct_mask, _ = _render(ct_coords, ph, 0, "hu")
     ct = ndimage.gaussian_filter(ct, 0.6) + rng.normal(0, 12, ct.shape).astype(np.float32)
     ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
 
-    pet, pet_mask = _render(pet_coords, ph, 1, "suv")
+    pet, pet_mask, pet_any_lesion = _render(pet_coords, ph, 1, "suv")
     sigma_vox = geom.pet_fwhm_mm / 2.3548 / np.asarray(geom.pet_spacing_mm)
     pet = ndimage.gaussian_filter(pet, sigma_vox)
     pet = pet + rng.normal(0, 1, pet.shape).astype(np.float32) * 0.12 * np.sqrt(np.maximum(pet, 0.05))
@@ -200,25 +248,22 @@ def patient_images(out_dir: Path, pid: str, geom: Geometry, mask_grid: str, seed
         nib.save(img, f)
     mask, mask_aff = (pet_mask, pet_affine) if mask_grid == "pet" else (ct_mask, ct_affine)
     nib.save(nib.Nifti1Image(mask, mask_aff), files["mask"])
-    nib.save(nib.Nifti1Image(_organ_labels(pet_coords, ph, pet_mask), pet_affine), files["organs"])
-    burden_ml = sum(4 / 3 * np.pi * les["r"][0] ** 3 for les in ph["lesions"]) / 1000
+    nib.save(nib.Nifti1Image(_organ_labels(pet_coords, ph, pet_any_lesion), pet_affine), files["organs"])
     return {
         "ct_path": str(files["ct"].relative_to(out_dir)),
         "pet_path": str(files["pet"].relative_to(out_dir)),
         "lesion_mask_path": str(files["mask"].relative_to(out_dir)),
         "organ_mask_path": str(files["organs"].relative_to(out_dir)),
-        "n_lesions": len(ph["lesions"]),
-        "tumour_volume_ml": round(float(burden_ml), 2),
-        "lesion_suv": round(float(np.mean([les["suv"] for les in ph["lesions"]])) if ph["lesions"] else 0.0, 2),
+        **lesion_parameters(ph),
     }
 
 
 def _ct_case(out_dir: Path, case: str, geom: Geometry, seed_seq) -> None:
     rng = np.random.default_rng(seed_seq)
-    ph = _phantom(rng, float(rng.normal()), float(rng.normal()))
+    ph = draw_phantom(rng, float(rng.normal()), float(rng.normal()), float(rng.normal()))
     offset = (rng.normal(0, 6), rng.normal(0, 6), rng.normal(0, 10))
     coords, affine = _axes(geom.ct_shape, geom.ct_spacing_mm, offset, flip_xy=True)
-    ct, mask = _render(coords, ph, 0, "hu")
+    ct, mask, _ = _render(coords, ph, 0, "hu")
     ct = ndimage.gaussian_filter(ct, 0.6) + rng.normal(0, 12, ct.shape).astype(np.float32)
     folder = out_dir / case
     folder.mkdir(parents=True, exist_ok=True)
@@ -233,7 +278,8 @@ def generate_ct_collection(out_dir, n_cases: int, seed: int, geometry: str = "st
                            progress: bool = True) -> Path:
     """An unlabelled CT collection for pretraining: ``<out_dir>/C###/{ct,lesion_mask}.nii.gz``.
 
-    The cases are drawn like the cohort's patients (anatomy, lesions) but from their own seed
+    The cases are drawn like the cohort's patients (anatomy, receptor-positive and mismatch lesions; the
+    mask holds the receptor-positive ones) but from their own seed
     sequence, so none of them is a cohort patient; no outcome, no PET, no table.
     """
     from tqdm.auto import tqdm

@@ -1,13 +1,24 @@
 """The input grid of one patient: the box of patient space that a network's input covers.
 
-:func:`input_box`: for ``roi = "lesions"`` a box around every lesion voxel of the mask (on whichever grid
-it was drawn) plus ``roi_margin_mm``, fitted to the input shape with cubic voxels no finer than
-``roi_min_spacing_mm`` (:func:`fit_box`); a patient whose mask is missing or empty falls back to the PET
-threshold segmentation of :mod:`prrt.imaging.lesions`, and then to a box around the body, and the box
-records which (:data:`ROI_SOURCES`). For ``roi = "body"`` the profile's ``field_of_view_mm`` centred on
-the centroid of the body (:func:`body_centre_mm`: CT voxels above -500 HU, or PET voxels above 5 % of
-the 99th percentile without a CT). Axes follow ITK's LPS orientation, positions are in mm;
-:class:`InputBox` holds the result.
+Every grid of a region of interest has one voxel spacing for every patient, so that a voxel means the
+same millimetres to the network whatever the patient's anatomy (:func:`input_box`):
+
+``roi = "liver"``
+    ``input_size_voxels`` cubic voxels of ``roi_spacing_mm`` centred on the liver (label 1 of the organ
+    map): an organ-level view that holds the liver's lesions whether or not they take up the tracer
+    (receptor-negative metastases lie outside a lesion mask drawn on the SR-PET). A patient without a
+    liver label falls back to the centre of the lesions, then to the body (:data:`ROI_SOURCES`).
+``roi = "lesions"``
+    the same grid centred on the box around every lesion voxel of the mask (on whichever grid it was
+    drawn); a patient whose mask is missing or empty falls back to the PET threshold segmentation of
+    :mod:`prrt.imaging.lesions`, and then to the body. Lesions farther from the centre than the grid
+    reaches are cut, never squeezed onto coarser voxels; the box's note says how far they reached.
+``roi = "body"``
+    the profile's ``field_of_view_mm`` centred on the centroid of the body (:func:`body_centre_mm`:
+    CT voxels above -500 HU, or PET voxels above 5 % of the 99th percentile without a CT).
+
+Axes follow ITK's LPS orientation, positions are in mm; :class:`InputBox` holds the result and records
+where its centre came from.
 
 The box rule is hand-written because TorchIO's ``CropOrPad`` with a mask crops on one image's voxel grid;
 the box here spans images on different grids and is sampled in one interpolation
@@ -25,15 +36,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from .io import CT_AIR_THRESHOLD_HU, ImageError, read_header, read_image
+from .lesions import LIVER as LIVER_LABEL
 from .lesions import threshold_segmentation
 from .resample import nonzero_index_ranges, resample_to
 from .settings import PreprocessSettings
 
 # ---- the input grid: body-centred or lesion-centred ----------------------------------------------
-ROI_MODES = ("body", "lesions")
+ROI_MODES = ("liver", "lesions", "body")
 
-#: Where a ``lesions`` box came from, recorded per patient (see :func:`input_box`).
-ROI_SOURCES = ("lesion mask", "PET threshold", "body (no lesion found)", "body")
+#: Where a box's centre came from, recorded per patient (see :func:`input_box`).
+ROI_SOURCES = ("liver label", "lesion mask", "PET threshold", "body (no lesion found)", "body")
 
 
 def body_centre_mm(ct: sitk.Image | None = None, pet: sitk.Image | None = None) -> np.ndarray:
@@ -165,17 +177,29 @@ def target_grid(centre_mm, size_voxels, field_of_view_mm) -> sitk.Image:
     return ref
 
 
-def fit_box(lo_mm, hi_mm, margin_mm: float, size_voxels, min_spacing_mm: float) -> tuple[np.ndarray, float]:
-    """Centre and isotropic spacing of a grid of ``size_voxels`` that holds ``[lo, hi]`` plus the margin.
+def fit_box(lo_mm, hi_mm, size_voxels, spacing_mm: float) -> tuple[np.ndarray, str]:
+    """Centre of a grid of ``size_voxels`` cubic voxels of ``spacing_mm`` over the box ``[lo, hi]``, and a
+    note saying how far the box reaches beyond the grid (empty when it fits).
 
-    The spacing is the smallest that fits the box along every axis, but not finer than
-    ``min_spacing_mm``; the other axes are padded (never stretched), and a box larger than the input
-    at ``min_spacing_mm`` is downsampled to fit (never cut).
+    The grid keeps its spacing whatever the box: a larger box is cut at the grid's edges (the note
+    says by how much), never squeezed onto coarser voxels.
     """
     lo, hi = np.asarray(lo_mm, float), np.asarray(hi_mm, float)
-    extent = hi - lo + 2 * float(margin_mm)
-    spacing = max(float(np.max(extent / np.asarray(size_voxels, float))), float(min_spacing_mm))
-    return (lo + hi) / 2, spacing
+    beyond = (hi - lo) - np.asarray(size_voxels, float) * float(spacing_mm)
+    note = ""
+    if (beyond > 0).any():
+        note = "lesions reach beyond the input by " + ", ".join(
+            f"{a} {b / 2:.0f} mm each side" for a, b in zip("xyz", beyond) if b > 0)
+    return (lo + hi) / 2, note
+
+
+def liver_centre_mm(organs: sitk.Image) -> np.ndarray | None:
+    """Centroid (LPS, mm) of the liver (label 1) of an organ map; ``None`` without liver voxels."""
+    idx = np.argwhere(sitk.GetArrayViewFromImage(organs) == LIVER_LABEL)  # (z, y, x)
+    if idx.size == 0:
+        return None
+    c = idx.mean(axis=0)[::-1]
+    return np.asarray(organs.TransformContinuousIndexToPhysicalPoint(c.tolist()))
 
 
 def _pet_threshold_mask(pet: sitk.Image, organs: sitk.Image | None) -> tuple[sitk.Image, str]:
@@ -191,7 +215,7 @@ def _pet_threshold_mask(pet: sitk.Image, organs: sitk.Image | None) -> tuple[sit
 
 
 def _body_box(settings: PreprocessSettings, images: dict, headers: dict, roi: str, source: str,
-              note: str = "") -> "InputBox":
+              note: str = "") -> InputBox:
     ct, pet = images.get("ct"), None
     if ct is None and "ct" in headers:
         ct = read_image(headers["ct"]["path"], "ct")
@@ -200,43 +224,27 @@ def _body_box(settings: PreprocessSettings, images: dict, headers: dict, roi: st
         if pet is None:
             pet = read_image(headers["pet"]["path"], "pet")
     centre = body_centre_mm(ct, pet)
+    if roi != "body":  # the fallback keeps the region's one spacing
+        return _grid_box(settings, roi, source, centre, note)
     size = np.asarray(settings.input_size_voxels, float)
     spacing = np.asarray(settings.field_of_view_mm, float) / size
-    if roi == "lesions":  # the fallback keeps the voxels isotropic, as every lesion box does
-        spacing = np.full(3, spacing.max())
     return InputBox(roi, source, tuple(map(float, centre)), tuple(map(float, spacing)),
                     tuple(int(s) for s in size), note=note)
 
 
-def input_box(paths: dict, settings: PreprocessSettings, patient: str | None = None,
-              images: dict | None = None) -> tuple["InputBox", sitk.Image | None]:
-    """The input grid of one patient, and the lesion segmentation it was built from (if any).
+def _grid_box(settings: PreprocessSettings, roi: str, source: str, centre, note: str = "",
+              bounds=None) -> InputBox:
+    """A grid of the input size and the region's one spacing (``roi_spacing_mm``) around ``centre``."""
+    lo, hi = (None, None) if bounds is None else (tuple(map(float, bounds[0])), tuple(map(float, bounds[1])))
+    return InputBox(roi, source, tuple(map(float, centre)), (float(settings.roi_spacing_mm),) * 3,
+                    tuple(int(s) for s in settings.input_size_voxels), lo, hi, note)
 
-    ``roi = "body"``: the profile's ``field_of_view_mm`` centred on the body centroid.
 
-    ``roi = "lesions"``: the bounds of every lesion voxel of the mask (on whichever grid it was
-    drawn), plus ``roi_margin_mm`` on each side, fitted to the input shape with isotropic voxels no
-    finer than ``roi_min_spacing_mm`` (:func:`fit_box`). A patient whose mask is missing or empty
-    falls back to the PET threshold segmentation of :mod:`prrt.imaging.lesions` (PERCIST-like with a
-    liver reference, else SUV ≥ 10), and without a PET, or with no voxel above the threshold, to a
-    box around the body (the profile's field of view, isotropic); ``source`` records which.
+def _lesion_segmentation(paths: dict, images: dict, headers: dict, patient: str | None):
+    """The lesions a box is built from: ``(segmentation, bounds, source, note)``.
 
-    A mask none of whose lesion voxels lies inside the PET's (or the CT's) field of view raises
-    :class:`ImageError` naming the patient and the mask file.
-
-    ``images`` holds already-read SimpleITK images; the rest is read from ``paths`` as needed (for a
-    lesion mask, only the mask and the headers of the scans).
-    """
-    images = dict(images or {})
-    paths = {m: p for m, p in paths.items() if p is not None}
-    headers = {m: {**read_header(p, m, patient), "path": p} for m, p in paths.items() if m in ("ct", "pet")}
-    if not headers:
-        raise ValueError(f"patient {patient!r}: neither a CT nor a PET to preprocess")
-    if settings.roi not in ROI_MODES:
-        raise ValueError(f"unknown roi {settings.roi!r}; choose one of {', '.join(ROI_MODES)}")
-    if settings.roi == "body":
-        return _body_box(settings, images, headers, "body", "body"), images.get("mask")
-
+    The manifest's mask when it has lesion voxels (checked to overlap the scans), else the PET threshold
+    segmentation, else none (``bounds`` None)."""
     segmentation, bounds, source, note = None, None, "lesion mask", ""
     if "mask" in paths:
         segmentation = images.get("mask")
@@ -264,20 +272,60 @@ def input_box(paths: dict, settings: PreprocessSettings, patient: str | None = N
         pet = images.get("pet")
         if pet is None:
             pet = read_image(paths["pet"], "pet", patient)
-        organs = images.get("organs")
-        if organs is None and "organs" in paths:
-            organs = read_image(paths["organs"], "organs", patient)
-        segmentation, rule = _pet_threshold_mask(pet, organs)
+        segmentation, rule = _pet_threshold_mask(pet, _organs(paths, images, patient))
         bounds = lesion_bounds_mm(segmentation)
         source, note = "PET threshold", f"{note}; {rule}"
         if bounds is None:
             segmentation, note = None, f"{note}: no voxel above the threshold"
+    return segmentation, bounds, source, note
+
+
+def _organs(paths: dict, images: dict, patient: str | None) -> sitk.Image | None:
+    organs = images.get("organs")
+    if organs is None and "organs" in paths:
+        organs = images["organs"] = read_image(paths["organs"], "organs", patient)
+    return organs
+
+
+def input_box(paths: dict, settings: PreprocessSettings, patient: str | None = None,
+              images: dict | None = None) -> tuple[InputBox, sitk.Image | None]:
+    """The input grid of one patient, and the lesion segmentation of its mask channel (if any).
+
+    ``roi = "body"``: the profile's ``field_of_view_mm`` centred on the body centroid; the segmentation is
+    the manifest's mask.
+
+    ``roi = "liver"`` and ``roi = "lesions"``: ``input_size_voxels`` cubic voxels of ``roi_spacing_mm``
+    centred on the liver (label 1 of the organ map; ``liver`` only) or on the box around every lesion voxel
+    (:func:`fit_box`). The lesions are the manifest's mask; a patient whose mask is missing or empty falls
+    back to the PET threshold segmentation of :mod:`prrt.imaging.lesions` (PERCIST-like with a liver
+    reference, else SUV ≥ 10). Without a liver label a ``liver`` box is centred on the lesions, and without
+    lesions either box on the body; ``source`` records which (:data:`ROI_SOURCES`).
+
+    A mask none of whose lesion voxels lies inside the PET's (or the CT's) field of view raises
+    :class:`ImageError` naming the patient and the mask file.
+
+    ``images`` holds already-read SimpleITK images; the rest is read from ``paths`` as needed (for a
+    lesion mask, only the mask and the headers of the scans).
+    """
+    images = dict(images or {})
+    paths = {m: p for m, p in paths.items() if p is not None}
+    headers = {m: {**read_header(p, m, patient), "path": p} for m, p in paths.items() if m in ("ct", "pet")}
+    if not headers:
+        raise ValueError(f"patient {patient!r}: neither a CT nor a PET to preprocess")
+    if settings.roi not in ROI_MODES:
+        raise ValueError(f"unknown roi {settings.roi!r}; choose one of {', '.join(ROI_MODES)}")
+    if settings.roi == "body":
+        return _body_box(settings, images, headers, "body", "body"), images.get("mask")
+
+    segmentation, bounds, source, note = _lesion_segmentation(paths, images, headers, patient)
+    if settings.roi == "liver":
+        organs = _organs(paths, images, patient)
+        centre = liver_centre_mm(organs) if organs is not None else None
+        if centre is not None:
+            return _grid_box(settings, "liver", "liver label", centre, note.lstrip("; "), bounds), segmentation
+        note = ("no organ map" if organs is None else "no liver in the organ map") + (f"; {note}" if note else "")
     if bounds is None:
-        box = _body_box(settings, images, headers, "lesions", "body (no lesion found)", note)
-        return box, segmentation
-    centre, spacing = fit_box(bounds[0], bounds[1], settings.roi_margin_mm, settings.input_size_voxels,
-                              settings.roi_min_spacing_mm)
-    box = InputBox("lesions", source, tuple(map(float, centre)), (spacing,) * 3,
-                   tuple(int(s) for s in settings.input_size_voxels), tuple(map(float, bounds[0])),
-                   tuple(map(float, bounds[1])), note)
-    return box, segmentation
+        return _body_box(settings, images, headers, settings.roi, "body (no lesion found)", note), segmentation
+    centre, cut = fit_box(bounds[0], bounds[1], settings.input_size_voxels, settings.roi_spacing_mm)
+    note = "; ".join(n for n in (note.lstrip("; "), cut) if n)
+    return _grid_box(settings, settings.roi, source, centre, note, bounds), segmentation

@@ -32,8 +32,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .boxes import ROI_MODES
 from .preprocess import input_boxes, preprocess_cohort
+
+#: The region of interest whose inputs are shown beside the profile's own: a liver view beside a lesion box (which
+#: leaves out what lies away from the lesions of the mask), and a lesion box beside the others.
+COMPARED_WITH = {"liver": "lesions", "lesions": "liver", "body": "lesions"}
 
 STATISTICS = ("lesion voxels", "highest value in the lesions", "mean value in the lesions",
               "99th percentile of the input")
@@ -118,14 +121,14 @@ def image_patients(cohort) -> list[str]:
 def prepare_inputs(cohort, profile, cache_dir, run_dir=None, rois=None, progress: bool = True) -> dict:
     """Preprocessed inputs of every patient with a CT or PET, for each region of interest.
 
-    ``rois`` defaults to the profile's own first, then the other one (for comparison). Returns
+    ``rois`` defaults to the profile's own first, then the one it is compared with (:data:`COMPARED_WITH`). Returns
     ``{roi: {pseudonym: arrays}}``, ``{}`` when the manifest names no CT or PET. With ``run_dir``,
     each patient's input grid is written to ``inputs/boxes_<roi>.csv``.
     """
     patients = image_patients(cohort)
     if not patients:
         return {}
-    rois = list(rois or [profile.roi, *[r for r in ROI_MODES if r != profile.roi]])
+    rois = list(rois or [profile.roi, COMPARED_WITH[profile.roi]])
     out = {}
     for roi in rois:
         out[roi] = preprocess_cohort(cohort, profile, cache_dir, patients=patients, progress=progress, roi=roi)

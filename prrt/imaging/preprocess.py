@@ -1,8 +1,9 @@
 """The preprocessing chain from a patient's image files to the network's inputs, and the image cache.
 
 Preprocessing (:func:`preprocess`), for one patient
-    1. the input grid (:func:`prrt.imaging.boxes.input_box`): a box around the lesions (``roi =
-       "lesions"``) or the profile's field of view around the body (``roi = "body"``);
+    1. the input grid (:func:`prrt.imaging.boxes.input_box`): a grid of one spacing centred on the liver
+       (``roi = "liver"``) or on the lesions (``roi = "lesions"``), or the profile's field of view around
+       the body (``roi = "body"``);
     2. TorchIO (:func:`prrt.imaging.resample.resample_images`): CT, PET, lesion mask and organ labels
        resampled onto that grid by position in patient space;
     3. TorchIO (:func:`prrt.imaging.resample.scale_intensity`): the CT window (``hu_window``) and the PET
@@ -113,9 +114,9 @@ def display_arrays(paths: dict, box: dict, size_voxels, patient: str | None = No
 class ImageCache:
     """Preprocessed arrays on disk, keyed by the inputs' SHA-256, the settings and the input grid.
 
-    For ``roi = "lesions"`` the patient's input box (:func:`input_box`, from the mask and the scans'
-    headers) is computed before the lookup and is part of the key, so a change of the box rule is
-    never served stale. A ``body`` grid is a function of the CT content, which the key holds already.
+    For ``roi = "liver"`` or ``"lesions"`` the patient's input box (:func:`input_box`, from the organ map,
+    the mask and the scans' headers) is computed before the lookup and is part of the key, so a change of
+    the box rule is never served stale. A ``body`` grid is a function of the CT content, which the key holds already.
     ``hits`` and ``misses`` count lookups since the cache object was made.
     """
 
@@ -138,7 +139,7 @@ class ImageCache:
         for modality, p in paths.items():
             if p is not None and not Path(p).is_file():
                 raise ImageError("file not found", p, modality, patient)
-        box = input_box(paths, settings, patient) if settings.roi == "lesions" else None
+        box = input_box(paths, settings, patient) if settings.roi != "body" else None
         key = self.key(paths, settings, box[0] if box else None)
         file = self.directory / key[:2] / f"{key}.npz"
         if file.is_file():

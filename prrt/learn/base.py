@@ -139,6 +139,7 @@ class ModelSpec:
     fold. ``permutation_repeats`` > 0 computes permutation importance on each held-out fold.
     ``requires`` names models whose fold checkpoints this one reads (see
     :class:`prrt.learn.FoldModelScores`): :func:`prrt.learn.loop.run_models` fits those first.
+    ``bound`` names the input set whose achievable AUROC a synthetic cohort's report gives for it.
     """
 
     name: str
@@ -146,7 +147,7 @@ class ModelSpec:
     inputs: str
     build: Callable[[int], Model] | None
     reason: str = ""
-    oracle: str | None = None
+    bound: str | None = None
     needs: tuple[str, ...] = ()
     val_fraction: float = 0.0
     permutation_repeats: int = 0

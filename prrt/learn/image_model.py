@@ -95,11 +95,11 @@ def image_tensors(cohort, profile, cache_dir, modality: str, progress: bool = Tr
 
 
 def image_spec(name: str, modality: str, cfg: TrainConfig, chapter: str, inputs: str, available: bool,
-               oracle: str | None = None, encoder_weights: dict | None = None, reason: str | None = None):
+               bound: str | None = None, encoder_weights: dict | None = None, reason: str | None = None):
     """A :class:`prrt.learn.ModelSpec` of a CNN on ``modality`` (skipped when the manifest names no such images)."""
     build = (lambda seed: ImageModel(modality, cfg, encoder_weights)) if available else None
     return ModelSpec(name, chapter, inputs, build, reason=reason or f"the manifest names no {modality.upper()} images",
-                     oracle=oracle, needs=(modality,), val_fraction=cfg.val_fraction)
+                     bound=bound, needs=(modality,), val_fraction=cfg.val_fraction)
 
 
 def image_data(cohort, profile, cache_dir, arrays: dict | None = None, progress: bool = True, table=None):

@@ -160,13 +160,13 @@ class TableModel:
 
 
 def table_spec(name: str, chapter: str, inputs: str, columns: list[str] | None, make, reason: str = "",
-               oracle: str | None = None, permutation_repeats: int = 0):
+               bound: str | None = None, permutation_repeats: int = 0):
     """A :class:`prrt.learn.ModelSpec` of a scikit-learn model: ``make(seed)`` returns the unfitted estimator.
 
     ``columns=None`` means the manifest lacks the inputs (the spec is skipped with ``reason``).
     """
     build = (lambda seed: TableModel(make(seed), columns)) if columns else None
-    return ModelSpec(name, chapter, inputs, build, reason=reason, oracle=oracle,
+    return ModelSpec(name, chapter, inputs, build, reason=reason, bound=bound,
                      permutation_repeats=permutation_repeats, columns=columns)
 
 

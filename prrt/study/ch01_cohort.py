@@ -12,6 +12,10 @@ Percentages are of patients with a value; missing values are counted in their ow
 a categorical variable seen in fewer than ``RARE_LEVEL`` (5) of the patients described is never shown
 by name: such levels are pooled into one row, ``other (n < 5)``, so that a rare value (a birth date or
 a ward put into a clinical column by mistake) is not published.
+
+For a synthetic cohort, :func:`achievable_bounds` sets the generator's achievable AUROC of every input set
+(:func:`prrt.data.synthetic.achievable_aurocs`) beside a logistic regression fitted on that set's exact
+per-patient parameters under the run's own cross-validation, the empirical check of the bound.
 """
 
 from __future__ import annotations
@@ -19,8 +23,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..evaluation import cohort_table1, display_table1, exclusion_summary, km_summary
+from ..data import INPUT_SETS, exact_parameter_aurocs
+from ..evaluation import (
+    cohort_table1,
+    display_table1,
+    exclusion_summary,
+    iter_folds,
+    km_summary,
+)
 from ..imaging import preprocess_cohort
+from .names import INPUT_SET_NAMES, LATENT_NAMES
+from .notebook import synthetic_report
 
 
 def pick_example_patients(cohort, n: int, seed: int, modality: str = "pet") -> list[str]:
@@ -90,3 +103,46 @@ def montage_patients(ctx) -> tuple[dict, dict]:
     group = {1.0: cohort.group_names[0], 0.0: cohort.group_names[1]}
     titles = {p: f"{p} · {group[cohort.data.at[p, 'label']]}" for p in examples}
     return arrays, titles
+
+
+# ---- how much signal there is to find (synthetic cohorts) --------------------------------------------
+def achievable_bounds(ctx) -> pd.DataFrame | None:
+    """For a synthetic cohort, one row per input set: what a perfect reader of it sees, its achievable AUROC,
+    and the cross-validated AUROC (mean over the run's repeats) of a logistic regression fitted on its exact
+    per-patient parameters (``truth.csv``; the run's own splits). ``None`` for a real cohort or a synthetic one
+    without its generator's report; the check column is empty when ``truth.csv`` does not cover the patients
+    of the splits."""
+    report = synthetic_report(ctx.cohort)
+    if not report or "achievable_auroc" not in report:
+        return None
+    folder = ctx.cohort.input_files[1].parent
+    checked = {}
+    truth_file, table_file = folder / "truth.csv", folder / "cohort.csv"
+    if truth_file.is_file() and table_file.is_file():
+        truth, table = pd.read_csv(truth_file), pd.read_csv(table_file)
+        id_of = {ps: pid for pid, ps in ctx.cohort.pseudonym_of_id().items()}
+        known = set(truth["patient_id"])
+        folds = [(f.repeat, [id_of.get(p) for p in f.train], [id_of.get(p) for p in f.test])
+                 for f in iter_folds(ctx.splits)]
+        if all(set(train) | set(test) <= known for _, train, test in folds):
+            checked = exact_parameter_aurocs(table, truth, folds)
+    sets = report.get("input_sets", {k: list(v) for k, v in INPUT_SETS.items()})
+    rows = [{"input set": INPUT_SET_NAMES.get(name, name),
+             "what a perfect reader of it sees": "; ".join(LATENT_NAMES.get(k, k) for k in sets.get(name, [])),
+             "achievable AUROC": round(bound, 3),
+             "logistic regression on the exact parameters (CV)": round(checked[name], 3) if name in checked else None}
+            for name, bound in report["achievable_auroc"].items()]
+    return pd.DataFrame(rows).set_index("input set")
+
+
+def bounds_sentence(bounds: pd.DataFrame | None) -> str:
+    """What the table of :func:`achievable_bounds` says about the images, in one sentence (or why there is none)."""
+    if bounds is None:
+        return "Real data: there is no achievable bound to show; only a synthetic cohort knows its own."
+    b = bounds["achievable AUROC"]
+    full, features = INPUT_SET_NAMES["lab_pet_ct"], INPUT_SET_NAMES["lab_pet_features"]
+    if full not in b or features not in b:
+        return "The generator's report does not give the two input sets that show what the images add."
+    return (f"What the images add beyond the laboratory values and the lesion features: {b[full] - b[features]:+.2f} "
+            f"achievable AUROC ({b[features]:.2f} → {b[full]:.2f}), the receptor-negative liver metastases, which the "
+            "lesion mask leaves out.")

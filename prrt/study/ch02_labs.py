@@ -53,20 +53,20 @@ def lab_chapter_specs(cohort, pet: pd.DataFrame | None, profile, chapter: str = 
     logreg = lambda seed: make_model("logreg", seed, profile)  # noqa: E731
     perm = profile.permutation_repeats
     return [
-        table_spec("lab_rf", chapter, "laboratory values", labs or None, rf, no_labs, oracle="lab",
+        table_spec("lab_rf", chapter, "laboratory values", labs or None, rf, no_labs, bound="lab",
                    permutation_repeats=perm),
         table_spec("lab_rf_with_cycles", chapter, "laboratory values + PRRT cycles (sensitivity analysis)",
                    labs + ["prrt_cycles"] if labs and has_cycles else None, rf,
                    no_labs if not labs else "the manifest has no numeric clinical column 'prrt_cycles'"),
         table_spec("lab_logreg", chapter, "laboratory values, logistic regression", labs or None, logreg, no_labs,
-                   oracle="lab"),
+                   bound="lab"),
         table_spec("pet_features_rf", chapter, "SR-PET quantitative features", FEATURES if pet is not None else None,
-                   rf, no_pet, oracle="pet"),
+                   rf, no_pet, bound="pet_features"),
         table_spec("pet_features_logreg", chapter, "SR-PET quantitative features, logistic regression",
-                   FEATURES if pet is not None else None, logreg, no_pet, oracle="pet"),
+                   FEATURES if pet is not None else None, logreg, no_pet, bound="pet_features"),
         table_spec("lab_pet_features_rf", chapter, "laboratory values + SR-PET features",
                    labs + FEATURES if (labs and pet is not None) else None, rf, no_labs if not labs else no_pet,
-                   oracle="all", permutation_repeats=perm),
+                   bound="lab_pet_features", permutation_repeats=perm),
     ]
 
 
@@ -206,6 +206,6 @@ def calibration_curves(cohort, predictions: dict[str, pd.DataFrame]) -> tuple[di
 
 def comparison_with_study(ctx, summary: pd.DataFrame, pet: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The chapter's models beside the study's numbers (:func:`prrt.study.reported.comparison_tables`), with each
-    model's oracle AUROC on a synthetic cohort."""
-    keys = {s.name: s.oracle for s in lab_chapter_specs(ctx.cohort, pet, ctx.profile)}
+    model's achievable AUROC (the generator's bound for its inputs) on a synthetic cohort."""
+    keys = {s.name: s.bound for s in lab_chapter_specs(ctx.cohort, pet, ctx.profile)}
     return comparison_tables(ctx.cohort, summary[summary["chapter"] == "02"], keys)

@@ -64,7 +64,7 @@ def input_description(profile, base: str) -> str:
     """``base`` (e.g. "SR-PET, 3D CNN") with the input the profile gives it: mask channel and region."""
     modality, _, net = base.partition(", ")
     mask = " + lesion mask" if profile.mask_channel else ""
-    where = "lesion-centred" if profile.roi == "lesions" else "whole body"
+    where = {"liver": "liver-centred", "lesions": "lesion-centred"}.get(profile.roi, "whole body")
     return f"{modality}{mask} ({where}), {net}"
 
 
@@ -72,8 +72,8 @@ def image_specs(cohort, profile, chapter: str = "03") -> list:
     """The PET CNN and the CT CNN of chapter 03."""
     cfg = config_from_profile(profile)
     return [image_spec(name, modality, cfg, chapter, input_description(profile, description),
-                       modality in cohort.modalities, oracle)
-            for name, (modality, description, oracle) in IMAGE_MODELS.items()]
+                       modality in cohort.modalities, bound)
+            for name, (modality, description, bound) in IMAGE_MODELS.items()]
 
 
 # ---- what chapter 03 shows ---------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def paired_comparison(compare: dict[str, pd.DataFrame], splits: pd.DataFrame) ->
 
 
 def comparison_with_study(ctx, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The networks and the laboratory model beside the study's numbers, with the oracle AUROC of each modality
+    """The networks and the laboratory model beside the study's numbers, with the achievable AUROC of each modality
     on a synthetic cohort (:func:`prrt.study.reported.comparison_tables`)."""
-    keys = {name: oracle for name, (_, _, oracle) in IMAGE_MODELS.items()} | {LAB_MODEL: "lab"}
+    keys = {name: bound for name, (_, _, bound) in IMAGE_MODELS.items()} | {LAB_MODEL: "lab"}
     return comparison_tables(ctx.cohort, summary[summary["model"].isin(keys)], keys)

@@ -82,18 +82,18 @@ from .reported import comparison_tables
 
 
 def late_fusion_spec(name: str, chapter: str, inputs: str, bases: list[ModelSpec], inner_folds: int = 3,
-                     oracle: str | None = None) -> ModelSpec:
+                     bound: str | None = None) -> ModelSpec:
     runnable = [b for b in bases if b.build is not None]
     if len(runnable) < 2:
         return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
     # the image bases need their modality; the tabular base (laboratory values) declares none
     missing = [b.needs[0] if b.needs else "labs" for b in bases if b.build is None]
     return ModelSpec(name, chapter, inputs_without(inputs, missing), lambda seed: LateFusion(runnable, inner_folds),
-                     oracle=oracle)
+                     bound=bound)
 
 
 def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[str], cohort, cfg: FusionConfig,
-                       ct_weights: dict | None = None, oracle: str | None = None,
+                       ct_weights: dict | None = None, bound: str | None = None,
                        fold_models: dict[str, FoldModelScores] | None = None) -> ModelSpec:
     """A neural fusion over the ``modalities`` the manifest has (skipped if they come from fewer than
     two sources: laboratory values, SR-PET, CT). ``pet_features`` reads the columns of
@@ -111,7 +111,7 @@ def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[st
     return ModelSpec(name, chapter, inputs_without(inputs, missing),
                      lambda seed: NeuralFusion(have, labs, cfg, ct_weights, pet_feature_columns=pet,
                                                fold_models=fold_models),
-                     oracle=oracle, val_fraction=cfg.train.val_fraction,
+                     bound=bound, val_fraction=cfg.train.val_fraction,
                      requires=tuple(f.model for f in fold_models.values()))
 
 
@@ -149,7 +149,7 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
     no_weights = "no CT pretraining in the manifest (ct_pretraining) or the run (--ct-weights)"
     specs = [image_spec("ct_cnn_pretrained", "ct", cfg, chapter,
                         input_description(profile, "CT, 3D CNN") + ", encoder pretrained",
-                        "ct" in cohort.modalities and ct_state is not None, oracle="ct", encoder_weights=ct_state,
+                        "ct" in cohort.modalities and ct_state is not None, bound="ct", encoder_weights=ct_state,
                         reason=None if "ct" in cohort.modalities else "the manifest names no CT images")]
     if "ct" in cohort.modalities and ct_state is None:
         specs[0].reason = no_weights
@@ -178,19 +178,19 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
     for name, (mods, text) in FUSIONS.items():
         specs.append(neural_fusion_spec(name, chapter, text_of(mods, text, mech), fusion_modalities(mods, profile),
                                         cohort, fusion_config(profile, mech), ct_weights=ct_state,
-                                        oracle="all" if len(mods) == 3 else None, fold_models=fold_models))
+                                        bound=BOUND_OF_FUSION[name], fold_models=fold_models))
     mods, text = FUSIONS[HEADLINE]
     for other in [m for m in ("intermediate", "adaptive") if m != mech]:
         specs.append(neural_fusion_spec(mechanism_variant(other), chapter, text_of(mods, text, other),
                                         fusion_modalities(mods, profile), cohort, fusion_config(profile, other),
-                                        ct_weights=ct_state, oracle="all", fold_models=fold_models))
+                                        ct_weights=ct_state, bound="lab_pet_ct", fold_models=fold_models))
     labs = list(cohort.labs)
     bases = [table_spec("lab_rf", chapter, "labs", labs or None, lambda s: make_model("rf", s, profile)),
              image_spec("pet_cnn", "pet", cfg, chapter, "PET", "pet" in cohort.modalities),
              image_spec("ct_cnn", "ct", cfg, chapter, "CT", "ct" in cohort.modalities,
                         encoder_weights=ct_state)]
     specs.append(late_fusion_spec("lab_pet_ct_late", chapter, "laboratory values + SR-PET + CT, late fusion "
-                                  "(stacking of the unimodal models)", bases, profile.late_inner_folds, oracle="all"))
+                                  "(stacking of the unimodal models)", bases, profile.late_inner_folds, bound="lab_pet_ct"))
     subsets = {"headline": {"ct_cnn_pretrained", HEADLINE, "lab_pet_ct_late"},  # one model of each kind
                "fusion": {"ct_cnn_pretrained", HEADLINE},  # without the nested CNN training of late fusion
                "neural": {s.name for s in specs} - {"lab_pet_ct_late"}}
@@ -287,8 +287,11 @@ def stacking_weights(result) -> pd.DataFrame:
 
 
 # ---- the chapter's steps -----------------------------------------------------------------------------
-#: The oracle key of each model of the comparison with the study (what the generator's risk of those inputs reaches).
-ORACLE_KEYS = {"lab_rf": "lab", "pet_cnn": "pet", "ct_cnn": "ct", CT_PRETRAINED: "ct", HEADLINE: "all"}
+#: The input set of each fusion: the key of its achievable AUROC in a synthetic cohort's report.
+BOUND_OF_FUSION = {name: "_".join("lab" if m == "labs" else m for m in mods) for name, (mods, _) in FUSIONS.items()}
+#: The input set of each model of the comparison with the study: the key of its achievable AUROC in the
+#: generator's report (what the expected risk given those inputs reaches).
+BOUND_KEYS = {"lab_rf": "lab", "pet_cnn": "pet", "ct_cnn": "ct", CT_PRETRAINED: "ct", HEADLINE: "lab_pet_ct"}
 #: The laboratory + SR-PET + CT fusion by each mechanism: the profile's (the headline) and the others.
 MECHANISMS = [HEADLINE, mechanism_variant("intermediate"), mechanism_variant("adaptive"), LATE_FUSION]
 
@@ -340,9 +343,9 @@ def seven_models_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_with_study(ctx, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The seven models beside the study's numbers, with the oracle AUROC of their inputs on a synthetic cohort
+    """The seven models beside the study's numbers, with the achievable AUROC of their inputs on a synthetic cohort
     (:func:`prrt.study.reported.comparison_tables`)."""
-    return comparison_tables(ctx.cohort, seven_models(summary), ORACLE_KEYS)
+    return comparison_tables(ctx.cohort, seven_models(summary), BOUND_KEYS)
 
 
 def paired_tests(ctx, summary: pd.DataFrame) -> pd.DataFrame:

@@ -11,7 +11,8 @@ from __future__ import annotations
 #: The models of chapter 02 (laboratory values and SR-PET lesion features).
 LAB_MODELS = ("lab_rf", "lab_rf_with_cycles", "lab_logreg", "pet_features_rf", "pet_features_logreg",
               "lab_pet_features_rf")
-#: The unimodal image models of chapter 03: name -> (modality, description, oracle key).
+#: The unimodal image models of chapter 03: name -> (modality, description, input set of
+#: its achievable AUROC in a synthetic cohort's report).
 IMAGE_MODELS = {"pet_cnn": ("pet", "SR-PET, 3D CNN", "pet"), "ct_cnn": ("ct", "CT, 3D CNN", "ct")}
 #: Chapter 04's CT CNN whose encoder starts from the pretrained weights.
 CT_PRETRAINED = "ct_cnn_pretrained"
@@ -54,6 +55,22 @@ MODEL_CHAPTERS = {"pet_cnn": "03", "ct_cnn": "03", CT_PRETRAINED: "04"}
 MODALITY_NAMES = {"labs": "laboratory values", "pet_features": "SR-PET lesion features", "pet": "SR-PET", "ct": "CT"}
 #: The sources a fusion can be ablated by, as the book names them.
 SOURCE_NAMES = {"labs": "laboratory values", "pet": "SR-PET", "ct": "CT"}
+
+
+#: A synthetic cohort's input sets (the keys of its achievable AUROCs, :data:`prrt.data.synthetic.INPUT_SETS`).
+INPUT_SET_NAMES = {
+    "lab": "laboratory values", "pet_features": "SR-PET lesion features",
+    "lab_pet_features": "laboratory values + SR-PET lesion features", "pet": "SR-PET images", "ct": "CT images",
+    "pet_ct": "SR-PET + CT images", "lab_pet": "laboratory values + SR-PET images",
+    "lab_ct": "laboratory values + CT images", "lab_pet_ct": "laboratory values + SR-PET + CT images",
+}
+#: The synthetic generator's latent factors, as the book names them.
+LATENT_NAMES = {
+    "lab": "biochemical activity, through the noise of the laboratory values",
+    "pet": "somatostatin-receptor expression of the lesions",
+    "ct": "receptor-positive tumour burden",
+    "mismatch": "receptor-negative (mismatch) liver metastases",
+}
 
 
 def inputs_without(inputs: str, missing: list[str]) -> str:

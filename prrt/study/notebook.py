@@ -120,8 +120,7 @@ def parameters_table(ctx: Context) -> pd.DataFrame:
         ("profile", f"{p.name}: {p.description}"),
         ("network input", network_input_text(p)),
         ("input size (voxels)", " × ".join(str(s) for s in p.input_size_voxels)),
-        ("voxel spacing (mm)", " × ".join(f"{s:g}" for s in p.voxel_spacing_mm)
-         + (" or coarser (cubic, per patient)" if p.roi == "lesions" else "")),
+        ("voxel spacing (mm)", " × ".join(f"{s:g}" for s in p.voxel_spacing_mm) + ", every patient"),
         ("cross-validation", f"{p.n_repeats} × repeated stratified {p.n_folds}-fold"),
         ("seed", str(ctx.seed)),
     ]
@@ -130,26 +129,18 @@ def parameters_table(ctx: Context) -> pd.DataFrame:
 
 def network_input_text(p: Profile) -> str:
     """The image networks' input in words: region of interest and channels."""
-    where = (f"box around the lesions + {p.roi_margin_mm:g} mm margin" if p.roi == "lesions"
-             else "whole body, " + " × ".join(f"{f:g}" for f in p.field_of_view_mm) + " mm")
+    extent = " × ".join(f"{s * p.roi_spacing_mm:g}" for s in p.input_size_voxels) + " mm"
+    where = {"liver": f"{extent} centred on the liver", "lesions": f"{extent} centred on the lesions"}.get(
+        p.roi, "whole body, " + " × ".join(f"{f:g}" for f in p.field_of_view_mm) + " mm")
     return where + (", lesion mask as a second channel" if p.mask_channel else "")
 
 
 def synthetic_report(cohort: Cohort) -> dict | None:
-    """The generator's report (oracle AUROCs) when the cohort is synthetic and the report is there."""
+    """The generator's report (achievable AUROCs) when the cohort is synthetic and the report is there."""
     if not cohort.synthetic:
         return None
     f = cohort.input_files[1].parent / "synthetic_report.json"
     return json.loads(f.read_text()) if f.is_file() else None
-
-
-def oracle_table(report: dict) -> pd.DataFrame:
-    """The synthetic generator's oracle AUROCs as a small table."""
-    names = {"all": "all modalities (latent risk)", "lab": "laboratory values", "pet": "SR-PET", "ct": "CT"}
-    return pd.DataFrame(
-        [(names.get(k, k), round(v, 3)) for k, v in report["oracle_auroc"].items()],
-        columns=["what the model sees", "oracle AUROC"],
-    ).set_index("what the model sees")
 
 
 def table_from_dict(values: dict, name: str = "setting") -> pd.DataFrame:

@@ -23,9 +23,9 @@ STUDY_REPORTED = pd.DataFrame([
 ], columns=["study model", "AUROC", "AUPRC (long PFS positive, our reading)"])
 
 
-def comparison_with_study(summary: pd.DataFrame, synthetic: bool, oracle: dict | None = None,
-                          oracle_keys: dict | None = None) -> pd.DataFrame:
-    """Our models' AUROC / AUPRC (mean ± SD) with, for a synthetic cohort, the oracle AUROC beside them."""
+def comparison_with_study(summary: pd.DataFrame, synthetic: bool, bound: dict | None = None,
+                          bound_keys: dict | None = None) -> pd.DataFrame:
+    """Our models' AUROC / AUPRC (mean ± SD) with, for a synthetic cohort, the achievable AUROC of their inputs beside them."""
     ran = summary[summary["status"] == "ran"]
     out = pd.DataFrame({
         "model": ran["model"],
@@ -35,16 +35,16 @@ def comparison_with_study(summary: pd.DataFrame, synthetic: bool, oracle: dict |
         "AUPRC, long PFS positive (as the study's)": [mean_sd(m, s) for m, s in
                                                       zip(ran["auprc_long_mean"], ran["auprc_long_sd"])],
     })
-    if oracle and oracle_keys:
-        out["oracle AUROC"] = [f"{oracle[oracle_keys[m]]:.2f}" if oracle_keys.get(m) else "–" for m in ran["model"]]
+    if bound and bound_keys:
+        out["achievable AUROC"] = [f"{bound[bound_keys[m]]:.2f}" if bound_keys.get(m) else "–" for m in ran["model"]]
     out["comparable with the study"] = "not comparable: synthetic data" if synthetic else "same protocol, another cohort"
     return out.set_index("model")
 
 
-def comparison_tables(cohort, summary: pd.DataFrame, oracle_keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def comparison_tables(cohort, summary: pd.DataFrame, bound_keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """What a chapter shows beside the study: its ``summary`` rows as :func:`comparison_with_study` (with the
-    oracle AUROC of a synthetic cohort, ``oracle_keys``: model -> key of the generator's report) and the study's
+    achievable AUROC of a synthetic cohort, ``bound_keys``: model -> input set of the generator's report) and the study's
     own numbers (:data:`STUDY_REPORTED`, one row per study model)."""
     report = synthetic_report(cohort)
-    ours = comparison_with_study(summary, cohort.synthetic, report["oracle_auroc"] if report else None, oracle_keys)
+    ours = comparison_with_study(summary, cohort.synthetic, report["achievable_auroc"] if report else None, bound_keys)
     return ours, STUDY_REPORTED.set_index("study model")

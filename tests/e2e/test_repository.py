@@ -87,10 +87,10 @@ def test_profiles_are_defined_in_one_place():
     assert all(p.n_folds == 3 for p in (smoke, demo, paper))  # as in the study
     assert paper.n_repeats >= 10
     assert smoke.epochs < demo.epochs < paper.epochs
-    # the demo and paper profiles feed lesion-centred inputs; paper at 2-3 mm voxels
-    assert demo.roi == paper.roi == "lesions"
-    assert demo.voxel_spacing_mm == (demo.roi_min_spacing_mm,) * 3
-    assert 2.0 <= paper.roi_min_spacing_mm <= 3.0
+    # the demo and paper profiles feed liver-centred inputs of one spacing; paper at 2-3 mm voxels
+    assert demo.roi == paper.roi == "liver"
+    assert demo.voxel_spacing_mm == (demo.roi_spacing_mm,) * 3
+    assert 2.0 <= paper.roi_spacing_mm <= 3.0
     body = replace(demo, roi="body")
     assert abs(body.voxel_spacing_mm[0] - body.field_of_view_mm[0] / body.input_size_voxels[0]) < 1e-9
     json.dumps(paper.to_dict())

@@ -85,14 +85,14 @@ def test_format_summary_text():
 
 
 def test_comparison_with_study_text():
-    t = reported.comparison_with_study(_summary(), synthetic=True, oracle={"lab": 0.7349}, oracle_keys={"lab_rf": "lab"})
+    t = reported.comparison_with_study(_summary(), synthetic=True, bound={"lab": 0.7349}, bound_keys={"lab_rf": "lab"})
     assert t.index.tolist() == ["lab_rf"]  # only models that ran
     assert t.loc["lab_rf"].to_dict() == {
         "inputs": "labs", "AUROC": "0.68 ± 0.02", "AUPRC, short PFS positive": "0.50 ± 0.01",
-        "AUPRC, long PFS positive (as the study's)": "0.81 ± 0.01", "oracle AUROC": "0.73",
+        "AUPRC, long PFS positive (as the study's)": "0.81 ± 0.01", "achievable AUROC": "0.73",
         "comparable with the study": "not comparable: synthetic data"}
     real = reported.comparison_with_study(_summary(), synthetic=False)
-    assert "oracle AUROC" not in real.columns
+    assert "achievable AUROC" not in real.columns
     assert real.loc["lab_rf", "comparable with the study"] == "same protocol, another cohort"
 
 
@@ -206,9 +206,9 @@ def test_results_files_go_into_new_nested_run_folders_and_can_be_rewritten(tmp_p
     assert s.index.tolist() == [0, 1]  # the returned table is numbered afresh
 
 
-def test_comparison_with_study_oracle_column_needs_both_maps_and_marks_models_without_one():
+def test_comparison_with_study_bound_column_needs_both_maps_and_marks_models_without_one():
     both = _summary().iloc[[0, 0]].assign(model=["lab_rf", "pet_cnn"])
-    t = reported.comparison_with_study(both, synthetic=True, oracle={"lab": 0.7349}, oracle_keys={"lab_rf": "lab"})
-    assert t["oracle AUROC"].tolist() == ["0.73", "–"]
-    no_keys = reported.comparison_with_study(_summary(), synthetic=True, oracle={"lab": 0.7349})
-    assert "oracle AUROC" not in no_keys.columns
+    t = reported.comparison_with_study(both, synthetic=True, bound={"lab": 0.7349}, bound_keys={"lab_rf": "lab"})
+    assert t["achievable AUROC"].tolist() == ["0.73", "–"]
+    no_keys = reported.comparison_with_study(_summary(), synthetic=True, bound={"lab": 0.7349})
+    assert "achievable AUROC" not in no_keys.columns

@@ -323,7 +323,7 @@ def test_a_map_on_the_input_grid_lines_up_with_the_mask_on_the_display_grid(tmp_
 
     from prrt.imaging import preprocess as imaging
 
-    settings = replace(LESIONS, input_size_voxels=(16, 16, 16), roi_min_spacing_mm=4.0)
+    settings = replace(LESIONS, input_size_voxels=(16, 16, 16), roi_spacing_mm=5.0)  # 80 mm: both lesions inside
     paths = patient(tmp_path, [((40, -20, 10), 14), ((10, 5, -5), 8)])
     arrays = imaging.preprocess(paths, settings)
     size = (48, 48, 48)

@@ -62,18 +62,18 @@ def test_prepare_inputs_writes_the_boxes_of_both_regions(small_cohort_dir, tmp_p
     cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="none")
     smoke = get_profile("smoke")
     got = inputs.prepare_inputs(cohort, smoke, tmp_path / "cache", tmp_path / "run", progress=False)
-    assert list(got) == ["lesions", "body"]
+    assert list(got) == ["liver", "lesions"]
     boxes = pd.read_csv(tmp_path / "run" / "inputs" / "boxes_lesions.csv", index_col="patient")
     assert list(boxes.index) == list(cohort.data.index)  # pseudonyms only
     assert set(boxes["source"]) <= {"lesion mask", "PET threshold", "body (no lesion found)"}
-    assert (boxes["spacing_x_mm"] >= smoke.roi_min_spacing_mm).all()
-    body = pd.read_csv(tmp_path / "run" / "inputs" / "boxes_body.csv", index_col="patient")
-    assert (body["source"] == "body").all()
-    assert np.allclose(body["extent_x_mm"], smoke.field_of_view_mm[0])
+    liver = pd.read_csv(tmp_path / "run" / "inputs" / "boxes_liver.csv", index_col="patient")
+    assert (liver["source"] == "liver label").all()  # every synthetic patient has an organ map with a liver
+    for b in (boxes, liver):  # one spacing for every patient
+        assert (b[["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]] == smoke.roi_spacing_mm).all().all()
     summary = inputs.box_summary(boxes)
     assert summary["patients"].sum() == len(cohort.data)
     table = inputs.signal_table_for(got, cohort)
-    assert set(table["input"]) == {"lesions", "body"} and set(table["modality"]) == {"pet", "ct"}
+    assert set(table["input"]) == {"liver", "lesions"} and set(table["modality"]) == {"pet", "ct"}
 
 
 def test_a_manifest_without_images_has_no_inputs(small_cohort_dir, tmp_path):

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from image_phantoms import LESIONS, PET_GRID, patient, spheres
-from scipy import ndimage
 
 from prrt.imaging import preprocess as imaging
 from prrt.imaging.boxes import fit_box, input_box
@@ -36,18 +35,7 @@ def touches_border(mask):
 
 
 # ---- the box rule -----------------------------------------------------------------------------------
-def test_fit_box_keeps_voxels_isotropic_pads_and_never_cuts():
-    centre, spacing = fit_box((-60, -40, -65), (60, 35, 65), 20, (32, 32, 32), 3.0)
-    assert spacing == pytest.approx((130 + 40) / 32)  # the longest axis decides; the others are padded
-    np.testing.assert_allclose(centre, (0, -2.5, 0))
-    # a small box is not magnified beyond the finest spacing
-    assert fit_box((0, 0, 0), (5, 5, 5), 2, (32, 32, 32), 3.0)[1] == 3.0
-    # a non-cubic input: the box fits along every axis
-    c, s = fit_box((0, 0, 0), (300, 100, 100), 0, (64, 32, 32), 1.0)
-    assert s * 64 >= 300 and s * 32 >= 100
-
-
-def test_lesion_box_from_the_mask_with_margin(tmp_path):
+def test_lesion_box_from_the_mask(tmp_path):
     paths = patient(tmp_path, [((30, -20, 10), 15)])
     box, _ = input_box(paths, LESIONS)
     assert box.source == "lesion mask" and box.roi == "lesions"
@@ -56,7 +44,7 @@ def test_lesion_box_from_the_mask_with_margin(tmp_path):
     np.testing.assert_allclose((lo + hi) / 2, lps((30, -20, 10)), atol=3.5)
     assert np.all(np.abs((hi - lo) - 30) <= 6.0)
     assert box.spacing_mm[0] == box.spacing_mm[1] == box.spacing_mm[2]
-    assert box.spacing_mm[0] == pytest.approx(max(float(np.max(hi - lo)) + 20, 32 * 3.0) / 32)
+    assert box.spacing_mm == (LESIONS.roi_spacing_mm,) * 3
 
 
 def test_pet_ct_and_mask_line_up_inside_the_lesion_box(tmp_path):
@@ -106,27 +94,57 @@ def test_mask_on_the_ct_grid_gives_the_same_box_as_on_the_pet_grid(tmp_path):
                                atol=0.8)
 
 
-def test_single_tiny_lesion_gets_the_finest_spacing_and_stays_visible(tmp_path):
+def test_single_tiny_lesion_gets_the_one_spacing_and_stays_visible(tmp_path):
     paths = patient(tmp_path, [((30, -20, 10), 6)])  # a few voxels of 5-6 mm
     n_voxels = int((nib.load(paths["mask"]).get_fdata() > 0).sum())
     assert 1 <= n_voxels <= 12
     out = preprocess(paths, LESIONS)
     box = imaging.box_of(out)
-    assert box["spacing_x_mm"] == LESIONS.roi_min_spacing_mm
+    assert box["spacing_x_mm"] == LESIONS.roi_spacing_mm
     assert out["mask"].sum() >= n_voxels  # finer voxels: the lesion is not lost
     peak = np.unravel_index(np.argmax(out["suv"]), out["suv"].shape)
     assert out["mask"][peak] == 1
 
 
-def test_burden_larger_than_the_input_is_downsampled_to_fit_never_cut(tmp_path):
-    # two lesions 250 mm apart: more than 32 voxels x 3 mm
-    lesions = [((-120, 0, -60), 12), ((120, 20, 60), 12)]
+def test_burden_larger_than_the_input_keeps_the_spacing_and_is_cut_saying_how_far(tmp_path):
+    # two lesions 90 mm apart (114 mm with their radii): more than 32 voxels x 3 mm
+    lesions = [((-45, 0, -30), 12), ((45, 20, 30), 12)]
     out = preprocess(patient(tmp_path, lesions), LESIONS)
     box = imaging.box_of(out)
-    assert box["spacing_x_mm"] > LESIONS.roi_min_spacing_mm
-    assert box["extent_x_mm"] >= 240 + 24 + 2 * LESIONS.roi_margin_mm - 0.01
-    labels, n = ndimage.label(out["mask"])
-    assert n == 2 and not touches_border(out["mask"] > 0)
+    assert box["spacing_x_mm"] == box["spacing_z_mm"] == LESIONS.roi_spacing_mm  # never squeezed onto coarser voxels
+    assert box["extent_x_mm"] == pytest.approx(32 * LESIONS.roi_spacing_mm)
+    # the lesions' voxel-edge bounds reach beyond the 96 mm grid on both sides in x: the grid cuts them
+    assert box["note"].startswith("lesions reach beyond the input by x ")
+    assert touches_border(out["mask"] > 0)
+
+
+def test_fit_box_centres_the_grid_and_notes_only_what_does_not_fit():
+    centre, note = fit_box((-10, 0, 0), (30, 20, 10), (32, 32, 32), 3.0)
+    np.testing.assert_allclose(centre, (10, 10, 5))
+    assert note == ""
+    _, note = fit_box((0, 0, 0), (100, 96, 96), (32, 32, 32), 3.0)
+    assert note == "lesions reach beyond the input by x 2 mm each side"
+
+
+def test_a_liver_box_is_centred_on_the_liver_with_the_one_spacing_and_falls_back_to_the_lesions(tmp_path):
+    paths = patient(tmp_path, [((30, -20, 10), 15)])
+    # an organ map on the PET grid: the liver (label 1) a sphere of 50 mm at world (-40, 30, -20) mm (RAS)
+    paths["organs"] = spheres(tmp_path / "organs.nii.gz", [((-40, 30, -20), 50)], 1, 0, dtype=np.uint8, **PET_GRID)
+    liver = PreprocessSettings(**{**LESIONS.__dict__, "roi": "liver", "roi_spacing_mm": 5.0})
+    box, seg = input_box(paths, liver)
+    assert box.source == "liver label" and box.spacing_mm == (5.0, 5.0, 5.0)
+    np.testing.assert_allclose(box.centre_mm, lps((-40, 30, -20)), atol=3)
+    assert seg is not None  # the lesion mask is still the mask channel
+    out = preprocess(paths, liver)
+    assert out["mask"].sum() > 0 and imaging.box_of(out)["source"] == "liver label"
+    # no liver label: centred on the lesions, with the same spacing, and the note says why
+    no_organs = {k: v for k, v in paths.items() if k != "organs"}
+    box2, _ = input_box(no_organs, liver)
+    assert box2.source == "lesion mask" and "no organ map" in box2.note and box2.spacing_mm == (5.0, 5.0, 5.0)
+    np.testing.assert_allclose(box2.centre_mm, lps((30, -20, 10)), atol=3.5)
+    empty = spheres(tmp_path / "no_liver.nii.gz", [((-40, 30, -20), 50)], 2, 0, dtype=np.uint8, **PET_GRID)
+    box3, _ = input_box({**paths, "organs": empty}, liver)
+    assert box3.source == "lesion mask" and "no liver in the organ map" in box3.note
 
 
 def test_empty_mask_falls_back_to_the_pet_threshold_then_to_the_body(tmp_path):
@@ -139,10 +157,10 @@ def test_empty_mask_falls_back_to_the_pet_threshold_then_to_the_body(tmp_path):
     # no mask at all: the same fallback, and the note says why
     box2, _ = input_box({"ct": paths["ct"], "pet": paths["pet"]}, LESIONS)
     assert box2.source == "PET threshold" and "no lesion mask" in box2.note
-    # no PET: a box around the body, isotropic, centred on the body
+    # no PET: a box around the body, with the one spacing, centred on the body
     box3, _ = input_box({"ct": paths["ct"], "mask": paths["mask"]}, LESIONS)
     assert box3.source == "body (no lesion found)"
-    assert len(set(box3.spacing_mm)) == 1 and box3.spacing_mm[0] == pytest.approx(384 / 32)
+    assert box3.spacing_mm == (LESIONS.roi_spacing_mm,) * 3
     np.testing.assert_allclose(box3.centre_mm, (0, 0, 0), atol=3)
     # a PET without anything above the threshold: the body as well
     cold = spheres(tmp_path / "cold.nii.gz", [((30, -20, 10), 15)], 4.0, 1.0, **PET_GRID)
@@ -175,13 +193,13 @@ def test_the_box_is_stored_and_part_of_the_cache_key(tmp_path):
     assert (cache.misses, cache.hits) == (1, 1)
     box = input_box(paths, LESIONS)[0]
     assert cache.key(paths, LESIONS, box) != cache.key(paths, LESIONS, None)
-    # another margin changes the box, hence the key and the arrays
-    wider = PreprocessSettings(**{**LESIONS.__dict__, "roi_margin_mm": 60.0})
+    # another spacing changes the box, hence the key and the arrays
+    wider = PreprocessSettings(**{**LESIONS.__dict__, "roi_spacing_mm": 6.0})
     b = cache.get(paths, wider)
     assert cache.misses == 2 and imaging.box_of(b)["extent_x_mm"] > imaging.box_of(a)["extent_x_mm"]
-    # the body grid ignores lesion settings
+    # the body grid ignores the region's spacing
     body = PreprocessSettings(**{**LESIONS.__dict__, "roi": "body"})
-    body2 = PreprocessSettings(**{**LESIONS.__dict__, "roi": "body", "roi_margin_mm": 60.0})
+    body2 = PreprocessSettings(**{**LESIONS.__dict__, "roi": "body", "roi_spacing_mm": 6.0})
     assert cache.key(paths, body) == cache.key(paths, body2)
 
 

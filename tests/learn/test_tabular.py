@@ -27,7 +27,7 @@ def cv_table(name, X, y, splits, make, seed, permutation_repeats=0, keep_models=
 @pytest.fixture(scope="module")
 def lab_data():
     """The default synthetic 116-patient laboratory table (no images needed)."""
-    table, truth = synthetic._cohort_table(synthetic.SyntheticConfig(), np.random.default_rng(synthetic.DEFAULT_SEED))
+    table, truth = synthetic.exact_parameters(synthetic.DEFAULT_SEED)
     X = table[list(synthetic.LAB_PANEL)].set_axis([f"P{i:03d}" for i in range(1, 117)])
     y = pd.Series(truth["short_pfs"].to_numpy(), index=X.index)
     return X, y

@@ -155,7 +155,7 @@ def test_image_tensors_shape_and_cache(small_cohort_dir, tmp_path):
     c = load_cohort(small_cohort_dir / "manifest.yaml", check_images="none")
     smoke = get_profile("smoke")
     x, patients = image_model.image_tensors(c, smoke, tmp_path, "pet", progress=False)
-    assert smoke.mask_channel and smoke.roi == "lesions"
+    assert smoke.mask_channel and smoke.roi == "liver"
     assert x.shape == (26, 2, 24, 24, 20) and x.dtype == torch.float32 and patients == list(c.data.index)
     assert 0 <= float(x.min()) and float(x.max()) <= 1
     # the second channel is the lesion mask on the same grid, and the PET is hot inside it

@@ -162,18 +162,18 @@ def test_median_risk_groups_split_the_predicted_patients_at_the_median_mean_risk
 
 
 # ---- prrt.study.reported ---------------------------------------------------------------------------------
-def test_comparison_tables_give_the_oracle_of_a_synthetic_cohort_and_the_study_numbers(tmp_path):
-    report = {"oracle_auroc": {"lab": 0.71, "all": 0.83}}
+def test_comparison_tables_give_the_achievable_auroc_of_a_synthetic_cohort_and_the_study_numbers(tmp_path):
+    report = {"achievable_auroc": {"lab": 0.71, "lab_pet_ct": 0.83}}
     summary = summary_of({"lab_rf": "02", "lab_logreg": "02", "pet_features_rf": "02"},
                          status={"pet_features_rf": "skipped: no PET"})
     ours, theirs = comparison_tables(make_cohort(tmp_path, synthetic=True, report=report), summary,
                                      {"lab_rf": "lab", "lab_logreg": None})
     assert list(ours.index) == ["lab_rf", "lab_logreg"]  # a skipped model has no row
-    assert ours["oracle AUROC"].tolist() == ["0.71", "–"]
+    assert ours["achievable AUROC"].tolist() == ["0.71", "–"]
     pd.testing.assert_frame_equal(theirs, STUDY_REPORTED.set_index("study model"))
     (tmp_path / "real").mkdir()
     real, _ = comparison_tables(make_cohort(tmp_path / "real", synthetic=False), summary, {"lab_rf": "lab"})
-    assert "oracle AUROC" not in real.columns
+    assert "achievable AUROC" not in real.columns
     assert set(real["comparable with the study"]) == {"same protocol, another cohort"}
 
 
@@ -621,9 +621,32 @@ def test_the_pet_features_by_group_and_the_seven_models_beside_the_study(tmp_pat
     cohort = make_cohort(tmp_path)
     pet = pd.DataFrame({f: np.arange(12.0) for f in FEATURES}, index=pd.Index(PATIENTS, name="patient"))
     assert list(ch02_labs.pet_features_table(pet, cohort).index) == [f.replace("_", " ") for f in FEATURES]
-    ctx = make_ctx(tmp_path, make_cohort(tmp_path, synthetic=True, report={"oracle_auroc": {"lab": 0.7, "ct": 0.6,
-                                                                                         "pet": 0.5, "all": 0.8}}))
+    ctx = make_ctx(tmp_path, make_cohort(tmp_path, synthetic=True, report={"achievable_auroc": {"lab": 0.7, "ct": 0.6,
+                                                                                         "pet": 0.5, "lab_pet_ct": 0.8}}))
     summary = summary_of({"lab_logreg": "02", "ct_cnn": "03", HEADLINE: "04", "lab_rf": "02"})
     ours, _ = ch04_fusion.comparison_with_study(ctx, summary)
     assert list(ours.index) == ["lab_rf", "ct_cnn", HEADLINE]
-    assert ours["oracle AUROC"].tolist() == ["0.70", "0.60", "0.80"]
+    assert ours["achievable AUROC"].tolist() == ["0.70", "0.60", "0.80"]
+
+
+def test_chapter_01_sets_the_achievable_bounds_beside_models_on_the_exact_parameters(small_cohort_dir, tmp_path):
+    from prrt.data.load import load_cohort
+    from prrt.study.names import INPUT_SET_NAMES
+
+    cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="none")
+    ctx = make_ctx(tmp_path, cohort)
+    bounds = ch01_cohort.achievable_bounds(ctx)
+    report = json.loads((small_cohort_dir / "synthetic_report.json").read_text())
+    assert list(bounds.index) == [INPUT_SET_NAMES[k] for k in report["achievable_auroc"]]
+    assert bounds["achievable AUROC"].tolist() == [round(v, 3) for v in report["achievable_auroc"].values()]
+    assert "receptor-negative (mismatch) liver metastases" in bounds.loc["CT images", "what a perfect reader of it sees"]
+    checked = bounds["logistic regression on the exact parameters (CV)"]
+    assert checked.notna().all() and checked.between(0, 1).all()
+    line = ch01_cohort.bounds_sentence(bounds)
+    b = bounds["achievable AUROC"]
+    assert f"{b['laboratory values + SR-PET + CT images'] - b['laboratory values + SR-PET lesion features']:+.2f}" in line
+    # a real cohort has no bound, and the page says so
+    (tmp_path / "real").mkdir()
+    ctx_real = make_ctx(tmp_path / "real", make_cohort(tmp_path / "real"))
+    assert ch01_cohort.achievable_bounds(ctx_real) is None
+    assert ch01_cohort.bounds_sentence(None).startswith("Real data")
