@@ -1,8 +1,8 @@
 """The synthetic images: one patient's PET/CT phantom, an unlabelled CT collection for pretraining, and
 planted-lesion images that check saliency maps.
 
-:func:`patient_images` writes one patient's images, NIfTI: a CT in Hounsfield units and an SR-PET in SUV
-on different grids (different voxel spacings, fields of view and axis orientations, each with a proper
+:func:`patient_images` writes one patient's images, NIfTI: a contrast-enhanced CT (portal-venous phase) in
+Hounsfield units and an SR-PET in SUV on different grids (different voxel spacings, fields of view and axis orientations, each with a proper
 affine; :data:`GEOMETRIES`), with body outline, subcutaneous fat, lungs, liver, spleen, kidneys, aorta,
 spine, liver metastases, lymph-node metastases and (in some) a primary tumour; physiological SSTR uptake
 in spleen, kidneys and liver; a lesion mask on the PET grid (or the CT grid), and a label map of the
@@ -79,8 +79,13 @@ def _axes(shape, spacing, centre_mm, flip_xy):
 
 #: Mismatch (SSTR-negative) liver metastases: CT density (HU, mean and SD) and SR-PET uptake as a fraction
 #: of the patient's liver background (lowest, highest).
-MISMATCH_HU = (25.0, 8.0)
+MISMATCH_HU = (10.0, 8.0)
 MISMATCH_UPTAKE = (0.1, 0.3)
+#: How many mismatch metastases (Poisson with mean ``exp(a + b * z_mismatch)``, at most ``MISMATCH_MAX``) and
+#: how large (radius in mm, lognormal: median ``r0 * exp(slope * z_mismatch)``, log-SD ``sd``).
+MISMATCH_COUNT = (1.2, 0.7)
+MISMATCH_MAX = 20
+MISMATCH_RADIUS = (12.0, 0.3, 0.1)
 
 
 def _in_liver(rng: np.random.Generator, liver: dict) -> np.ndarray:
@@ -137,9 +142,10 @@ def draw_phantom(rng: np.random.Generator, z_pet: float, z_ct: float, z_mismatch
     # SSTR-negative liver metastases (z_mismatch): hypodense on CT, cold on SR-PET, not in the lesion mask.
     # Painted before the receptor-positive lesions, which cover them where both overlap.
     mismatch = []
-    for _ in range(int(np.clip(rng.poisson(np.exp(0.2 + 0.7 * z_mismatch)), 0, 10))):
+    (a, b), (r0, slope, sd) = MISMATCH_COUNT, MISMATCH_RADIUS
+    for _ in range(int(np.clip(rng.poisson(np.exp(a + b * z_mismatch)), 0, MISMATCH_MAX))):
         c = _in_liver(rng, liver)
-        r = float(np.clip(rng.lognormal(np.log(15.0) + 0.3 * z_mismatch, 0.25), 5, 40))
+        r = float(np.clip(rng.lognormal(np.log(r0) + slope * z_mismatch, sd), 5, 40))
         mismatch.append(dict(c=tuple(c), r=(r, r, r), kind="mismatch",
                              suv=physiology["liver"] * rng.uniform(*MISMATCH_UPTAKE),
                              hu=float(rng.normal(*MISMATCH_HU))))

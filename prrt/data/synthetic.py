@@ -7,10 +7,11 @@ What is generated
   follow-up) exercise the exclusion path; the default has none, as in the study.
 * **Table**: age, sex, primary site, grade, Ki-67, number of PRRT cycles, a laboratory panel of 12
   values with units and a few missing values, PFS time and event, image paths.
-* **Images** per patient (drawn by :mod:`prrt.data.phantoms`), NIfTI: a CT in Hounsfield units and an
-  SR-PET in SUV on different grids (different voxel spacings, fields of view and axis orientations,
-  each with a proper affine), with body outline, subcutaneous fat, lungs, liver, spleen, kidneys,
-  aorta, spine, liver metastases, lymph-node metastases and (in some) a primary tumour; physiological
+* **Images** per patient (drawn by :mod:`prrt.data.phantoms`), NIfTI: a contrast-enhanced CT in
+  Hounsfield units and an SR-PET in SUV on different grids (different voxel spacings, fields of view and
+  axis orientations, each with a proper affine), with body outline, subcutaneous fat, lungs, liver,
+  spleen, kidneys, aorta, spine, liver metastases (receptor-positive and, in some, receptor-negative),
+  lymph-node metastases and (in some) a primary tumour; physiological
   SSTR uptake in spleen, kidneys and liver; a lesion mask on the PET grid (or the CT grid), and a label
   map of the reference organs (1 liver, 2 spleen, 3 kidneys) on the PET grid for uptake ratios.
 
@@ -83,7 +84,8 @@ class SignalConfig:
     Chosen so that, over 300 seeds of the default cohort (medians), the laboratory values reach an
     achievable AUROC of 0.65 (the study's laboratory Random Forest reached 0.59), the lesion features 0.69,
     CT 0.89 and labs + SR-PET + CT 0.93, 0.19 above labs + lesion features; and so that on the demo
-    seed the laboratory Random Forest stays near the study's while the images hold signal of their own.
+    seed the laboratory Random Forest stays near the study's while the images hold signal of their own
+    (book/methods.md says how they were chosen).
     """
 
     w_lab: float = 0.6
