@@ -102,7 +102,7 @@ class Profile:
     roi_spacing_mm: float = 6.0
     mask_channel: bool = True
     field_of_view_mm: tuple[float, float, float] = (384.0, 384.0, 320.0)
-    hu_window: tuple[float, float] = (-160.0, 240.0)
+    hu_window: tuple[float, float] = (-50.0, 250.0)
     suv_range: tuple[float, float] = (0.0, 30.0)
     n_folds: int = 3
     n_repeats: int = 5
