@@ -266,21 +266,25 @@ def lab_posterior(table: pd.DataFrame) -> np.ndarray:
     return num / den
 
 
-def expected_risk(table: pd.DataFrame, truth: pd.DataFrame, signal: SignalConfig, sees) -> np.ndarray:
-    """``E[latent risk | the latent factors in sees]``: unseen factors contribute their mean (0); ``lab``
-    contributes through :func:`lab_posterior` (what the laboratory values reveal of ``z_lab``)."""
+def latent_views(table: pd.DataFrame, truth: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What each latent factor shows a perfect reader, per patient: ``z_pet``, ``z_ct``, ``z_mismatch`` as they
+    are, ``lab`` through :func:`lab_posterior` (what the laboratory values reveal of ``z_lab``)."""
+    return {k: lab_posterior(table) if k == "lab" else truth[f"z_{k}"].to_numpy(float) for k in LATENTS}
+
+
+def expected_risk(views: dict[str, np.ndarray], signal: SignalConfig, sees) -> np.ndarray:
+    """``E[latent risk | the latent factors in sees]`` from :func:`latent_views`: unseen factors contribute
+    their mean (0)."""
     w = dict(zip(LATENTS, _weights(signal)))
-    out = np.zeros(len(truth))
-    for k in sees:
-        out += w[k] * (lab_posterior(table) if k == "lab" else truth[f"z_{k}"].to_numpy(float))
-    return out
+    return sum((w[k] * views[k] for k in sees), np.zeros(len(views[LATENTS[0]])))
 
 
 def achievable_aurocs(table: pd.DataFrame, truth: pd.DataFrame, signal: SignalConfig) -> dict:
     """The achievable AUROC of every input set (:data:`INPUT_SETS`) on the labelled patients."""
     lab = truth["short_pfs"].notna().to_numpy()
     y = truth.loc[lab, "short_pfs"].to_numpy()
-    return {name: _auroc(expected_risk(table, truth, signal, sees)[lab], y) for name, sees in INPUT_SETS.items()}
+    views = latent_views(table, truth)
+    return {name: _auroc(expected_risk(views, signal, sees)[lab], y) for name, sees in INPUT_SETS.items()}
 
 
 def exact_parameters(seed: int = DEFAULT_SEED, config: SyntheticConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
