@@ -40,6 +40,10 @@ class Profile:
         beyond the grid are cut, never squeezed onto coarser voxels.
     mask_channel:
         Whether the networks see the lesion mask as a second input channel.
+    liver_in_mask_channel:
+        With ``mask_channel``: whether that channel also shows the liver of the organ map (at 0.5 beside
+        the lesions' 1; :func:`prrt.imaging.mask_channel_array`), so that the network is told where the liver is.
+        Patients without an organ map get the lesions alone.
     field_of_view_mm:
         Physical extent (x, y, z) in millimetres of the ``body`` grid, centred on the body. Its voxel
         spacing is ``field_of_view_mm / input_size_voxels``.
@@ -49,6 +53,11 @@ class Profile:
         SR-PET standardised uptake values (lower, upper) mapped linearly to [0, 1].
     n_folds, n_repeats:
         Repeated stratified k-fold cross-validation (the study used 3 folds).
+    val_fraction:
+        Share of each fold's training patients held back (stratified) as an inner validation part whose
+        loss and AUROC per epoch join the learning curves; they do not fit the network. With the kept
+        weights those of the last epoch, nothing is chosen on them, so 0 (the ``demo`` profile) lets every
+        training patient fit the network and leaves the curves with the training loss alone.
     epochs, batch_size:
         CNN training budget.
     montage_patients:
@@ -101,11 +110,13 @@ class Profile:
     roi: str = "liver"
     roi_spacing_mm: float = 6.0
     mask_channel: bool = True
+    liver_in_mask_channel: bool = True
     field_of_view_mm: tuple[float, float, float] = (384.0, 384.0, 320.0)
     hu_window: tuple[float, float] = (-50.0, 250.0)
     suv_range: tuple[float, float] = (0.0, 30.0)
     n_folds: int = 3
     n_repeats: int = 5
+    val_fraction: float = 0.2
     epochs: int = 30
     batch_size: int = 8
     montage_patients: int = 4
@@ -169,6 +180,7 @@ PROFILES: dict[str, Profile] = {
         roi="liver",
         roi_spacing_mm=6.0,
         mask_channel=True,
+        val_fraction=0.0,
         n_repeats=5,
         epochs=12,
         batch_size=8,

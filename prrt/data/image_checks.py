@@ -78,7 +78,9 @@ def check_images(d: Draft) -> list[Problem]:
                                    i, col) for i in blank]
         elif blank:
             effect = {"mask": "their input box is placed around a PET threshold segmentation instead",
-                      "organs": "no tumour-to-liver or tumour-to-spleen ratio"}[modality]
+                      "organs": "no tumour-to-liver or tumour-to-spleen ratio, an input box around the lesions "
+                                "instead of the liver, and no liver in the networks' mask channel (a difference "
+                                "between patients that a network can learn)"}[modality]
             problems.append(Problem(f"{len(blank)} of {len(d.df)} patients have no {modality} image (empty cell): "
                                     f"{d.rows_text(blank)}; {effect}", column=col, file=d.tfile, severity=WARNING))
     base = d.path.parent

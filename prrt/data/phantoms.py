@@ -269,7 +269,7 @@ def _ct_case(out_dir: Path, case: str, geom: Geometry, seed_seq) -> None:
     ph = draw_phantom(rng, float(rng.normal()), float(rng.normal()), float(rng.normal()))
     offset = (rng.normal(0, 6), rng.normal(0, 6), rng.normal(0, 10))
     coords, affine = _axes(geom.ct_shape, geom.ct_spacing_mm, offset, flip_xy=True)
-    ct, mask, _ = _render(coords, ph, 0, "hu")
+    ct, mask, any_lesion = _render(coords, ph, 0, "hu")
     ct = ndimage.gaussian_filter(ct, 0.6) + rng.normal(0, 12, ct.shape).astype(np.float32)
     folder = out_dir / case
     folder.mkdir(parents=True, exist_ok=True)
@@ -278,11 +278,12 @@ def _ct_case(out_dir: Path, case: str, geom: Geometry, seed_seq) -> None:
     img.header["descrip"] = b"synthetic HU"
     nib.save(img, folder / "ct.nii.gz")
     nib.save(nib.Nifti1Image(mask, affine), folder / "lesion_mask.nii.gz")
+    nib.save(nib.Nifti1Image(_organ_labels(coords, ph, any_lesion), affine), folder / "organs.nii.gz")
 
 
 def generate_ct_collection(out_dir, n_cases: int, seed: int, geometry: str = "standard",
                            progress: bool = True) -> Path:
-    """An unlabelled CT collection for pretraining: ``<out_dir>/C###/{ct,lesion_mask}.nii.gz``.
+    """An unlabelled CT collection for pretraining: ``<out_dir>/C###/{ct,lesion_mask,organs}.nii.gz``.
 
     The cases are drawn like the cohort's patients (anatomy, receptor-positive and mismatch lesions; the
     mask holds the receptor-positive ones) but from their own seed

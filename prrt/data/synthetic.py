@@ -50,6 +50,8 @@ a perfect reader shows its latent factors exactly (PET: ``z_pet``, ``z_ct``, ``z
 the observed values (:func:`lab_posterior`). Because the labels carry noise, even the full set stays
 well below 1. The bound holds in expectation: on one cohort of 116 patients a model may land a little
 above it by chance, and a real model, which reads voxels instead of latent factors, lands below.
+:func:`achievable_intervals` gives each bound a 95 % bootstrap interval over the labelled patients
+(how much it would move on another 116 patients like these).
 :func:`exact_parameters` gives each patient's lesion parameters without drawing images, for checking
 the bounds with models fitted on them.
 
@@ -287,6 +289,28 @@ def achievable_aurocs(table: pd.DataFrame, truth: pd.DataFrame, signal: SignalCo
     return {name: _auroc(expected_risk(views, signal, sees)[lab], y) for name, sees in INPUT_SETS.items()}
 
 
+def achievable_intervals(table: pd.DataFrame, truth: pd.DataFrame, signal: SignalConfig, n_boot: int = 2000,
+                         seed: int = 0, level: float = 0.95) -> dict:
+    """``{input set: [low, high]}``: a percentile bootstrap interval (resampling the labelled patients,
+    ``n_boot`` times, from ``seed``) of each achievable AUROC of :func:`achievable_aurocs`."""
+    from scipy.stats import rankdata
+
+    lab = truth["short_pfs"].notna().to_numpy()
+    y = truth.loc[lab, "short_pfs"].to_numpy().astype(bool)
+    views = latent_views(table, truth)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    yb = y[idx]
+    n_pos, n_neg = yb.sum(1), (~yb).sum(1)
+    ok = (n_pos > 0) & (n_neg > 0)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out = {}
+    for name, sees in INPUT_SETS.items():
+        ranks = rankdata(expected_risk(views, signal, sees)[lab][idx], axis=1)
+        auc = ((ranks * yb).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg).clip(1)
+        out[name] = [round(float(v), 4) for v in np.percentile(auc[ok], q)]
+    return out
+
+
 def exact_parameters(seed: int = DEFAULT_SEED, config: SyntheticConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The table and the truth (latent factors and :func:`prrt.data.phantoms.lesion_parameters`) that
     :func:`generate` would write for ``seed`` and ``config``, without drawing a single image (fast)."""
@@ -361,6 +385,7 @@ def generate(out_dir, seed: int = DEFAULT_SEED, config: SyntheticConfig | None =
                            "binary task, kept for survival analyses") if cfg.n_censored_before_horizon else
                           "none: as in the study, every patient has a label",
         "achievable_auroc": achievable_aurocs(table, truth, cfg.signal),
+        "achievable_auroc_interval": achievable_intervals(table, truth, cfg.signal),
         "input_sets": {name: list(sees) for name, sees in INPUT_SETS.items()},
         "geometry": asdict(geom),
     }

@@ -106,7 +106,8 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
             x = images.take(patients)
             m = fold_maps(run_dir, spec.name, fold.repeat, fold.fold, models[(fold.repeat, fold.fold)].model, x,
                           patients, layer)
-            masks = x[:, 1].numpy() > 0.5 if has_mask else np.zeros((len(x), *x.shape[2:]), bool)
+            # the lesions are 1 in that channel, the liver (profile: liver_in_mask_channel) 0.5
+            masks = x[:, 1].numpy() > 0.75 if has_mask else np.zeros((len(x), *x.shape[2:]), bool)
             metrics.append(saliency_metrics(m, masks, patients, dilation_voxels).assign(
                 model=spec.name, repeat=fold.repeat, fold=fold.fold,
                 label=data.y.loc[patients].to_numpy()))

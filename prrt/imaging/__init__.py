@@ -6,7 +6,14 @@ What other subpackages may use is listed in ``__all__``; the rest is private to 
 """
 
 from .boxes import field_of_view_bounds_mm, lesion_bounds_mm, voxels_inside
-from .inputs import box_summary, format_signal_table, prepare_inputs, signal_table_for
+from .inputs import (
+    LIVER_IN_MASK_CHANNEL,
+    box_summary,
+    format_signal_table,
+    mask_channel_array,
+    prepare_inputs,
+    signal_table_for,
+)
 from .io import ImageError, read_header, read_image
 from .lesions import FEATURES, cohort_features
 from .preprocess import (
@@ -20,6 +27,7 @@ from .settings import PreprocessSettings
 
 __all__ = [
     "FEATURES",
+    "LIVER_IN_MASK_CHANNEL",
     "ImageCache",
     "ImageError",
     "PreprocessSettings",
@@ -31,6 +39,7 @@ __all__ = [
     "format_signal_table",
     "input_boxes",
     "lesion_bounds_mm",
+    "mask_channel_array",
     "prepare_inputs",
     "preprocess_cohort",
     "read_header",

@@ -12,6 +12,11 @@ short from long PFS (:func:`input_signal_table`, :func:`signal_table_for`):
 ``highest value in the lesions``    the maximum of the scaled image inside the mask
 ``mean value in the lesions``       the mean of the scaled image inside the mask
 ``99th percentile of the input``    needs no mask: the brightest 1 % of the whole input
+``dark liver voxels``               outside the lesion mask: voxels of the liver (its label with
+                                    what it leaves out put back, :func:`liver_region`) darker than
+                                    half the liver's median value; hypodense CT or cold SR-PET spots
+                                    that the lesion mask leaves out (NaN without an organ map or a
+                                    liver in the input)
 ==================================  ===============================================================
 
 AUROC is computed on every labelled patient with short PFS as the positive class. A statistic
@@ -30,8 +35,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import (
+    binary_closing,
+    binary_erosion,
+    binary_fill_holes,
+    generate_binary_structure,
+)
 from sklearn.metrics import roc_auc_score
 
+from .lesions import LIVER as LIVER_LABEL
 from .preprocess import input_boxes, preprocess_cohort
 
 #: The region of interest whose inputs are shown beside the profile's own: a liver view beside a lesion box (which
@@ -39,7 +51,49 @@ from .preprocess import input_boxes, preprocess_cohort
 COMPARED_WITH = {"liver": "lesions", "lesions": "liver", "body": "lesions"}
 
 STATISTICS = ("lesion voxels", "highest value in the lesions", "mean value in the lesions",
-              "99th percentile of the input")
+              "99th percentile of the input", "dark liver voxels")
+
+def liver_region(label: np.ndarray, close_voxels: int = 4) -> np.ndarray:
+    """The liver with what its label leaves out put back: the label closed (``close_voxels`` steps of a
+    6-connected structuring element; an organ map that leaves lesions out of the liver leaves holes and, for
+    lesions at its edge, notches), its holes filled, then eroded by one voxel so that the partial-volume rim
+    at the liver's edge does not count."""
+    k = close_voxels
+    if k < 1:
+        return binary_erosion(binary_fill_holes(label))
+    closed = binary_closing(np.pad(label, k), generate_binary_structure(3, 1), iterations=k)
+    return binary_erosion(binary_fill_holes(closed)[k:-k, k:-k, k:-k])
+
+
+#: Value of the liver in the mask channel (:func:`mask_channel_array`); the lesions are 1.
+LIVER_IN_MASK_CHANNEL = 0.5
+
+
+def mask_channel_array(arrays: dict, like: np.ndarray, liver: bool = True) -> np.ndarray:
+    """The second input channel of a network: the lesion mask (1) and, with ``liver`` and an organ map, the
+    liver (:func:`liver_region`) at :data:`LIVER_IN_MASK_CHANNEL` where there is no lesion; zeros shaped like
+    ``like`` without a mask. It tells the network where the lesions are and where the liver is, so that a dark
+    spot inside the liver (a metastasis the lesion mask leaves out) can be told from the dark tissue around
+    it."""
+    out = (np.asarray(arrays["mask"]) > 0).astype(np.float32) if "mask" in arrays else np.zeros(like.shape,
+                                                                                                np.float32)
+    if liver and arrays.get("organs") is not None:
+        label = np.asarray(arrays["organs"]) == LIVER_LABEL
+        if label.any():
+            out[(out == 0) & liver_region(label)] = LIVER_IN_MASK_CHANNEL
+    return out
+
+
+def dark_liver_voxels(image: np.ndarray, organs: np.ndarray | None, mask: np.ndarray) -> float:
+    """Voxels of the liver (:func:`liver_region`) outside the lesion mask darker than half the median of the
+    liver label. NaN when there is no organ map or no liver voxel."""
+    if organs is None:
+        return np.nan
+    label = np.asarray(organs) == LIVER_LABEL
+    if not label.any():
+        return np.nan
+    liver = liver_region(label) & ~mask
+    return float((image[liver] < 0.5 * np.median(image[label])).sum())
 
 
 def input_statistics(arrays: dict, modality: str) -> pd.DataFrame:
@@ -60,6 +114,7 @@ def input_statistics(arrays: dict, modality: str) -> pd.DataFrame:
             "highest value in the lesions": float(image[mask].max()) if n else np.nan,
             "mean value in the lesions": float(image[mask].mean()) if n else np.nan,
             "99th percentile of the input": float(np.percentile(image, 99)),
+            "dark liver voxels": dark_liver_voxels(image, a.get("organs"), mask),
         }
     df = pd.DataFrame.from_dict(rows, orient="index", columns=list(STATISTICS))
     df.index.name = "patient"

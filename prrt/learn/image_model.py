@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..evaluation import prior_correction
-from ..imaging import preprocess_cohort
+from ..imaging import mask_channel_array, preprocess_cohort
 from .base import FitRecord, ImageSet, ModelData, ModelSpec
 from .networks import classifier_from_checkpoint
 from .training import TrainConfig, predict, select_device, to_device, train_model
@@ -88,7 +88,7 @@ def image_tensors(cohort, profile, cache_dir, modality: str, progress: bool = Tr
     mask_channel = profile.mask_channel if mask_channel is None else mask_channel
     channels = [np.stack([arrays[p][modality] for p in patients])]
     if mask_channel:
-        channels.append(np.stack([arrays[p]["mask"] if "mask" in arrays[p] else np.zeros_like(arrays[p][modality])
+        channels.append(np.stack([mask_channel_array(arrays[p], arrays[p][modality], profile.liver_in_mask_channel)
                                   for p in patients]))
     x = torch.from_numpy(np.stack(channels, axis=1).astype(np.float32))
     return x, patients

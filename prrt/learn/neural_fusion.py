@@ -65,6 +65,9 @@ class NeuralFusion:
         out = {}
         for m in self.modalities:
             if m in TABULAR:
+                if not len(patients):  # an empty inner validation part (the profile's val_fraction 0)
+                    out[m] = torch.zeros((0, len(self.columns[m])))
+                    continue
                 imputer, scaler = self.tables_[m]
                 x = scaler.transform(imputer.transform(data.table.loc[patients, self.columns[m]]))
                 out[m] = torch.as_tensor(np.nan_to_num(x), dtype=torch.float32)

@@ -44,7 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import load_cohort
-from ..imaging import ImageCache, PreprocessSettings
+from ..imaging import (
+    LIVER_IN_MASK_CHANNEL,
+    ImageCache,
+    PreprocessSettings,
+    mask_channel_array,
+)
 from ..provenance import file_sha256
 from .networks import build_encoder
 from .training import seed_everything
@@ -82,27 +87,28 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 
 def ct_collection(source) -> list[dict]:
-    """The cases of a CT collection: ``[{"case", "ct", "mask"}]`` (``mask`` None when there is none).
+    """The cases of a CT collection: ``[{"case", "ct", "mask", "organs"}]`` (``mask``, ``organs`` None when there
+    is none).
 
     ``source``: a data manifest (``.yaml``/``.yml``), a folder of case folders (``<case>/ct.<ext>``
-    and optionally ``<case>/lesion_mask.<ext>``), or a flat folder of CT files.
+    and optionally ``<case>/lesion_mask.<ext>`` and ``<case>/organs.<ext>``), or a flat folder of CT files.
     """
     source = Path(source)
     if source.suffix.lower() in (".yaml", ".yml"):
         c = load_cohort(source, check_images="exists")
         if "ct" not in c.modalities:
             raise ValueError(f"{source}: the manifest names no CT images to pretrain on")
-        return [{"case": p, "ct": c.image_path(p, "ct"), "mask": c.image_path(p, "mask")}
-                for p in c.data.index if c.image_path(p, "ct") is not None]
+        return [{"case": p, "ct": c.image_path(p, "ct"), "mask": c.image_path(p, "mask"),
+                 "organs": c.image_path(p, "organs")} for p in c.data.index if c.image_path(p, "ct") is not None]
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: neither a manifest nor a folder of CT images")
     cases = []
     for d in sorted(p for p in source.iterdir() if p.is_dir()):
         ct = _find(d, "ct")
         if ct is not None:
-            cases.append({"case": d.name, "ct": ct, "mask": _find(d, "lesion_mask")})
+            cases.append({"case": d.name, "ct": ct, "mask": _find(d, "lesion_mask"), "organs": _find(d, "organs")})
     if not cases:
-        cases = [{"case": p.name.split(".")[0], "ct": p, "mask": None} for p in sorted(source.iterdir())
+        cases = [{"case": p.name.split(".")[0], "ct": p, "mask": None, "organs": None} for p in sorted(source.iterdir())
                  if _is_image(p) and "mask" not in p.name.lower()]
     if not cases:
         raise ValueError(f"{source}: no CT found (expected <case>/ct.nii.gz folders or CT files)")
@@ -110,8 +116,9 @@ def ct_collection(source) -> list[dict]:
 
 
 def collection_hashes(cases: list[dict]) -> dict[str, str]:
-    """SHA-256 of every file of the collection, ``{"<case>/ct": hash, "<case>/mask": hash}``."""
-    return {f"{c['case']}/{m}": file_sha256(c[m]) for c in cases for m in ("ct", "mask") if c[m] is not None}
+    """SHA-256 of every file of the collection, ``{"<case>/ct": hash, "<case>/mask": hash, ...}``."""
+    return {f"{c['case']}/{m}": file_sha256(c[m]) for c in cases for m in ("ct", "mask", "organs")
+            if c.get(m) is not None}
 
 
 def collection_tensor(cases: list[dict], profile, cache_dir, progress: bool = True) -> torch.Tensor:
@@ -123,8 +130,11 @@ def collection_tensor(cases: list[dict], profile, cache_dir, progress: bool = Tr
     cache = ImageCache(cache_dir)
     xs = []
     for c in tqdm(cases, desc="preprocessing pretraining CTs", unit="CT", disable=not progress):
-        a = cache.get({"ct": c["ct"], "mask": c["mask"]}, settings, patient=f"pretraining case {c['case']}")
-        ch = [a["ct"]] + ([a["mask"] if "mask" in a else np.zeros_like(a["ct"])] if profile.mask_channel else [])
+        a = cache.get({"ct": c["ct"], "mask": c["mask"], "organs": c.get("organs")}, settings,
+                      patient=f"pretraining case {c['case']}")
+        ch = [a["ct"]]
+        if profile.mask_channel:
+            ch.append(mask_channel_array(a, a["ct"], profile.liver_in_mask_channel))
         xs.append(np.stack(ch).astype(np.float32))
     return torch.from_numpy(np.stack(xs))
 
@@ -239,6 +249,8 @@ def train_restorer(x: torch.Tensor, cfg: PretrainConfig, seed: int, progress: bo
 def cache_key(hashes: dict, profile, cfg: PretrainConfig, seed: int) -> str:
     spec = {"data": hashes, "settings": PreprocessSettings.from_profile(profile).key(),
             "mask_channel": bool(profile.mask_channel), "recipe": asdict(cfg), "seed": int(seed)}
+    if profile.mask_channel and profile.liver_in_mask_channel:  # (absent otherwise: earlier keys stay valid)
+        spec["liver_in_mask_channel"] = LIVER_IN_MASK_CHANNEL
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -300,7 +300,8 @@ def recompute_batch_norm(model: torch.nn.Module, x, batch_size: int, device: tor
 
 
 def config_from_profile(profile, **overrides) -> TrainConfig:
-    return TrainConfig(encoder=profile.encoder, epochs=profile.epochs, batch_size=profile.batch_size, **overrides)
+    return TrainConfig(**{"encoder": profile.encoder, "epochs": profile.epochs, "batch_size": profile.batch_size,
+                          "val_fraction": profile.val_fraction, **overrides})
 
 
 def count_weights(cfg: TrainConfig, in_channels: int = 1) -> int:

@@ -107,8 +107,8 @@ def montage_patients(ctx) -> tuple[dict, dict]:
 
 # ---- how much signal there is to find (synthetic cohorts) --------------------------------------------
 def achievable_bounds(ctx) -> pd.DataFrame | None:
-    """For a synthetic cohort, one row per input set: what a perfect reader of it sees, its achievable AUROC,
-    and the cross-validated AUROC (mean over the run's repeats) of a logistic regression fitted on its exact
+    """For a synthetic cohort, one row per input set: what a perfect reader of it sees, its achievable AUROC
+    (with the bootstrap interval of the generator's report, when it has one), and the cross-validated AUROC (mean over the run's repeats) of a logistic regression fitted on its exact
     per-patient parameters (``truth.csv``; the run's own splits). ``None`` for a real cohort or a synthetic one
     without its generator's report; the check column is empty when ``truth.csv`` does not cover the patients
     of the splits."""
@@ -127,9 +127,12 @@ def achievable_bounds(ctx) -> pd.DataFrame | None:
         if all(set(train) | set(test) <= known for _, train, test in folds):
             checked = exact_parameter_aurocs(table, truth, folds)
     sets = report.get("input_sets", {k: list(v) for k, v in INPUT_SETS.items()})
+    interval = report.get("achievable_auroc_interval", {})
     rows = [{"input set": INPUT_SET_NAMES.get(name, name),
              "what a perfect reader of it sees": "; ".join(LATENT_NAMES.get(k, k) for k in sets.get(name, [])),
              "achievable AUROC": round(bound, 3),
+             "95 % interval (bootstrap over patients)": "{:.2f}–{:.2f}".format(*interval[name]) if name in interval
+             else "–",
              "logistic regression on the exact parameters (CV)": round(checked[name], 3) if name in checked else None}
             for name, bound in report["achievable_auroc"].items()]
     return pd.DataFrame(rows).set_index("input set")

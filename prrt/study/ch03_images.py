@@ -14,10 +14,10 @@ laboratory model. Their training engine, shared by every image model (:mod:`prrt
   ``selection = "val_loss"`` keeps the epoch with the lowest inner-validation loss instead: on the
   tuning cohort (generator seed 7) that choice, made on ~15 validation patients, kept one of the
   first five epochs in 19 of 42 folds (see book/methods.md).
-* **Inner validation.** Each training fold is split once more, stratified, into a part that fits
-  the network and a validation part (``val_fraction``) whose loss and AUROC per epoch are the
-  learning curves (and that selects the epoch with ``selection = "val_loss"``). The test fold is
-  never seen before its single prediction.
+* **Inner validation.** With the profile's ``val_fraction`` > 0, each training fold is split once more,
+  stratified, into a part that fits the network and a validation part whose loss and AUROC per epoch join
+  the learning curves (and that selects the epoch with ``selection = "val_loss"``); the ``demo`` profile
+  holds none back. The test fold is never seen before its single prediction.
 * **Augmentation** on training batches only: a random affine (rotation up to ±0.1 rad, scaling
   ±5 %, translation ±5 % of the field of view) applied to the whole batch at once with MONAI's
   ``AffineTransform`` layer, and a random intensity scaling of ±10 %.
@@ -53,17 +53,20 @@ from ..learn import (
 )
 from .ch01_cohort import pick_example_patients
 from .names import IMAGE_MODELS
-from .notebook import fit_models, models_that_ran, table_from_dict
+from .notebook import fit_models, models_that_ran, synthetic_report, table_from_dict
 from .reported import comparison_tables
 
 #: The laboratory model of chapter 02 that the networks are compared with.
 LAB_MODEL = "lab_rf"
+#: Chapter 02's model on the SR-PET lesion features: what the images give without a network.
+FEATURE_MODEL = "pet_features_rf"
 
 
 def input_description(profile, base: str) -> str:
     """``base`` (e.g. "SR-PET, 3D CNN") with the input the profile gives it: mask channel and region."""
     modality, _, net = base.partition(", ")
-    mask = " + lesion mask" if profile.mask_channel else ""
+    mask = (" + lesion mask and liver" if profile.liver_in_mask_channel else " + lesion mask") if profile.mask_channel \
+        else ""
     where = {"liver": "liver-centred", "lesions": "lesion-centred"}.get(profile.roi, "whole body")
     return f"{modality}{mask} ({where}), {net}"
 
@@ -168,3 +171,42 @@ def comparison_with_study(ctx, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.
     on a synthetic cohort (:func:`prrt.study.reported.comparison_tables`)."""
     keys = {name: bound for name, (_, _, bound) in IMAGE_MODELS.items()} | {LAB_MODEL: "lab"}
     return comparison_tables(ctx.cohort, summary[summary["model"].isin(keys)], keys)
+
+
+def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
+    """What the networks' AUROCs say beside what their images could show and beside the lesion features.
+
+    One sentence per network that ran (its mean AUROC and, on a synthetic cohort, the achievable AUROC of its
+    images and the gap), then one on chapter 02's Random Forest on the SR-PET lesion features (with its own
+    achievable AUROC). Empty when no network ran.
+    """
+    ran = summary[summary["status"] == "ran"].set_index("model")["auroc_mean"]
+    nets = [m for m in IMAGE_MODELS if m in ran.index]
+    if not nets:
+        return ""
+    report = synthetic_report(ctx.cohort)
+    bound = report["achievable_auroc"] if report else {}
+    parts = []
+    for m in nets:
+        desc = IMAGE_MODELS[m][1]
+        text = f"The {desc} reached a mean AUROC of {ran[m]:.2f}"
+        key = IMAGE_MODELS[m][2]
+        if key in bound:
+            gap = bound[key] - ran[m]
+            text += (f", {gap:.2f} below the {bound[key]:.2f} that its images allow" if gap > 0 else
+                     f", at or above the {bound[key]:.2f} that its images allow (by chance: no model can exceed "
+                     "it in expectation)")
+        parts.append(text + ".")
+    if FEATURE_MODEL in ran.index:
+        f = ran[FEATURE_MODEL]
+        below = [IMAGE_MODELS[m][1] for m in nets if ran[m] < f]
+        text = f"The Random Forest on the SR-PET lesion features (chapter 2) reached {f:.2f}"
+        if "pet_features" in bound:
+            text += f" (achievable with those features: {bound['pet_features']:.2f})"
+        if below:
+            text += (f"; the {' and the '.join(below)} {'stay' if len(below) > 1 else 'stays'} below it: on this "
+                     "cohort they rank the patients less well than a Random Forest on a handful of lesion numbers")
+        else:
+            text += "; every network here is above it"
+        parts.append(text + ".")
+    return " ".join(parts)

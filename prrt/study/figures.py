@@ -212,8 +212,21 @@ def learning_curves(curves: dict):
     """Mean training and validation loss, and validation AUROC, per epoch across repeats and folds.
 
     ``curves``: ``{model: curves DataFrame}`` from :func:`prrt.learn.loop.cross_validate` (``CVResult.curves``). The band
-    is ± one SD across folds; the dots mark the epochs whose weights were kept (lowest validation loss).
+    is ± one SD across folds; the dots mark the epochs whose weights were kept (lowest validation loss). Without
+    an inner validation part (the profile's ``val_fraction`` 0), one panel: the training loss.
     """
+    if not any(c["val_loss"].notna().any() for c in curves.values()):  # no inner validation part (val_fraction 0)
+        fig, ax_l = plt.subplots(figsize=(6.5, 4.2))
+        for name, c in curves.items():
+            g = c.groupby("epoch")["train_loss"]
+            m, s = g.mean(), g.std().fillna(0)
+            line, = ax_l.plot(m.index, m, label=f"{name}: train loss")
+            ax_l.fill_between(m.index, m - s, m + s, color=line.get_color(), alpha=0.1)
+        ax_l.set(xlabel="epoch", ylabel="weighted binary cross-entropy",
+                 title="Training loss (mean ± SD over folds; no inner validation part)")
+        ax_l.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, c in curves.items():
         g = c.groupby("epoch")

@@ -132,7 +132,8 @@ def network_input_text(p: Profile) -> str:
     extent = " × ".join(f"{s * p.roi_spacing_mm:g}" for s in p.input_size_voxels) + " mm"
     where = {"liver": f"{extent} centred on the liver", "lesions": f"{extent} centred on the lesions"}.get(
         p.roi, "whole body, " + " × ".join(f"{f:g}" for f in p.field_of_view_mm) + " mm")
-    return where + (", lesion mask as a second channel" if p.mask_channel else "")
+    second = "lesion mask and liver" if p.liver_in_mask_channel else "lesion mask"
+    return where + (f", {second} as a second channel" if p.mask_channel else "")
 
 
 def synthetic_report(cohort: Cohort) -> dict | None:

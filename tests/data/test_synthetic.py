@@ -102,6 +102,29 @@ def test_the_bounds_are_reproducible_ordered_and_give_the_images_signal_of_their
     assert 0.5 < bounds["lab"] < bounds["lab_pet_features"] < bounds["lab_pet_ct"] < 1
 
 
+def test_each_bound_has_a_bootstrap_interval_around_it(default_table, small_cohort_dir):
+    from sklearn.metrics import roc_auc_score
+
+    table, truth = default_table
+    signal = SyntheticConfig().signal
+    bounds = synthetic.achievable_aurocs(table, truth, signal)
+    intervals = synthetic.achievable_intervals(table, truth, signal)
+    assert intervals == synthetic.achievable_intervals(table, truth, signal)  # seeded
+    assert list(intervals) == list(bounds)
+    for name, (lo, hi) in intervals.items():
+        # 116 patients: a standard error of about 0.03-0.045, so an interval of roughly 0.1-0.2
+        assert lo < bounds[name] < hi and 0.08 < hi - lo < 0.22, name
+    # it is the percentile interval of the AUROC of resampled patients (checked against scikit-learn)
+    lab = truth["short_pfs"].notna().to_numpy()
+    y = truth.loc[lab, "short_pfs"].to_numpy()
+    risk = synthetic.expected_risk(synthetic.latent_views(table, truth), signal, synthetic.INPUT_SETS["ct"])[lab]
+    idx = np.random.default_rng(0).integers(0, len(y), size=(300, len(y)))
+    ref = np.percentile([roc_auc_score(y[i], risk[i]) for i in idx], [2.5, 97.5])
+    assert synthetic.achievable_intervals(table, truth, signal, n_boot=300)["ct"] == pytest.approx(ref, abs=1e-4)
+    report = json.loads((small_cohort_dir / "synthetic_report.json").read_text())
+    assert list(report["achievable_auroc_interval"]) == list(report["achievable_auroc"])
+
+
 def test_models_on_the_exact_parameters_land_at_or_below_the_bounds(default_table):
     from prrt.evaluation import iter_folds
     from prrt.evaluation.splits import make_splits

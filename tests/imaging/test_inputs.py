@@ -88,3 +88,52 @@ def test_a_manifest_without_images_has_no_inputs(small_cohort_dir, tmp_path):
     (dst / "manifest.yaml").write_text(yaml.safe_dump(doc))
     cohort = load_cohort(dst / "manifest.yaml", check_images="none")
     assert inputs.prepare_inputs(cohort, get_profile("smoke"), tmp_path / "cache", progress=False) == {}
+
+
+def test_dark_liver_voxels_counts_cold_spots_in_the_liver_outside_the_mask():
+    image = np.full((12, 12, 12), 0.2, np.float32)  # the body around the liver is darker than half the liver
+    organs = np.zeros(image.shape, np.uint8)
+    organs[2:10, 2:10, 2:10] = 1
+    image[2:10, 2:10, 2:10] = 0.6
+    mask = np.zeros(image.shape, bool)
+    # a cold lesion left out of the liver label (a hole) and a cold voxel inside the label count
+    organs[4:6, 4:6, 4:6] = 0
+    image[4:6, 4:6, 4:6] = 0.1
+    image[8, 8, 8] = 0.25
+    # a cold lesion at the liver's edge leaves a notch in the label: closing puts back its deeper half
+    organs[2:6, 6:8, 6:8] = 0
+    image[2:6, 6:8, 6:8] = 0.1
+    # a cold spot of the lesion mask does not, nor a bright one, nor anything outside the liver
+    mask[3, 3, 3] = True
+    image[3, 3, 3] = 0.05
+    image[7, 7, 7] = 0.35  # above half the median (0.3)
+    assert inputs.dark_liver_voxels(image, organs, mask) == 8 + 1 + 8
+    region = inputs.liver_region(organs == 1)
+    assert region[4:6, 6:8, 6:8].all() and not region[2:4, 6:8, 6:8].any()
+    assert region[3:9, 3:9, 3:9].sum() == region.sum() == 6**3 - 4  # the rim of one voxel is left out
+    # without the closing, holes are still filled but the notch stays out
+    plain = inputs.liver_region(organs == 1, close_voxels=0)
+    assert plain[4:6, 4:6, 4:6].all() and not plain[3:6, 6:8, 6:8].any() and plain.sum() < region.sum()
+    arrays = {"P0": {"ct": image, "mask": mask.astype(np.uint8), "organs": organs}, "P1": {"ct": image}}
+    stats = inputs.input_statistics(arrays, "ct")
+    assert stats.loc["P0", "dark liver voxels"] == 17 and np.isnan(stats.loc["P1", "dark liver voxels"])
+    assert np.isnan(inputs.dark_liver_voxels(image, np.zeros_like(organs), mask))  # no liver in the input
+
+
+def test_the_mask_channel_shows_the_lesions_and_the_liver():
+    organs = np.zeros((10, 10, 10), np.uint8)
+    organs[2:8, 2:8, 2:8] = 1
+    mask = np.zeros(organs.shape, np.uint8)
+    mask[4:6, 4:6, 4:6] = 1
+    organs[mask > 0] = 0  # an organ map leaves the lesion out of the liver
+    pet = np.zeros(organs.shape, np.float32)
+    ch = inputs.mask_channel_array({"pet": pet, "mask": mask, "organs": organs}, pet)
+    assert ch.dtype == np.float32 and set(np.unique(ch)) == {0.0, inputs.LIVER_IN_MASK_CHANNEL, 1.0}
+    np.testing.assert_array_equal(ch == 1, mask > 0)
+    np.testing.assert_array_equal(ch == 0.5, inputs.liver_region(organs == 1) & (mask == 0))
+    # without the liver, without an organ map, or without a mask
+    np.testing.assert_array_equal(inputs.mask_channel_array({"mask": mask, "organs": organs}, pet, liver=False), mask)
+    np.testing.assert_array_equal(inputs.mask_channel_array({"mask": mask}, pet), mask)
+    liver_only = inputs.mask_channel_array({"organs": organs}, pet)
+    np.testing.assert_array_equal(liver_only == 0.5, inputs.liver_region(organs == 1))
+    assert not inputs.mask_channel_array({}, pet).any()

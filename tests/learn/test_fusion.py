@@ -77,6 +77,22 @@ def test_neural_fusion_predicts_every_patient_when_modalities_are_missing(mechan
         np.testing.assert_allclose(scaler.mean_, filled.mean().to_numpy())
 
 
+def test_neural_fusion_fits_every_training_patient_without_an_inner_validation_part():
+    """The demo profile holds back no validation part (val_fraction 0): the table branches get no empty table to
+    impute, the curves no validation numbers, and every training patient fits the fusion."""
+    data, y, _ = _multimodal()
+    cfg = fusion.FusionConfig(training.TrainConfig(epochs=2, batch_size=8, val_fraction=0.0), mechanism="adaptive")
+    spec = ch04_fusion.neural_fusion_spec("f", "04", "labs + PET + CT", ["labs", "pet_features", "pet", "ct"], _Cohort(), cfg)
+    assert spec.val_fraction == 0.0
+    s = sp.make_splits(y, 3, 1, 0)
+    res = loop.cross_validate(spec, data, s, seed=0, progress=False, keep_models=True)
+    assert np.isfinite(res.predictions["probability"]).all()
+    assert res.curves["val_loss"].isna().all() and res.curves["train_loss"].notna().all()
+    f = next(sp.iter_folds(s))
+    imputer, _ = res.models[(f.repeat, f.fold)].tables_["labs"]
+    np.testing.assert_allclose(imputer.statistics_, data.table.loc[f.train, ["cga", "ggt"]].median().to_numpy())
+
+
 def test_late_fusion_with_missing_unimodal_predictions():
     data, y, (no_pet, no_ct, _) = _multimodal(seed=1)
     cfg = training.TrainConfig(epochs=1, batch_size=8)

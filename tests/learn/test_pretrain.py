@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,14 +24,15 @@ def collection(tmp_path_factory):
 def test_collection_forms(collection, tmp_path, small_cohort_dir):
     cases = pretrain.ct_collection(collection)
     assert [c["case"] for c in cases] == [f"C{i:03d}" for i in range(1, 11)]
-    assert all(c["ct"].name == "ct.nii.gz" and c["mask"].name == "lesion_mask.nii.gz" for c in cases)
+    assert all(c["ct"].name == "ct.nii.gz" and c["mask"].name == "lesion_mask.nii.gz"
+               and c["organs"].name == "organs.nii.gz" for c in cases)
     flat = tmp_path / "flat"
     flat.mkdir()
     shutil.copy(collection / "C001" / "ct.nii.gz", flat / "a.nii.gz")
     shutil.copy(collection / "C001" / "lesion_mask.nii.gz", flat / "a_mask.nii.gz")
     assert [(c["case"], c["mask"]) for c in pretrain.ct_collection(flat)] == [("a", None)]
     from_manifest = pretrain.ct_collection(small_cohort_dir / "manifest.yaml")
-    assert len(from_manifest) == 26 and all(c["ct"].is_file() for c in from_manifest)
+    assert len(from_manifest) == 26 and all(c["ct"].is_file() and c["organs"].is_file() for c in from_manifest)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no CT found"):
         pretrain.ct_collection(tmp_path / "empty")
@@ -41,7 +44,7 @@ def test_pretraining_writes_weights_and_card_and_is_cached(collection, tmp_path,
     w = pretrain.pretrain_ct(collection, prof, tmp_path, seed=1, cfg=cfg, progress=False)
     card = json.loads(w.with_suffix(".json").read_text())
     hashes = pretrain.collection_hashes(pretrain.ct_collection(collection))
-    assert card["data_sha256"] == hashes and len(hashes) == 20  # every CT and mask
+    assert card["data_sha256"] == hashes and len(hashes) == 30  # every CT, lesion mask and organ map
     assert card["n_cases"] == 10 and card["epochs"] == 6 and card["seed"] == 1 and card["in_channels"] == 2
     assert card["recipe"] == pretrain.RECIPE and card["config"]["contrast_weight"] == cfg.contrast_weight
     loss = card["loss_curve"]["train_loss"]
@@ -54,13 +57,17 @@ def test_pretraining_writes_weights_and_card_and_is_cached(collection, tmp_path,
     # the same inputs and settings come from the cache, without training
     monkeypatch.setattr(pretrain, "train_restorer", lambda *a, **k: pytest.fail("trained again"))
     assert pretrain.pretrain_ct(collection, prof, tmp_path, seed=1, cfg=cfg, progress=False) == w
-    # another seed is another result
+    # another seed is another result, and so is a mask channel without the liver
     assert pretrain.cache_key(hashes, prof, cfg, 2) != pretrain.cache_key(hashes, prof, cfg, 1)
+    assert pretrain.cache_key(hashes, replace(prof, liver_in_mask_channel=False), cfg, 1) != \
+        pretrain.cache_key(hashes, prof, cfg, 1)
 
 
 def test_same_seed_same_pretrained_weights(collection, tmp_path):
     prof = get_profile("smoke")
     x = pretrain.collection_tensor(pretrain.ct_collection(collection), prof, tmp_path, progress=False)
+    # the second channel shows the lesions (1) and the liver of the organ map (0.5), as the CT CNN's does
+    assert x.shape[1] == 2 and set(np.unique(x[:, 1].numpy())) == {0.0, 0.5, 1.0}
     cfg = pretrain.PretrainConfig(epochs=2)
     a, ca = pretrain.train_restorer(x, cfg, seed=4, progress=False)
     b, cb = pretrain.train_restorer(x, cfg, seed=4, progress=False)

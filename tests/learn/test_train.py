@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ def test_shared_loop_gives_what_direct_training_gives():
         fit, val = train_test_split(sorted(f.train), test_size=0.2, stratify=y.loc[sorted(f.train)].astype(int),
                                     random_state=seed)
         fit, val = sorted(fit), sorted(val)
-        take = lambda ids: x[[int(p[1:]) for p in ids]]  # noqa: E731
+        take = lambda ids: x[[int(p[1:]) for p in ids]]
         out = training.train_model(take(fit), y.loc[fit].to_numpy(int), take(val), y.loc[val].to_numpy(int), cfg, seed,
                                 progress=False)
         expected = prior_correction(training.predict(out.model, take(f.test)), y.loc[fit].mean())
@@ -158,15 +159,22 @@ def test_image_tensors_shape_and_cache(small_cohort_dir, tmp_path):
     assert smoke.mask_channel and smoke.roi == "liver"
     assert x.shape == (26, 2, 24, 24, 20) and x.dtype == torch.float32 and patients == list(c.data.index)
     assert 0 <= float(x.min()) and float(x.max()) <= 1
-    # the second channel is the lesion mask on the same grid, and the PET is hot inside it
+    # the second channel is the lesion mask on the same grid (1; the PET is hot inside it) with the liver of
+    # the organ map (0.5) where there is no lesion
+    from prrt.imaging.inputs import liver_region
     from prrt.imaging.preprocess import preprocess_cohort
 
     arrays = preprocess_cohort(c, smoke, tmp_path, progress=False)
     for i, p in enumerate(patients):
-        np.testing.assert_array_equal(x[i, 1].numpy(), arrays[p]["mask"])
+        lesions, liver = arrays[p]["mask"] > 0, liver_region(arrays[p]["organs"] == 1)
+        np.testing.assert_array_equal(x[i, 1].numpy(), np.where(lesions, 1.0, np.where(liver, 0.5, 0.0)))
         np.testing.assert_array_equal(x[i, 0].numpy(), arrays[p]["pet"])
-    inside = x[:, 0][x[:, 1] > 0].mean()
-    assert float(inside) > 2 * float(x[:, 0][x[:, 1] == 0].mean())
+    assert (x[:, 1] == 0.5).any()
+    inside = x[:, 0][x[:, 1] == 1].mean()
+    assert float(inside) > 2 * float(x[:, 0][x[:, 1] < 1].mean())
+    lesions_only, _ = image_model.image_tensors(c, replace(smoke, liver_in_mask_channel=False), tmp_path, "pet",
+                                                progress=False)
+    np.testing.assert_array_equal(lesions_only[:, 1].numpy(), np.stack([arrays[p]["mask"] for p in patients]))
     one, _ = image_model.image_tensors(c, smoke, tmp_path, "ct", progress=False, mask_channel=False)
     assert one.shape == (26, 1, 24, 24, 20)
 

@@ -366,6 +366,48 @@ def test_the_networks_are_compared_with_the_lab_model_when_it_ran(tmp_path):
     assert list(ours.index) == ["lab_rf", "pet_cnn", "ct_cnn"]
 
 
+def test_the_inputs_in_words_say_what_the_second_channel_shows():
+    from dataclasses import replace
+
+    demo = get_profile("demo")
+    assert ch03_images.input_description(demo, "CT, 3D CNN") == "CT + lesion mask and liver (liver-centred), 3D CNN"
+    lesions_only = replace(demo, liver_in_mask_channel=False)
+    assert ch03_images.input_description(lesions_only, "CT, 3D CNN") == "CT + lesion mask (liver-centred), 3D CNN"
+    assert ch03_images.input_description(replace(demo, mask_channel=False), "CT, 3D CNN") == "CT (liver-centred), 3D CNN"
+    assert notebook.network_input_text(demo).endswith("centred on the liver, lesion mask and liver as a second channel")
+    assert notebook.network_input_text(lesions_only).endswith(", lesion mask as a second channel")
+
+
+def test_learning_curves_have_a_validation_panel_only_when_there_is_a_validation_part():
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.0, "val_auroc": 0.6, "repeat": 0, "fold": f,
+             "best": e == 3} for e in (1, 2, 3) for f in (0, 1)]
+    with_val = pd.DataFrame(rows)
+    assert len(figures.learning_curves({"pet_cnn": with_val}).axes) == 2
+    without = with_val.assign(val_loss=np.nan, val_auroc=np.nan)
+    fig = figures.learning_curves({"pet_cnn": without, "ct_cnn": without})
+    assert len(fig.axes) == 1 and "no inner validation part" in fig.axes[0].get_title()
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["pet_cnn: train loss", "ct_cnn: train loss"]
+
+
+def test_the_reading_of_the_networks_gives_the_gap_to_their_bound_and_the_lesion_feature_model(tmp_path):
+    summary = summary_of({"lab_rf": "02", "pet_features_rf": "02", "pet_cnn": "03", "ct_cnn": "03"})
+    summary["auroc_mean"] = [0.64, 0.70, 0.66, 0.74]
+    report = {"achievable_auroc": {"pet": 0.88, "ct": 0.86, "pet_features": 0.79}}
+    ctx = make_ctx(tmp_path, make_cohort(tmp_path, synthetic=True, report=report))
+    text = ch03_images.reading_of_the_networks(ctx, summary)
+    assert "SR-PET, 3D CNN reached a mean AUROC of 0.66, 0.22 below the 0.88" in text
+    assert "CT, 3D CNN reached a mean AUROC of 0.74, 0.12 below the 0.86" in text
+    assert "lesion features (chapter 2) reached 0.70 (achievable with those features: 0.79); the SR-PET, 3D CNN " \
+           "stays below it" in text
+    # a real cohort has no bound; a network above the feature model is said to be; no network, no words
+    (tmp_path / "real").mkdir()
+    real = make_ctx(tmp_path / "real", make_cohort(tmp_path / "real"))
+    above = summary.assign(auroc_mean=[0.64, 0.60, 0.66, 0.74])
+    text = ch03_images.reading_of_the_networks(real, above)
+    assert "allow" not in text and "achievable" not in text and "every network here is above it" in text
+    assert ch03_images.reading_of_the_networks(real, summary[summary["chapter"] == "02"]) == ""
+
+
 # ---- chapter 04 ------------------------------------------------------------------------------------------
 def test_the_pretraining_in_words():
     assert ch04_fusion.pretraining_text("") == "no pretraining (none is configured)"
@@ -640,6 +682,8 @@ def test_chapter_01_sets_the_achievable_bounds_beside_models_on_the_exact_parame
     assert list(bounds.index) == [INPUT_SET_NAMES[k] for k in report["achievable_auroc"]]
     assert bounds["achievable AUROC"].tolist() == [round(v, 3) for v in report["achievable_auroc"].values()]
     assert "receptor-negative (mismatch) liver metastases" in bounds.loc["CT images", "what a perfect reader of it sees"]
+    lo, hi = report["achievable_auroc_interval"]["ct"]
+    assert bounds.loc["CT images", "95 % interval (bootstrap over patients)"] == f"{lo:.2f}–{hi:.2f}"
     checked = bounds["logistic regression on the exact parameters (CV)"]
     assert checked.notna().all() and checked.between(0, 1).all()
     line = ch01_cohort.bounds_sentence(bounds)
