@@ -148,4 +148,5 @@ def bounds_sentence(bounds: pd.DataFrame | None) -> str:
         return "The generator's report does not give the two input sets that show what the images add."
     return (f"What the images add beyond the laboratory values and the lesion features: {b[full] - b[features]:+.2f} "
             f"achievable AUROC ({b[features]:.2f} → {b[full]:.2f}), the receptor-negative liver metastases, which the "
-            "lesion mask leaves out.")
+            "lesion mask leaves out. That the images add something is a choice of the generator's design (its risk "
+            "weights were set for it), not a finding.")

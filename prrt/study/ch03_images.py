@@ -176,37 +176,49 @@ def comparison_with_study(ctx, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.
 def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
     """What the networks' AUROCs say beside what their images could show and beside the lesion features.
 
-    One sentence per network that ran (its mean AUROC and, on a synthetic cohort, the achievable AUROC of its
-    images and the gap), then one on chapter 02's Random Forest on the SR-PET lesion features (with its own
-    achievable AUROC). Empty when no network ran.
+    One sentence per network that ran: its mean AUROC with its 95 % interval and, on a synthetic cohort, the
+    achievable AUROC of its images (with the generator's bootstrap interval when the report has one) and
+    whether the two intervals overlap. Then one on chapter 02's Random Forest on the SR-PET lesion features
+    (with its own achievable AUROC). Empty when no network ran.
     """
-    ran = summary[summary["status"] == "ran"].set_index("model")["auroc_mean"]
+    ran = summary[summary["status"] == "ran"].set_index("model")
     nets = [m for m in IMAGE_MODELS if m in ran.index]
     if not nets:
         return ""
-    report = synthetic_report(ctx.cohort)
-    bound = report["achievable_auroc"] if report else {}
+    report = synthetic_report(ctx.cohort) or {}
+    bound, interval = report.get("achievable_auroc", {}), report.get("achievable_auroc_interval", {})
+
+    def ci(m):
+        lo, hi = ran.at[m, "auroc_ci_low"], ran.at[m, "auroc_ci_high"]
+        return (float(lo), float(hi)) if pd.notna(lo) and pd.notna(hi) else None
+
     parts = []
     for m in nets:
-        desc = IMAGE_MODELS[m][1]
-        text = f"The {desc} reached a mean AUROC of {ran[m]:.2f}"
-        key = IMAGE_MODELS[m][2]
+        desc, key = IMAGE_MODELS[m][1], IMAGE_MODELS[m][2]
+        auc, own = float(ran.at[m, "auroc_mean"]), ci(m)
+        text = f"The {desc} reached a mean AUROC of {auc:.2f}" + (f" ({own[0]:.2f}–{own[1]:.2f})" if own else "")
         if key in bound:
-            gap = bound[key] - ran[m]
-            text += (f", {gap:.2f} below the {bound[key]:.2f} that its images allow" if gap > 0 else
-                     f", at or above the {bound[key]:.2f} that its images allow (by chance: no model can exceed "
-                     "it in expectation)")
+            gap = bound[key] - auc
+            text += (f", {gap:.2f} below the {bound[key]:.2f} that a perfect reader of its images would reach"
+                     if gap > 0 else f", at or above the {bound[key]:.2f} that its images allow (by chance: no model "
+                     "exceeds it in expectation)")
+            if key in interval and own:
+                lo, hi = interval[key]
+                text += (f"; its interval lies below the bound's ({lo:.2f}–{hi:.2f})" if own[1] < lo else
+                         f"; the two intervals overlap (the bound's: {lo:.2f}–{hi:.2f}), so this cohort cannot tell "
+                         "how far below it the network really is")
         parts.append(text + ".")
     if FEATURE_MODEL in ran.index:
-        f = ran[FEATURE_MODEL]
-        below = [IMAGE_MODELS[m][1] for m in nets if ran[m] < f]
-        text = f"The Random Forest on the SR-PET lesion features (chapter 2) reached {f:.2f}"
+        f, fci = float(ran.at[FEATURE_MODEL, "auroc_mean"]), ci(FEATURE_MODEL)
+        text = (f"The Random Forest on the SR-PET lesion features (chapter 2) reached {f:.2f}"
+                + (f" ({fci[0]:.2f}–{fci[1]:.2f})" if fci else ""))
         if "pet_features" in bound:
-            text += f" (achievable with those features: {bound['pet_features']:.2f})"
-        if below:
-            text += (f"; the {' and the '.join(below)} {'stay' if len(below) > 1 else 'stays'} below it: on this "
-                     "cohort they rank the patients less well than a Random Forest on a handful of lesion numbers")
-        else:
-            text += "; every network here is above it"
+            text += f", with an achievable AUROC of {bound['pet_features']:.2f} for those features"
+        rel = []
+        for m in nets:
+            d = float(ran.at[m, "auroc_mean"]) - f
+            rel.append(f"the {IMAGE_MODELS[m][1]} is {abs(d):.2f} {'above' if d > 0 else 'below'} it" if abs(d) >= 0.005
+                       else f"the {IMAGE_MODELS[m][1]} is level with it")
+        text += "; " + " and ".join(rel) + " (a difference of means; this page makes no paired test against it)"
         parts.append(text + ".")
     return " ".join(parts)

@@ -392,19 +392,24 @@ def test_learning_curves_have_a_validation_panel_only_when_there_is_a_validation
 def test_the_reading_of_the_networks_gives_the_gap_to_their_bound_and_the_lesion_feature_model(tmp_path):
     summary = summary_of({"lab_rf": "02", "pet_features_rf": "02", "pet_cnn": "03", "ct_cnn": "03"})
     summary["auroc_mean"] = [0.64, 0.70, 0.66, 0.74]
-    report = {"achievable_auroc": {"pet": 0.88, "ct": 0.86, "pet_features": 0.79}}
+    summary["auroc_ci_low"] = [0.55, 0.61, 0.57, 0.65]
+    summary["auroc_ci_high"] = [0.73, 0.79, 0.75, 0.83]
+    report = {"achievable_auroc": {"pet": 0.88, "ct": 0.86, "pet_features": 0.79},
+              "achievable_auroc_interval": {"pet": [0.81, 0.94], "ct": [0.78, 0.92]}}
     ctx = make_ctx(tmp_path, make_cohort(tmp_path, synthetic=True, report=report))
     text = ch03_images.reading_of_the_networks(ctx, summary)
-    assert "SR-PET, 3D CNN reached a mean AUROC of 0.66, 0.22 below the 0.88" in text
-    assert "CT, 3D CNN reached a mean AUROC of 0.74, 0.12 below the 0.86" in text
-    assert "lesion features (chapter 2) reached 0.70 (achievable with those features: 0.79); the SR-PET, 3D CNN " \
-           "stays below it" in text
-    # a real cohort has no bound; a network above the feature model is said to be; no network, no words
+    assert "SR-PET, 3D CNN reached a mean AUROC of 0.66 (0.57–0.75), 0.22 below the 0.88" in text
+    assert "its interval lies below the bound's (0.81–0.94)" in text
+    assert "CT, 3D CNN reached a mean AUROC of 0.74 (0.65–0.83), 0.12 below the 0.86" in text
+    assert "the two intervals overlap (the bound's: 0.78–0.92)" in text
+    assert "lesion features (chapter 2) reached 0.70 (0.61–0.79), with an achievable AUROC of 0.79 for those " \
+           "features; the SR-PET, 3D CNN is 0.04 below it and the CT, 3D CNN is 0.04 above it" in text
+    # a real cohort has no bound; no network, no words
     (tmp_path / "real").mkdir()
     real = make_ctx(tmp_path / "real", make_cohort(tmp_path / "real"))
-    above = summary.assign(auroc_mean=[0.64, 0.60, 0.66, 0.74])
-    text = ch03_images.reading_of_the_networks(real, above)
-    assert "allow" not in text and "achievable" not in text and "every network here is above it" in text
+    text = ch03_images.reading_of_the_networks(real, summary.assign(auroc_mean=[0.64, 0.66, 0.66, 0.74]))
+    assert "allow" not in text and "achievable" not in text and "perfect reader" not in text
+    assert "the SR-PET, 3D CNN is level with it" in text
     assert ch03_images.reading_of_the_networks(real, summary[summary["chapter"] == "02"]) == ""
 
 
