@@ -54,7 +54,7 @@ from ..learn import (
 from .ch01_cohort import pick_example_patients
 from .names import IMAGE_MODELS
 from .notebook import fit_models, models_that_ran, synthetic_report, table_from_dict
-from .reported import comparison_tables
+from .reported import STUDY_REPORTED, comparison_tables
 
 #: The laboratory model of chapter 02 that the networks are compared with.
 LAB_MODEL = "lab_rf"
@@ -222,3 +222,17 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
         text += "; " + " and ".join(rel) + " (a difference of means; this page makes no paired test against it)"
         parts.append(text + ".")
     return " ".join(parts)
+
+
+def page_numbers(profile) -> dict[str, str]:
+    """The numbers chapter 03's prose quotes, as text to glue: the study's AUROC of each network and the profile's
+    input grid and intensity ranges."""
+    study = STUDY_REPORTED.set_index("study model")["AUROC"]
+    size = " × ".join(str(int(n)) for n in profile.input_size_voxels)
+    spacing = " × ".join(f"{s:g}" for s in dict.fromkeys(profile.voxel_spacing_mm))
+    extent = " × ".join(f"{n * s:g}" for n, s in zip(profile.input_size_voxels, profile.voxel_spacing_mm))
+    lo, hi = profile.hu_window
+    return {"study_pet_cnn_auroc": study["3D CNN, SR-PET"], "study_ct_cnn_auroc": study["3D CNN, CT"],
+            "input_grid": f"{size} voxels of {spacing} mm ({extent} mm)",
+            "suv_range": f"{profile.suv_range[0]:g}–{profile.suv_range[1]:g}",
+            "hu_window": f"{lo:g} to {hi:g}".replace("-", "−")}

@@ -223,6 +223,11 @@ def test_book_has_the_cohort_page_without_patient_ids(smoke_run, canary_cohort):
 
     assert re.search(r"about\s*(<[^>]+>\s*)*16(\s*<[^>]+>)*\s*training patients per fold", ch3), "glued number missing"
     assert "Does the input still carry the signal?" in ch3 and "AUROC, lesions input" in ch3
+    # the study's numbers and the smoke profile's grid and windows, glued (never typed into the prose)
+    text = re.sub(r"<[^>]+>", "", ch3)
+    assert "an AUROC of 0.42 ± 0.03, on CT 0.54 ± 0.01" in text, "glued study numbers missing"
+    assert "24 × 24 × 20 voxels of 8 mm (192 × 192 × 160 mm)" in text and "liver window (−50 to 250 HU)" in text
+    assert "{glue" not in text and "dark liver voxels" in text
     ch1 = (book / "notebooks" / "01_cohort.html").read_text()
     assert re.search(r"horizon \(\s*(<[^>]+>\s*)*12 months", ch1), "glued horizon missing"
     assert "p (Holm)" in ch1

@@ -378,6 +378,13 @@ def test_the_inputs_in_words_say_what_the_second_channel_shows():
     assert notebook.network_input_text(lesions_only).endswith(", lesion mask as a second channel")
 
 
+def test_the_numbers_of_chapter_03s_prose_come_from_the_profile_and_the_study_table():
+    numbers = ch03_images.page_numbers(get_profile("demo"))
+    assert numbers == {"study_pet_cnn_auroc": "0.42 ± 0.03", "study_ct_cnn_auroc": "0.54 ± 0.01",
+                       "input_grid": "32 × 32 × 32 voxels of 6 mm (192 × 192 × 192 mm)", "suv_range": "0–30",
+                       "hu_window": "−50 to 250"}
+
+
 def test_learning_curves_have_a_validation_panel_only_when_there_is_a_validation_part():
     rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.0, "val_auroc": 0.6, "repeat": 0, "fold": f,
              "best": e == 3} for e in (1, 2, 3) for f in (0, 1)]
