@@ -50,7 +50,11 @@ class Profile:
     hu_window:
         CT window (lower, upper) in Hounsfield units, mapped linearly to [0, 1].
     suv_range:
-        SR-PET standardised uptake values (lower, upper) mapped linearly to [0, 1].
+        SR-PET standardised uptake values (lower, upper) mapped to [0, 1].
+    suv_scale:
+        How: ``log`` maps ``log(1 + SUV)`` (equal SUV ratios are equal steps, so a metastasis a few SUV below
+        the liver stands out as clearly as the difference between lesions of SUV 10 and 20), ``linear`` the SUV.
+        ``log`` in every profile: chosen on the two tuning cohorts (``book/methods.md``).
     n_folds, n_repeats:
         Repeated stratified k-fold cross-validation (the study used 3 folds).
     val_fraction:
@@ -114,6 +118,7 @@ class Profile:
     field_of_view_mm: tuple[float, float, float] = (384.0, 384.0, 320.0)
     hu_window: tuple[float, float] = (-50.0, 250.0)
     suv_range: tuple[float, float] = (0.0, 30.0)
+    suv_scale: str = "log"
     n_folds: int = 3
     n_repeats: int = 5
     val_fraction: float = 0.2

@@ -12,6 +12,7 @@ from .comparison import compare_models, format_p, p_phrase, pairwise_table
 from .external import comparison_table, external_metrics
 from .metrics import (
     assemble_predictions,
+    binormal_auprc,
     bootstrap_ci,
     fold_test_rows,
     labelled,
@@ -53,6 +54,7 @@ from .table1 import table1 as table_by_group
 __all__ = [
     "Fold",
     "assemble_predictions",
+    "binormal_auprc",
     "bootstrap_ci",
     "calibration_bins",
     "cohort_table1",

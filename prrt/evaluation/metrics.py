@@ -175,3 +175,19 @@ def summarise(pred: pd.DataFrame, cohort=None, n_boot: int = 1000, seed: int = 0
         out["c_index"] = c_index(d["pfs_months"], d["event"], risk)
         out["n_patients_survival"] = int(len(risk))
     return out
+
+
+def binormal_auprc(auroc: float, prevalence: float, n_thresholds: int = 4001) -> float:
+    """The AUPRC that goes with an AUROC at a share ``prevalence`` of positives under the binormal model.
+
+    Scores of positives and negatives normal with equal variance, separated by ``d = √2 Φ⁻¹(AUROC)``; the
+    area under precision against recall over thresholds. A reading aid for a reported pair of AUROC and
+    AUPRC (which class was positive?), not a metric of a model: it is ``prevalence`` at an AUROC of 0.5.
+    """
+    if not 0.0 < prevalence < 1.0 or not 0.0 < auroc < 1.0:
+        raise ValueError(f"auroc and prevalence must lie strictly between 0 and 1, not {auroc!r} and {prevalence!r}")
+    d = float(np.sqrt(2.0) * stats.norm.ppf(auroc))
+    thresholds = np.linspace(max(d, 0.0) + 9.0, min(d, 0.0) - 9.0, n_thresholds)
+    recall, fpr = stats.norm.sf(thresholds - d), stats.norm.sf(thresholds)
+    precision = prevalence * recall / (prevalence * recall + (1 - prevalence) * fpr)
+    return float(np.trapezoid(precision, recall))

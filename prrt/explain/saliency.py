@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation import iter_folds
+from ..imaging import lesions_in_mask_channel
 from ..learn import restore_fold_models
 from .gradcam import dilate, fold_maps, target_layer
 
@@ -107,7 +108,7 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
             m = fold_maps(run_dir, spec.name, fold.repeat, fold.fold, models[(fold.repeat, fold.fold)].model, x,
                           patients, layer)
             # the lesions are 1 in that channel, the liver (profile: liver_in_mask_channel) 0.5
-            masks = x[:, 1].numpy() > 0.75 if has_mask else np.zeros((len(x), *x.shape[2:]), bool)
+            masks = lesions_in_mask_channel(x[:, 1].numpy()) if has_mask else np.zeros((len(x), *x.shape[2:]), bool)
             metrics.append(saliency_metrics(m, masks, patients, dilation_voxels).assign(
                 model=spec.name, repeat=fold.repeat, fold=fold.fold,
                 label=data.y.loc[patients].to_numpy()))

@@ -69,6 +69,20 @@ def liver_region(label: np.ndarray, close_voxels: int = 4) -> np.ndarray:
 LIVER_IN_MASK_CHANNEL = 0.5
 
 
+def lesions_in_mask_channel(channel: np.ndarray) -> np.ndarray:
+    """The lesion voxels of a mask channel (:func:`mask_channel_array`): above the midpoint between the
+    liver's value and the lesions' 1 (so also of a channel resampled or interpolated a little)."""
+    return np.asarray(channel) > (1.0 + LIVER_IN_MASK_CHANNEL) / 2
+
+
+def liver_label(organs: np.ndarray | None) -> np.ndarray | None:
+    """The liver voxels of an organ map (label :data:`LIVER_LABEL`), or None without a map or a liver."""
+    if organs is None:
+        return None
+    label = np.asarray(organs) == LIVER_LABEL
+    return label if label.any() else None
+
+
 def mask_channel_array(arrays: dict, like: np.ndarray, liver: bool = True) -> np.ndarray:
     """The second input channel of a network: the lesion mask (1) and, with ``liver`` and an organ map, the
     liver (:func:`liver_region`) at :data:`LIVER_IN_MASK_CHANNEL` where there is no lesion; zeros shaped like
@@ -77,20 +91,17 @@ def mask_channel_array(arrays: dict, like: np.ndarray, liver: bool = True) -> np
     it."""
     out = (np.asarray(arrays["mask"]) > 0).astype(np.float32) if "mask" in arrays else np.zeros(like.shape,
                                                                                                 np.float32)
-    if liver and arrays.get("organs") is not None:
-        label = np.asarray(arrays["organs"]) == LIVER_LABEL
-        if label.any():
-            out[(out == 0) & liver_region(label)] = LIVER_IN_MASK_CHANNEL
+    label = liver_label(arrays.get("organs")) if liver else None
+    if label is not None:
+        out[(out == 0) & liver_region(label)] = LIVER_IN_MASK_CHANNEL
     return out
 
 
 def dark_liver_voxels(image: np.ndarray, organs: np.ndarray | None, mask: np.ndarray) -> float:
     """Voxels of the liver (:func:`liver_region`) outside the lesion mask darker than half the median of the
     liver label. NaN when there is no organ map or no liver voxel."""
-    if organs is None:
-        return np.nan
-    label = np.asarray(organs) == LIVER_LABEL
-    if not label.any():
+    label = liver_label(organs)
+    if label is None:
         return np.nan
     liver = liver_region(label) & ~mask
     return float((image[liver] < 0.5 * np.median(image[label])).sum())

@@ -7,7 +7,7 @@ Preprocessing (:func:`preprocess`), for one patient
     2. TorchIO (:func:`prrt.imaging.resample.resample_images`): CT, PET, lesion mask and organ labels
        resampled onto that grid by position in patient space;
     3. TorchIO (:func:`prrt.imaging.resample.scale_intensity`): the CT window (``hu_window``) and the PET
-       range (``suv_range``) mapped to [0, 1].
+       range (``suv_range``, on the profile's ``suv_scale``) mapped to [0, 1].
 
     The result: the arrays (x, y, z) of the input size, the PET also in SUV, and the grid as a record
     (:func:`box_of`).
@@ -80,7 +80,8 @@ def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = 
         else:
             if modality == "pet":
                 out["suv"] = arr.astype(np.float32)
-            out[modality] = scale_intensity(arr, modality, settings.hu_window, settings.suv_range)
+            out[modality] = scale_intensity(arr, modality, settings.hu_window, settings.suv_range,
+                                              settings.suv_scale)
     out["box"] = np.array(json.dumps(box.to_record()))
     return out
 

@@ -9,7 +9,8 @@
   (exact when both grids are aligned with the patient axes, sampled otherwise), so that a small lesion
   keeps its volume.
 * :func:`scale_intensity`: TorchIO's ``Clamp`` and ``RescaleIntensity`` map the CT window (``hu_window``, HU)
-  and the PET range (``suv_range``, SUV) to [0, 1], with the same fixed range for every patient.
+  and the PET range (``suv_range``, SUV; linearly or as ``log(1 + SUV)``) to [0, 1], with the same fixed range
+  for every patient.
 """
 
 from __future__ import annotations
@@ -134,17 +135,25 @@ def resample_fraction(label: sitk.Image, reference: sitk.Image, subsamples: int 
     return hits.reshape(n[0], k, n[1], k, n[2], k).mean(axis=(1, 3, 5))
 
 
-def scale_intensity(array: np.ndarray, modality: str, hu_window, suv_range) -> np.ndarray:
+def scale_intensity(array: np.ndarray, modality: str, hu_window, suv_range, suv_scale: str = "linear") -> np.ndarray:
     """CT: window ``hu_window`` (HU) → [0, 1]; PET: clip ``suv_range`` (SUV) → [0, 1].
 
     TorchIO's ``Clamp`` and ``RescaleIntensity`` with fixed input ranges (never per-image
-    percentiles, so that an SUV or a HU value means the same in every patient).
+    percentiles, so that an SUV or a HU value means the same in every patient). ``suv_scale="log"``
+    maps ``log(1 + SUV)`` instead of the SUV (TorchIO's ``Lambda``): equal SUV *ratios* become equal
+    steps, so a cold defect in the liver (a few SUV below it) is not flattened next to lesions of SUV 20.
     """
     import torch
     import torchio as tio
 
+    if suv_scale not in ("linear", "log"):
+        raise ValueError(f"suv_scale must be 'linear' or 'log', not {suv_scale!r}")
     lo, hi = hu_window if modality == "ct" else suv_range
     array = np.asarray(array, np.float32)
     image = tio.ScalarImage(tensor=torch.as_tensor(array.reshape(1, -1, 1, 1).copy()), affine=np.eye(4))
-    chain = tio.Compose([tio.Clamp(float(lo), float(hi)), tio.RescaleIntensity((0.0, 1.0), in_min_max=(lo, hi))])
+    steps = [tio.Clamp(float(lo), float(hi))]
+    if modality == "pet" and suv_scale == "log":
+        steps.append(tio.Lambda(torch.log1p))
+        lo, hi = float(np.log1p(lo)), float(np.log1p(hi))
+    chain = tio.Compose([*steps, tio.RescaleIntensity((0.0, 1.0), in_min_max=(lo, hi))])
     return chain(image).data.numpy().reshape(array.shape).astype(np.float32)

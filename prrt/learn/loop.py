@@ -82,7 +82,8 @@ def restore_fold_models(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, 
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if ck.get("training_part") != part.digest():
             raise ValueError(f"{spec.name}: the checkpoint {path} was trained on other patients than repeat "
-                             f"{fold.repeat}, fold {fold.fold} of this run (another split or seed?)")
+                             f"{fold.repeat}, fold {fold.fold} of this run: another split or seed, or another share held out "
+                             f"for inner validation (the profile's val_fraction, {spec.val_fraction:g} now)")
         model = spec.build(seed)
         model.restore(data, part, ck)
         if check:

@@ -304,6 +304,23 @@ def test_prior_correction_undoes_balanced_weights():
     np.testing.assert_array_equal(metrics.prior_correction([0.0, 1.0], 0.3), [0.0, 1.0])  # certain stays certain
 
 
+def test_the_binormal_auprc_starts_at_the_prevalence_and_matches_simulated_scores():
+    assert metrics.binormal_auprc(0.5, 0.36) == pytest.approx(0.36, abs=1e-4)
+    assert metrics.binormal_auprc(0.72, 0.36) < metrics.binormal_auprc(0.72, 0.64)
+    assert metrics.binormal_auprc(0.9, 0.36) > metrics.binormal_auprc(0.72, 0.36)
+    # against average precision of many scores drawn from the model itself
+    rng = np.random.default_rng(0)
+    d = np.sqrt(2) * stats.norm.ppf(0.72)
+    n_pos, n_neg = 36_000, 64_000
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+    s = np.r_[rng.normal(d, 1, n_pos), rng.normal(0, 1, n_neg)]
+    assert roc_auc_score(y, s) == pytest.approx(0.72, abs=0.005)
+    assert metrics.binormal_auprc(0.72, 0.36) == pytest.approx(average_precision_score(y, s), abs=0.01)
+    for bad in ((0.0, 0.3), (0.7, 1.0), (1.2, 0.5)):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            metrics.binormal_auprc(*bad)
+
+
 def test_assembled_predictions_have_the_prediction_columns_and_a_fresh_index():
     from prrt.evaluation.splits import Fold
 

@@ -179,7 +179,9 @@ def test_restoring_refuses_checkpoints_of_another_run(fitted, tmp_path):
     run, data, y, s, specs, _ = fitted
     other = tmp_path / "other"
     shutil.copytree(run, other)
-    with pytest.raises(ValueError, match=r"r0_f0.pt was trained on other patients than repeat 0, fold 0"):
+    with pytest.raises(ValueError, match=r"r0_f0.pt was trained on other patients than repeat 0, fold 0 of this run: "
+                                         r"another split or seed, or another share held out for inner validation "
+                                         rf"\(the profile's val_fraction, {specs['pet_cnn'].val_fraction:g} now\)$"):
         loop.restore_fold_models(specs["pet_cnn"], data, s, 1, other)  # another seed: other inner parts
     pred = pd.read_csv(other / "predictions" / "pet_cnn.csv")
     pred.loc[pred["fold"] == 1, "probability"] += 0.01

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -135,6 +136,19 @@ def test_intensity_scaling():
     np.testing.assert_allclose(resample.scale_intensity(hu, "ct", (-160, 240), (0, 30)), [0, 0, 0.5, 1, 1])
     suv = np.array([0.0, 3.0, 15.0, 30.0, 90.0])
     np.testing.assert_allclose(resample.scale_intensity(suv, "pet", (-160, 240), (0, 30)), [0, 0.1, 0.5, 1, 1])
+    # the log scale: log(1 + SUV) over log(1 + 30); equal SUV ratios are equal steps, the CT is untouched
+    logged = resample.scale_intensity(suv, "pet", (-160, 240), (0, 30), "log")
+    np.testing.assert_allclose(logged, np.log1p([0.0, 3.0, 15.0, 30.0, 30.0]) / np.log1p(30.0), rtol=1e-6)
+    np.testing.assert_allclose(resample.scale_intensity(hu, "ct", (-160, 240), (0, 30), "log"), [0, 0, 0.5, 1, 1])
+    with pytest.raises(ValueError, match="suv_scale must be 'linear' or 'log'"):
+        resample.scale_intensity(suv, "pet", (-160, 240), (0, 30), "sqrt")
+
+
+def test_the_suv_scale_is_part_of_the_cache_key_only_when_it_is_not_linear():
+    logged = PreprocessSettings.from_profile(get_profile("demo"))  # every profile's scale
+    linear = PreprocessSettings.from_profile(replace(get_profile("demo"), suv_scale="linear"))
+    assert linear.suv_scale == "linear" and "suv_scale" not in linear.key()  # arrays cached before stay valid
+    assert logged.key()["suv_scale"] == "log" and logged.key() != linear.key()
 
 
 # ---- cache --------------------------------------------------------------------------------------

@@ -137,3 +137,6 @@ def test_the_mask_channel_shows_the_lesions_and_the_liver():
     liver_only = inputs.mask_channel_array({"organs": organs}, pet)
     np.testing.assert_array_equal(liver_only == 0.5, inputs.liver_region(organs == 1))
     assert not inputs.mask_channel_array({}, pet).any()
+    # the lesions are read back from the channel, the liver is not a lesion
+    np.testing.assert_array_equal(inputs.lesions_in_mask_channel(ch), mask > 0)
+    assert inputs.liver_label(None) is None and inputs.liver_label(np.zeros_like(organs)) is None

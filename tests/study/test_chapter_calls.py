@@ -379,10 +379,15 @@ def test_the_inputs_in_words_say_what_the_second_channel_shows():
 
 
 def test_the_numbers_of_chapter_03s_prose_come_from_the_profile_and_the_study_table():
+    from dataclasses import replace
+
     numbers = ch03_images.page_numbers(get_profile("demo"))
     assert numbers == {"study_pet_cnn_auroc": "0.42 ± 0.03", "study_ct_cnn_auroc": "0.54 ± 0.01",
-                       "input_grid": "32 × 32 × 32 voxels of 6 mm (192 × 192 × 192 mm)", "suv_range": "0–30",
-                       "hu_window": "−50 to 250"}
+                       "input_grid": "32 × 32 × 32 voxels of 6 mm (192 × 192 × 192 mm)", "suv_range": "SUV 0–30 as log(1 + SUV)",
+                       "hu_window": "−50 to 250", "study_fusion_auroc": "0.72", "study_fusion_auprc": "0.80",
+                       "study_short_share": "0.36", "study_long_share": "0.64", "binormal_auprc_short": "0.59",
+                       "binormal_auprc_long": "0.81"}
+    assert ch03_images.page_numbers(replace(get_profile("demo"), suv_scale="linear"))["suv_range"] == "SUV 0–30"
 
 
 def test_learning_curves_have_a_validation_panel_only_when_there_is_a_validation_part():
