@@ -149,4 +149,17 @@ def bounds_sentence(bounds: pd.DataFrame | None) -> str:
     return (f"What the images add beyond the laboratory values and the lesion features: {b[full] - b[features]:+.2f} "
             f"achievable AUROC ({b[features]:.2f} → {b[full]:.2f}), the receptor-negative liver metastases, which the "
             "lesion mask leaves out. That the images add something is a choice of the generator's design (its risk "
-            "weights were set for it), not a finding.")
+            "weights were set for it), not a finding." + _same_sight_sentence(bounds))
+
+
+def _same_sight_sentence(bounds: pd.DataFrame) -> str:
+    """When the SR-PET images alone show every factor that SR-PET + CT show (as in this generator), one sentence
+    that says so: their bounds are equal by definition, and no model can gain from adding the CT to the SR-PET."""
+    sight = bounds["what a perfect reader of it sees"]
+    pet, both = INPUT_SET_NAMES["pet"], INPUT_SET_NAMES["pet_ct"]
+    if pet not in sight or both not in sight or sight[pet] != sight[both]:
+        return ""
+    return (f" The {pet} show every factor the {both} show, so the two share one bound by definition: in this "
+            "generator the CT adds nothing a perfect reader of the SR-PET would miss (its receptor-negative metastases "
+            "are cold on the SR-PET too), and a model that gains from adding the CT to the SR-PET gains from reading "
+            "better, not from seeing more. On real scans the CT shows what this generator does not draw.")

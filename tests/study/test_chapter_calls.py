@@ -706,6 +706,12 @@ def test_chapter_01_sets_the_achievable_bounds_beside_models_on_the_exact_parame
     line = ch01_cohort.bounds_sentence(bounds)
     b = bounds["achievable AUROC"]
     assert f"{b['laboratory values + SR-PET + CT images'] - b['laboratory values + SR-PET lesion features']:+.2f}" in line
+    # the SR-PET images see what SR-PET + CT see: one bound by definition, and the page says so
+    assert b["SR-PET images"] == b["SR-PET + CT images"]
+    assert "share one bound by definition" in line
+    other = bounds.copy()
+    other.loc["SR-PET + CT images", "what a perfect reader of it sees"] += "; something only the CT shows"
+    assert "share one bound" not in ch01_cohort.bounds_sentence(other)
     # a real cohort has no bound, and the page says so
     (tmp_path / "real").mkdir()
     ctx_real = make_ctx(tmp_path / "real", make_cohort(tmp_path / "real"))
