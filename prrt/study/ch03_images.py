@@ -60,7 +60,8 @@ from .reported import STUDY_COHORT, STUDY_REPORTED, comparison_tables
 #: The laboratory model of chapter 02 that the networks are compared with.
 LAB_MODEL = "lab_rf"
 #: Chapter 02's model on the SR-PET lesion features: what the images give without a network.
-FEATURE_MODEL = "pet_features_rf"
+#: Chapter 02's models on the SR-PET lesion features, and what the reading calls them.
+FEATURE_MODELS = {"pet_features_rf": "Random Forest", "pet_features_logreg": "logistic regression"}
 
 
 def input_description(profile, base: str) -> str:
@@ -179,8 +180,9 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
 
     One sentence per network that ran: its mean AUROC with its 95 % interval and, on a synthetic cohort, the
     achievable AUROC of its images (with the generator's bootstrap interval when the report has one) and
-    whether the two intervals overlap. Then one on chapter 02's Random Forest on the SR-PET lesion features
-    (with its own achievable AUROC). Empty when no network ran.
+    whether the two intervals overlap, and (when the page wrote its input-signal table) how it stands beside the
+    best single statistic of its input. Then one on the best of chapter 02's models on the SR-PET lesion features
+    (:data:`FEATURE_MODELS`; with their achievable AUROC). Empty when no network ran.
     """
     ran = summary[summary["status"] == "ran"].set_index("model")
     nets = [m for m in IMAGE_MODELS if m in ran.index]
@@ -208,11 +210,22 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
                 text += (f"; its interval lies below the bound's ({lo:.2f}–{hi:.2f})" if own[1] < lo else
                          f"; the two intervals overlap (the bound's: {lo:.2f}–{hi:.2f}), so this cohort cannot tell "
                          "how far below it the network really is")
+        best_statistic = _best_input_statistic(ctx, IMAGE_MODELS[m][0])
+        if best_statistic is not None:
+            name, value = best_statistic
+            d = auc - value
+            text += (f"; it is {abs(d):.2f} {'above' if d > 0 else 'below'} the best single statistic of its input "
+                     f"({name}, {value:.2f}, read on all patients in its better direction)" if abs(d) >= 0.005 else
+                     f"; it is level with the best single statistic of its input ({name}, {value:.2f})")
         parts.append(text + ".")
-    if FEATURE_MODEL in ran.index:
-        f, fci = float(ran.at[FEATURE_MODEL, "auroc_mean"]), ci(FEATURE_MODEL)
-        text = (f"The Random Forest on the SR-PET lesion features (chapter 2) reached {f:.2f}"
-                + (f" ({fci[0]:.2f}–{fci[1]:.2f})" if fci else ""))
+    features = [m for m in FEATURE_MODELS if m in ran.index]
+    if features:
+        best = max(features, key=lambda m: float(ran.at[m, "auroc_mean"]))
+        f, fci = float(ran.at[best, "auroc_mean"]), ci(best)
+        others = [m for m in features if m != best]
+        text = (f"The best model of chapter 2 on the SR-PET lesion features, the {FEATURE_MODELS[best]}, reached {f:.2f}"
+                + (f" ({fci[0]:.2f}–{fci[1]:.2f})" if fci else "")
+                + "".join(f" (the {FEATURE_MODELS[m]}: {float(ran.at[m, 'auroc_mean']):.2f})" for m in others))
         if "pet_features" in bound:
             text += f", with an achievable AUROC of {bound['pet_features']:.2f} for those features"
         rel = []
@@ -223,6 +236,20 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
         text += "; " + " and ".join(rel) + " (a difference of means; this page makes no paired test against it)"
         parts.append(text + ".")
     return " ".join(parts)
+
+
+def _best_input_statistic(ctx, modality: str) -> tuple[str, float] | None:
+    """The statistic of the input-signal table (``results/03_input_signal.csv``) with the highest AUROC for
+    ``modality`` on the profile's input, and that AUROC; None without the table or a value."""
+    path = ctx.run_dir / "results" / "03_input_signal.csv"
+    if not path.is_file():
+        return None
+    t = pd.read_csv(path)
+    t = t[(t["modality"] == modality) & (t["input"] == ctx.profile.roi)].dropna(subset=["auroc_either_direction"])
+    if not len(t):
+        return None
+    row = t.loc[t["auroc_either_direction"].idxmax()]
+    return str(row["statistic"]), float(row["auroc_either_direction"])
 
 
 def page_numbers(profile) -> dict[str, str]:

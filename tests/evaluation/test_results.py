@@ -178,6 +178,9 @@ def test_net_benefit_by_hand_at_several_thresholds():
     w = np.array([0.25, 1.0, 7 / 3, 9.0])
     np.testing.assert_allclose(nb["treat_all"], 0.4 - 0.6 * w, atol=1e-12)
     assert (nb["treat_none"] == 0).all()
+    # a patient whose probability equals the threshold is treated (p >= t, as the docstring says)
+    at = calibration.net_benefit(np.array([1, 0]), np.array([0.25, 0.1]), [0.25]).iloc[0]
+    assert at["model"] == 0.5
 
 
 def test_private_id_table(small_cohort_dir):

@@ -402,10 +402,11 @@ def test_learning_curves_have_a_validation_panel_only_when_there_is_a_validation
 
 
 def test_the_reading_of_the_networks_gives_the_gap_to_their_bound_and_the_lesion_feature_model(tmp_path):
-    summary = summary_of({"lab_rf": "02", "pet_features_rf": "02", "pet_cnn": "03", "ct_cnn": "03"})
-    summary["auroc_mean"] = [0.64, 0.70, 0.66, 0.74]
-    summary["auroc_ci_low"] = [0.55, 0.61, 0.57, 0.65]
-    summary["auroc_ci_high"] = [0.73, 0.79, 0.75, 0.83]
+    summary = summary_of({"lab_rf": "02", "pet_features_rf": "02", "pet_features_logreg": "02", "pet_cnn": "03",
+                          "ct_cnn": "03"})
+    summary["auroc_mean"] = [0.64, 0.68, 0.70, 0.66, 0.74]
+    summary["auroc_ci_low"] = [0.55, 0.59, 0.61, 0.57, 0.65]
+    summary["auroc_ci_high"] = [0.73, 0.77, 0.79, 0.75, 0.83]
     report = {"achievable_auroc": {"pet": 0.88, "ct": 0.86, "pet_features": 0.79},
               "achievable_auroc_interval": {"pet": [0.81, 0.94], "ct": [0.78, 0.92]}}
     ctx = make_ctx(tmp_path, make_cohort(tmp_path, synthetic=True, report=report))
@@ -414,12 +415,25 @@ def test_the_reading_of_the_networks_gives_the_gap_to_their_bound_and_the_lesion
     assert "its interval lies below the bound's (0.81–0.94)" in text
     assert "CT, 3D CNN reached a mean AUROC of 0.74 (0.65–0.83), 0.12 below the 0.86" in text
     assert "the two intervals overlap (the bound's: 0.78–0.92)" in text
-    assert "lesion features (chapter 2) reached 0.70 (0.61–0.79), with an achievable AUROC of 0.79 for those " \
-           "features; the SR-PET, 3D CNN is 0.04 below it and the CT, 3D CNN is 0.04 above it" in text
+    assert "best single statistic" not in text  # no input-signal table yet
+    pd.DataFrame({"modality": ["pet", "pet", "ct", "pet"], "input": [ctx.profile.roi, ctx.profile.roi, ctx.profile.roi,
+                                                                       "elsewhere"],
+                  "statistic": ["dark liver voxels", "lesion voxels", "dark liver voxels", "lesion voxels"],
+                  "auroc_either_direction": [0.76, 0.64, 0.74, 0.9]}).to_csv(ctx.path("results", "03_input_signal.csv"),
+                                                                             index=False)
+    text = ch03_images.reading_of_the_networks(ctx, summary)
+    assert "0.22 below the 0.88 that a perfect reader of its images would reach; its interval lies below the " \
+           "bound's (0.81–0.94); it is 0.10 below the best single statistic of its input (dark liver voxels, 0.76, " \
+           "read on all patients in its better direction)." in text
+    assert "it is level with the best single statistic of its input (dark liver voxels, 0.74)." in text
+    # the better of the two lesion-feature models (here the logistic regression) is the one compared with
+    assert "SR-PET lesion features, the logistic regression, reached 0.70 (0.61–0.79) (the Random Forest: 0.68), " \
+           "with an achievable AUROC of 0.79 for those features; the SR-PET, 3D CNN is 0.04 below it and the CT, " \
+           "3D CNN is 0.04 above it" in text
     # a real cohort has no bound; no network, no words
     (tmp_path / "real").mkdir()
     real = make_ctx(tmp_path / "real", make_cohort(tmp_path / "real"))
-    text = ch03_images.reading_of_the_networks(real, summary.assign(auroc_mean=[0.64, 0.66, 0.66, 0.74]))
+    text = ch03_images.reading_of_the_networks(real, summary.assign(auroc_mean=[0.64, 0.60, 0.66, 0.66, 0.74]))
     assert "allow" not in text and "achievable" not in text and "perfect reader" not in text
     assert "the SR-PET, 3D CNN is level with it" in text
     assert ch03_images.reading_of_the_networks(real, summary[summary["chapter"] == "02"]) == ""
