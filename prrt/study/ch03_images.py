@@ -223,9 +223,10 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
         best = max(features, key=lambda m: float(ran.at[m, "auroc_mean"]))
         f, fci = float(ran.at[best, "auroc_mean"]), ci(best)
         others = [m for m in features if m != best]
+        inside = ([f"{fci[0]:.2f}–{fci[1]:.2f}"] if fci else []) + [
+            f"the {FEATURE_MODELS[m]} {float(ran.at[m, 'auroc_mean']):.2f}" for m in others]
         text = (f"The best model of chapter 2 on the SR-PET lesion features, the {FEATURE_MODELS[best]}, reached {f:.2f}"
-                + (f" ({fci[0]:.2f}–{fci[1]:.2f})" if fci else "")
-                + "".join(f" (the {FEATURE_MODELS[m]}: {float(ran.at[m, 'auroc_mean']):.2f})" for m in others))
+                + (f" ({'; '.join(inside)})" if inside else ""))
         if "pet_features" in bound:
             text += f", with an achievable AUROC of {bound['pet_features']:.2f} for those features"
         rel = []

@@ -85,8 +85,7 @@ def start(manifest, run_dir, profile: str, seed: int, cache_dir=None, show: bool
         glue("horizon", Markdown(horizon_text(cohort)), display=False)
         if cohort.synthetic:
             display(HTML(synthetic_banner_html()))
-        # a Styler shows every value whole (a DataFrame's HTML cuts long cells at 50 characters)
-        display(parameters_table(ctx).style)
+        display(parameters_view(ctx))
     return ctx
 
 
@@ -125,6 +124,12 @@ def parameters_table(ctx: Context) -> pd.DataFrame:
         ("seed", str(ctx.seed)),
     ]
     return pd.DataFrame(rows, columns=["parameter", "value"]).set_index("parameter")
+
+
+def parameters_view(ctx: Context):
+    """:func:`parameters_table` as the pages show it: a Styler (which shows every value whole, where a DataFrame's
+    HTML cuts long cells at 50 characters) with one header row, "parameter" and "value"."""
+    return parameters_table(ctx).reset_index().style.hide(axis="index")
 
 
 def network_input_text(p: Profile) -> str:

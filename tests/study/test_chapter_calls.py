@@ -427,7 +427,7 @@ def test_the_reading_of_the_networks_gives_the_gap_to_their_bound_and_the_lesion
            "read on all patients in its better direction)." in text
     assert "it is level with the best single statistic of its input (dark liver voxels, 0.74)." in text
     # the better of the two lesion-feature models (here the logistic regression) is the one compared with
-    assert "SR-PET lesion features, the logistic regression, reached 0.70 (0.61–0.79) (the Random Forest: 0.68), " \
+    assert "SR-PET lesion features, the logistic regression, reached 0.70 (0.61–0.79; the Random Forest 0.68), " \
            "with an achievable AUROC of 0.79 for those features; the SR-PET, 3D CNN is 0.04 below it and the CT, " \
            "3D CNN is 0.04 above it" in text
     # a real cohort has no bound; no network, no words
@@ -731,3 +731,13 @@ def test_chapter_01_sets_the_achievable_bounds_beside_models_on_the_exact_parame
     ctx_real = make_ctx(tmp_path / "real", make_cohort(tmp_path / "real"))
     assert ch01_cohort.achievable_bounds(ctx_real) is None
     assert ch01_cohort.bounds_sentence(None).startswith("Real data")
+
+
+def test_the_parameters_table_has_one_header_row(tmp_path):
+    import re
+
+    ctx = make_ctx(tmp_path, make_cohort(tmp_path))
+    html = notebook.parameters_view(ctx).to_html()
+    head = re.search(r"<thead>(.*?)</thead>", html, re.S).group(1)
+    assert head.count("<tr>") == 1 and "parameter" in head and "value" in head
+    assert "seed" in html and notebook.parameters_table(ctx).loc["seed", "value"] == str(ctx.seed)
