@@ -738,6 +738,6 @@ def test_the_parameters_table_has_one_header_row(tmp_path):
 
     ctx = make_ctx(tmp_path, make_cohort(tmp_path))
     html = notebook.parameters_view(ctx).to_html()
-    head = re.search(r"<thead>(.*?)</thead>", html, re.S).group(1)
+    head = re.search(r"<thead>(.*?)</thead>", html, re.DOTALL).group(1)
     assert head.count("<tr>") == 1 and "parameter" in head and "value" in head
     assert "seed" in html and notebook.parameters_table(ctx).loc["seed", "value"] == str(ctx.seed)
