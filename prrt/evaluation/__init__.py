@@ -31,10 +31,12 @@ from .results import (
 )
 from .splits import (
     Fold,
+    cross_fit_folds,
     ensure_splits,
     external_splits,
     fold_tests,
     iter_folds,
+    left_out_pair,
     load_splits,
     mean_training_patients,
     save_splits,
@@ -55,6 +57,7 @@ __all__ = [
     "Fold",
     "assemble_predictions",
     "binormal_auprc",
+    "cross_fit_folds",
     "bootstrap_ci",
     "calibration_bins",
     "cohort_table1",
@@ -71,6 +74,7 @@ __all__ = [
     "format_summary",
     "holm",
     "iter_folds",
+    "left_out_pair",
     "km_summary",
     "labelled",
     "load_splits",

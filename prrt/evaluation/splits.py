@@ -77,6 +77,45 @@ def iter_folds(splits: pd.DataFrame):
         yield Fold(int(repeat), int(fold), train, test)
 
 
+#: The fold number of the cross-fitting fold that leaves out outer folds ``a < b``: ``PAIR_BASE + 10 a + b``
+#: (distinct from every outer fold, so that :func:`prrt.learn.fold_seed` gives it a seed of its own).
+PAIR_BASE = 100
+
+
+def cross_fit_folds(splits: pd.DataFrame) -> list[Fold]:
+    """The folds that give every training patient of every outer fold a score from a model that saw neither that
+    patient nor the outer fold's test patients (cross-fitting aligned with the outer split).
+
+    For each repeat and each pair of outer folds ``a < b``: train on the patients of the other folds (and those of
+    :data:`TRAINING_ONLY`), test on the patients of ``a`` and ``b``. A patient ``p`` of fold ``b`` who trains in
+    outer fold ``a`` is scored by the model of pair ``(a, b)``, which never saw ``p`` nor fold ``a``. With ``k``
+    outer folds that is ``k (k - 1) / 2`` models per repeat, each on ``k - 2`` folds (3 models on one fold each for
+    3-fold CV), shared by two outer folds. Fold numbers: :data:`PAIR_BASE` ``+ 10 a + b``.
+    """
+    out = []
+    for repeat, in_repeat in splits.groupby("repeat", sort=True):
+        folds = sorted(f for f in in_repeat["fold"].unique() if f != TRAINING_ONLY)
+        if len(folds) < 3:
+            raise ValueError(f"cross-fitting needs at least 3 outer folds (repeat {repeat} has {len(folds)}): with "
+                             "2, nothing is left to train on once both are left out")
+        if max(folds) > 9:
+            raise ValueError(f"cross-fitting numbers pairs of folds with one digit each; repeat {repeat} has "
+                             f"{len(folds)} folds")
+        for i, a in enumerate(folds):
+            for b in folds[i + 1:]:
+                left_out = in_repeat["fold"].isin([a, b])
+                out.append(Fold(int(repeat), PAIR_BASE + 10 * int(a) + int(b),
+                                sorted(in_repeat.loc[~left_out, "patient"]), sorted(in_repeat.loc[left_out, "patient"])))
+    return out
+
+
+def left_out_pair(fold: int) -> tuple[int, int]:
+    """The two outer folds a cross-fitting fold (:func:`cross_fit_folds`) leaves out."""
+    if fold < PAIR_BASE:
+        raise ValueError(f"fold {fold} is an outer fold, not a cross-fitting fold")
+    return divmod(fold - PAIR_BASE, 10)
+
+
 def save_splits(splits: pd.DataFrame, run_dir) -> Path:
     path = Path(run_dir) / SPLITS_FILE
     splits.to_csv(path, index=False)

@@ -10,10 +10,12 @@ from .fusion import SOURCE, FoldModelScores, FusionConfig, LateFusion, fusion_co
 from .image_model import image_data, image_spec
 from .loop import (
     checkpoint_path,
+    cross_fitted_scores,
     fold_seed,
     inner_split,
     restore_fold_models,
     run_models,
+    training_score_of,
 )
 from .neural_fusion import NeuralFusion
 from .pretrain import PretrainConfig, ct_encoder_state, pretrain_ct, read_card
@@ -33,6 +35,7 @@ __all__ = [
     "checkpoint_path",
     "config_from_profile",
     "count_weights",
+    "cross_fitted_scores",
     "ct_encoder_state",
     "engine_from",
     "feature_table",
@@ -49,4 +52,5 @@ __all__ = [
     "run_models",
     "select_device",
     "table_spec",
+    "training_score_of",
 ]

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from .base import FitRecord, ModelSpec
-from .loop import inner_split
+from .loop import inner_split, training_score_of
 from .networks import classifier_from_checkpoint
 from .training import TrainConfig, config_from_profile
 
@@ -150,12 +150,14 @@ class FoldModelScores:
     names the model and says which chapter writes it (``chapter``, when the caller knows).
     """
 
-    def __init__(self, run_dir, model: str, modality: str, chapter: str = ""):
+    def __init__(self, run_dir, model: str, modality: str, chapter: str = "", cross_fitted: bool = False):
         self.run_dir, self.model, self.modality, self.chapter = str(run_dir), model, modality, chapter
+        self.cross_fitted = cross_fitted
         self._index: dict[str, str] | None = None
+        self._scores: pd.DataFrame | None = None
 
-    def __getstate__(self):  # sent to other processes without the index
-        return {**self.__dict__, "_index": None}
+    def __getstate__(self):  # sent to other processes without the index and the scores
+        return {**self.__dict__, "_index": None, "_scores": None}
 
     def _find(self, digest: str) -> str:
         from pathlib import Path
@@ -178,6 +180,40 @@ class FoldModelScores:
     def load(self, part) -> nn.Module:
         """The fold's CNN (evaluation mode, on the CPU) trained on exactly ``part``."""
         return classifier_from_checkpoint(torch.load(self._find(part.digest()), map_location="cpu", weights_only=True))
+
+    def training_scores(self, part, patients: list[str]) -> pd.Series | None:
+        """With ``cross_fitted``: the scores of training ``patients`` of the fold trained on ``part``, each from a
+        model that saw neither the patient nor the fold's test patients (:func:`prrt.learn.loop.cross_fitted_scores`,
+        read from :func:`cross_fitted_path`); None otherwise (the fold's CNN scores its own training patients)."""
+        if not self.cross_fitted:
+            return None
+        from pathlib import Path
+
+        name = Path(self._find(part.digest())).stem  # r<repeat>_f<fold>
+        repeat, fold = (int(x[1:]) for x in name.split("_"))
+        if self._scores is None:
+            path = cross_fitted_path(self.run_dir, self.model)
+            if not path.is_file():
+                raise FileNotFoundError(f"the fusion's {self.modality.upper()} branch needs the cross-fitted scores of "
+                                        f"{self.model} ({path}); compute them with prrt.learn.cross_fitted_scores "
+                                        "and write_cross_fitted first")
+            self._scores = pd.read_csv(path, dtype={"patient": str})
+        return training_score_of(self._scores, repeat, fold, patients)
+
+
+def cross_fitted_path(run_dir, model: str):
+    """Where a run keeps the cross-fitted scores of ``model``: ``predictions/cross_fitted/<model>.csv``."""
+    from pathlib import Path
+
+    return Path(run_dir) / "predictions" / "cross_fitted" / f"{model}.csv"
+
+
+def write_cross_fitted(run_dir, model: str, scores: pd.DataFrame):
+    """Write ``scores`` (:func:`prrt.learn.loop.cross_fitted_scores`) where :class:`FoldModelScores` reads them."""
+    path = cross_fitted_path(run_dir, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(path, index=False)
+    return path
 
 
 @torch.no_grad()

@@ -32,8 +32,10 @@ import pandas as pd
 
 from ..evaluation import (
     assemble_predictions,
+    cross_fit_folds,
     fold_test_rows,
     iter_folds,
+    left_out_pair,
     read_predictions,
     skipped,
     summarise,
@@ -203,12 +205,14 @@ def _check_inputs(spec: ModelSpec, data: ModelData, splits: pd.DataFrame) -> lis
 
 
 def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, seed: int, progress: bool = True,
-                 keep_models: bool = False, engine=None) -> dict[str, list[FoldOutput]]:
-    """Every (model, repeat, fold) job of ``specs``, run by ``engine``; ``{model: outputs in fold order}``."""
+                 keep_models: bool = False, engine=None, folds=None) -> dict[str, list[FoldOutput]]:
+    """Every (model, repeat, fold) job of ``specs``, run by ``engine``; ``{model: outputs in fold order}``.
+
+    ``folds``: the folds to fit (default: those of ``splits``; :func:`cross_fitted_scores` gives its own)."""
     from functools import partial
 
     engine = engine or Sequential()
-    folds = list(iter_folds(splits))
+    folds = list(iter_folds(splits)) if folds is None else list(folds)
     jobs = [(spec, f, _check_inputs(spec, data, splits)) for spec in specs for f in folds]
     desc = specs[0].name if len(specs) == 1 else f"{len(specs)} models"
     # the jobs' own (epoch) progress bars only where they reach this terminal
@@ -219,6 +223,43 @@ def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, 
     for (spec, _, _), out in zip(jobs, outs):
         by_model[spec.name].append(out)
     return by_model
+
+
+def cross_fitted_scores(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed: int, progress: bool = True,
+                        engine=None) -> pd.DataFrame:
+    """Each training patient's score from a model of ``spec`` that saw neither that patient nor the test fold.
+
+    Fits ``spec`` on the cross-fitting folds of ``splits`` (:func:`prrt.evaluation.cross_fit_folds`: for each
+    repeat and pair of outer folds, the other folds train and the pair is predicted) through the same fold jobs as
+    :func:`cross_validate`. Rows: ``repeat``, ``fold_a``, ``fold_b`` (the pair left out), ``patient`` and
+    ``logit`` (of the prior-corrected probability: the correction only shifts every logit of a model by one
+    constant). A fusion reads the score of training patient ``p`` (outer fold ``b``) in outer fold ``a`` from the
+    row of pair ``(a, b)``: a stacked input free of ``p``'s label and of the test fold's (:func:`training_score_of`).
+    """
+    outs = fold_outputs([spec], data, splits, seed, progress, False, engine, folds=cross_fit_folds(splits))[spec.name]
+    parts = []
+    for out in outs:
+        a, b = left_out_pair(out.fold)
+        p = np.clip(out.test["probability"].to_numpy(float), 1e-6, 1 - 1e-6)
+        parts.append(pd.DataFrame({"repeat": out.repeat, "fold_a": a, "fold_b": b,
+                                   "patient": out.test["patient"].to_numpy(), "logit": np.log(p / (1 - p))}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def training_score_of(scores: pd.DataFrame, repeat: int, fold: int, patients: list[str]) -> pd.Series:
+    """The cross-fitted scores (:func:`cross_fitted_scores`) of training ``patients`` of outer ``fold`` in
+    ``repeat``: each from the model that left out that fold and the patient's own. An error names a patient with
+    no such score (a test patient of ``fold``, or another split)."""
+    rows = scores[(scores["repeat"] == repeat) & ((scores["fold_a"] == fold) | (scores["fold_b"] == fold))]
+    rows = rows[rows["patient"].isin(patients)]
+    # a patient of fold ``fold`` itself is in the test part of every pair with it: it has no training score
+    rows = rows[~rows.duplicated("patient", keep=False)]
+    found = rows.set_index("patient")["logit"]
+    missing = [p for p in patients if p not in found.index]
+    if missing:
+        raise ValueError(f"no cross-fitted score of repeat {repeat}, fold {fold} for {len(missing)} training patients "
+                         f"(e.g. {missing[:3]}): a test patient of that fold, or scores of another split")
+    return found.loc[list(patients)]
 
 
 def _run_job(job, data: ModelData, seed: int, keep_model: bool, progress: bool) -> FoldOutput:

@@ -198,10 +198,11 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
     parts = []
     for m in nets:
         desc, key = IMAGE_MODELS[m][1], IMAGE_MODELS[m][2]
-        auc, own = float(ran.at[m, "auroc_mean"]), ci(m)
+        # every difference is of the two-decimal numbers the sentence shows, so that the words add up
+        auc, own = round(float(ran.at[m, "auroc_mean"]), 2), ci(m)
         text = f"The {desc} reached a mean AUROC of {auc:.2f}" + (f" ({own[0]:.2f}–{own[1]:.2f})" if own else "")
         if key in bound:
-            gap = bound[key] - auc
+            gap = round(bound[key], 2) - auc
             text += (f", {gap:.2f} below the {bound[key]:.2f} that a perfect reader of its images would reach"
                      if gap > 0 else f", at or above the {bound[key]:.2f} that its images allow (by chance: no model "
                      "exceeds it in expectation)")
@@ -213,6 +214,7 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
         best_statistic = _best_input_statistic(ctx, IMAGE_MODELS[m][0])
         if best_statistic is not None:
             name, value = best_statistic
+            value = round(value, 2)
             d = auc - value
             text += (f"; it is {abs(d):.2f} {'above' if d > 0 else 'below'} the best single statistic of its input "
                      f"({name}, {value:.2f}, read on all patients in its better direction)" if abs(d) >= 0.005 else
@@ -221,7 +223,7 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
     features = [m for m in FEATURE_MODELS if m in ran.index]
     if features:
         best = max(features, key=lambda m: float(ran.at[m, "auroc_mean"]))
-        f, fci = float(ran.at[best, "auroc_mean"]), ci(best)
+        f, fci = round(float(ran.at[best, "auroc_mean"]), 2), ci(best)
         others = [m for m in features if m != best]
         inside = ([f"{fci[0]:.2f}–{fci[1]:.2f}"] if fci else []) + [
             f"the {FEATURE_MODELS[m]} {float(ran.at[m, 'auroc_mean']):.2f}" for m in others]
@@ -231,7 +233,7 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
             text += f", with an achievable AUROC of {bound['pet_features']:.2f} for those features"
         rel = []
         for m in nets:
-            d = float(ran.at[m, "auroc_mean"]) - f
+            d = round(float(ran.at[m, "auroc_mean"]), 2) - f
             rel.append(f"the {IMAGE_MODELS[m][1]} is {abs(d):.2f} {'above' if d > 0 else 'below'} it" if abs(d) >= 0.005
                        else f"the {IMAGE_MODELS[m][1]} is level with it")
         text += "; " + " and ".join(rel) + " (a difference of means; this page makes no paired test against it)"

@@ -272,3 +272,46 @@ def test_the_model_protocol_states_every_method_the_loop_calls():
         assert all(callable(getattr(cls, m, None)) for m in stated), cls
     with pytest.raises(NotImplementedError, match="no checkpoint"):
         TableModel(None, ["a"]).restore(None, None, {})
+
+
+def test_cross_fitted_scores_come_from_models_that_saw_neither_the_patient_nor_the_test_fold():
+    """Every training patient of every outer fold gets one score, from a model fitted without that patient and
+    without the fold's test patients; a memorising model cannot pass a label through it."""
+    rng = np.random.default_rng(1)
+    y = pd.Series((np.arange(36) % 3 == 0).astype(float), index=[f"P{i:03d}" for i in range(36)])
+    data = base.ModelData(y, table=pd.DataFrame({"a": rng.normal(size=36)}, index=y.index))
+    s = sp.make_splits(y, 3, 2, 0)
+    fitted_on = {}
+
+    class Memoriser:
+        """Predicts a training patient's own label (perfect memory) and 0.5 for anyone else."""
+
+        def fit(self, data, part, seed, progress=True, desc=""):
+            self.seen = set(part.all)
+            fitted_on[seed] = self.seen
+            return None
+
+        def predict(self, data, patients):
+            return np.array([float(data.y[p]) * 0.98 + 0.01 if p in self.seen else 0.5 for p in patients])
+
+    spec = base.ModelSpec("memo", "04", "a", lambda seed: Memoriser(), needs=("table",), columns=["a"])
+    scores = loop.cross_fitted_scores(spec, data, s, seed=7, progress=False)
+    assert len(fitted_on) == 2 * 3  # three pairs of folds per repeat, one model each
+    assert set(scores.columns) == {"repeat", "fold_a", "fold_b", "patient", "logit"}
+    for fold in sp.iter_folds(s):
+        got = loop.training_score_of(scores, fold.repeat, fold.fold, fold.train)
+        assert list(got.index) == fold.train
+        # the memoriser never saw these patients: every score is its "don't know" (logit 0), so no label leaks
+        np.testing.assert_allclose(got.to_numpy(), 0.0, atol=1e-9)
+        with pytest.raises(ValueError, match=rf"no cross-fitted score of repeat {fold.repeat}, fold {fold.fold}"):
+            loop.training_score_of(scores, fold.repeat, fold.fold, fold.test[:1])
+    # each model left out its pair of folds, and the fold seeds are not those of the outer folds
+    for f in sp.cross_fit_folds(s):
+        a, b = sp.left_out_pair(f.fold)
+        in_pair = set(s[(s["repeat"] == f.repeat) & s["fold"].isin([a, b])]["patient"])
+        assert fitted_on[loop.fold_seed(7, f.repeat, f.fold)] == set(s[s["repeat"] == f.repeat]["patient"]) - in_pair
+        assert f.fold not in (0, 1, 2)
+    with pytest.raises(ValueError, match="needs at least 3 outer folds"):
+        sp.cross_fit_folds(sp.make_splits(y, 2, 1, 0))
+    with pytest.raises(ValueError, match="is an outer fold"):
+        sp.left_out_pair(2)
