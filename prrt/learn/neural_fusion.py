@@ -4,7 +4,10 @@ A :class:`NeuralFusion` builds a :class:`prrt.learn.fusion.FusionNet` for each f
 end with the loop every network shares (:func:`prrt.learn.training.fit_network`). What it learns besides
 the weights comes from the fitting patients only: the median imputation and standardisation of each
 table branch (laboratory values, SR-PET lesion features) and, for image branches given the scores of the
-fold's unimodal CNNs, those scores' mean and SD. During training each present modality of a patient is
+fold's unimodal CNNs, those scores' mean and SD. A source of cross-fitted scores
+(:class:`prrt.learn.fusion.FoldModelScores` with ``cross_fitted``) gives the training patients the score of a
+model that saw neither them nor the test fold, so that the fusion does not learn how far to trust an image
+from scores a CNN gave its own training patients; the test patients keep the fold CNN's. During training each present modality of a patient is
 dropped at random (``modality_dropout``, never all of them). Its predictions are prior-corrected with the
 fitting part's share of short PFS; ``predict(..., without=...)`` masks branches as if the patients
 lacked them (for the modality ablation), :meth:`NeuralFusion.modality_weights` gives each patient's
@@ -61,7 +64,10 @@ class NeuralFusion:
             cols.append([data.has(p, key, self.columns.get(m)) for p in patients])
         return torch.tensor(np.array(cols, dtype=np.float32).T.reshape(len(patients), len(self.modalities)))
 
-    def _inputs(self, data, patients) -> dict:
+    def _inputs(self, data, patients, training: bool = False) -> dict:
+        """The branches' inputs of ``patients``; ``training``: they are the fold's training patients, whose image
+        scores come from the cross-fitted models where the source has them (:meth:`FoldModelScores.training_scores`)
+        instead of from the fold's CNN, which saw their labels."""
         out = {}
         for m in self.modalities:
             if m in TABULAR:
@@ -75,8 +81,13 @@ class NeuralFusion:
                 x = torch.zeros((len(patients), 1))
                 have = [i for i, p in enumerate(patients) if data.has(p, m)]
                 if have:
-                    mean, sd = self.score_scale_[m]
-                    z = (self._raw_scores(data, m, [patients[i] for i in have]) - mean) / sd
+                    ids = [patients[i] for i in have]
+                    if training and m in self.cross_fitted_:
+                        mean, sd = self.cross_fitted_scale_[m]
+                        z = (self.cross_fitted_[m].loc[ids].to_numpy(np.float32) - mean) / sd
+                    else:
+                        mean, sd = self.score_scale_[m]
+                        z = (self._raw_scores(data, m, ids) - mean) / sd
                     x[have, 0] = torch.as_tensor(z, dtype=torch.float32)
                 out[m] = x
             else:
@@ -123,6 +134,18 @@ class NeuralFusion:
         for m in self.fold_models:
             fit_scores = np.array([self._known[m][p] for p in part.fit if p in self._known[m]])
             self.score_scale_[m] = (float(fit_scores.mean()), float(fit_scores.std()) or 1.0) if len(fit_scores) else (0.0, 1.0)
+        # cross-fitted sources: the training patients' scores from models that never saw them, standardised on the
+        # fitting part by their own mean and SD (the fold CNN's scores of test patients by the fold CNN's: each
+        # source on its own scale, so that the fusion learns a weight, not a scale)
+        self.cross_fitted_, self.cross_fitted_scale_ = {}, {}
+        for m, source in self.fold_models.items():
+            training = [p for p in part.all if data.has(p, m)]
+            scores = source.training_scores(part, training)
+            if scores is None:
+                continue
+            self.cross_fitted_[m] = scores
+            fit = scores.loc[[p for p in part.fit if p in scores.index]].to_numpy(float)
+            self.cross_fitted_scale_[m] = (float(fit.mean()), float(fit.std()) or 1.0) if len(fit) else (0.0, 1.0)
         self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
         for m in [m for m in self.modalities if m in TABULAR]:
             x = data.table.loc[part.fit, self.columns[m]]
@@ -135,8 +158,8 @@ class NeuralFusion:
         seed_everything(seed)
         model = self._prepare(data, part)
         y_fit = data.y.loc[part.fit].to_numpy(float)
-        x_fit, pr_fit = self._inputs(data, part.fit), self._present(data, part.fit)
-        x_val, pr_val = self._inputs(data, part.val), self._present(data, part.val)
+        x_fit, pr_fit = self._inputs(data, part.fit, training=True), self._present(data, part.fit)
+        x_val, pr_val = self._inputs(data, part.val, training=True), self._present(data, part.val)
         self.model, self.prevalence = model, float(y_fit.mean())
         device = self.device
 
@@ -159,6 +182,7 @@ class NeuralFusion:
                                                      "modalities": self.modalities,
                                                      "mechanism": self.cfg.mechanism,
                                                      "fold_models": {m: f.model for m, f in self.fold_models.items()},
+                                                     "cross_fitted": sorted(self.cross_fitted_),
                                                      "training_part": part.digest()})
 
     def restore(self, data, part, checkpoint: dict):

@@ -275,6 +275,43 @@ def test_fold_model_branches_read_the_cnn_trained_on_the_same_training_part(tmp_
         scores["pet"].load(other)
 
 
+def test_cross_fitted_branches_train_the_fusion_on_scores_of_models_that_never_saw_the_patient(tmp_path):
+    """With a cross-fitted source, the fusion's training patients get the score of a model that saw neither them
+    nor the test fold (standardised on the fitting part), its test patients the fold CNN's; restoring gives the
+    same fusion."""
+    complete, y, _ = _multimodal(missing=False)
+    s = sp.make_splits(y, 3, 2, 0)
+    tcfg = training.TrainConfig(epochs=2, batch_size=8)
+    pet_cnn = image_model.image_spec("pet_cnn", "pet", tcfg, "03", "PET", True)
+    loop.run_models([pet_cnn], complete, None, s, _Profile(), 0, tmp_path)
+    source = fusion.FoldModelScores(tmp_path, "pet_cnn", "pet", "03", cross_fitted=True)
+    first = next(sp.iter_folds(s))
+    part0 = loop.inner_split(first.train, y, tcfg.val_fraction, loop.fold_seed(0, first.repeat, first.fold))
+    with pytest.raises(FileNotFoundError, match="needs the cross-fitted scores of pet_cnn"):
+        source.training_scores(part0, part0.fit[:1])
+    assert fusion.FoldModelScores(tmp_path, "pet_cnn", "pet").training_scores(part0, part0.fit) is None
+    scores = loop.cross_fitted_scores(pet_cnn, complete, s, 0, progress=False)
+    fusion.write_cross_fitted(tmp_path, "pet_cnn", scores)
+    cfg = fusion.FusionConfig(training.TrainConfig(epochs=3, batch_size=32, lr=3e-3), mechanism="intermediate")
+    spec = ch04_fusion.neural_fusion_spec("f", "04", "labs + PET", ["labs", "pet"], _Cohort(), cfg,
+                                          fold_models={"pet": source})
+    results, _ = loop.run_models([spec], complete, None, s, _Profile(), 0, tmp_path, keep_models=True)
+    for f in sp.iter_folds(s):
+        m = results["f"].models[(f.repeat, f.fold)]
+        part = loop.inner_split(f.train, y, cfg.train.val_fraction, loop.fold_seed(0, f.repeat, f.fold))
+        want = loop.training_score_of(scores, f.repeat, f.fold, part.fit).to_numpy()
+        z = m._inputs(complete, part.fit, training=True)["pet"][:, 0].numpy()
+        np.testing.assert_allclose(z, (want - want.mean()) / want.std(), rtol=1e-4, atol=1e-5)
+        # the test patients: the fold CNN's own scores, on that CNN's scale over the fitting part
+        mean, sd = m.score_scale_["pet"]
+        test_z = m._inputs(complete, f.test)["pet"][:, 0].numpy()
+        np.testing.assert_allclose(test_z, (m._raw_scores(complete, "pet", f.test) - mean) / sd, rtol=1e-5)
+        ck = torch.load(tmp_path / "checkpoints" / "f" / f"r{f.repeat}_f{f.fold}.pt", weights_only=True)
+        assert ck["cross_fitted"] == ["pet"]
+    # restored from the checkpoints (and the cross-fitted scores), the fusions predict what they predicted
+    assert len(loop.restore_fold_models(spec, complete, s, 0, tmp_path)) == 6
+
+
 def test_chapter_specs_with_fold_model_branches():
     from dataclasses import replace
 
