@@ -88,7 +88,11 @@ class Profile:
         rest of the network; ``fold_models``: its SR-PET and CT branches are given the score of the
         fold's unimodal CNN (the PET CNN of chapter 03, the pretrained CT CNN of chapter 04), which
         was trained on the same training patients, and only the small networks of the fusion learn
-        (minutes instead of hours on a CPU; see :class:`prrt.learn.FoldModelScores`).
+        (minutes instead of hours on a CPU; see :class:`prrt.learn.FoldModelScores`); ``cross_fitted``: the
+        same, but the fusion's training patients get their scores from CNNs that never saw them nor the test
+        fold (cross-fitting over pairs of outer folds, :func:`prrt.learn.cross_fitted_scores`), so that it does
+        not learn its trust in an image from scores a CNN gave its own training patients (not yet supported by
+        chapter 06's external validation).
     fusion_score_epochs:
         Epochs of a fusion whose image branches are the fold models' scores (the other training settings
         are :data:`prrt.learn.fusion.SCORE_FUSION_TRAINING`).

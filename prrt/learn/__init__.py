@@ -6,7 +6,15 @@ What other subpackages may use is listed in ``__all__``; the rest is private to 
 
 from .base import ModelData, ModelSpec
 from .engines import ENV, engine_from
-from .fusion import SOURCE, FoldModelScores, FusionConfig, LateFusion, fusion_config
+from .fusion import (
+    SCORE_BRANCHES,
+    SOURCE,
+    FoldModelScores,
+    FusionConfig,
+    LateFusion,
+    fusion_config,
+    write_cross_fitted,
+)
 from .image_model import image_data, image_spec
 from .loop import (
     checkpoint_path,
@@ -31,6 +39,7 @@ __all__ = [
     "ModelSpec",
     "NeuralFusion",
     "PretrainConfig",
+    "SCORE_BRANCHES",
     "SOURCE",
     "checkpoint_path",
     "config_from_profile",
@@ -53,4 +62,5 @@ __all__ = [
     "select_device",
     "table_spec",
     "training_score_of",
+    "write_cross_fitted",
 ]

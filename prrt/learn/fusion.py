@@ -301,11 +301,16 @@ SCORE_FUSION_TRAINING = {"epochs": 150, "batch_size": 64, "lr": 3e-3, "weight_de
 SCORE_FUSION_NETWORK = {"lab_width": 0, "dim": 16}
 
 
+#: The profile's ``fusion_image_branches`` values whose image branches are the fold models' scores
+#: (``cross_fitted``: the training patients' scores from cross-fitted models, :class:`FoldModelScores`).
+SCORE_BRANCHES = ("fold_models", "cross_fitted")
+
+
 def fusion_config(profile, mechanism: str, **train_overrides) -> FusionConfig:
     """The settings of a neural fusion under ``profile`` (its epochs and batch size, or, with image
     branches from the fold models, :data:`SCORE_FUSION_TRAINING`)."""
     base = config_from_profile(profile)
-    if getattr(profile, "fusion_image_branches", "end_to_end") == "fold_models":
+    if getattr(profile, "fusion_image_branches", "end_to_end") in SCORE_BRANCHES:
         epochs = {"epochs": getattr(profile, "fusion_score_epochs", SCORE_FUSION_TRAINING["epochs"])}
         return FusionConfig(train=replace(base, **{**SCORE_FUSION_TRAINING, **epochs, **train_overrides}),
                             mechanism=mechanism, **SCORE_FUSION_NETWORK)

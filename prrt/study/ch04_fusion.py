@@ -49,6 +49,7 @@ from ..evaluation import (
 )
 from ..imaging import FEATURES, cohort_features
 from ..learn import (
+    SCORE_BRANCHES,
     SOURCE,
     FoldModelScores,
     FusionConfig,
@@ -56,6 +57,7 @@ from ..learn import (
     ModelSpec,
     NeuralFusion,
     config_from_profile,
+    cross_fitted_scores,
     ct_encoder_state,
     feature_table,
     fusion_config,
@@ -63,8 +65,9 @@ from ..learn import (
     image_spec,
     make_model,
     table_spec,
+    write_cross_fitted,
 )
-from .ch03_images import input_description
+from .ch03_images import image_specs, input_description
 from .names import (
     CLASSICAL,
     CT_PRETRAINED,
@@ -144,7 +147,8 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
 
     With ``profile.fusion_image_branches == "fold_models"`` the neural fusions' image branches are the
     scores of the fold models that ``run_dir`` holds: the PET CNN of chapter 03 and the pretrained CT
-    CNN of this chapter (the CT CNN of chapter 03 when there is no pretraining)."""
+    CNN of this chapter (the CT CNN of chapter 03 when there is no pretraining); with ``"cross_fitted"``
+    the training patients' scores come from cross-fitted models instead (:func:`write_cross_fitted_scores`)."""
     cfg = config_from_profile(profile)
     no_weights = "no CT pretraining in the manifest (ct_pretraining) or the run (--ct-weights)"
     specs = [image_spec("ct_cnn_pretrained", "ct", cfg, chapter,
@@ -157,21 +161,25 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
     pretrained = " (CT branch pretrained)" if ct_state is not None else ""
 
     branches = getattr(profile, "fusion_image_branches", "end_to_end")
-    if branches not in ("end_to_end", "fold_models"):
-        raise ValueError(f"fusion_image_branches must be 'end_to_end' or 'fold_models', not {branches!r}")
+    if branches not in ("end_to_end", *SCORE_BRANCHES):
+        raise ValueError(f"fusion_image_branches must be 'end_to_end', 'fold_models' or 'cross_fitted', "
+                         f"not {branches!r}")
     fold_models = None
-    if branches == "fold_models":
+    if branches in SCORE_BRANCHES:
         if run_dir is None:
             raise ValueError("fusions with image branches from the fold models need the run folder (run_dir)")
         ct_source = "ct_cnn_pretrained" if ct_state is not None else "ct_cnn"
-        fold_models = {"pet": FoldModelScores(run_dir, "pet_cnn", "pet", MODEL_CHAPTERS["pet_cnn"]),
-                       "ct": FoldModelScores(run_dir, ct_source, "ct", MODEL_CHAPTERS[ct_source])}
+        crossed = branches == "cross_fitted"
+        fold_models = {"pet": FoldModelScores(run_dir, "pet_cnn", "pet", MODEL_CHAPTERS["pet_cnn"], crossed),
+                       "ct": FoldModelScores(run_dir, ct_source, "ct", MODEL_CHAPTERS[ct_source], crossed)}
         pretrained = " (CT CNN pretrained)" if ct_state is not None else ""
 
     def text_of(mods, text, mechanism):
         cnn = "CNN score" if fold_models else "CNN"
         lesions = f" ({cnn} and lesion features)" if "pet_features" in fusion_modalities(mods, profile) else ""
-        images = ", image branches: the fold's unimodal CNN scores" if fold_models and {"pet", "ct"} & set(mods) else ""
+        images = (", image branches: the fold's unimodal CNN scores"
+                  + (" (training patients: cross-fitted)" if branches == "cross_fitted" else "")
+                  if fold_models and {"pet", "ct"} & set(mods) else "")
         return (text.replace("SR-PET", f"SR-PET{lesions}") + f", {mechanism} fusion"
                 + (pretrained if "ct" in mods else "") + images)
 
@@ -208,7 +216,17 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
 # ---- what chapter 04 shows ---------------------------------------------------------------------------
 def image_branches_text(profile, ct_pretrained: bool) -> str:
     """How this run's neural fusions get their SR-PET and CT branches, in a sentence or two (Markdown)."""
-    if getattr(profile, "fusion_image_branches", "end_to_end") == "fold_models":
+    branches = getattr(profile, "fusion_image_branches", "end_to_end")
+    if branches == "cross_fitted":
+        ct = "the pretrained CT CNN above" if ct_pretrained else "the CT CNN of chapter 3"
+        return ("In this run (profile setting `fusion_image_branches: cross_fitted`) the fusions train no CNN of their "
+                "own: their SR-PET and CT branches are given a CNN's score. For a fold's test patients it is the "
+                f"fold's unimodal CNN (the PET CNN of chapter 3 and {ct}); for its training patients, whose labels "
+                "that CNN has seen, it comes from a CNN of the same kind fitted without them and without the test "
+                "fold (cross-fitting: for every pair of folds, one CNN fitted on the remaining fold or folds scores "
+                "the patients of the pair). So the fusion learns how far to trust an image from scores of patients "
+                "the scoring network never saw, as it meets them at test time.")
+    if branches == "fold_models":
         ct = "the pretrained CT CNN above" if ct_pretrained else "the CT CNN of chapter 3"
         return ("In this run (profile setting `fusion_image_branches: fold_models`) the fusions train no CNN of their "
                 "own: their SR-PET and CT branches are given the score of the fold's unimodal CNN (the PET CNN of "
@@ -321,8 +339,27 @@ def fit_chapter_models(ctx, ct_state: dict | None) -> tuple[object, dict, pd.Dat
     results and the run's summary (with the chapter's rows)."""
     data = image_data(ctx.cohort, ctx.profile, ctx.cache_dir, table=chapter_table(ctx.cohort, ctx.run_dir))
     specs = chapter_specs(ctx.cohort, ctx.profile, ct_state, run_dir=ctx.run_dir)
+    write_cross_fitted_scores(ctx, specs, data)
     results, summary = fit_models(ctx, specs, data, keep_models=True)
     return data, results, summary
+
+
+def write_cross_fitted_scores(ctx, specs: list[ModelSpec], data) -> list[str]:
+    """With the profile's ``fusion_image_branches: cross_fitted``: the cross-fitted scores
+    (:func:`prrt.learn.cross_fitted_scores`) of every image model a fusion of ``specs`` reads (chapter 03's PET
+    CNN, the CT source), written where the fusions read them. Returns the models scored (none otherwise)."""
+    if getattr(ctx.profile, "fusion_image_branches", "end_to_end") != "cross_fitted":
+        return []
+    known = {s.name: s for s in [*image_specs(ctx.cohort, ctx.profile), *specs]}
+    needed = list(dict.fromkeys(m for s in specs if s.build is not None for m in s.requires))
+    done = []
+    for name in needed:
+        spec = known.get(name)
+        if spec is None or spec.build is None:
+            continue
+        write_cross_fitted(ctx.run_dir, name, cross_fitted_scores(spec, data, ctx.splits, ctx.seed, engine=ctx.engine))
+        done.append(name)
+    return done
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:

@@ -53,6 +53,7 @@ from ..explain import (
 )
 from ..imaging import box_of, display_arrays, preprocess_cohort
 from ..learn import (
+    SCORE_BRANCHES,
     FoldModelScores,
     config_from_profile,
     fusion_config,
@@ -96,7 +97,8 @@ def fusion_spec_of_run(cohort, profile, run_dir, name: str | None = None):
     if not found:
         return None
     ck = torch.load(found[0], map_location="cpu", weights_only=True)
-    scores = {m: FoldModelScores(run_dir, model, m, MODEL_CHAPTERS.get(model, ""))
+    crossed = set(ck.get("cross_fitted", []))
+    scores = {m: FoldModelScores(run_dir, model, m, MODEL_CHAPTERS.get(model, ""), m in crossed)
               for m, model in ck.get("fold_models", {}).items()}
     mods, text = FUSIONS[name]
     spec = neural_fusion_spec(name, "04", text, fusion_modalities(mods, profile), cohort,
@@ -160,7 +162,7 @@ def example_panels(saliency: Saliency, cohort, profile, cache_dir, risk: pd.Seri
 
 def branches_text(profile) -> str:
     """Whether the CNNs whose maps chapter 05 shows are also the fusions' image branches in this run."""
-    if getattr(profile, "fusion_image_branches", "end_to_end") == "fold_models":
+    if getattr(profile, "fusion_image_branches", "end_to_end") in SCORE_BRANCHES:
         return ("In this run these CNNs are also the fusions' SR-PET and CT branches (chapter 4 gives the fusions "
                 "their scores), so their maps are the image side of the fusions too.")
     return ("In this run the fusions train SR-PET and CT encoders of their own (end to end); the maps here are of the "

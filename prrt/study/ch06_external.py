@@ -147,6 +147,12 @@ def validate_externally(ctx, validate_on, ct_weights: str = "", ct_weights_prefi
     :class:`prrt.study.notebook.Context`. Writes ``external/`` (splits, checkpoints, predictions) and
     ``results/06_external_validation.csv``; returns an :class:`ExternalValidation`."""
 
+    if getattr(ctx.profile, "fusion_image_branches", "end_to_end") == "cross_fitted":
+        # its development fit trains on every site-A patient (no outer folds to cross-fit over): refuse rather
+        # than let the fusion learn its trust from scores the CNNs gave their own training patients
+        raise ValueError("external validation cannot yet fit fusions whose image branches are cross-fitted "
+                         "(fusion_image_branches: cross_fitted): its development fit has no outer folds to cross-fit "
+                         "over; use 'fold_models' or 'end_to_end' for chapter 06")
     development = ctx.cohort
     external_cohort = load_cohort(validate_on, check_images="exists")
     cohort, ext = merge_cohorts(development, external_cohort)

@@ -326,7 +326,8 @@ def test_chapter_specs_with_fold_model_branches():
     assert get_profile("paper").fusion_image_branches == "end_to_end"
     with pytest.raises(ValueError, match="need the run folder"):
         ch04_fusion.chapter_specs(Full(), smoke, None)
-    with pytest.raises(ValueError, match="fusion_image_branches must be 'end_to_end' or 'fold_models', not 'cnn'"):
+    with pytest.raises(ValueError, match="fusion_image_branches must be 'end_to_end', 'fold_models' or "
+                                         "'cross_fitted', not 'cnn'"):
         ch04_fusion.chapter_specs(Full(), replace(smoke, fusion_image_branches="cnn"), None, run_dir="r")
     specs = {s.name: s for s in ch04_fusion.chapter_specs(Full(), smoke, {"w": torch.zeros(1)}, run_dir="r")}
     head = specs["lab_pet_ct_fusion"]
@@ -346,6 +347,33 @@ def test_chapter_specs_with_fold_model_branches():
     assert demo["lab_pet_ct_late"].reason == "not trained in the demo profile (fusion_models = neural)"
 
 
+def test_chapter_04_writes_cross_fitted_scores_for_the_image_models_its_fusions_read(tmp_path):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from prrt.profiles import get_profile
+
+    complete, y, _ = _multimodal(missing=False)
+    s = sp.make_splits(y, 3, 1, 0)
+    crossed = replace(get_profile("smoke"), fusion_image_branches="cross_fitted", fusion_models="fusion")
+    specs = ch04_fusion.chapter_specs(_Cohort(), crossed, None, run_dir=tmp_path)
+    head = {x.name: x for x in specs}[ch04_fusion.HEADLINE]
+    assert head.inputs.endswith("image branches: the fold's unimodal CNN scores (training patients: cross-fitted)")
+    assert head.requires == ("pet_cnn", "ct_cnn")
+    fused = head.build(0)
+    assert all(f.cross_fitted for f in fused.fold_models.values())
+    assert fused.cfg.train.batch_size == fusion.SCORE_FUSION_TRAINING["batch_size"]  # a score fusion's training
+    assert "cross-fitting" in ch04_fusion.image_branches_text(crossed, False)
+    ctx = SimpleNamespace(profile=crossed, cohort=_Cohort(), splits=s, seed=0, engine=None, run_dir=tmp_path)
+    assert ch04_fusion.write_cross_fitted_scores(ctx, specs, complete) == ["pet_cnn", "ct_cnn"]
+    for name in ("pet_cnn", "ct_cnn"):
+        written = pd.read_csv(fusion.cross_fitted_path(tmp_path, name))
+        assert len(written) == 3 * 2 / 3 * len(y.dropna()) and set(written["fold_b"]) == {1, 2}
+    # the other settings write nothing
+    assert ch04_fusion.write_cross_fitted_scores(SimpleNamespace(**{**vars(ctx), "profile": get_profile("smoke")}),
+                                                 specs, complete) == []
+
+
 def test_image_branches_text_says_how_the_run_trained_them():
     from dataclasses import replace
 
@@ -359,3 +387,16 @@ def test_image_branches_text_says_how_the_run_trained_them():
         "In this run the fusions train their SR-PET and CT encoders end to end (the CT encoder from the pretrained "
         "weights), with the rest of the network.")
     assert ch04_fusion.image_branches_text(get_profile("paper"), False).endswith("end to end, with the rest of the network.")
+
+
+def test_external_validation_refuses_cross_fitted_fusions_instead_of_leaking(tmp_path):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from prrt.profiles import get_profile
+    from prrt.study import ch06_external
+
+    ctx = SimpleNamespace(profile=replace(get_profile("smoke"), fusion_image_branches="cross_fitted"), run_dir=tmp_path)
+    with pytest.raises(ValueError, match="external validation cannot yet fit fusions whose image branches are "
+                                         "cross-fitted"):
+        ch06_external.validate_externally(ctx, tmp_path / "site_b.yaml")
