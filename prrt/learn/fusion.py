@@ -41,6 +41,7 @@ with :data:`SCORE_FUSION_TRAINING` (:func:`fusion_config`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -160,8 +161,6 @@ class FoldModelScores:
         return {**self.__dict__, "_index": None, "_scores": None}
 
     def _find(self, digest: str) -> str:
-        from pathlib import Path
-
         folder = Path(self.run_dir) / "checkpoints" / self.model
         if self._index is None or digest not in self._index:
             self._index = {}
@@ -187,8 +186,6 @@ class FoldModelScores:
         read from :func:`cross_fitted_path`); None otherwise (the fold's CNN scores its own training patients)."""
         if not self.cross_fitted:
             return None
-        from pathlib import Path
-
         name = Path(self._find(part.digest())).stem  # r<repeat>_f<fold>
         repeat, fold = (int(x[1:]) for x in name.split("_"))
         if self._scores is None:
@@ -203,8 +200,6 @@ class FoldModelScores:
 
 def cross_fitted_path(run_dir, model: str):
     """Where a run keeps the cross-fitted scores of ``model``: ``predictions/cross_fitted/<model>.csv``."""
-    from pathlib import Path
-
     return Path(run_dir) / "predictions" / "cross_fitted" / f"{model}.csv"
 
 

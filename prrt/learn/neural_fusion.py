@@ -39,6 +39,11 @@ from .training import autocast, fit_network, seed_everything, select_device, to_
 from .weights import load_encoder_weights
 
 
+def _mean_sd(x: np.ndarray) -> tuple[float, float]:
+    """Mean and SD of a branch's scores over the fitting patients (SD 1 when they do not vary; 0 and 1 for none)."""
+    return (float(x.mean()), float(x.std()) or 1.0) if len(x) else (0.0, 1.0)
+
+
 class NeuralFusion:
     """Intermediate or adaptive fusion, trained end to end (the model interface of :mod:`prrt.learn.base`)."""
 
@@ -132,8 +137,7 @@ class NeuralFusion:
         self._known, self.score_scale_ = {}, {}
         self.remember_scores(data, part.fit + part.val)
         for m in self.fold_models:
-            fit_scores = np.array([self._known[m][p] for p in part.fit if p in self._known[m]])
-            self.score_scale_[m] = (float(fit_scores.mean()), float(fit_scores.std()) or 1.0) if len(fit_scores) else (0.0, 1.0)
+            self.score_scale_[m] = _mean_sd(np.array([self._known[m][p] for p in part.fit if p in self._known[m]]))
         # cross-fitted sources: the training patients' scores from models that never saw them, standardised on the
         # fitting part by their own mean and SD (the fold CNN's scores of test patients by the fold CNN's: each
         # source on its own scale, so that the fusion learns a weight, not a scale)
@@ -144,8 +148,7 @@ class NeuralFusion:
             if scores is None:
                 continue
             self.cross_fitted_[m] = scores
-            fit = scores.loc[[p for p in part.fit if p in scores.index]].to_numpy(float)
-            self.cross_fitted_scale_[m] = (float(fit.mean()), float(fit.std()) or 1.0) if len(fit) else (0.0, 1.0)
+            self.cross_fitted_scale_[m] = _mean_sd(scores.loc[[p for p in part.fit if p in scores.index]].to_numpy(float))
         self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
         for m in [m for m in self.modalities if m in TABULAR]:
             x = data.table.loc[part.fit, self.columns[m]]

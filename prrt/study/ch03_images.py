@@ -59,7 +59,6 @@ from .reported import STUDY_COHORT, STUDY_REPORTED, comparison_tables
 
 #: The laboratory model of chapter 02 that the networks are compared with.
 LAB_MODEL = "lab_rf"
-#: Chapter 02's model on the SR-PET lesion features: what the images give without a network.
 #: Chapter 02's models on the SR-PET lesion features, and what the reading calls them.
 FEATURE_MODELS = {"pet_features_rf": "Random Forest", "pet_features_logreg": "logistic regression"}
 
@@ -195,6 +194,7 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
         lo, hi = ran.at[m, "auroc_ci_low"], ran.at[m, "auroc_ci_high"]
         return (float(lo), float(hi)) if pd.notna(lo) and pd.notna(hi) else None
 
+    statistics = _best_input_statistics(ctx)
     parts = []
     for m in nets:
         desc, key = IMAGE_MODELS[m][1], IMAGE_MODELS[m][2]
@@ -211,9 +211,8 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
                 text += (f"; its interval lies below the bound's ({lo:.2f}–{hi:.2f})" if own[1] < lo else
                          f"; the two intervals overlap (the bound's: {lo:.2f}–{hi:.2f}), so this cohort cannot tell "
                          "how far below it the network really is")
-        best_statistic = _best_input_statistic(ctx, IMAGE_MODELS[m][0])
-        if best_statistic is not None:
-            name, value = best_statistic
+        if IMAGE_MODELS[m][0] in statistics:
+            name, value = statistics[IMAGE_MODELS[m][0]]
             value = round(value, 2)
             d = auc - value
             text += (f"; it is {abs(d):.2f} {'above' if d > 0 else 'below'} the best single statistic of its input "
@@ -241,18 +240,16 @@ def reading_of_the_networks(ctx, summary: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def _best_input_statistic(ctx, modality: str) -> tuple[str, float] | None:
-    """The statistic of the input-signal table (``results/03_input_signal.csv``) with the highest AUROC for
-    ``modality`` on the profile's input, and that AUROC; None without the table or a value."""
+def _best_input_statistics(ctx) -> dict[str, tuple[str, float]]:
+    """For each modality of the input-signal table (``results/03_input_signal.csv``), on the profile's input: the
+    statistic with the highest AUROC and that AUROC; empty without the table."""
     path = ctx.run_dir / "results" / "03_input_signal.csv"
     if not path.is_file():
-        return None
+        return {}
     t = pd.read_csv(path)
-    t = t[(t["modality"] == modality) & (t["input"] == ctx.profile.roi)].dropna(subset=["auroc_either_direction"])
-    if not len(t):
-        return None
-    row = t.loc[t["auroc_either_direction"].idxmax()]
-    return str(row["statistic"]), float(row["auroc_either_direction"])
+    t = t[t["input"] == ctx.profile.roi].dropna(subset=["auroc_either_direction"])
+    best = t.loc[t.groupby("modality")["auroc_either_direction"].idxmax()]
+    return {str(r["modality"]): (str(r["statistic"]), float(r["auroc_either_direction"])) for _, r in best.iterrows()}
 
 
 def page_numbers(profile) -> dict[str, str]:

@@ -217,8 +217,8 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
 def image_branches_text(profile, ct_pretrained: bool) -> str:
     """How this run's neural fusions get their SR-PET and CT branches, in a sentence or two (Markdown)."""
     branches = getattr(profile, "fusion_image_branches", "end_to_end")
+    ct = "the pretrained CT CNN above" if ct_pretrained else "the CT CNN of chapter 3"
     if branches == "cross_fitted":
-        ct = "the pretrained CT CNN above" if ct_pretrained else "the CT CNN of chapter 3"
         return ("In this run (profile setting `fusion_image_branches: cross_fitted`) the fusions train no CNN of their "
                 "own: their SR-PET and CT branches are given a CNN's score. For a fold's test patients it is the "
                 f"fold's unimodal CNN (the PET CNN of chapter 3 and {ct}); for its training patients, whose labels "
@@ -227,7 +227,6 @@ def image_branches_text(profile, ct_pretrained: bool) -> str:
                 "the patients of the pair). So the fusion learns how far to trust an image from scores of patients "
                 "the scoring network never saw, as it meets them at test time.")
     if branches == "fold_models":
-        ct = "the pretrained CT CNN above" if ct_pretrained else "the CT CNN of chapter 3"
         return ("In this run (profile setting `fusion_image_branches: fold_models`) the fusions train no CNN of their "
                 "own: their SR-PET and CT branches are given the score of the fold's unimodal CNN (the PET CNN of "
                 f"chapter 3 and {ct}), standardised on the fitting patients. That CNN was trained on exactly the "
