@@ -91,11 +91,17 @@ class Profile:
         (minutes instead of hours on a CPU; see :class:`prrt.learn.FoldModelScores`); ``cross_fitted``: the
         same, but the fusion's training patients get their scores from CNNs that never saw them nor the test
         fold (cross-fitting over pairs of outer folds, :func:`prrt.learn.cross_fitted_scores`), so that it does
-        not learn its trust in an image from scores a CNN gave its own training patients (not yet supported by
-        chapter 06's external validation).
+        not learn its trust in an image from scores a CNN gave its own training patients (chapter 06's external
+        design, with one outer fold, cross-fits over three inner folds of the development cohort). ``cross_fitted``
+        in the smoke and demo profiles: ``fold_models`` is kept for comparison, and it leaks (a CNN's score of its
+        own training patients is better than of new ones, so the fusion over-trusts the images).
     fusion_score_epochs:
         Epochs of a fusion whose image branches are the fold models' scores (the other training settings
         are :data:`prrt.learn.fusion.SCORE_FUSION_TRAINING`).
+    label_fractions, label_fraction_repeats:
+        Chapter 04's pretraining figure: the CT CNN from scratch and with the pretrained encoder, each fitted on
+        these shares of every training part's labels (besides all of them, which the chapter's models are), on
+        the first ``label_fraction_repeats`` repeats of the splits (0: all). An empty tuple leaves the figure out.
     fusion_models:
         Which models chapter 04 trains: ``all`` (the seven models and the three mechanisms),
         ``neural`` (all but the late fusion, whose nested cross-validation trains each CNN four times
@@ -140,6 +146,8 @@ class Profile:
     fusion_image_branches: str = "end_to_end"
     fusion_score_epochs: int = 150
     fusion_models: str = "all"
+    label_fractions: tuple[float, ...] = (0.25, 0.5)
+    label_fraction_repeats: int = 0
     display_size_voxels: tuple[int, int, int] = (96, 96, 80)
     gradcam_repeats: int = 0
     sanity_patients: int = 30
@@ -176,9 +184,11 @@ PROFILES: dict[str, Profile] = {
         n_bootstrap=200,
         pretrain_epochs=2,
         late_inner_folds=2,
-        fusion_image_branches="fold_models",
+        fusion_image_branches="cross_fitted",
         fusion_score_epochs=10,
         fusion_models="headline",
+        label_fractions=(0.5,),
+        label_fraction_repeats=1,
         gradcam_repeats=1,
         sanity_patients=8,
         description="Tiny volumes and few repeats: proves that every notebook runs end to end.",
@@ -196,8 +206,8 @@ PROFILES: dict[str, Profile] = {
         montage_patients=4,
         rf_trees=300,
         permutation_repeats=3,
-        fusion_image_branches="fold_models",
-        fusion_models="neural",
+        fusion_image_branches="cross_fitted",
+        label_fraction_repeats=2,
         description="Sized for the synthetic cohort on a 2-core laptop CPU.",
     ),
     "paper": Profile(

@@ -3,8 +3,9 @@ patient's scans and masks overlap in patient space.
 
 :func:`check_images`, as far as ``check_images`` says: ``"exists"`` (the files exist), ``"header"`` (each
 file's header is read) or ``"full"`` (every voxel is read and checked, :func:`prrt.imaging.read_image`);
-every patient needs a CT (a PET) when the manifest names CT (PET) images, since all models share one set
-of splits, while a patient without a lesion mask or organ map is a warning; the manifest's
+a patient without a CT, a PET, a lesion mask or an organ map is a warning that says what follows (the
+models of a scan leave out the patients without it, the fusions predict them without it), a manifest
+that names a scan no patient has is an error; the manifest's
 ``ct_pretraining`` files must exist. :func:`check_geometry`: the fields of view of a patient's PET, CT,
 mask and organ map overlap (from the headers), and, in ``"full"`` mode, the lesion mask has lesion voxels
 inside each scan.
@@ -69,13 +70,17 @@ def check_images(d: Draft) -> list[Problem]:
                 if problem is not None:
                     problems.append(problem)
         d.image_paths[modality] = paths
-        if modality in ("ct", "pet"):
-            # every model is fitted and tested on the same splits of all labelled patients: a scan's model
-            # cannot leave a patient out
-            problems += [d.problem(f"has no {modality.upper()} (empty cell), but the manifest names {modality.upper()} "
-                                   f"images: every patient needs one, as all models share one set of splits. Add "
-                                   f"it, leave the patient out of the table, or leave '{modality}' out of 'images'",
-                                   i, col) for i in blank]
+        if modality in ("ct", "pet") and blank:
+            # the splits stay shared: a model of this scan leaves these patients out, the fusions predict them without
+            name = modality.upper()
+            problems.append(Problem(f"{len(blank)} of {len(d.df)} patients have no {name} (empty cell): "
+                                    f"{d.rows_text(blank)}; the {name} models are fitted and scored without them "
+                                    f"(the tables say on how many patients), the fusions predict them without "
+                                    f"{name}" + (" and its lesion features" if modality == "pet" else ""),
+                                    column=col, file=d.tfile, severity=WARNING))
+            if len(blank) == len(d.df):
+                problems.append(Problem(f"no patient has a {name} although the manifest names {name} images: "
+                                        f"leave '{modality}' out of 'images'", column=col, file=d.tfile))
         elif blank:
             effect = {"mask": "their input box is placed around a PET threshold segmentation instead",
                       "organs": "no tumour-to-liver or tumour-to-spleen ratio, an input box around the lesions "

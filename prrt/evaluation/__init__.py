@@ -8,7 +8,7 @@ What other subpackages may use is listed in ``__all__``; the rest is private to 
 # their own, so that ``prrt.evaluation.calibration`` and ``prrt.evaluation.table1`` stay the modules
 from .calibration import calibration as calibration_bins
 from .calibration import net_benefit
-from .comparison import compare_models, format_p, p_phrase, pairwise_table
+from .comparison import compare_models, format_p, holm, p_phrase, pairwise_table
 from .external import comparison_table, external_metrics
 from .metrics import (
     assemble_predictions,
@@ -47,7 +47,6 @@ from .table1 import (
     cohort_table1,
     display_table1,
     exclusion_summary,
-    holm,
     odds_ratio_table,
     pool_rare_levels,
 )

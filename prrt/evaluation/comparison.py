@@ -8,7 +8,8 @@
   ignores the variability from re-splitting).
 
 :func:`compare_models` computes both for the predictions of two models (the format of
-:mod:`prrt.evaluation.metrics`); :func:`pairwise_table` compares every model with a reference.
+:mod:`prrt.evaluation.metrics`); :func:`pairwise_table` compares every model with a reference;
+:func:`holm` adjusts a family of p-values for multiplicity (Holm's step-down method).
 :func:`format_p` writes a p-value as a table shows it (``<0.001``, ``0.215``), :func:`p_phrase` as prose
 puts it after "p" (``<0.001``, ``= 0.215``).
 """
@@ -28,6 +29,7 @@ def corrected_resampled_ttest(diffs, n_train: int, n_test: int) -> dict:
 
     ``diffs``: one difference (model A − model B) per (repeat, fold), J values in all. The variance
     of the mean is ``(1/J + n_test/n_train) * s²`` instead of ``s²/J``; t has J − 1 degrees of freedom.
+    ``ci_low``, ``ci_high``: the 95 % interval of the mean difference on that t distribution.
     """
     d = np.asarray(diffs, float)
     J = len(d)
@@ -36,9 +38,13 @@ def corrected_resampled_ttest(diffs, n_train: int, n_test: int) -> dict:
     var = d.var(ddof=1)
     mean = d.mean()
     if var == 0:
-        return {"mean_difference": mean, "t": np.inf if mean else 0.0, "df": J - 1, "p": 0.0 if mean else 1.0}
-    t = mean / np.sqrt((1 / J + n_test / n_train) * var)
-    return {"mean_difference": mean, "t": float(t), "df": J - 1, "p": float(2 * stats.t.sf(abs(t), J - 1))}
+        return {"mean_difference": mean, "t": np.inf if mean else 0.0, "df": J - 1, "p": 0.0 if mean else 1.0,
+                "ci_low": mean, "ci_high": mean}
+    se = np.sqrt((1 / J + n_test / n_train) * var)
+    half = stats.t.ppf(0.975, J - 1) * se
+    return {"mean_difference": mean, "t": float(mean / se), "df": J - 1,
+            "p": float(2 * stats.t.sf(abs(mean / se), J - 1)),
+            "ci_low": float(mean - half), "ci_high": float(mean + half)}
 
 
 def _midrank(x):
@@ -76,7 +82,10 @@ def delong_test(y, score_a, score_b) -> dict:
 
 
 def compare_models(pred_a: pd.DataFrame, pred_b: pd.DataFrame, splits: pd.DataFrame) -> dict:
-    """Paired comparison of two models evaluated on the same splits (see module docstring)."""
+    """Paired comparison of two models evaluated on the same splits (see module docstring), on the labelled
+    patients both predicted (a model of one image scores only the patients with that image)."""
+    both = set(labelled(pred_a)["patient"]) & set(labelled(pred_b)["patient"])
+    pred_a, pred_b = pred_a[pred_a["patient"].isin(both)], pred_b[pred_b["patient"].isin(both)]
     fa, fb = per_fold_auroc(pred_a), per_fold_auroc(pred_b)
     if not fa.index.equals(fb.index):
         raise ValueError("the two models were not evaluated on the same repeats and folds")
@@ -88,7 +97,23 @@ def compare_models(pred_a: pd.DataFrame, pred_b: pd.DataFrame, splits: pd.DataFr
     y = labelled(pred_a).groupby("patient")["label"].first().loc[ma.index]
     dl = delong_test(y.to_numpy(int), ma.to_numpy(), mb.loc[ma.index].to_numpy())
     return {"auroc_difference": float(nb["mean_difference"]), "p_corrected_t": nb["p"], "t": nb["t"],
-            "df": nb["df"], "p_delong": dl["p"], "delong_difference": dl["difference"]}
+            "df": nb["df"], "ci_low": float(nb["ci_low"]), "ci_high": float(nb["ci_high"]),
+            "p_delong": dl["p"], "delong_difference": dl["difference"]}
+
+
+def holm(p_values: pd.Series) -> pd.Series:
+    """Holm-adjusted p-values (statsmodels ``multipletests``) of the non-missing entries; NaN elsewhere.
+
+    Holm's step-down method controls the family-wise error rate over all the tests of the family,
+    without assuming that the tests are independent.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    out = pd.Series(np.nan, index=p_values.index)
+    ok = p_values.notna()
+    if ok.any():
+        out[ok] = multipletests(p_values[ok].to_numpy(float), method="holm")[1]
+    return out
 
 
 def p_phrase(p) -> str:

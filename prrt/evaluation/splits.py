@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.model_selection import KFold, RepeatedStratifiedKFold, StratifiedKFold
 
 SPLITS_FILE = "splits.csv"
 
@@ -82,7 +82,11 @@ def iter_folds(splits: pd.DataFrame):
 PAIR_BASE = 100
 
 
-def cross_fit_folds(splits: pd.DataFrame) -> list[Fold]:
+#: Inner folds over the training-only patients when a design has a single outer fold (external validation).
+SINGLE_FOLD_INNER = 3
+
+
+def cross_fit_folds(splits: pd.DataFrame, y: pd.Series | None = None, seed: int = 0) -> list[Fold]:
     """The folds that give every training patient of every outer fold a score from a model that saw neither that
     patient nor the outer fold's test patients (cross-fitting aligned with the outer split).
 
@@ -91,10 +95,19 @@ def cross_fit_folds(splits: pd.DataFrame) -> list[Fold]:
     outer fold ``a`` is scored by the model of pair ``(a, b)``, which never saw ``p`` nor fold ``a``. With ``k``
     outer folds that is ``k (k - 1) / 2`` models per repeat, each on ``k - 2`` folds (3 models on one fold each for
     3-fold CV), shared by two outer folds. Fold numbers: :data:`PAIR_BASE` ``+ 10 a + b``.
+
+    A repeat with a single outer fold ``a`` and training-only patients (the external design,
+    :func:`external_splits`) has no second outer fold to pair with: its training-only patients are split into
+    :data:`SINGLE_FOLD_INNER` folds (stratified by ``y`` where given, from ``seed``), and the model of inner fold
+    ``b`` (numbered 1, 2, ...) trains on the other inner folds and scores fold ``b``: pair ``(a, b)``, again a model
+    that saw neither the patient nor fold ``a``.
     """
     out = []
     for repeat, in_repeat in splits.groupby("repeat", sort=True):
         folds = sorted(f for f in in_repeat["fold"].unique() if f != TRAINING_ONLY)
+        if len(folds) == 1 and (in_repeat["fold"] == TRAINING_ONLY).any():
+            out += _single_fold_pairs(int(repeat), int(folds[0]), in_repeat, y, seed)
+            continue
         if len(folds) < 3:
             raise ValueError(f"cross-fitting needs at least 3 outer folds (repeat {repeat} has {len(folds)}): with "
                              "2, nothing is left to train on once both are left out")
@@ -106,6 +119,22 @@ def cross_fit_folds(splits: pd.DataFrame) -> list[Fold]:
                 left_out = in_repeat["fold"].isin([a, b])
                 out.append(Fold(int(repeat), PAIR_BASE + 10 * int(a) + int(b),
                                 sorted(in_repeat.loc[~left_out, "patient"]), sorted(in_repeat.loc[left_out, "patient"])))
+    return out
+
+
+def _single_fold_pairs(repeat: int, a: int, in_repeat: pd.DataFrame, y: pd.Series | None, seed: int) -> list[Fold]:
+    """The cross-fitting folds of a repeat with one outer fold ``a``: inner folds over its training-only patients."""
+    if a > 9:
+        raise ValueError(f"cross-fitting numbers pairs of folds with one digit each; the outer fold is {a}")
+    train = sorted(in_repeat.loc[in_repeat["fold"] == TRAINING_ONLY, "patient"])
+    if len(train) < 2 * SINGLE_FOLD_INNER:
+        raise ValueError(f"cross-fitting needs at least {2 * SINGLE_FOLD_INNER} training patients, not {len(train)}")
+    labels = None if y is None else y.loc[train].astype(int).to_numpy()
+    cv = (StratifiedKFold if labels is not None else KFold)(SINGLE_FOLD_INNER, shuffle=True,
+                                                              random_state=(seed + repeat) % 2**32)
+    out = []
+    for b, (rest, held) in enumerate(cv.split(np.zeros(len(train)), labels), start=1):
+        out.append(Fold(repeat, PAIR_BASE + 10 * a + b, [train[i] for i in rest], [train[i] for i in held]))
     return out
 
 

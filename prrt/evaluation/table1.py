@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .comparison import format_p
+from .comparison import format_p, holm
 
 FISHER_MONTE_CARLO_TABLES = 20_000
 RARE_LEVEL = 5
@@ -133,21 +133,6 @@ def pool_rare_levels(values: pd.Series, rare: int = RARE_LEVEL) -> pd.Series:
     counts = text.value_counts()
     out = text.where(~text.isin(counts.index[counts < rare]), POOLED_LEVEL)
     return out.reindex(values.index)
-
-
-def holm(p_values: pd.Series) -> pd.Series:
-    """Holm-adjusted p-values (statsmodels ``multipletests``) of the non-missing entries; NaN elsewhere.
-
-    Holm's step-down method controls the family-wise error rate over all the variables of the
-    table, without assuming that the tests are independent.
-    """
-    from statsmodels.stats.multitest import multipletests
-
-    out = pd.Series(np.nan, index=p_values.index)
-    ok = p_values.notna()
-    if ok.any():
-        out[ok] = multipletests(p_values[ok].to_numpy(float), method="holm")[1]
-    return out
 
 
 def _natural_key(s: str):

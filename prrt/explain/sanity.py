@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..evaluation import iter_folds
-from ..learn import fold_seed, inner_split
+from ..learn import fold_seed, folds_of, inner_split
 from .gradcam import gradcam_maps
 from .saliency import Saliency
 
@@ -140,10 +140,11 @@ def sanity_checks(saliency: Saliency, specs: list, data, splits: pd.DataFrame, s
     from tqdm.auto import tqdm
 
 
-    fold = next(iter_folds(splits))
+    first = next(iter_folds(splits))
     cascade, labels, aurocs = [], [], {}
     by_name = {s.name: s for s in specs}
     for name in tqdm(list(saliency.layers), desc="sanity checks", unit="model", disable=not progress):
+        fold = folds_of(by_name[name], data, [first])[0]  # the fold's patients with the model's image
         model = saliency.models[name][(fold.repeat, fold.fold)]
         images = data.images[model.modality]
         patients = [p for p in fold.test if images.has(p)][:n_patients]

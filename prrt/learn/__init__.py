@@ -4,7 +4,7 @@ tabular models, networks, the training engine, CT pretraining and the fusion mec
 What other subpackages may use is listed in ``__all__``; the rest is private to this one.
 """
 
-from .base import ModelData, ModelSpec
+from .base import FewerLabels, ModelData, ModelSpec
 from .engines import ENV, engine_from
 from .fusion import (
     SCORE_BRANCHES,
@@ -19,7 +19,9 @@ from .image_model import image_data, image_spec
 from .loop import (
     checkpoint_path,
     cross_fitted_scores,
+    cross_validate,
     fold_seed,
+    folds_of,
     inner_split,
     restore_fold_models,
     run_models,
@@ -32,6 +34,7 @@ from .training import config_from_profile, count_weights, select_device
 
 __all__ = [
     "ENV",
+    "FewerLabels",
     "FoldModelScores",
     "FusionConfig",
     "LateFusion",
@@ -45,10 +48,12 @@ __all__ = [
     "config_from_profile",
     "count_weights",
     "cross_fitted_scores",
+    "cross_validate",
     "ct_encoder_state",
     "engine_from",
     "feature_table",
     "fold_seed",
+    "folds_of",
     "fusion_config",
     "image_data",
     "image_spec",

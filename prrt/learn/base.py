@@ -88,12 +88,22 @@ class TrainingPart:
         return sorted(self.fit + self.val)
 
     def digest(self) -> str:
-        """A fingerprint of the two parts (saved with a fold's checkpoint, so that a model that reuses a
-        fold model can check that it was trained on exactly these patients; the IDs are not stored)."""
-        import hashlib
-
+        """A fingerprint of the two parts (saved with a fold's checkpoint, so that restoring a fold model can
+        check that it was trained on exactly these patients; the IDs are not stored)."""
         text = "fit:" + ",".join(sorted(self.fit)) + "|val:" + ",".join(sorted(self.val))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _sha(text)
+
+    def patients_digest(self, keep=None) -> str:
+        """A fingerprint of the training patients, both parts together (``keep``: only those for which it is
+        true, e.g. those with a PET): a fusion that reads a fold's image model finds it by this, the model
+        trained on exactly the fold's training patients that have its image."""
+        return _sha("all:" + ",".join(p for p in self.all if keep is None or keep(p)))
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -153,3 +163,42 @@ class ModelSpec:
     permutation_repeats: int = 0
     columns: list[str] | None = None  # the table columns the model reads (for importances)
     requires: tuple[str, ...] = ()
+
+
+class FewerLabels:
+    """A model fitted on a stratified share (``fraction``) of each training part's fitting patients, the others'
+    labels left unused (for learning curves in the number of labels, such as chapter 04's pretraining figure).
+
+    The share is drawn with the fold's seed, so two models wrapped with the same ``fraction`` see the same
+    patients in a fold (a paired comparison); the inner validation part is kept whole. Everything else is
+    the wrapped model's.
+    """
+
+    def __init__(self, model: Model, fraction: float):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"the share of labels must be in (0, 1], not {fraction}")
+        self.model, self.fraction = model, fraction
+
+    def subsample(self, data: ModelData, fit: list[str], seed: int) -> list[str]:
+        """The patients of ``fit`` whose labels are used (all with ``fraction`` 1; both classes kept)."""
+        if self.fraction == 1:
+            return list(fit)
+        from sklearn.model_selection import train_test_split
+
+        n = max(2, round(self.fraction * len(fit)))
+        kept, _ = train_test_split(sorted(fit), train_size=n, stratify=data.y.loc[sorted(fit)].astype(int),
+                                   random_state=seed % 2**32)
+        return sorted(kept)
+
+    def fit(self, data: ModelData, part: TrainingPart, seed: int, progress: bool = True, desc: str = ""):
+        return self.model.fit(data, TrainingPart(self.subsample(data, part.fit, seed), part.val), seed,
+                              progress=progress, desc=desc)
+
+    def predict(self, data: ModelData, patients: list[str]) -> np.ndarray:
+        return self.model.predict(data, patients)
+
+    def features(self, data: ModelData, patients: list[str]) -> dict[str, np.ndarray]:
+        return self.model.features(data, patients)
+
+    def restore(self, data: ModelData, part: TrainingPart, checkpoint: dict):
+        raise NotImplementedError("a model fitted on a share of the labels leaves no checkpoint to restore")

@@ -17,14 +17,18 @@ Three mechanisms (:data:`MECHANISMS`); the chapter that fits them makes each a
     and a linear head gives the logit.
 ``adaptive``
     Cross-modal adaptive fusion: the same branches, and per patient a softmax gate over the
-    modalities it has (a learnt score of each projected embedding); the fused embedding is the
-    weighted sum. :meth:`prrt.learn.neural_fusion.NeuralFusion.modality_weights` returns the weights
-    each patient's modalities received.
+    modalities it has; the fused embedding is the weighted sum. The gate is cross-modal: each modality's
+    score is a learnt function of its own projected embedding plus a linear term of the projections of all
+    of them together (a missing one zero) and of which are present, so that how much a patient's SR-PET
+    counts can depend on what the CT and the laboratory values show. The cross-modal term starts at zero:
+    the gate begins as a per-modality gate and learns the interactions only as far as training supports them. :meth:`prrt.learn.neural_fusion.NeuralFusion.modality_weights` returns
+    the weights each patient's modalities received.
 
 Missing modalities: a patient without PET, CT or laboratory values is still predicted. In the
 neural fusions a missing modality is masked (its slot zeroed, or left out of the gate) and, during
-training, each present modality of a patient is dropped at random (``modality_dropout``, never all
-of them) so that the network learns to do without. In late fusion a missing unimodal prediction
+training, each present *source* of a patient (laboratory values; SR-PET, i.e. the PET branch and the
+lesion features together, which go missing together in practice; CT) is dropped at random
+(``modality_dropout``, never all of them) so that the network learns to do without. In late fusion a missing unimodal prediction
 is replaced by that model's mean inner out-of-fold logit on the training part.
 
 The laboratory branch sees the values imputed (median) and standardised with statistics of the
@@ -48,8 +52,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .base import FitRecord, ModelSpec
-from .loop import inner_split, training_score_of
+from .base import FitRecord, ModelSpec, TrainingPart
+from .loop import training_score_of
 from .networks import classifier_from_checkpoint
 from .training import TrainConfig, config_from_profile
 
@@ -70,20 +74,42 @@ def _logit(p):
     return np.log(p / (1 - p))
 
 
+def mean_sd(x) -> tuple[float, float]:
+    """Mean and SD of scores over the fitting patients (SD 1 when they do not vary; 0 and 1 for none)."""
+    x = np.asarray(x, float)
+    return (float(x.mean()), float(x.std()) or 1.0) if len(x) else (0.0, 1.0)
+
+
 # ---- late fusion -------------------------------------------------------------------------------------
 class LateFusion:
-    """Stacking of unimodal models with a logistic regression fitted on inner out-of-fold predictions."""
+    """Stacking of unimodal models with a logistic regression fitted on inner out-of-fold predictions.
 
-    def __init__(self, bases: list[ModelSpec], inner_folds: int = 3):
+    ``fold_models`` (``{"pet": FoldModelScores, ...}``, cross-fitted sources only): an image base of that
+    modality is not refitted inside the training part; its out-of-fold inputs to the stacking are the
+    cross-fitted scores of the training patients (from CNNs that saw neither them nor the test fold), its
+    inputs at prediction the fold CNN's scores, each standardised on its own scale over the training patients
+    (as in :class:`prrt.learn.neural_fusion.NeuralFusion`)."""
+
+    def __init__(self, bases: list[ModelSpec], inner_folds: int = 3,
+                 fold_models: dict[str, FoldModelScores] | None = None):
         self.bases, self.inner_folds = list(bases), inner_folds
+        if any(not f.cross_fitted for f in (fold_models or {}).values()):
+            raise ValueError("late fusion reads only cross-fitted scores of the fold models: the fold CNN's scores of "
+                             "its own training patients would teach the stacking to over-trust it")
+        self.fold_models = dict(fold_models or {})
         self.trace: list[tuple[str, list[str], list[str]]] = []  # (base, trained on, predicted): for checks
 
     def _available(self, spec, data, patients):
         return [p for p in patients if all(data.has(p, m, spec.columns) for m in spec.needs)]
 
+    def _source(self, spec) -> str | None:
+        """The modality whose fold-model scores stand in for this base (an image base of a cross-fitted source)."""
+        return spec.needs[0] if len(spec.needs) == 1 and spec.needs[0] in self.fold_models else None
+
     def _fit_base(self, spec, data, train, seed):
-        y = data.y
-        part = inner_split(train, y, spec.val_fraction, seed)
+        # no inner validation part: a base model only scores (its curves are not shown), and inside a training
+        # part it may have few patients of a class
+        part = TrainingPart(sorted(train), [])
         model = spec.build(seed)
         model.fit(data, part, seed, progress=False)
         return model
@@ -97,15 +123,26 @@ class LateFusion:
         oof = np.full((len(train), len(self.bases)), np.nan)
         row = {p: i for i, p in enumerate(train)}
         cv = StratifiedKFold(self.inner_folds, shuffle=True, random_state=seed % 2**32)
-        self.models = []
+        self.models, self.scale_ = [], {}
         for j, spec in enumerate(self.bases):
+            m = self._source(spec)
+            if m is not None:  # the fold CNN and the cross-fitted scores of the training patients
+                source, have = self.fold_models[m], self._available(spec, data, train)
+                crossed = source.training_scores(part, data, have).to_numpy(float)
+                net = source.load(part, data)
+                own = network_scores(net, data.images[m].take(have)) if have else np.zeros(0)
+                (cm, cs), self.scale_[j] = mean_sd(crossed), mean_sd(own)
+                oof[[row[p] for p in have], j] = (crossed - cm) / cs
+                self.models.append(net)
+                self.trace.append((spec.name, [], have))
+                continue
             for k, (tr, te) in enumerate(cv.split(np.zeros(len(train)), y)):
                 fit_ids = self._available(spec, data, [train[i] for i in tr])
                 pred_ids = self._available(spec, data, [train[i] for i in te])
                 if not pred_ids:
                     continue
-                m = self._fit_base(spec, data, fit_ids, seed + 100 * (k + 1))
-                oof[[row[p] for p in pred_ids], j] = _logit(m.predict(data, pred_ids))
+                model = self._fit_base(spec, data, fit_ids, seed + 100 * (k + 1))
+                oof[[row[p] for p in pred_ids], j] = _logit(model.predict(data, pred_ids))
                 self.trace.append((spec.name, fit_ids, pred_ids))
             full = self._available(spec, data, train)
             self.models.append(self._fit_base(spec, data, full, seed))
@@ -122,7 +159,11 @@ class LateFusion:
             ids = self._available(spec, data, patients)
             if ids:
                 pos = [patients.index(p) for p in ids]
-                z[pos, j] = _logit(m.predict(data, ids))
+                if j in self.scale_:
+                    mean, sd = self.scale_[j]
+                    z[pos, j] = (network_scores(m, data.images[spec.needs[0]].take(ids)) - mean) / sd
+                else:
+                    z[pos, j] = _logit(m.predict(data, ids))
         return z
 
     def predict(self, data, patients: list[str]) -> np.ndarray:
@@ -145,9 +186,9 @@ class FoldModelScores:
 
     A neural fusion whose image branches are ``fold_models`` (the profile's ``fusion_image_branches``)
     gives its SR-PET or CT branch this score instead of training a CNN of its own. For each fold it
-    loads the checkpoint of ``model`` (``checkpoints/<model>/r*_f*.pt``) whose training part is the
-    fusion's own: the same fitting and validation patients (:meth:`prrt.learn.base.TrainingPart.digest`),
-    so the CNN never saw the fold's test patients. A run without such a checkpoint is an error that
+    loads the checkpoint of ``model`` (``checkpoints/<model>/r*_f*.pt``) trained on the fusion's own training
+    patients, those of them with the image (:meth:`prrt.learn.base.TrainingPart.patients_digest`), so the CNN
+    never saw the fold's test patients. A run without such a checkpoint is an error that
     names the model and says which chapter writes it (``chapter``, when the caller knows).
     """
 
@@ -160,14 +201,17 @@ class FoldModelScores:
     def __getstate__(self):  # sent to other processes without the index and the scores
         return {**self.__dict__, "_index": None, "_scores": None}
 
-    def _find(self, digest: str) -> str:
+    def _find(self, part, data) -> str:
+        """The checkpoint of the fold model trained on exactly the training patients of ``part`` that have the
+        image (:meth:`prrt.learn.base.TrainingPart.patients_digest`)."""
+        digest = part.patients_digest(lambda p: data.has(p, self.modality))
         folder = Path(self.run_dir) / "checkpoints" / self.model
         if self._index is None or digest not in self._index:
             self._index = {}
             for path in sorted(folder.glob("r*_f*.pt")):
                 ck = torch.load(path, map_location="cpu", weights_only=True)
-                if ck.get("training_part"):
-                    self._index[ck["training_part"]] = str(path)
+                if ck.get("training_patients"):
+                    self._index[ck["training_patients"]] = str(path)
         if digest not in self._index:
             where = f"chapter {self.chapter}" if self.chapter else ""
             raise FileNotFoundError(
@@ -176,17 +220,17 @@ class FoldModelScores:
                 f"first with the same splits and seed, or set the profile's fusion_image_branches to 'end_to_end'")
         return self._index[digest]
 
-    def load(self, part) -> nn.Module:
-        """The fold's CNN (evaluation mode, on the CPU) trained on exactly ``part``."""
-        return classifier_from_checkpoint(torch.load(self._find(part.digest()), map_location="cpu", weights_only=True))
+    def load(self, part, data) -> nn.Module:
+        """The fold's CNN (evaluation mode, on the CPU) trained on exactly the patients of ``part`` with the image."""
+        return classifier_from_checkpoint(torch.load(self._find(part, data), map_location="cpu", weights_only=True))
 
-    def training_scores(self, part, patients: list[str]) -> pd.Series | None:
+    def training_scores(self, part, data, patients: list[str]) -> pd.Series | None:
         """With ``cross_fitted``: the scores of training ``patients`` of the fold trained on ``part``, each from a
         model that saw neither the patient nor the fold's test patients (:func:`prrt.learn.loop.cross_fitted_scores`,
         read from :func:`cross_fitted_path`); None otherwise (the fold's CNN scores its own training patients)."""
         if not self.cross_fitted:
             return None
-        name = Path(self._find(part.digest())).stem  # r<repeat>_f<fold>
+        name = Path(self._find(part, data)).stem  # r<repeat>_f<fold>
         repeat, fold = (int(x[1:]) for x in name.split("_"))
         if self._scores is None:
             path = cross_fitted_path(self.run_dir, self.model)
@@ -253,7 +297,17 @@ class FusionNet(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.project = nn.ModuleDict({m: nn.Sequential(nn.Linear(e.feature_dim, dim), nn.ReLU())
                                       for m, e in encoders.items()})
-        self.gate = nn.ModuleDict({m: nn.Linear(dim, 1) for m in encoders}) if mechanism == "adaptive" else None
+        # the cross-modal gate: each modality's score from its own projection, plus a term that reads every modality's
+        # projection together (missing ones zero) and which are present; that term starts at zero, so the gate
+        # begins as a per-modality one and learns how modalities bear on each other's weight only as far as it helps
+        n = len(encoders)
+        if mechanism == "adaptive":
+            self.gate = nn.ModuleDict({m: nn.Linear(dim, 1) for m in encoders})
+            self.cross_gate = nn.Linear(n * dim + n, n)
+            nn.init.zeros_(self.cross_gate.weight)
+            nn.init.zeros_(self.cross_gate.bias)
+        else:
+            self.gate = self.cross_gate = None
         width = dim if mechanism == "adaptive" else dim * len(encoders)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, 1))
 
@@ -264,7 +318,8 @@ class FusionNet(nn.Module):
         if self.gate is None:
             w = present / present.sum(dim=1, keepdim=True).clamp(min=1)
         else:
-            score = torch.cat([self.gate[m](h[:, i]) for i, m in enumerate(self.modalities)], dim=1)
+            own = torch.cat([self.gate[m](h[:, i]) for i, m in enumerate(self.modalities)], dim=1)
+            score = own + self.cross_gate(torch.cat([h.flatten(1), present], dim=1))
             w = torch.softmax(score.masked_fill(present == 0, float("-inf")), dim=1)
             w = torch.nan_to_num(w, nan=0.0)  # a patient with nothing: all zero
         return h, w

@@ -47,7 +47,8 @@ class ImageModel:
         return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(), "config": self.cfg.to_dict(),
                                                      "best_epoch": out.best_epoch,
                                                      "in_channels": int(images.x.shape[1]),
-                                                     "modality": self.modality, "training_part": part.digest()})
+                                                     "modality": self.modality, "training_part": part.digest(),
+                                                     "training_patients": part.patients_digest()})
 
     def restore(self, data, part, checkpoint: dict):
         """The fold's CNN as ``fit`` left it on ``part``, from its checkpoint (no training)."""

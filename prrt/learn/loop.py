@@ -9,6 +9,10 @@ chapter's specs, writes ``predictions/<model>.csv``, checkpoints and curves, and
 rows; a spec whose inputs the manifest lacks becomes a ``skipped`` row with its reason, and a spec that
 ``requires`` other models' fold checkpoints is fitted after them.
 
+A patient without a model's inputs (a PET CNN's PET) is left out of that model's training and test patients
+(:func:`folds_of`): the splits stay shared, each single-image model is fitted and scored on the patients
+with its image, and the fusions, which need no one modality, predict every patient.
+
 Seeds: the model of (repeat r, fold k) is fitted with ``seed + 1000 r + k`` (:func:`fold_seed`); the
 inner validation part is drawn with the same number.
 
@@ -24,13 +28,14 @@ run's predictions again, so that an explanation is of the model whose results th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..evaluation import (
+    Fold,
     assemble_predictions,
     cross_fit_folds,
     fold_test_rows,
@@ -72,7 +77,7 @@ def restore_fold_models(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, 
         raise ValueError(f"{spec.name} did not run: {spec.reason}")
     saved = read_predictions(run_dir, spec.name) if check else None
     out = {}
-    for fold in iter_folds(splits):
+    for fold in folds_of(spec, data, iter_folds(splits)):
         if repeats is not None and fold.repeat not in repeats:
             continue
         s = fold_seed(seed, fold.repeat, fold.fold)
@@ -192,16 +197,30 @@ def cross_validate(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, seed:
 
 
 def _check_inputs(spec: ModelSpec, data: ModelData, splits: pd.DataFrame) -> list[str]:
-    """The unlabelled patients ``spec`` predicts; an error when a patient of the splits lacks its inputs."""
+    """The unlabelled patients ``spec`` predicts (those in no fold that have its inputs)."""
     if spec.build is None:
         raise ValueError(f"{spec.name} cannot run: {spec.reason}")
     in_splits = set(splits["patient"])
-    available = predictable_patients(spec, data)
-    missing = in_splits - set(available)
-    if missing:
-        raise ValueError(f"{spec.name}: {len(missing)} patients of the splits lack its inputs "
-                         f"({', '.join(spec.needs)}), e.g. {sorted(missing)[:3]}")
-    return [p for p in available if p not in in_splits]
+    return [p for p in predictable_patients(spec, data) if p not in in_splits]
+
+
+def folds_of(spec: ModelSpec, data: ModelData, folds) -> list:
+    """The folds as ``spec`` sees them: a patient without its inputs (``spec.needs``: a patient without a PET for a
+    PET CNN) is left out of its training and test patients, so a single-image model is fitted and scored on the
+    patients with that image while the shared splits stay those of every model. An error names the fold where
+    no test or no training patient is left."""
+    if not spec.needs:
+        return list(folds)
+    able = set(predictable_patients(spec, data))
+    out = []
+    for f in folds:
+        train, test = [p for p in f.train if p in able], [p for p in f.test if p in able]
+        for what, kept in (("training", train), ("test", test)):
+            if not kept:
+                raise ValueError(f"{spec.name}: repeat {f.repeat}, fold {f.fold} has no {what} patient with its inputs "
+                                 f"({', '.join(spec.needs)})")
+        out.append(Fold(f.repeat, f.fold, train, test))
+    return out
 
 
 def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, seed: int, progress: bool = True,
@@ -213,7 +232,7 @@ def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, 
 
     engine = engine or Sequential()
     folds = list(iter_folds(splits)) if folds is None else list(folds)
-    jobs = [(spec, f, _check_inputs(spec, data, splits)) for spec in specs for f in folds]
+    jobs = [(spec, f, _check_inputs(spec, data, splits)) for spec in specs for f in folds_of(spec, data, folds)]
     desc = specs[0].name if len(specs) == 1 else f"{len(specs)} models"
     # the jobs' own (epoch) progress bars only where they reach this terminal
     local = isinstance(engine, Sequential)
@@ -231,12 +250,17 @@ def cross_fitted_scores(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, 
 
     Fits ``spec`` on the cross-fitting folds of ``splits`` (:func:`prrt.evaluation.cross_fit_folds`: for each
     repeat and pair of outer folds, the other folds train and the pair is predicted) through the same fold jobs as
-    :func:`cross_validate`. Rows: ``repeat``, ``fold_a``, ``fold_b`` (the pair left out), ``patient`` and
+    :func:`cross_validate` (with a single outer fold, as in external validation, inner folds over its training
+    patients instead of pairs), each model fitted on all its training patients (no inner validation part). Rows:
+    ``repeat``, ``fold_a``, ``fold_b`` (the pair left out), ``patient`` and
     ``logit`` (of the prior-corrected probability: the correction only shifts every logit of a model by one
     constant). A fusion reads the score of training patient ``p`` (outer fold ``b``) in outer fold ``a`` from the
     row of pair ``(a, b)``: a stacked input free of ``p``'s label and of the test fold's (:func:`training_score_of`).
     """
-    outs = fold_outputs([spec], data, splits, seed, progress, False, engine, folds=cross_fit_folds(splits))[spec.name]
+    folds = cross_fit_folds(splits, data.y, seed)
+    # no inner validation part: these models only score, and each trains on fewer patients than a fold model
+    spec = replace(spec, val_fraction=0.0, permutation_repeats=0)
+    outs = fold_outputs([spec], data, splits, seed, progress, False, engine, folds=folds)[spec.name]
     parts = []
     for out in outs:
         a, b = left_out_pair(out.fold)

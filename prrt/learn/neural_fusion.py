@@ -7,8 +7,9 @@ table branch (laboratory values, SR-PET lesion features) and, for image branches
 fold's unimodal CNNs, those scores' mean and SD. A source of cross-fitted scores
 (:class:`prrt.learn.fusion.FoldModelScores` with ``cross_fitted``) gives the training patients the score of a
 model that saw neither them nor the test fold, so that the fusion does not learn how far to trust an image
-from scores a CNN gave its own training patients; the test patients keep the fold CNN's. During training each present modality of a patient is
-dropped at random (``modality_dropout``, never all of them). Its predictions are prior-corrected with the
+from scores a CNN gave its own training patients; the test patients keep the fold CNN's. During training each present source of a patient (laboratory
+values, SR-PET with its lesion features, CT) is dropped at random (``modality_dropout``, never all of
+them; :func:`drop_sources`). Its predictions are prior-corrected with the
 fitting part's share of short PFS; ``predict(..., without=...)`` masks branches as if the patients
 lacked them (for the modality ablation), :meth:`NeuralFusion.modality_weights` gives each patient's
 weight per modality, and :meth:`NeuralFusion.features` the projected embeddings.
@@ -26,12 +27,14 @@ from ..evaluation import prior_correction
 from .base import FitRecord
 from .fusion import (
     MODALITIES,
+    SOURCE,
     TABULAR,
     FoldModelScores,
     FusionConfig,
     FusionNet,
     LabEncoder,
     ScoreInput,
+    mean_sd,
     network_scores,
 )
 from .networks import build_encoder
@@ -39,9 +42,17 @@ from .training import autocast, fit_network, seed_everything, select_device, to_
 from .weights import load_encoder_weights
 
 
-def _mean_sd(x: np.ndarray) -> tuple[float, float]:
-    """Mean and SD of a branch's scores over the fitting patients (SD 1 when they do not vary; 0 and 1 for none)."""
-    return (float(x.mean()), float(x.std()) or 1.0) if len(x) else (0.0, 1.0)
+def drop_sources(present: torch.Tensor, of_source: torch.Tensor, n_sources: int, rate: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Modality dropout by source: each source a patient has (``present``, patients x modalities; ``of_source``
+    the source index of each modality) is dropped with probability ``rate``, with all its modalities (the PET
+    branch and the lesion features together), never every source of a patient."""
+    has = torch.zeros((len(present), n_sources))
+    has.index_add_(1, of_source, present.float())
+    has = has > 0
+    drop = (torch.rand(has.shape, generator=generator) < rate) & has
+    drop[(has & ~drop).sum(dim=1) == 0] = False  # never drop every source of a patient
+    return present * ~drop[:, of_source]
 
 
 class NeuralFusion:
@@ -133,22 +144,22 @@ class NeuralFusion:
             if m not in TABULAR and m not in self.shapes_:
                 raise ValueError(f"fusion needs {m.upper()} images for some patients; the data has none")
         # the fold's CNNs; the training patients' scores, computed once; their mean and SD on the fitting part
-        self.scorers_ = {m: source.load(part) for m, source in self.fold_models.items()}
+        self.scorers_ = {m: source.load(part, data) for m, source in self.fold_models.items()}
         self._known, self.score_scale_ = {}, {}
         self.remember_scores(data, part.fit + part.val)
         for m in self.fold_models:
-            self.score_scale_[m] = _mean_sd(np.array([self._known[m][p] for p in part.fit if p in self._known[m]]))
+            self.score_scale_[m] = mean_sd(np.array([self._known[m][p] for p in part.fit if p in self._known[m]]))
         # cross-fitted sources: the training patients' scores from models that never saw them, standardised on the
         # fitting part by their own mean and SD (the fold CNN's scores of test patients by the fold CNN's: each
         # source on its own scale, so that the fusion learns a weight, not a scale)
         self.cross_fitted_, self.cross_fitted_scale_ = {}, {}
         for m, source in self.fold_models.items():
             training = [p for p in part.all if data.has(p, m)]
-            scores = source.training_scores(part, training)
+            scores = source.training_scores(part, data, training)
             if scores is None:
                 continue
             self.cross_fitted_[m] = scores
-            self.cross_fitted_scale_[m] = _mean_sd(scores.loc[[p for p in part.fit if p in scores.index]].to_numpy(float))
+            self.cross_fitted_scale_[m] = mean_sd(scores.loc[[p for p in part.fit if p in scores.index]].to_numpy(float))
         self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
         for m in [m for m in self.modalities if m in TABULAR]:
             x = data.table.loc[part.fit, self.columns[m]]
@@ -166,13 +177,13 @@ class NeuralFusion:
         self.model, self.prevalence = model, float(y_fit.mean())
         device = self.device
 
+        sources = sorted({SOURCE[m] for m in self.modalities})
+        of_source = torch.tensor([sources.index(SOURCE[m]) for m in self.modalities])
+
         def batch(idx, g):
             present = pr_fit[idx].clone()
-            if self.cfg.modality_dropout and len(self.modalities) > 1:
-                drop = (torch.rand(present.shape, generator=g) < self.cfg.modality_dropout) & (present > 0)
-                keep_one = (present * ~drop).sum(dim=1) == 0  # never drop every modality of a patient
-                drop[keep_one] = False
-                present = present * ~drop
+            if self.cfg.modality_dropout and len(sources) > 1:
+                present = drop_sources(present, of_source, len(sources), self.cfg.modality_dropout, g)
             return {m: to_device(v[idx], device) for m, v in x_fit.items()}, present.to(device)
 
         out = fit_network(model, y_fit, data.y.loc[part.val].to_numpy(int), cfg, seed, batch,

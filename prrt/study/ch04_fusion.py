@@ -1,36 +1,12 @@
-"""Multimodal fusion of laboratory values, SR-PET and CT behind the model interface of :mod:`prrt.learn`.
+"""Chapter 04: which fusions of laboratory values, SR-PET and CT the book fits, and what it shows of them.
 
-Three mechanisms, each a :class:`prrt.learn.ModelSpec`:
-
-``late``
-    Stacking. The unimodal models (their own specs) are cross-validated *inside* the training part
-    of each fold (stratified ``inner_folds``-fold, training patients only); a logistic regression
-    learns how to weigh their out-of-fold logits, and is then applied to the logits of unimodal
-    models refitted on the whole training part. The test fold is never predicted before the single
-    final prediction, and no stacking weight is fitted on a test-fold prediction.
-``intermediate``
-    One network, trained end to end: each modality's encoder (a small MLP on the laboratory
-    values, the CNN encoders for PET and CT) gives an embedding, projected to a common size; the
-    projections are concatenated (a missing modality's slot is zero) and a linear head gives the
-    logit.
-``adaptive``
-    Cross-modal adaptive fusion: the same branches, and per patient a softmax gate over the
-    modalities it has (a learnt score of each projected embedding); the fused embedding is the
-    weighted sum. :meth:`NeuralFusion.modality_weights` returns the weights each patient's
-    modalities received.
-
-Missing modalities: a patient without PET, CT or laboratory values is still predicted. In the
-neural fusions a missing modality is masked (its slot zeroed, or left out of the gate) and, during
-training, each present modality of a patient is dropped at random (``modality_dropout``, never all
-of them) so that the network learns to do without. In late fusion a missing unimodal prediction
-is replaced by that model's mean logit on the training part.
-
-The laboratory branch sees the values imputed (median) and standardised with statistics of the
-fitting part only; the CNN branches see the same preprocessed inputs as chapter 03. With
-``profile.fusion_pet_features`` the SR-PET part of a fusion has two branches: the PET CNN and a
-small network on the lesion features of chapter 02 (``pet_features``; imputed and standardised
-like the laboratory values, absent where the PET is). With ``ct_weights`` the CT encoder starts
-from pretrained weights (:mod:`prrt.learn.pretrain`).
+The mechanisms (late, intermediate, adaptive with a cross-modal gate), their handling of missing sources
+and of the SR-PET lesion features are described in :mod:`prrt.learn.fusion`. This module decides the
+models of the chapter (:func:`chapter_specs`): the pretrained CT CNN, the four fusions of the study, the
+headline fusion by the other mechanisms, and the control ``lab_petfeatures_net`` (the fusion network with
+the laboratory and lesion-feature branches only, trained exactly like the fusions), so that what the CNN
+branches add is the fusion minus the control; and the chapter's comparisons (each Holm-adjusted within the
+one family of the fusion's comparisons), its compact table and its forest plot.
 """
 
 from __future__ import annotations
@@ -42,15 +18,15 @@ import pandas as pd
 
 from ..evaluation import (
     compare_models,
-    format_p,
     format_summary,
-    p_phrase,
+    per_repeat_metrics,
     read_predictions,
 )
 from ..imaging import FEATURES, cohort_features
 from ..learn import (
     SCORE_BRANCHES,
     SOURCE,
+    FewerLabels,
     FoldModelScores,
     FusionConfig,
     LateFusion,
@@ -58,6 +34,7 @@ from ..learn import (
     NeuralFusion,
     config_from_profile,
     cross_fitted_scores,
+    cross_validate,
     ct_encoder_state,
     feature_table,
     fusion_config,
@@ -69,14 +46,14 @@ from ..learn import (
 )
 from .ch03_images import image_specs, input_description
 from .names import (
-    CLASSICAL,
+    CONTROL,
     CT_PRETRAINED,
     FUSIONS,
     HEADLINE,
+    INPUT_SET_OF,
     LATE_FUSION,
     MODEL_CHAPTERS,
     SEVEN,
-    UNIMODAL,
     inputs_without,
     mechanism_variant,
 )
@@ -85,14 +62,18 @@ from .reported import comparison_tables
 
 
 def late_fusion_spec(name: str, chapter: str, inputs: str, bases: list[ModelSpec], inner_folds: int = 3,
-                     bound: str | None = None) -> ModelSpec:
+                     bound: str | None = None, fold_models: dict[str, FoldModelScores] | None = None) -> ModelSpec:
+    """Late fusion (stacking) of the runnable ``bases``; ``fold_models``: cross-fitted sources that stand in for the
+    image bases of their modality (:class:`prrt.learn.LateFusion`; the spec then ``requires`` those models)."""
     runnable = [b for b in bases if b.build is not None]
     if len(runnable) < 2:
         return ModelSpec(name, chapter, inputs, None, reason="fewer than two of its modalities are in the manifest")
     # the image bases need their modality; the tabular base (laboratory values) declares none
     missing = [b.needs[0] if b.needs else "labs" for b in bases if b.build is None]
-    return ModelSpec(name, chapter, inputs_without(inputs, missing), lambda seed: LateFusion(runnable, inner_folds),
-                     bound=bound)
+    used = {m: f for m, f in (fold_models or {}).items() if any(b.needs == (m,) for b in runnable)}
+    return ModelSpec(name, chapter, inputs_without(inputs, missing),
+                     lambda seed: LateFusion(runnable, inner_folds, fold_models=used), bound=bound,
+                     requires=tuple(f.model for f in used.values()))
 
 
 def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[str], cohort, cfg: FusionConfig,
@@ -143,7 +124,8 @@ def fusion_modalities(mods: list[str], profile) -> list[str]:
 
 def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", run_dir=None) -> list[ModelSpec]:
     """The models chapter 04 trains: the pretrained CT CNN, the four fusions (the profile's mechanism,
-    pretrained CT branch) and, for laboratory values + SR-PET + CT, the other two mechanisms.
+    pretrained CT branch), the control (:data:`prrt.study.names.CONTROL`) and, for laboratory values +
+    SR-PET + CT, the other two mechanisms.
 
     With ``profile.fusion_image_branches == "fold_models"`` the neural fusions' image branches are the
     scores of the fold models that ``run_dir`` holds: the PET CNN of chapter 03 and the pretrained CT
@@ -187,21 +169,29 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
         specs.append(neural_fusion_spec(name, chapter, text_of(mods, text, mech), fusion_modalities(mods, profile),
                                         cohort, fusion_config(profile, mech), ct_weights=ct_state,
                                         bound=BOUND_OF_FUSION[name], fold_models=fold_models))
+    # the control: the same network and training without a CNN branch (laboratory values + SR-PET lesion features)
+    specs.append(neural_fusion_spec(CONTROL, chapter, "laboratory values + SR-PET lesion features, the fusion network "
+                                    f"without CNN branches ({mech}; control)", ["labs", "pet_features"], cohort,
+                                    fusion_config(profile, mech), bound=INPUT_SET_OF[CONTROL]))
     mods, text = FUSIONS[HEADLINE]
     for other in [m for m in ("intermediate", "adaptive") if m != mech]:
         specs.append(neural_fusion_spec(mechanism_variant(other), chapter, text_of(mods, text, other),
                                         fusion_modalities(mods, profile), cohort, fusion_config(profile, other),
                                         ct_weights=ct_state, bound="lab_pet_ct", fold_models=fold_models))
     labs = list(cohort.labs)
+    # with cross-fitted sources the image bases are the fold models (no CNN refitted inside a training part)
+    crossed = fold_models if branches == "cross_fitted" else None
     bases = [table_spec("lab_rf", chapter, "labs", labs or None, lambda s: make_model("rf", s, profile)),
              image_spec("pet_cnn", "pet", cfg, chapter, "PET", "pet" in cohort.modalities),
-             image_spec("ct_cnn", "ct", cfg, chapter, "CT", "ct" in cohort.modalities,
-                        encoder_weights=ct_state)]
-    specs.append(late_fusion_spec("lab_pet_ct_late", chapter, "laboratory values + SR-PET + CT, late fusion "
-                                  "(stacking of the unimodal models)", bases, profile.late_inner_folds, bound="lab_pet_ct"))
-    subsets = {"headline": {"ct_cnn_pretrained", HEADLINE, "lab_pet_ct_late"},  # one model of each kind
-               "fusion": {"ct_cnn_pretrained", HEADLINE},  # without the nested CNN training of late fusion
-               "neural": {s.name for s in specs} - {"lab_pet_ct_late"}}
+             image_spec(crossed["ct"].model if crossed else "ct_cnn", "ct", cfg, chapter, "CT",
+                        "ct" in cohort.modalities, encoder_weights=ct_state)]
+    how = ("the unimodal models' scores: the laboratory Random Forest's from an inner cross-validation, the CNNs' "
+           "cross-fitted" if crossed else "the unimodal models, refitted inside each training part")
+    specs.append(late_fusion_spec(LATE_FUSION, chapter, f"laboratory values + SR-PET + CT, late fusion (stacking of "
+                                  f"{how})", bases, profile.late_inner_folds, bound="lab_pet_ct", fold_models=crossed))
+    subsets = {"headline": {CT_PRETRAINED, HEADLINE, CONTROL, LATE_FUSION},  # one model of each kind
+               "fusion": {CT_PRETRAINED, HEADLINE, CONTROL},  # without the nested CNN training of late fusion
+               "neural": {s.name for s in specs} - {LATE_FUSION}}
     if profile.fusion_models in subsets:
         keep = subsets[profile.fusion_models]
         specs = [s if s.name in keep or s.build is None else
@@ -237,54 +227,6 @@ def image_branches_text(profile, ct_pretrained: bool) -> str:
     return f"In this run the fusions train their SR-PET and CT encoders end to end{start}, with the rest of the network."
 
 
-def headline_comparisons(run_dir, summary: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
-    """Paired tests (corrected resampled t-test, DeLong) of the fusion against the best unimodal model
-    and the classical baseline, and of the pretrained CT CNN against the CT CNN from scratch."""
-    ran = set(summary.loc[summary["status"] == "ran", "model"])
-    auroc = summary.set_index("model")["auroc_mean"]
-    pairs = []
-    uni = [m for m in UNIMODAL if m in ran]
-    if HEADLINE in ran and uni:
-        best = max(uni, key=lambda m: auroc[m])
-        pairs.append((HEADLINE, best, "fusion vs the best unimodal model"))
-    if HEADLINE in ran and CLASSICAL in ran:
-        pairs.append((HEADLINE, CLASSICAL, "fusion vs the classical baseline (labs + PET features, Random Forest)"))
-    if {"ct_cnn_pretrained", "ct_cnn"} <= ran:
-        pairs.append(("ct_cnn_pretrained", "ct_cnn", "CT CNN: pretrained encoder vs from scratch"))
-    rows = []
-    for a, b, what in pairs:
-        c = compare_models(read_predictions(run_dir, a), read_predictions(run_dir, b), splits)
-        rows.append({"comparison": what, "model": a, "versus": b,
-                     "AUROC": f"{auroc[a]:.2f} vs {auroc[b]:.2f}",
-                     "difference (mean over folds)": f"{c['auroc_difference']:+.3f}",
-                     "p, corrected resampled t-test": format_p(c["p_corrected_t"]), "p, DeLong": format_p(c["p_delong"])})
-    return pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
-
-
-def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
-    """The chapter's result in a sentence or two (Markdown), from the summary rows and the paired tests."""
-    rows = summary.set_index("model")
-    if HEADLINE not in rows.index or rows.loc[HEADLINE, "status"] != "ran":
-        why = rows.loc[HEADLINE, "status"] if HEADLINE in rows.index else "not in the summary"
-        return f"The laboratory + SR-PET + CT fusion did not run ({why}), so there is no fusion result to report."
-
-    def score(m):
-        r = rows.loc[m]
-        return f"{r['auroc_mean']:.2f} ± {r['auroc_sd']:.2f}"
-
-    r = rows.loc[HEADLINE]
-    out = [f"In this run the laboratory + SR-PET + CT fusion reached an AUROC of {score(HEADLINE)} "
-           f"(AUPRC {r['auprc_mean']:.2f} ± {r['auprc_sd']:.2f}; mean ± SD over {int(r['n_repeats'])} repeats)."]
-    for _, c in comparisons.iterrows() if not comparisons.empty else []:
-        if c["model"] != HEADLINE:
-            continue
-        kind = "the best unimodal model" if c["versus"] in UNIMODAL else "the classical baseline"
-        p = p_phrase(c["p, corrected resampled t-test"])
-        out.append(f"Against {kind}, `{c['versus']}` ({score(c['versus'])}), the per-fold AUROCs differ on average "
-                   f"by {c['difference (mean over folds)']} (corrected resampled t-test p {p}).")
-    return " ".join(out)
-
-
 def modality_weights(result, data) -> pd.DataFrame:
     """Each patient's modality weights in a neural fusion, from the fold models that tested them (mean over repeats)."""
     parts = []
@@ -305,10 +247,10 @@ def stacking_weights(result) -> pd.DataFrame:
 
 # ---- the chapter's steps -----------------------------------------------------------------------------
 #: The input set of each fusion: the key of its achievable AUROC in a synthetic cohort's report.
-BOUND_OF_FUSION = {name: "_".join("lab" if m == "labs" else m for m in mods) for name, (mods, _) in FUSIONS.items()}
+BOUND_OF_FUSION = {name: INPUT_SET_OF[name] for name in FUSIONS}
 #: The input set of each model of the comparison with the study: the key of its achievable AUROC in the
 #: generator's report (what the expected risk given those inputs reaches).
-BOUND_KEYS = {"lab_rf": "lab", "pet_cnn": "pet", "ct_cnn": "ct", CT_PRETRAINED: "ct", HEADLINE: "lab_pet_ct"}
+BOUND_KEYS = {m: INPUT_SET_OF[m] for m in ("lab_rf", "pet_cnn", "ct_cnn", CT_PRETRAINED, HEADLINE)}
 #: The laboratory + SR-PET + CT fusion by each mechanism: the profile's (the headline) and the others.
 MECHANISMS = [HEADLINE, mechanism_variant("intermediate"), mechanism_variant("adaptive"), LATE_FUSION]
 
@@ -343,12 +285,16 @@ def fit_chapter_models(ctx, ct_state: dict | None) -> tuple[object, dict, pd.Dat
     return data, results, summary
 
 
-def write_cross_fitted_scores(ctx, specs: list[ModelSpec], data) -> list[str]:
+def write_cross_fitted_scores(ctx, specs: list[ModelSpec], data, splits: pd.DataFrame | None = None,
+                              run_dir=None) -> list[str]:
     """With the profile's ``fusion_image_branches: cross_fitted``: the cross-fitted scores
     (:func:`prrt.learn.cross_fitted_scores`) of every image model a fusion of ``specs`` reads (chapter 03's PET
-    CNN, the CT source), written where the fusions read them. Returns the models scored (none otherwise)."""
+    CNN, the CT source), written where the fusions read them. ``splits`` and ``run_dir``: another design than
+    the run's (chapter 06's external one, whose single outer fold is cross-fitted by inner folds over the
+    development cohort). Returns the models scored (none otherwise)."""
     if getattr(ctx.profile, "fusion_image_branches", "end_to_end") != "cross_fitted":
         return []
+    splits = ctx.splits if splits is None else splits
     known = {s.name: s for s in [*image_specs(ctx.cohort, ctx.profile), *specs]}
     needed = list(dict.fromkeys(m for s in specs if s.build is not None for m in s.requires))
     done = []
@@ -356,9 +302,69 @@ def write_cross_fitted_scores(ctx, specs: list[ModelSpec], data) -> list[str]:
         spec = known.get(name)
         if spec is None or spec.build is None:
             continue
-        write_cross_fitted(ctx.run_dir, name, cross_fitted_scores(spec, data, ctx.splits, ctx.seed, engine=ctx.engine))
+        write_cross_fitted(run_dir or ctx.run_dir, name,
+                           cross_fitted_scores(spec, data, splits, ctx.seed, engine=ctx.engine))
         done.append(name)
     return done
+
+
+def label_fractions(ctx, data, ct_state: dict | None) -> pd.DataFrame | None:
+    """Pretraining where it may pay: the CT CNN from scratch and with the pretrained encoder (the specs of chapter
+    03 and of this chapter), each fitted on a stratified share of every training part's labels
+    (:class:`prrt.learn.FewerLabels`; the profile's ``label_fractions``, and all of them from the chapter's own
+    predictions) on the first ``label_fraction_repeats`` repeats of the shared splits. One row per share: each
+    model's mean AUROC over those repeats and the paired difference (pretrained − scratch, corrected resampled
+    t-test, 95 % interval); written to ``results/04_label_fractions.csv``. ``None`` when there is no pretrained
+    encoder, no CT or no share to fit."""
+    fractions = sorted({float(f) for f in ctx.profile.label_fractions if 0 < f < 1})
+    if ct_state is None or "ct" not in ctx.cohort.modalities or not fractions:
+        return None
+    repeats = ctx.profile.label_fraction_repeats or int(ctx.splits["repeat"].max()) + 1
+    splits = ctx.splits[ctx.splits["repeat"] < repeats]
+    specs = {"scratch": next(s for s in image_specs(ctx.cohort, ctx.profile) if s.name == "ct_cnn"),
+             "pretrained": next(s for s in chapter_specs(ctx.cohort, ctx.profile, ct_state, run_dir=ctx.run_dir)
+                                if s.name == CT_PRETRAINED)}
+    rows = []
+    for fraction in [*fractions, 1.0]:
+        pred = {}
+        for kind, spec in specs.items():
+            if fraction == 1.0:
+                full = read_predictions(ctx.run_dir, spec.name)
+                pred[kind] = full[full["repeat"] < repeats]
+            else:
+                fewer = replace(spec, name=f"{spec.name}, {100 * fraction:.0f} % of the labels",
+                                build=lambda seed, b=spec.build, f=fraction: FewerLabels(b(seed), f))
+                pred[kind] = cross_validate(fewer, data, splits, ctx.seed, engine=ctx.engine).predictions
+        c = compare_models(pred["pretrained"], pred["scratch"], splits)
+        rows.append({"fraction": fraction, "auroc_scratch": per_repeat_metrics(pred["scratch"])["auroc"].mean(),
+                     "auroc_pretrained": per_repeat_metrics(pred["pretrained"])["auroc"].mean(),
+                     "difference": c["auroc_difference"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                     "p": c["p_corrected_t"], "repeats": repeats})
+    out = pd.DataFrame(rows)
+    out.to_csv(ctx.path("results", "04_label_fractions.csv"), index=False)
+    return out
+
+
+def label_fraction_text(table: pd.DataFrame | None) -> str:
+    """The pretraining figure in a sentence or two (Markdown), from :func:`label_fractions`."""
+    if table is None:
+        return ("No pretraining figure in this run: it needs the pretrained CT encoder, CT images and a share of the "
+                "labels below one in the profile (`label_fractions`).")
+    parts = [f"{100 * r.fraction:.0f} % of the labels: {r.difference:+.3f} (95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f})"
+             for r in table.itertuples()]
+    def shares(rows):
+        return ", ".join(f"{100 * r.fraction:.0f} %" for r in rows) + " of the labels"
+
+    above = [r for r in table.itertuples() if r.ci_low > 0]
+    below = [r for r in table.itertuples() if r.ci_high < 0]
+    verdict = [f"The interval lies above zero (pretraining helped) at {shares(above)}." if above else "",
+               f"The interval lies below zero (pretraining hurt) at {shares(below)}." if below else ""]
+    if not above and not below:
+        verdict = ["Every interval includes zero: on this cohort pretraining made no measurable difference to the CT "
+                   "CNN, with few labels or with all of them."]
+    n = int(table["repeats"].iloc[0])
+    return (f"Pretrained minus from scratch, mean per-fold AUROC difference over {n} repeat{'s' * (n != 1)}: "
+            + "; ".join(parts) + ". " + " ".join(v for v in verdict if v))
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -382,15 +388,6 @@ def comparison_with_study(ctx, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.
     """The seven models beside the study's numbers, with the achievable AUROC of their inputs on a synthetic cohort
     (:func:`prrt.study.reported.comparison_tables`)."""
     return comparison_tables(ctx.cohort, seven_models(summary), BOUND_KEYS)
-
-
-def paired_tests(ctx, summary: pd.DataFrame) -> pd.DataFrame:
-    """:func:`headline_comparisons` on the run's shared splits, written to ``results/04_paired_tests.csv``; empty
-    (and no file) when the fusion or the models it is compared with did not run."""
-    comparisons = headline_comparisons(ctx.run_dir, summary, ctx.splits)
-    if not comparisons.empty:
-        comparisons.to_csv(ctx.path("results", "04_paired_tests.csv"))
-    return comparisons
 
 
 def mechanisms_table(summary: pd.DataFrame) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from ..imaging import cohort_features
 from ..learn import ModelData, ct_encoder_state, feature_table, image_data, run_models
 from .ch02_labs import lab_chapter_specs
 from .ch03_images import image_specs
-from .ch04_fusion import chapter_specs
+from .ch04_fusion import chapter_specs, write_cross_fitted_scores
 from .names import HEADLINE
 from .notebook import DECISION_THRESHOLDS, RiskGroups, median_risk_groups
 
@@ -147,12 +147,6 @@ def validate_externally(ctx, validate_on, ct_weights: str = "", ct_weights_prefi
     :class:`prrt.study.notebook.Context`. Writes ``external/`` (splits, checkpoints, predictions) and
     ``results/06_external_validation.csv``; returns an :class:`ExternalValidation`."""
 
-    if getattr(ctx.profile, "fusion_image_branches", "end_to_end") == "cross_fitted":
-        # its development fit trains on every site-A patient (no outer folds to cross-fit over): refuse rather
-        # than let the fusion learn its trust from scores the CNNs gave their own training patients
-        raise ValueError("external validation cannot yet fit fusions whose image branches are cross-fitted "
-                         "(fusion_image_branches: cross_fitted): its development fit has no outer folds to cross-fit "
-                         "over; use 'fold_models' or 'end_to_end' for chapter 06")
     development = ctx.cohort
     external_cohort = load_cohort(validate_on, check_images="exists")
     cohort, ext = merge_cohorts(development, external_cohort)
@@ -184,6 +178,8 @@ def validate_externally(ctx, validate_on, ct_weights: str = "", ct_weights_prefi
              + chapter_specs(cohort, ctx.profile, ct_state, run_dir=out_dir))
     # the models of this run (a profile's subset of chapter 04 included); importances are the chapters' business
     specs = [replace(s, permutation_repeats=0) for s in specs if s.name in ran and s.build is not None]
+    # cross-fitted image branches: the development patients' scores from CNNs fitted on the other two thirds of them
+    write_cross_fitted_scores(ctx, specs, data, splits=splits, run_dir=out_dir)
     results, _ = run_models(specs, data, cohort, splits, ctx.profile, ctx.seed, out_dir, progress=progress,
                             engine=ctx.engine)
     rows = []

@@ -279,6 +279,50 @@ def modality_weights_plot(weights, title: str = ""):
     return fig
 
 
+def forest_plot(rows, title: str = ""):
+    """Every model's mean AUROC with its 95 % interval (``rows``: :func:`prrt.study.ch04_comparison.forest_rows`), the
+    achievable AUROC of its inputs as a mark on its row where the cohort is synthetic, and chance as a line."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.4))
+    y = np.arange(len(rows))
+    colours = ["tab:red" if h else "tab:blue" for h in rows["headline"]]
+    for i, (m, lo, hi, c) in enumerate(zip(rows["auroc"], rows["low"], rows["high"], colours)):
+        ax.plot([lo, hi], [i, i], color=c, lw=1.2)
+    ax.scatter(rows["auroc"], y, c=colours, s=22, zorder=3, label="mean AUROC, 95 % interval")
+    if np.isfinite(rows["bound"].to_numpy(float)).any():
+        ax.scatter(rows["bound"], y, marker="|", s=140, color="0.35", zorder=2,
+                   label="achievable AUROC of the model's inputs (synthetic cohort)")
+    ax.axvline(0.5, color="0.6", lw=0.8, ls=":", label="chance")
+    ax.set_yticks(y, labels=rows["label"], fontsize=8)
+    ax.set_xlabel("AUROC (short PFS)")
+    ax.set_xlim(min(0.45, float(np.nanmin(rows["low"])) - 0.02), 1.0)
+    ax.legend(loc="lower right", fontsize=7, frameon=False)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def label_fraction_plot(table):
+    """The CT CNN from scratch and pretrained by the share of labels (``table``:
+    :func:`prrt.study.ch04_fusion.label_fractions`): each model's mean AUROC, and the paired difference with its
+    95 % interval."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    x = 100 * table["fraction"].to_numpy(float)
+    a.plot(x, table["auroc_scratch"], "o-", label="from scratch")
+    a.plot(x, table["auroc_pretrained"], "s-", label="encoder pretrained")
+    a.set_xlabel("share of each training part's labels (%)")
+    a.set_ylabel("AUROC (mean over repeats)")
+    a.legend(fontsize=8, frameon=False)
+    d = table["difference"].to_numpy(float)
+    b.errorbar(x, d, yerr=[d - table["ci_low"], table["ci_high"] - d], fmt="o", capsize=3, color="tab:purple")
+    b.axhline(0, color="0.5", lw=0.8, ls=":")
+    b.set_xlabel("share of each training part's labels (%)")
+    b.set_ylabel("pretrained − scratch (AUROC)")
+    for ax in (a, b):
+        ax.set_xticks(x)
+    fig.tight_layout()
+    return fig
+
+
 # ---- chapter 05: explanations ------------------------------------------------------------------------
 def gradcam_overlays(panels: list[dict], hu_window=(-160.0, 240.0), suv_max: float = 15.0):
     """Grad-CAM maps over the images they explain: one row per panel, axial, coronal and sagittal

@@ -68,6 +68,9 @@ def test_a_manifest_without_labs_or_images_runs_and_skips_with_reasons(small_coh
     assert summary.loc["ct_cnn_pretrained", "status"] == "skipped: the manifest names no CT images"
     for fusion in ("lab_pet_ct_fusion", "lab_pet_ct_late"):
         assert summary.loc[fusion, "status"] == "skipped: fewer than two of its modalities are in the manifest"
+    ch4 = (tmp_path / "run" / "notebooks" / "04_fusion.ipynb").read_text()
+    assert "No model of chapters 2 to 4 ran for this manifest, so there is nothing to compare." in ch4
+    assert "No pretraining figure in this run" in ch4
     nb = (tmp_path / "run" / "notebooks" / "01_cohort.ipynb").read_text()
     assert "The manifest names no images." in nb and "Synthetic data" not in nb
     ch5 = (tmp_path / "run" / "notebooks" / "05_explainability.ipynb").read_text()

@@ -189,9 +189,15 @@ def test_run_directory_has_the_record(smoke_run, canary_cohort):
                                    "pet_features_logreg", "lab_pet_features_rf",
                                    "pet_cnn", "ct_cnn",
                                    "ct_cnn_pretrained", "lab_pet_fusion", "lab_ct_fusion", "pet_ct_fusion",
-                                   "lab_pet_ct_fusion", "lab_pet_ct_intermediate", "lab_pet_ct_late"]
+                                   "lab_pet_ct_fusion", "lab_petfeatures_net", "lab_pet_ct_intermediate",
+                                   "lab_pet_ct_late"]
     ran = summary[summary["status"] == "ran"]
-    assert list(ran.index) == list(summary.index[:8]) + ["lab_pet_ct_fusion", "lab_pet_ct_late"]
+    assert list(ran.index) == list(summary.index[:8]) + ["lab_pet_ct_fusion", "lab_petfeatures_net",
+                                                         "lab_pet_ct_late"]
+    # the smoke profile's fusions read cross-fitted CNN scores: written by chapter 04, one row per training patient
+    # of each outer fold pair's left-out folds
+    crossed = pd.read_csv(smoke_run / "predictions" / "cross_fitted" / "pet_cnn.csv")
+    assert len(crossed) == 2 * len(splits) and set(crossed["fold_b"]) == {1, 2}  # 3 pairs, 2 thirds each
     assert ran["auroc_mean"].between(0, 1).all()
     # chapter 04: no CT collection in this manifest; the smoke profile trains one fusion of each kind
     assert summary.loc["ct_cnn_pretrained", "status"].startswith("skipped: no CT pretraining in the manifest")
@@ -416,6 +422,11 @@ def test_external_validation_predicts_the_second_site_with_the_frozen_models(smo
         pred = pd.read_csv(smoke_run / "external" / "predictions" / f"{model}.csv")
         assert set(pred.loc[pred["fold"] == 0, "patient"]) == test
     assert len(list((smoke_run / "external" / "checkpoints" / "pet_cnn").glob("*.pt"))) == 1
+    # the fusions' image branches are cross-fitted (smoke profile): every development patient has a score from a
+    # PET CNN fitted on the other two thirds of them, and no external patient has one
+    crossed = pd.read_csv(smoke_run / "external" / "predictions" / "cross_fitted" / "pet_cnn.csv", dtype={"patient": str})
+    assert sorted(crossed["patient"]) == sorted(splits.loc[splits["fold"] == -1, "patient"])
+    assert sorted(set(crossed["fold_b"])) == [1, 2, 3] and set(crossed["fold_a"]) == {0}
     comparison = pd.read_csv(smoke_run / "results" / "06_external_vs_development.csv").set_index("model")
     dev = summary.set_index("model")
     for model in ran:

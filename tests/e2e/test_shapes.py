@@ -25,6 +25,12 @@ SHAPES = {
         endpoint={"time": "pfs_months", "event": "progressed", "horizon_months": 12},
         images={"pet": "pet_path", "mask": "lesion_mask_path", "organs": "organ_mask_path"}, clinical=["age"],
         labs=["chromogranin_a", "ggt"], blank={"lesion_mask_path": 5, "organ_mask_path": 6}),
+    # as a hospital's data come: a fifth of the patients without a PET, two others without a CT
+    "labs, PET and CT, some patients without PET or CT": {
+        "endpoint": {"time": "pfs_months", "event": "progressed", "horizon_months": 12},
+        "images": {"ct": "ct_path", "pet": "pet_path", "mask": "lesion_mask_path", "organs": "organ_mask_path"},
+        "clinical": ["age"], "labs": ["chromogranin_a", "ggt", "alkaline_phosphatase", "albumin", "ldh"],
+        "blank": {"pet_path": [0, 5, 10, 15, 20], "ct_path": [2, 7]}},
     "labs and CT, PFS": dict(endpoint={"time": "pfs_months", "event": "progressed", "horizon_months": 12},
                              images={"ct": "ct_path", "mask": "lesion_mask_path"}, clinical=["age", "grade"],
                              labs=["chromogranin_a", "ggt", "alkaline_phosphatase", "albumin", "ldh"]),
@@ -59,8 +65,8 @@ def test_every_chapter_runs_on_the_manifest_shape(shape, shape_table, small_coho
     table = shape_table / "cohort.csv"
     if "blank" in shape_doc:
         df = pd.read_csv(table, dtype=str, keep_default_na=False)
-        for col, row in shape_doc.pop("blank").items():
-            df.loc[row, col] = ""
+        for col, rows in shape_doc.pop("blank").items():
+            df.loc[rows, col] = ""
         table = tmp_path / "cohort.csv"
         df.to_csv(table, index=False)
     doc = {"name": "shape", "synthetic": True, "table": str(table), "image_root": str(small_cohort_dir),
@@ -89,6 +95,22 @@ def test_every_chapter_runs_on_the_manifest_shape(shape, shape_table, small_coho
         assert "No image CNN ran in this run" in text["05_explainability"]
     if not doc["labs"] and not doc["clinical"]:
         assert "The manifest lists no clinical or laboratory variables, so there is no Table 1." in text["01_cohort"]
+    if shape == "labs, PET and CT, some patients without PET or CT":
+        labelled = set(pd.read_csv(run_dir / "splits.csv", dtype={"patient": str})["patient"])
+        ran = summary[summary == "ran"].index
+        fusions = [m for m in ran if "fusion" in m or m.startswith("lab_pet_ct_")]
+        assert "lab_pet_ct_fusion" in fusions and "lab_petfeatures_net" in ran
+        for model in fusions:  # every fusion predicts every labelled patient in every repeat
+            pred = pd.read_csv(run_dir / "predictions" / f"{model}.csv", dtype={"patient": str})
+            per_repeat = pred[pred["fold"] >= 0].groupby("repeat")["patient"].apply(set)
+            assert (per_repeat == labelled).all(), model
+        # the single-image models scored the labelled patients with their image, and the summary says on how many
+        counts = pd.read_csv(run_dir / "results" / "summary.csv").set_index("model")["n_patients"]
+        has_label = checked.data["label"].notna()
+        assert counts["lab_pet_ct_fusion"] == has_label.sum() == len(labelled)
+        for modality in ("pet", "ct"):
+            assert counts[f"{modality}_cnn"] == (has_label & checked.data[f"{modality}_path"].notna()).sum(), modality
+        assert counts["pet_cnn"] < counts["lab_pet_ct_fusion"] and counts["ct_cnn"] < counts["lab_pet_ct_fusion"]
     if "label" in doc["endpoint"]:
         assert "wherever this book says \"short PFS\" it means response = 1" in text["01_cohort"]
         assert "no survival curve" in text["01_cohort"]

@@ -427,14 +427,22 @@ def test_bootstrap_ci_is_the_percentile_interval_of_the_stratified_resamples(lab
 def test_corrected_t_edge_cases_and_fields():
     # two folds are enough; the fields are exactly these
     r = comparison.corrected_resampled_ttest([0.1, 0.3], n_train=20, n_test=10)
-    assert set(r) == {"mean_difference", "t", "df", "p"} and r["df"] == 1
+    assert set(r) == {"mean_difference", "t", "df", "p", "ci_low", "ci_high"} and r["df"] == 1
     assert r["mean_difference"] == pytest.approx(0.2)
+    # the interval: mean ± t(0.975, J - 1) · sqrt((1/J + n_test/n_train) s²), here s² = 0.02, J = 2
+    half = stats.t.ppf(0.975, 1) * np.sqrt((1 / 2 + 10 / 20) * 0.02)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((0.2 - half, 0.2 + half))
+    # the interval excludes zero exactly when p < 0.05
+    for d in ([0.1, 0.12, 0.09, 0.11], [0.1, -0.05, 0.2, 0.0], [-0.3, -0.2, -0.25]):
+        r = comparison.corrected_resampled_ttest(d, n_train=20, n_test=10)
+        assert (r["ci_low"] > 0 or r["ci_high"] < 0) == (r["p"] < 0.05)
     with pytest.raises(ValueError, match="^need at least two folds for a t-test$"):
         comparison.corrected_resampled_ttest([0.1], n_train=20, n_test=10)
     # no spread: a constant non-zero difference is certain, a zero difference is no difference
-    assert comparison.corrected_resampled_ttest([0.25, 0.25, 0.25], 20, 10) == {"mean_difference": 0.25,
-                                                                      "t": np.inf, "df": 2, "p": 0.0}
-    assert comparison.corrected_resampled_ttest([0.0, 0.0], 20, 10) == {"mean_difference": 0.0, "t": 0.0, "df": 1, "p": 1.0}
+    assert comparison.corrected_resampled_ttest([0.25, 0.25, 0.25], 20, 10) == {
+        "mean_difference": 0.25, "t": np.inf, "df": 2, "p": 0.0, "ci_low": 0.25, "ci_high": 0.25}
+    assert comparison.corrected_resampled_ttest([0.0, 0.0], 20, 10) == {"mean_difference": 0.0, "t": 0.0, "df": 1, "p": 1.0,
+                                                                        "ci_low": 0.0, "ci_high": 0.0}
     # a spread that is not zero but small still goes through the formula
     d = np.array([1.0, 1.0, 1.0 + 1e-9])
     assert np.isfinite(comparison.corrected_resampled_ttest(d, 20, 10)["t"])
@@ -469,9 +477,16 @@ def test_compare_models_combines_the_two_tests_exactly(labels):
     ma, mb = metrics.mean_probability(a), metrics.mean_probability(b)
     dl = comparison.delong_test(labels.loc[ma.index].to_numpy(int), ma.to_numpy(), mb.loc[ma.index].to_numpy())
     assert c == {"auroc_difference": pytest.approx(nb["mean_difference"]), "p_corrected_t": pytest.approx(nb["p"]),
-                 "t": pytest.approx(nb["t"]), "df": nb["df"], "p_delong": pytest.approx(dl["p"]),
+                 "t": pytest.approx(nb["t"]), "df": nb["df"], "ci_low": pytest.approx(nb["ci_low"]),
+                 "ci_high": pytest.approx(nb["ci_high"]), "p_delong": pytest.approx(dl["p"]),
                  "delong_difference": pytest.approx(dl["difference"])}
     assert comparison.compare_models(b, a, s)["auroc_difference"] == pytest.approx(-c["auroc_difference"])
+    # a model that scored fewer patients (a PET CNN without some patients' PET) is compared on those it scored
+    gone = list(labels.index[::7])
+    fewer = b[~b["patient"].isin(gone)]
+    both = comparison.compare_models(a[~a["patient"].isin(gone)], fewer, s)
+    assert comparison.compare_models(a, fewer, s) == both
+    assert comparison.compare_models(a, fewer, s)["auroc_difference"] != pytest.approx(c["auroc_difference"])
 
 
 def test_per_fold_auroc_index_and_values(labels):

@@ -15,7 +15,7 @@ from prrt.evaluation.metrics import per_repeat_metrics
 from prrt.imaging.lesions import FEATURES
 from prrt.learn import base as base_
 from prrt.learn import fusion, image_model, loop, neural_fusion, tabular, training
-from prrt.study import ch04_fusion
+from prrt.study import ch04_comparison, ch04_fusion
 
 
 def _table(n=90, seed=0):
@@ -147,33 +147,88 @@ def test_a_fusion_with_two_of_its_three_modalities_runs_and_says_which_is_missin
     assert late.inputs == "labs + PET + CT, late; without laboratory values (not in the manifest)"
 
 
-def test_headline_text_reports_the_fusion_and_its_paired_tests():
-    summary = pd.DataFrame([
-        {"model": "pet_cnn", "status": "ran", "auroc_mean": 0.7012, "auroc_sd": 0.031, "auprc_mean": 0.5, "auprc_sd": 0.02,
-         "n_repeats": 5},
-        {"model": "lab_pet_features_rf", "status": "ran", "auroc_mean": 0.821, "auroc_sd": 0.012, "auprc_mean": 0.7,
-         "auprc_sd": 0.03, "n_repeats": 5},
-        {"model": "lab_pet_ct_fusion", "status": "ran", "auroc_mean": 0.7049, "auroc_sd": 0.0512, "auprc_mean": 0.551,
-         "auprc_sd": 0.046, "n_repeats": 5}])
+def _summary_rows(aurocs: dict, status: dict | None = None) -> pd.DataFrame:
+    return pd.DataFrame([{"model": m, "chapter": "04" if "fusion" in m or "net" in m else "02",
+                          "status": (status or {}).get(m, "ran"), "auroc_mean": a, "auroc_sd": 0.03,
+                          "auroc_ci_low": a - 0.1, "auroc_ci_high": a + 0.1, "auprc_mean": a - 0.2, "auprc_sd": 0.02,
+                          "brier_mean": 0.2, "n_repeats": 5} for m, a in aurocs.items()])
+
+
+def test_the_fusion_meets_the_control_the_best_model_without_a_cnn_and_every_single_source_model():
+    summary = _summary_rows({"lab_rf": 0.64, "lab_rf_with_cycles": 0.90, "pet_features_logreg": 0.75,
+                             "lab_pet_features_rf": 0.78, "pet_cnn": 0.73, "ct_cnn": 0.71, "ct_cnn_pretrained": 0.70,
+                             ch04_fusion.CONTROL: 0.80, ch04_fusion.HEADLINE: 0.83, "lab_logreg": 0.6},
+                            status={"lab_logreg": "skipped: no"})
+    rivals = ch04_comparison.fusion_rivals(summary)
+    # the cycles model is nobody's rival (post-treatment information), a skipped model neither
+    control = "control: the same network without CNN branches (also the best model without a CNN)"
+    assert rivals == [(ch04_fusion.CONTROL, control),
+                      ("lab_rf", "single source: laboratory values"), ("pet_features_logreg", "single source: SR-PET"),
+                      ("pet_cnn", "single source: SR-PET"), ("ct_cnn", "single source: CT"),
+                      ("ct_cnn_pretrained", "single source: CT")]
+    without_control = ch04_comparison.fusion_rivals(summary[summary["model"] != ch04_fusion.CONTROL])
+    assert without_control[0] == ("lab_pet_features_rf", "the best model without a CNN")
+
+
+def test_headline_text_reports_the_fusion_against_the_control_and_the_best_rivals():
+    summary = _summary_rows({"pet_cnn": 0.7012, "lab_pet_features_rf": 0.821, ch04_fusion.CONTROL: 0.69,
+                             ch04_fusion.HEADLINE: 0.7049})
     comparisons = pd.DataFrame([
-        {"comparison": "a", "model": "lab_pet_ct_fusion", "versus": "pet_cnn", "difference (mean over folds)": "+0.004",
-         "p, corrected resampled t-test": "0.920"},
-        {"comparison": "b", "model": "lab_pet_ct_fusion", "versus": "lab_pet_features_rf",
-         "difference (mean over folds)": "-0.116", "p, corrected resampled t-test": "<0.001"},
-        {"comparison": "c", "model": "ct_cnn_pretrained", "versus": "ct_cnn", "difference (mean over folds)": "+0.010",
-         "p, corrected resampled t-test": "0.5"}]).set_index("comparison")
-    assert ch04_fusion.headline_text(summary, comparisons) == (
-        "In this run the laboratory + SR-PET + CT fusion reached an AUROC of 0.70 ± 0.05 (AUPRC 0.55 ± 0.05; "
-        "mean ± SD over 5 repeats). Against the best unimodal model, `pet_cnn` (0.70 ± 0.03), the per-fold AUROCs "
-        "differ on average by +0.004 (corrected resampled t-test p = 0.920). Against the classical baseline, `lab_pet_features_rf` "
-        "(0.82 ± 0.01), the per-fold AUROCs differ on average by -0.116 (corrected resampled t-test p <0.001).")
-    assert ch04_fusion.headline_text(summary.iloc[:2], pd.DataFrame()) == (
+        {"comparison": "control: the same network without CNN branches", "model": ch04_fusion.HEADLINE,
+         "versus": ch04_fusion.CONTROL, "auroc_versus": 0.69, "difference": 0.015, "ci_low": -0.01, "ci_high": 0.04,
+         "p": 0.2, "p_holm": 0.4},
+        {"comparison": "the best model without a CNN", "model": ch04_fusion.HEADLINE, "versus": "lab_pet_features_rf",
+         "auroc_versus": 0.821, "difference": -0.116, "ci_low": -0.15, "ci_high": -0.08, "p": 0.0001, "p_holm": 0.0003},
+        {"comparison": "single source: SR-PET", "model": ch04_fusion.HEADLINE, "versus": "pet_cnn", "auroc_versus": 0.7012,
+         "difference": 0.004, "ci_low": -0.05, "ci_high": 0.06, "p": 0.92, "p_holm": 0.92},
+        {"comparison": "single source: SR-PET", "model": ch04_fusion.HEADLINE, "versus": "pet_features_rf",
+         "auroc_versus": 0.6, "difference": 0.1, "ci_low": 0.05, "ci_high": 0.15, "p": 0.01, "p_holm": 0.03},
+        {"comparison": "pretraining", "model": "ct_cnn_pretrained", "versus": "ct_cnn", "auroc_versus": 0.7,
+         "difference": 0.01, "ci_low": -0.05, "ci_high": 0.06, "p": 0.5, "p_holm": 0.92}]).set_index("comparison")
+    assert ch04_comparison.headline_text(summary, comparisons) == (
+        "In this run the laboratory + SR-PET + CT fusion reached an AUROC of 0.70 ± 0.03 (AUPRC 0.50 ± 0.02; "
+        "mean ± SD over 5 repeats). What its CNN branches add over the same network without them "
+        "(`lab_petfeatures_net`, 0.69 ± 0.03): a mean per-fold AUROC difference of +0.015 (95 % CI -0.010 to +0.040; "
+        "Holm-adjusted p = 0.400). Against the best model without a CNN, `lab_pet_features_rf` (0.82 ± 0.03): -0.116 "
+        "(95 % CI -0.150 to -0.080; Holm-adjusted p <0.001). Against the best single-source model, `pet_cnn` "
+        "(0.70 ± 0.03): +0.004 (95 % CI -0.050 to +0.060; Holm-adjusted p = 0.920).")
+    assert ch04_comparison.headline_text(summary.iloc[:2], pd.DataFrame()) == (
         "The laboratory + SR-PET + CT fusion did not run (not in the summary), so there is no fusion result to report.")
-    skipped = summary.assign(status=["ran", "ran", "skipped: fewer than two of its modalities are in the manifest"])
-    assert ch04_fusion.headline_text(skipped, pd.DataFrame()) == (
+    skipped = summary.assign(status=["ran", "ran", "ran", "skipped: fewer than two of its modalities are in the manifest"])
+    assert ch04_comparison.headline_text(skipped, pd.DataFrame()) == (
         "The laboratory + SR-PET + CT fusion did not run (skipped: fewer than two of its modalities are in the "
         "manifest), so there is no fusion result to report.")
-    assert ch04_fusion.headline_text(summary, pd.DataFrame()).endswith("over 5 repeats).")
+    assert ch04_comparison.headline_text(summary, pd.DataFrame()).endswith("over 5 repeats).")
+
+
+def test_the_chapter_says_where_adding_a_source_lowered_the_auroc():
+    summary = _summary_rows({ch04_fusion.CONTROL: 0.80, "lab_pet_fusion": 0.83, "lab_ct_fusion": 0.74,
+                             "pet_ct_fusion": 0.79, ch04_fusion.HEADLINE: 0.826})
+    # 0.826 is 0.83 as the tables show it: no lower than the 0.83 of laboratory values + SR-PET
+    assert ch04_comparison.lowering_text(summary) == "In this run, adding a source to a fusion never lowered its mean AUROC."
+    lower = summary.assign(auroc_mean=[0.80, 0.84, 0.74, 0.79, 0.82])
+    assert ch04_comparison.lowering_text(lower) == (
+        "In this run, adding CT to `lab_pet_fusion` (giving `lab_pet_ct_fusion`) lowered the mean AUROC from 0.84 "
+        "to 0.82.")
+    assert ch04_comparison.lowering_text(_summary_rows({"lab_rf": 0.6})) == ""
+
+
+def test_the_compact_table_and_the_forest_rows():
+    summary = _summary_rows({"lab_rf": 0.64, "lab_rf_with_cycles": 0.75, ch04_fusion.CONTROL: 0.80,
+                             ch04_fusion.HEADLINE: 0.83, "pet_cnn": 0.7}, status={"pet_cnn": "skipped: no PET"})
+    comparisons = pd.DataFrame({"model": [ch04_fusion.HEADLINE] * 2, "versus": ["lab_rf", ch04_fusion.CONTROL],
+                                "p_holm": [0.0004, 0.21]}, index=["a", "b"])
+    table = ch04_comparison.compact_table(summary, comparisons)
+    assert list(table.index) == [ch04_fusion.HEADLINE, ch04_fusion.CONTROL, "lab_rf_with_cycles", "lab_rf"]
+    assert list(table.columns) == ["sources", "AUROC", "AUPRC", "Brier", "p vs fusion (Holm)"]
+    assert table.loc[ch04_fusion.HEADLINE].tolist() == ["labs + PET + CT (fusion)", "0.83 ± 0.03", "0.63", "0.200", "–"]
+    assert table.loc["lab_rf", "p vs fusion (Holm)"] == "<0.001" and table.loc[ch04_fusion.CONTROL].iloc[-1] == "0.210"
+    assert table.loc["lab_rf_with_cycles", "p vs fusion (Holm)"] == "–"
+    rows = ch04_comparison.forest_rows(summary, {"lab": 0.69, "lab_pet_ct": 0.93, "lab_pet_features": 0.83})
+    assert list(rows.index) == ["lab_rf", "lab_rf_with_cycles", ch04_fusion.CONTROL, ch04_fusion.HEADLINE]
+    assert rows["bound"].tolist()[0] == 0.69 and np.isnan(rows["bound"].tolist()[1]) and rows["bound"].tolist()[3] == 0.93
+    assert rows["headline"].tolist() == [False, False, False, True]
+    assert ch04_comparison.forest_rows(summary, None)["bound"].isna().all()
 
 
 def test_the_fusions_sr_pet_part_reads_the_lesion_features_when_the_profile_says_so():
@@ -230,10 +285,11 @@ def test_chapter_table_takes_the_lesion_features_chapter_02_wrote(tmp_path):
 
 def test_fold_model_branches_read_the_cnn_trained_on_the_same_training_part(tmp_path):
     """With image branches from the fold models, a fusion loads, for each fold, the unimodal CNN's
-    checkpoint of exactly that training part; the loop fits that CNN first; a fold without such a
-    checkpoint is a clear error, never another fold's CNN (which saw this fold's test patients)."""
+    checkpoint of exactly that fold's training patients with the image (some lack a PET or a CT: the CNN of
+    that image was fitted without them, the fusion with them); the loop fits that CNN first; a fold without
+    such a checkpoint is a clear error, never another fold's CNN (which saw this fold's test patients)."""
     data, y, (no_pet, no_ct, no_labs) = _multimodal()
-    complete, _, _ = _multimodal(missing=False)  # the unimodal CNNs need every patient's image
+    complete = data
     s = sp.make_splits(y, 3, 2, 0)
     tcfg = training.TrainConfig(epochs=2, batch_size=8)
     pet_cnn = image_model.image_spec("pet_cnn", "pet", tcfg, "03", "PET", True)
@@ -258,13 +314,16 @@ def test_fold_model_branches_read_the_cnn_trained_on_the_same_training_part(tmp_
         m = results["f"].models[(f.repeat, f.fold)]
         part = loop.inner_split(f.train, y, cfg.train.val_fraction, loop.fold_seed(0, f.repeat, f.fold))
         ck = torch.load(tmp_path / "checkpoints" / "pet_cnn" / f"r{f.repeat}_f{f.fold}.pt", weights_only=True)
-        assert ck["training_part"] == part.digest()
+        with_pet = [p for p in part.all if p not in no_pet]
+        assert ck["training_patients"] == part.patients_digest(lambda p: p not in no_pet) != part.patients_digest()
+        assert ck["training_part"] == loop.inner_split(with_pet, y, cfg.train.val_fraction,
+                                                       loop.fold_seed(0, f.repeat, f.fold)).digest()
         for name, value in ck["state_dict"].items():  # the fold's own PET CNN, weight for weight
             assert torch.equal(m.scorers_["pet"].state_dict()[name], value), name
         fused = torch.load(tmp_path / "checkpoints" / "f" / f"r{f.repeat}_f{f.fold}.pt", weights_only=True)
         assert fused["fold_models"] == {"pet": "pet_cnn", "ct": "ct_cnn_pretrained"}
         # the branch is one standardised number: mean 0, SD 1 over the fitting patients that have a PET
-        z = m._inputs(complete, part.fit)["pet"][:, 0].numpy()
+        z = m._inputs(complete, [p for p in part.fit if p not in no_pet])["pet"][:, 0].numpy()
         assert abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-4
     w = m.modality_weights(data, no_pet)
     assert (w.loc[no_pet, ["pet", "pet_features"]] == 0).all().all()
@@ -272,7 +331,7 @@ def test_fold_model_branches_read_the_cnn_trained_on_the_same_training_part(tmp_
     other = base_.TrainingPart(fit=list(y.dropna().index[:20]), val=list(y.dropna().index[20:26]))
     with pytest.raises(FileNotFoundError, match=r"reads the fold models of pet_cnn \(chapter 03\).*no checkpoint trained "
                                                 r"on this fold's training part"):
-        scores["pet"].load(other)
+        scores["pet"].load(other, data)
 
 
 def test_cross_fitted_branches_train_the_fusion_on_scores_of_models_that_never_saw_the_patient(tmp_path):
@@ -288,8 +347,8 @@ def test_cross_fitted_branches_train_the_fusion_on_scores_of_models_that_never_s
     first = next(sp.iter_folds(s))
     part0 = loop.inner_split(first.train, y, tcfg.val_fraction, loop.fold_seed(0, first.repeat, first.fold))
     with pytest.raises(FileNotFoundError, match="needs the cross-fitted scores of pet_cnn"):
-        source.training_scores(part0, part0.fit[:1])
-    assert fusion.FoldModelScores(tmp_path, "pet_cnn", "pet").training_scores(part0, part0.fit) is None
+        source.training_scores(part0, complete, part0.fit[:1])
+    assert fusion.FoldModelScores(tmp_path, "pet_cnn", "pet").training_scores(part0, complete, part0.fit) is None
     scores = loop.cross_fitted_scores(pet_cnn, complete, s, 0, progress=False)
     fusion.write_cross_fitted(tmp_path, "pet_cnn", scores)
     cfg = fusion.FusionConfig(training.TrainConfig(epochs=3, batch_size=32, lr=3e-3), mechanism="intermediate")
@@ -322,7 +381,8 @@ def test_chapter_specs_with_fold_model_branches():
         modalities = ["pet", "ct"]
 
     smoke = replace(get_profile("smoke"), fusion_models="all")
-    assert smoke.fusion_image_branches == "fold_models" and get_profile("demo").fusion_image_branches == "fold_models"
+    assert smoke.fusion_image_branches == "cross_fitted" and get_profile("demo").fusion_image_branches == "cross_fitted"
+    smoke = replace(smoke, fusion_image_branches="fold_models")
     assert get_profile("paper").fusion_image_branches == "end_to_end"
     with pytest.raises(ValueError, match="need the run folder"):
         ch04_fusion.chapter_specs(Full(), smoke, None)
@@ -339,12 +399,27 @@ def test_chapter_specs_with_fold_model_branches():
     assert demo_head.build(0).cfg.train.epochs == fusion.SCORE_FUSION_TRAINING["epochs"] == 150
     assert specs["lab_ct_fusion"].requires == ("ct_cnn_pretrained",) and specs["lab_pet_fusion"].requires == ("pet_cnn",)
     assert specs["lab_pet_ct_late"].requires == ()
+    # the control: the same network and training, laboratory and lesion-feature branches only
+    control, fused = specs[ch04_fusion.CONTROL].build(0), head.build(0)
+    assert control.modalities == ["labs", "pet_features"] and not control.fold_models
+    assert specs[ch04_fusion.CONTROL].requires == () and specs[ch04_fusion.CONTROL].bound == "lab_pet_features"
+    assert control.cfg == fused.cfg
+    assert specs[ch04_fusion.CONTROL].inputs == ("laboratory values + SR-PET lesion features, the fusion network "
+                                                 "without CNN branches (adaptive; control)")
     scratch = {s.name: s for s in ch04_fusion.chapter_specs(Full(), smoke, None, run_dir="r")}  # no pretraining
     assert scratch["pet_ct_fusion"].requires == ("pet_cnn", "ct_cnn")
     assert scratch["lab_pet_ct_fusion"].inputs.endswith("adaptive fusion, image branches: the fold's unimodal CNN scores")
     demo = {s.name: s for s in ch04_fusion.chapter_specs(Full(), get_profile("demo"), None, run_dir="r")}
-    assert [n for n, s in demo.items() if s.build is None] == ["ct_cnn_pretrained", "lab_pet_ct_late"]
-    assert demo["lab_pet_ct_late"].reason == "not trained in the demo profile (fusion_models = neural)"
+    assert [n for n, s in demo.items() if s.build is None] == ["ct_cnn_pretrained"]
+    # the demo's late fusion stacks the cross-fitted scores of the fold CNNs (no CNN refitted inside a training part)
+    late = demo["lab_pet_ct_late"]
+    assert late.requires == ("pet_cnn", "ct_cnn") and set(late.build(0).fold_models) == {"pet", "ct"}
+    assert "the CNNs' cross-fitted" in late.inputs
+    neural = {s.name: s for s in ch04_fusion.chapter_specs(Full(), replace(smoke, fusion_models="neural"), None,
+                                                              run_dir="r")}
+    assert neural["lab_pet_ct_late"].reason == "not trained in the smoke profile (fusion_models = neural)"
+    # fold_models (not cross-fitted) scores would leak into the stacking: there the late fusion refits its bases
+    assert specs["lab_pet_ct_late"].requires == () and not specs["lab_pet_ct_late"].build(0).fold_models
 
 
 def test_chapter_04_writes_cross_fitted_scores_for_the_image_models_its_fusions_read(tmp_path):
@@ -370,8 +445,10 @@ def test_chapter_04_writes_cross_fitted_scores_for_the_image_models_its_fusions_
         written = pd.read_csv(fusion.cross_fitted_path(tmp_path, name))
         assert len(written) == 3 * 2 / 3 * len(y.dropna()) and set(written["fold_b"]) == {1, 2}
     # the other settings write nothing
-    assert ch04_fusion.write_cross_fitted_scores(SimpleNamespace(**{**vars(ctx), "profile": get_profile("smoke")}),
-                                                 specs, complete) == []
+    for other in ("fold_models", "end_to_end"):
+        profile = replace(crossed, fusion_image_branches=other)
+        assert ch04_fusion.write_cross_fitted_scores(SimpleNamespace(**{**vars(ctx), "profile": profile}),
+                                                     specs, complete) == []
 
 
 def test_image_branches_text_says_how_the_run_trained_them():
@@ -389,14 +466,166 @@ def test_image_branches_text_says_how_the_run_trained_them():
     assert ch04_fusion.image_branches_text(get_profile("paper"), False).endswith("end to end, with the rest of the network.")
 
 
-def test_external_validation_refuses_cross_fitted_fusions_instead_of_leaking(tmp_path):
-    from dataclasses import replace
-    from types import SimpleNamespace
+def test_modality_dropout_hides_sources_never_one_half_of_sr_pet_and_never_everything():
+    of_source = torch.tensor([0, 1, 1, 2])  # labs, pet_features, pet, ct: labs; SR-PET (features and CNN); CT
+    present = torch.ones((4000, 4))
+    present[:1000, 1:3] = 0  # no PET
+    present[1000:1500, 3] = 0  # no CT
+    g = torch.Generator().manual_seed(0)
+    out = neural_fusion.drop_sources(present, of_source, 3, 0.3, g)
+    assert ((out[:, 1] == out[:, 2]) | (present[:, 1] != present[:, 2])).all()  # SR-PET's two parts go together
+    assert (out <= present).all() and (out.sum(dim=1) > 0).all()  # only present ones dropped, never all
+    dropped_pet = ((present[:, 2] == 1) & (out[:, 2] == 0)).float().sum() / (present[:, 2] == 1).sum()
+    assert 0.2 < float(dropped_pet) < 0.35  # about the rate (less where it was a patient's last source)
+    assert (out[:1000, 1:3] == 0).all()
+    # no dropout: nothing changes
+    assert torch.equal(neural_fusion.drop_sources(present, of_source, 3, 0.0, g), present)
 
-    from prrt.profiles import get_profile
-    from prrt.study import ch06_external
 
-    ctx = SimpleNamespace(profile=replace(get_profile("smoke"), fusion_image_branches="cross_fitted"), run_dir=tmp_path)
-    with pytest.raises(ValueError, match="external validation cannot yet fit fusions whose image branches are "
-                                         "cross-fitted"):
-        ch06_external.validate_externally(ctx, tmp_path / "site_b.yaml")
+def test_the_adaptive_gate_is_cross_modal_each_weight_depends_on_the_other_modalities():
+    torch.manual_seed(0)
+    encoders = {m: fusion.LabEncoder(3, 0) for m in ("labs", "pet", "ct")}
+    net = fusion.FusionNet(encoders, "adaptive", dim=4)
+    x = {m: torch.randn(6, 3) for m in encoders}
+    present = torch.ones((6, 3))
+    _, w = net.embed(x, present)
+    np.testing.assert_allclose(w.sum(dim=1).detach().numpy(), 1.0, rtol=1e-6)
+    # change the CT input only. At the start the cross-modal term is zero: a per-modality gate, which keeps the ratio
+    # of the laboratory and SR-PET weights fixed
+    x2 = {**x, "ct": torch.randn(6, 3) * 3}
+
+    def ratio(inputs):
+        _, w = net.embed(inputs, present)
+        return (w[:, 0] / w[:, 1]).detach()
+
+    torch.testing.assert_close(ratio(x), ratio(x2))
+    # once the cross-modal term has learnt something, the CT moves the weight of the laboratory values too
+    with torch.no_grad():
+        net.cross_gate.weight.normal_()
+    assert not torch.allclose(ratio(x), ratio(x2), rtol=1e-3)
+    assert sum(p.numel() for p in net.cross_gate.parameters()) == (3 * 4 + 3) * 3 + 3
+    # a missing modality gets no weight
+    present[:3, 2] = 0
+    _, w3 = net.embed(x, present)
+    assert (w3[:3, 2] == 0).all() and torch.allclose(w3.sum(dim=1), torch.ones(6))
+
+
+def test_a_model_on_a_share_of_the_labels_sees_a_stratified_share_the_same_for_every_model():
+    seen = []
+
+    class Recorder:
+        def fit(self, data, part, seed, progress=True, desc=""):
+            seen.append((sorted(part.fit), sorted(part.val)))
+
+    X, y = _table(60)
+    data = base_.ModelData(y, table=X)
+    part = base_.TrainingPart(fit=list(y.index[:48]), val=list(y.index[48:]))
+    for _ in range(2):
+        base_.FewerLabels(Recorder(), 0.25).fit(data, part, seed=5)
+    (fit, val), (fit2, _) = seen
+    assert fit == fit2 and len(fit) == 12 and set(fit) <= set(part.fit) and val == sorted(part.val)
+    assert y.loc[fit].sum() == 4  # 16 short PFS among 48: a quarter of each class
+    base_.FewerLabels(Recorder(), 0.25).fit(data, part, seed=6)
+    assert seen[-1][0] != fit  # another fold seed, another share
+    base_.FewerLabels(Recorder(), 1.0).fit(data, part, seed=5)
+    assert seen[-1][0] == sorted(part.fit)
+    with pytest.raises(ValueError, match=r"share of labels must be in \(0, 1\]"):
+        base_.FewerLabels(Recorder(), 0)
+
+
+def test_with_images_that_carry_no_signal_a_cross_fitted_fusion_does_no_worse_than_the_labs_alone(tmp_path):
+    """Images shuffled among patients carry no label signal, but a CNN still memorises its training patients.
+    Given that CNN's scores of its own training patients (``fold_models``), the fusion learns to trust them and
+    falls below the laboratory model; given cross-fitted scores, it learns they are worth nothing and stays
+    within 0.02 of it."""
+    rng = np.random.default_rng(3)
+    n = 120
+    y = pd.Series((rng.random(n) < 0.35).astype(float), index=[f"P{i:03d}" for i in range(n)])
+    table = pd.DataFrame({"cga": 1.2 * y + rng.normal(size=n), "ggt": rng.normal(size=n)}, index=y.index)
+    pet = torch.from_numpy(rng.random((n, 1, 8, 8, 6)).astype(np.float32))  # noise: no label in the images
+    data = base_.ModelData(y, table=table, images={"pet": base_.ImageSet(pet, list(y.index))})
+    s = sp.make_splits(y, 3, 2, 0)
+    memorising = training.TrainConfig(epochs=40, batch_size=16, lr=3e-3, weight_decay=0.0, dropout=0.0,
+                                      val_fraction=0.0, augment=False)
+    pet_cnn = image_model.image_spec("pet_cnn", "pet", memorising, "03", "PET", True)
+    labs = tabular.table_spec("lab_lr", "02", "labs", ["cga", "ggt"], lambda seed: LogisticRegression())
+    results, _ = loop.run_models([pet_cnn, labs], data, None, s, _Profile(), 0, tmp_path, keep_models=True)
+    fold = next(sp.iter_folds(s))
+    cnn = results["pet_cnn"].models[(fold.repeat, fold.fold)]
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(y.loc[fold.train], cnn.predict(data, fold.train)) > 0.95  # it memorised its patients
+    fusion.write_cross_fitted(tmp_path, "pet_cnn", loop.cross_fitted_scores(pet_cnn, data, s, 0, progress=False))
+
+    class Labs:
+        labs = ("cga", "ggt")
+        modalities = ("pet",)
+
+    cfg = fusion.FusionConfig(training.TrainConfig(**{**fusion.SCORE_FUSION_TRAINING, "val_fraction": 0.0}),
+                              mechanism="intermediate", **fusion.SCORE_FUSION_NETWORK)
+    auroc = {"labs": per_repeat_metrics(results["lab_lr"].predictions)["auroc"].mean()}
+    for branches in ("fold_models", "cross_fitted"):
+        source = fusion.FoldModelScores(tmp_path, "pet_cnn", "pet", "03", cross_fitted=branches == "cross_fitted")
+        spec = ch04_fusion.neural_fusion_spec(branches, "04", "labs + PET", ["labs", "pet"], Labs(), cfg,
+                                              fold_models={"pet": source})
+        fused, _ = loop.run_models([spec], data, None, s, _Profile(), 0, tmp_path)
+        auroc[branches] = per_repeat_metrics(fused[branches].predictions)["auroc"].mean()
+    assert auroc["cross_fitted"] >= auroc["labs"] - 0.02, auroc
+    assert auroc["fold_models"] < auroc["cross_fitted"] - 0.02, auroc  # the leak this guards against
+
+
+def test_the_chapter_says_whether_the_gate_beat_concatenation_and_why_not():
+    summary = _summary_rows({ch04_fusion.HEADLINE: 0.801, "lab_pet_ct_intermediate": 0.82}).assign(n_patients=116)
+    assert ch04_comparison.gate_text(summary, "adaptive") == (
+        "In this run the cross-modal gate did not beat concatenation: AUROC 0.80 against 0.82. A likely reason: the "
+        "gate is learnt from the same 116 patients as the rest of the network, and it can only re-weight the sources' "
+        "embeddings, while concatenation lets the final layer weigh each source's evidence directly; with a cohort of "
+        "this size the extra freedom of a weighting per patient costs more than it brings.")
+    better = _summary_rows({ch04_fusion.HEADLINE: 0.80, "lab_pet_ct_adaptive": 0.83})
+    assert ch04_comparison.gate_text(better, "intermediate") == (
+        "In this run the cross-modal gate beat concatenation: AUROC 0.83 against 0.80.")
+    assert ch04_comparison.gate_text(summary.iloc[:1], "adaptive") == ""
+
+
+def test_late_fusion_on_cross_fitted_sources_stacks_scores_of_models_that_never_saw_the_patient(tmp_path):
+    complete, y, _ = _multimodal(missing=False)
+    s = sp.make_splits(y, 3, 1, 0)
+    tcfg = training.TrainConfig(epochs=2, batch_size=8, val_fraction=0.0)
+    pet_cnn = image_model.image_spec("pet_cnn", "pet", tcfg, "03", "PET", True)
+    loop.run_models([pet_cnn], complete, None, s, _Profile(), 0, tmp_path)
+    scores = loop.cross_fitted_scores(pet_cnn, complete, s, 0, progress=False)
+    fusion.write_cross_fitted(tmp_path, "pet_cnn", scores)
+    with pytest.raises(ValueError, match="late fusion reads only cross-fitted scores"):
+        fusion.LateFusion([], fold_models={"pet": fusion.FoldModelScores(tmp_path, "pet_cnn", "pet")})
+    source = fusion.FoldModelScores(tmp_path, "pet_cnn", "pet", "03", cross_fitted=True)
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+
+    labs = tabular.table_spec("lab_lr", "02", "labs", ["cga", "ggt"],
+                              lambda seed: make_pipeline(SimpleImputer(), LogisticRegression()))
+    spec = ch04_fusion.late_fusion_spec("late", "04", "labs + PET", [labs, pet_cnn], 2, fold_models={"pet": source})
+    assert spec.requires == ("pet_cnn",)
+    res = loop.cross_validate(spec, complete, s, seed=0, progress=False, keep_models=True)
+    for f in sp.iter_folds(s):
+        m = res.models[(f.repeat, f.fold)]
+        part = loop.inner_split(f.train, y, 0.0, loop.fold_seed(0, f.repeat, f.fold))
+        # the PET CNN was not refitted: its stacking inputs are the cross-fitted scores, standardised
+        assert [t for t in m.trace if t[0] == "pet_cnn"] == [("pet_cnn", [], part.all)]
+        want = loop.training_score_of(scores, f.repeat, f.fold, part.all).to_numpy()
+        z = m.features(complete, part.all)["unimodal_logits"]
+        mean, sd = m.scale_[1]
+        own = fusion.network_scores(source.load(part, complete), complete.images["pet"].take(part.all))
+        np.testing.assert_allclose(z[:, 1], (own - mean) / sd, rtol=1e-5)  # at prediction: the fold CNN's own
+        np.testing.assert_allclose((own.mean(), own.std()), (mean, sd), rtol=1e-5)
+        assert not np.allclose(want, own)
+    assert set(res.predictions.loc[res.predictions["fold"] >= 0, "patient"]) == set(y.dropna().index)
+
+
+def test_a_fusion_without_a_source_stands_beside_the_model_that_never_had_it():
+    summary = _summary_rows({"lab_rf": 0.64, "lab_logreg": 0.66, "pet_features_logreg": 0.75, "pet_cnn": 0.73,
+                             "lab_pet_fusion": 0.8, "pet_ct_fusion": 0.78, ch04_fusion.HEADLINE: 0.82},
+                            status={"pet_ct_fusion": "skipped: no"})
+    stand_in = ch04_comparison.stand_in
+    assert stand_in(ch04_fusion.HEADLINE, "ct", summary) == "lab_pet_fusion"  # the fusion of what is left
+    assert stand_in(ch04_fusion.HEADLINE, "labs", summary) is None  # SR-PET + CT did not run
+    assert stand_in("lab_pet_fusion", "pet", summary) == "lab_logreg"  # the best model of the one source left
+    assert stand_in("lab_pet_fusion", "labs", summary) == "pet_features_logreg"

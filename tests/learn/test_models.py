@@ -188,13 +188,30 @@ def test_fold_outputs_defaults_show_progress_and_keep_no_model(chapter, capsys):
     assert "lab_lr:" in capsys.readouterr().err
 
 
-def test_a_patient_of_the_splits_without_the_models_inputs_stops_it_with_a_clear_error(chapter):
+def test_a_model_is_fitted_and_scored_on_the_patients_with_its_inputs_on_the_shared_splits(chapter, tmp_path):
+    """A patient without a PET stays in the shared splits; the PET CNN leaves it out of its training and test patients,
+    the summary counts whom it scored, and restoring its fold models finds the same training parts."""
     cohort, data, splits, specs, profile = chapter
     ids = list(data.y.index)
-    few = base.ModelData(data.y, images={"pet": base.ImageSet(data.images["pet"].x[4:], ids[4:])})
-    with pytest.raises(ValueError, match=re.escape(f"tiny_cnn: 4 patients of the splits lack its inputs (pet), "
-                                                   f"e.g. {sorted(ids[:4])[:3]}")):
-        loop.fold_outputs([specs[2]], few, splits, 8, progress=False)
+    no_pet = ids[:4]
+    few = base.ModelData(data.y, table=data.table, images={"pet": base.ImageSet(data.images["pet"].x[4:], ids[4:])})
+    results, rows = loop.run_models([specs[2]], few, cohort, splits, profile, 8, tmp_path, progress=False)
+    pred = results["tiny_cnn"].predictions
+    labelled_with_pet = set(data.y.dropna().index) - set(no_pet)
+    assert pred[pred["fold"] >= 0].groupby("repeat")["patient"].apply(set).tolist() == [labelled_with_pet] * 2
+    assert rows[0]["n_patients"] == len(labelled_with_pet)
+    for fold, seen in zip(sp.iter_folds(splits), loop.folds_of(specs[2], few, sp.iter_folds(splits))):
+        assert seen.train == [p for p in fold.train if p not in no_pet] and seen.test == [p for p in fold.test
+                                                                                        if p not in no_pet]
+    assert len(loop.restore_fold_models(specs[2], few, splits, 8, tmp_path)) == 6
+    # a model that needs nothing sees the folds as they are
+    assert loop.folds_of(replace(specs[2], needs=()), few, sp.iter_folds(splits)) == list(sp.iter_folds(splits))
+    # a fold with no test patient left is an error that names it
+    fold = next(sp.iter_folds(splits))
+    none = base.ModelData(data.y, images={"pet": base.ImageSet(data.images["pet"].x[:0], [])})
+    with pytest.raises(ValueError, match=re.escape(f"tiny_cnn: repeat {fold.repeat}, fold {fold.fold} has no training "
+                                                   "patient with its inputs (pet)")):
+        loop.fold_outputs([specs[2]], none, splits, 8, progress=False)
     with pytest.raises(ValueError, match=re.escape("pet_thing cannot run: the manifest names no PET images")):
         loop.fold_outputs([specs[1]], data, splits, 8, progress=False)
 
@@ -214,6 +231,10 @@ def test_training_part_digest_tells_parts_apart_and_ignores_order():
     sha = lambda text: __import__("hashlib").sha256(text).hexdigest()[:16]
     assert a.digest() == sha(b"fit:P1,P2,P3|val:P4")
     assert base.TrainingPart(fit=["P1"], val=["P3", "P2"]).digest() == sha(b"fit:P1|val:P2,P3")
+    # the training patients together (how a fusion finds an image model of its fold): parts do not matter, a filter does
+    assert a.patients_digest() == base.TrainingPart(fit=["P4", "P1"], val=["P2", "P3"]).patients_digest()
+    assert a.patients_digest() == sha(b"all:P1,P2,P3,P4")
+    assert a.patients_digest(lambda p: p != "P2") == sha(b"all:P1,P3,P4")
 
 
 def test_run_models_fits_required_models_first_through_a_chain_and_refuses_a_circle(tmp_path):
@@ -274,6 +295,21 @@ def test_the_model_protocol_states_every_method_the_loop_calls():
         TableModel(None, ["a"]).restore(None, None, {})
 
 
+class Memoriser:
+    """Predicts a training patient's own label (perfect memory) and 0.5 for anyone else; notes whom each fit saw
+    (``fitted_on``: fold seed -> patients)."""
+
+    def __init__(self, fitted_on: dict):
+        self.fitted_on = fitted_on
+
+    def fit(self, data, part, seed, progress=True, desc=""):
+        self.seen = set(part.all)
+        self.fitted_on[seed] = self.seen
+
+    def predict(self, data, patients):
+        return np.array([float(data.y[p]) * 0.98 + 0.01 if p in self.seen else 0.5 for p in patients])
+
+
 def test_cross_fitted_scores_come_from_models_that_saw_neither_the_patient_nor_the_test_fold():
     """Every training patient of every outer fold gets one score, from a model fitted without that patient and
     without the fold's test patients; a memorising model cannot pass a label through it."""
@@ -282,18 +318,7 @@ def test_cross_fitted_scores_come_from_models_that_saw_neither_the_patient_nor_t
     data = base.ModelData(y, table=pd.DataFrame({"a": rng.normal(size=36)}, index=y.index))
     s = sp.make_splits(y, 3, 2, 0)
     fitted_on = {}
-
-    class Memoriser:
-        """Predicts a training patient's own label (perfect memory) and 0.5 for anyone else."""
-
-        def fit(self, data, part, seed, progress=True, desc=""):
-            self.seen = set(part.all)
-            fitted_on[seed] = self.seen
-
-        def predict(self, data, patients):
-            return np.array([float(data.y[p]) * 0.98 + 0.01 if p in self.seen else 0.5 for p in patients])
-
-    spec = base.ModelSpec("memo", "04", "a", lambda seed: Memoriser(), needs=("table",), columns=["a"])
+    spec = base.ModelSpec("memo", "04", "a", lambda seed: Memoriser(fitted_on), needs=("table",), columns=["a"])
     scores = loop.cross_fitted_scores(spec, data, s, seed=7, progress=False)
     assert len(fitted_on) == 2 * 3  # three pairs of folds per repeat, one model each
     assert set(scores.columns) == {"repeat", "fold_a", "fold_b", "patient", "logit"}
@@ -314,3 +339,37 @@ def test_cross_fitted_scores_come_from_models_that_saw_neither_the_patient_nor_t
         sp.cross_fit_folds(sp.make_splits(y, 2, 1, 0))
     with pytest.raises(ValueError, match="is an outer fold"):
         sp.left_out_pair(2)
+
+
+def test_cross_fitting_a_single_outer_fold_uses_inner_folds_over_its_training_patients():
+    """The external design (one outer fold, every other patient training only) has no pair of outer folds:
+    each training patient is scored by a model fitted on the other two thirds of them, never on the test fold."""
+    rng = np.random.default_rng(2)
+    y = pd.Series((np.arange(45) % 3 == 0).astype(float), index=[f"P{i:03d}" for i in range(45)])
+    data = base.ModelData(y, table=pd.DataFrame({"a": rng.normal(size=45)}, index=y.index))
+
+    class Cohort:
+        def __init__(self):
+            self.data = pd.DataFrame({"label": y})
+
+    external = list(y.index[-15:])
+    s = sp.external_splits(Cohort(), external)
+    folds = sp.cross_fit_folds(s, y, seed=3)
+    assert [f.fold for f in folds] == [101, 102, 103] and [sp.left_out_pair(f.fold) for f in folds] == [(0, 1), (0, 2),
+                                                                                                         (0, 3)]
+    development = sorted(set(y.index) - set(external))
+    assert sorted(p for f in folds for p in f.test) == development  # each development patient scored once
+    for f in folds:
+        assert not set(f.train) & (set(f.test) | set(external)) and sorted(f.train + f.test) == development
+        assert y.loc[f.test].sum() in (3, 4)  # stratified: 10 short PFS among the 30
+    assert [f.test for f in sp.cross_fit_folds(s, y, seed=3)] == [f.test for f in folds]  # same seed, same folds
+
+    seen = {}
+    spec = base.ModelSpec("memo", "06", "a", lambda seed: Memoriser(seen), needs=("table",), columns=["a"])
+    scores = loop.cross_fitted_scores(spec, data, s, seed=3, progress=False)
+    got = loop.training_score_of(scores, 0, 0, development)
+    assert list(got.index) == development
+    np.testing.assert_allclose(got.to_numpy(), 0.0, atol=1e-9)  # no model saw the patient it scored
+    assert all(not (v & set(external)) for v in seen.values())
+    with pytest.raises(ValueError, match="no cross-fitted score of repeat 0, fold 0"):
+        loop.training_score_of(scores, 0, 0, external[:1])

@@ -360,11 +360,13 @@ def test_image_model_checkpoint_record(tmp_path):
     cfg = training.TrainConfig(epochs=2, selection="val_loss", augment=False)
     res = cv_images("ck", torch.cat([x, x], dim=1), y, s, cfg, seed=0, run_dir=tmp_path)
     ck = torch.load(tmp_path / "checkpoints" / "ck" / "r0_f1.pt", weights_only=False)
-    assert set(ck) == {"state_dict", "config", "best_epoch", "in_channels", "modality", "training_part"}
+    assert set(ck) == {"state_dict", "config", "best_epoch", "in_channels", "modality", "training_part",
+                       "training_patients"}
     assert ck["config"] == cfg.to_dict() and ck["in_channels"] == 2
     fold = [f for f in sp.iter_folds(s) if (f.repeat, f.fold) == (0, 1)][0]
     part = loop.inner_split(fold.train, y, cfg.val_fraction, loop.fold_seed(0, 0, 1))
     assert ck["training_part"] == part.digest() and len(part.digest()) == 16
+    assert ck["training_patients"] == part.patients_digest() == base.TrainingPart(part.all, []).patients_digest()
     curve = res.curves.query("repeat == 0 and fold == 1")
     assert ck["best_epoch"] == int(curve.loc[curve["best"], "epoch"].iloc[0]) == int(curve["val_loss"].idxmin() % 2) + 1
 

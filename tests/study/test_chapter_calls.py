@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from prrt.data import Cohort
-from prrt.evaluation import calibration_bins, net_benefit
+from prrt.evaluation import calibration_bins, net_benefit, per_repeat_metrics
 from prrt.evaluation.results import SUMMARY_COLUMNS
 from prrt.explain import Saliency
 from prrt.learn import ModelData, ModelSpec, config_from_profile, count_weights, make_model, table_spec
@@ -21,6 +21,7 @@ from prrt.study import (
     ch01_cohort,
     ch02_labs,
     ch03_images,
+    ch04_comparison,
     ch04_fusion,
     ch05_explain,
     ch06_external,
@@ -463,13 +464,13 @@ def test_the_seven_models_in_the_studys_order_and_the_mechanisms():
 def test_paired_tests_are_written_only_when_there_are_some(tmp_path):
     ctx = make_ctx(tmp_path, make_cohort(tmp_path), make_splits())
     summary = summary_of({"lab_rf": "02"})
-    assert ch04_fusion.paired_tests(ctx, summary).empty
+    assert ch04_comparison.paired_tests(ctx, summary).empty
     assert not (ctx.run_dir / "results" / "04_paired_tests.csv").exists()
     (ctx.run_dir / "predictions").mkdir()
     for i, m in enumerate([HEADLINE, "lab_rf"]):
         make_predictions(ranking_scores(0.1 + 0.1 * i), ctx.splits, 0.1, i).to_csv(
             ctx.run_dir / "predictions" / f"{m}.csv", index=False)
-    tests = ch04_fusion.paired_tests(ctx, summary_of({"lab_rf": "02", HEADLINE: "04"}))
+    tests = ch04_comparison.paired_tests(ctx, summary_of({"lab_rf": "02", HEADLINE: "04"}))
     assert tests["model"].tolist() == [HEADLINE] and tests["versus"].tolist() == ["lab_rf"]
     written = pd.read_csv(ctx.run_dir / "results" / "04_paired_tests.csv", index_col=0)
     assert written.index.tolist() == tests.index.tolist()
@@ -741,3 +742,57 @@ def test_the_parameters_table_has_one_header_row(tmp_path):
     head = re.search(r"<thead>(.*?)</thead>", html, re.DOTALL).group(1)
     assert head.count("<tr>") == 1 and "parameter" in head and "value" in head
     assert "seed" in html and notebook.parameters_table(ctx).loc["seed", "value"] == str(ctx.seed)
+
+
+def test_the_pretraining_figure_fits_both_ct_cnns_on_the_same_share_of_labels(small_cohort_dir, tmp_path):
+    from dataclasses import replace
+
+    from prrt.data.load import load_cohort
+    from prrt.learn import image_data, run_models
+    from prrt.learn.networks import build_encoder
+
+    cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="exists")
+    profile = replace(get_profile("smoke"), label_fractions=(0.5, 2.0), label_fraction_repeats=1)
+    ctx = notebook.Context(cohort, profile, 5, tmp_path / "run", tmp_path / "cache")
+    ctx.run_dir.mkdir()
+    (ctx.run_dir / "results").mkdir()
+    data = image_data(cohort, profile, ctx.cache_dir, progress=False)
+    ct_state = build_encoder(profile.encoder, in_channels=data.images["ct"].x.shape[1]).state_dict()
+    specs = [s for s in ch03_images.image_specs(cohort, profile) + ch04_fusion.chapter_specs(cohort, profile, ct_state,
+                                                                                             run_dir=ctx.run_dir)
+             if s.name in ("ct_cnn", "ct_cnn_pretrained")]
+    run_models(specs, data, cohort, ctx.splits, profile, ctx.seed, ctx.run_dir, progress=False)  # chapters 03, 04
+    table = ch04_fusion.label_fractions(ctx, data, ct_state)
+    assert table["fraction"].tolist() == [0.5, 1.0] and (table["repeats"] == 1).all()  # shares outside (0, 1) left out
+    full = table.iloc[1]
+    for kind, model in (("scratch", "ct_cnn"), ("pretrained", "ct_cnn_pretrained")):  # all labels: the chapter's own
+        pred = pd.read_csv(ctx.run_dir / "predictions" / f"{model}.csv", dtype={"patient": str})
+        assert full[f"auroc_{kind}"] == pytest.approx(per_repeat_metrics(pred[pred["repeat"] == 0])["auroc"].iloc[0])
+    assert full["ci_low"] <= full["difference"] <= full["ci_high"]
+    assert pd.read_csv(ctx.run_dir / "results" / "04_label_fractions.csv")["fraction"].tolist() == [0.5, 1.0]
+    assert ch04_fusion.label_fractions(ctx, data, None) is None  # no pretrained encoder: no figure
+    assert ch04_fusion.label_fractions(replace_profile(ctx, label_fractions=()), data, ct_state) is None
+    text = ch04_fusion.label_fraction_text(table)
+    assert text.startswith("Pretrained minus from scratch, mean per-fold AUROC difference over 1 repeat: 50 % of "
+                           "the labels: ")
+
+
+def replace_profile(ctx, **changes):
+    from dataclasses import replace
+
+    return notebook.Context(ctx.cohort, replace(ctx.profile, **changes), ctx.seed, ctx.run_dir, ctx.cache_dir)
+
+
+def test_the_pretraining_figure_in_words():
+    table = pd.DataFrame({"fraction": [0.25, 0.5, 1.0], "difference": [0.05, 0.01, -0.04],
+                          "ci_low": [0.01, -0.03, -0.07], "ci_high": [0.09, 0.05, -0.01], "repeats": 2})
+    assert ch04_fusion.label_fraction_text(table) == (
+        "Pretrained minus from scratch, mean per-fold AUROC difference over 2 repeats: 25 % of the labels: +0.050 "
+        "(95 % CI +0.010 to +0.090); 50 % of the labels: +0.010 (95 % CI -0.030 to +0.050); 100 % of the labels: "
+        "-0.040 (95 % CI -0.070 to -0.010). The interval lies above zero (pretraining helped) at 25 % of the labels. "
+        "The interval lies below zero (pretraining hurt) at 100 % of the labels.")
+    none = table.assign(ci_low=-0.1, ci_high=0.1)
+    assert ch04_fusion.label_fraction_text(none).endswith(
+        "Every interval includes zero: on this cohort pretraining made no measurable difference to the CT CNN, with "
+        "few labels or with all of them.")
+    assert ch04_fusion.label_fraction_text(None).startswith("No pretraining figure in this run")

@@ -1,0 +1,261 @@
+"""Chapter 04's comparisons: the fusion against its rivals, read at a glance.
+
+The rivals (:func:`fusion_rivals`): the control (the fusion network without its CNN branches; what the CNN
+branches add is the fusion minus it), the best model without a CNN, and every single-source model. Their paired
+tests (:func:`headline_comparisons`: corrected resampled t-test with the 95 % interval of the mean difference) are
+Holm-adjusted within one family, the chapter's paired tests. :func:`compact_table` and :func:`forest_rows` give the
+chapter's opening table and forest plot; :func:`headline_text`, :func:`lowering_text` and :func:`gate_text` its
+sentences; :func:`source_removal` each fusion without one source at test time beside the model that never had it.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..evaluation import (
+    compare_models,
+    format_p,
+    holm,
+    p_phrase,
+    per_repeat_metrics,
+    read_predictions,
+)
+from ..explain import modality_ablation
+from .ch04_fusion import MECHANISMS
+from .names import (
+    CONTROL,
+    CT_PRETRAINED,
+    FUSIONS,
+    HEADLINE,
+    INPUT_SET_OF,
+    MODEL_SOURCES,
+    SHORT_INPUTS,
+    SOURCE_NAMES,
+    WITHOUT_CNN,
+    mechanism_variant,
+)
+from .notebook import synthetic_report
+
+#: The paired tests of the chapter, one family for Holm's adjustment: the fusion against each rival, and the
+#: pretrained CT CNN against the CT CNN from scratch.
+COMPARISON_COLUMNS = ["model", "versus", "auroc_model", "auroc_versus", "difference", "ci_low", "ci_high", "p", "p_holm"]
+
+
+def fusion_rivals(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """The models the fusion is compared with, each with why: the control (what the CNN branches add), the best
+    model without a CNN (the classical models on baseline values and the control) and every single-source model
+    (lesion-feature models included), in that order, each once."""
+    ran = set(summary.loc[summary["status"] == "ran", "model"])
+    auroc = summary.set_index("model")["auroc_mean"]
+    out = {}
+    no_cnn = [m for m in WITHOUT_CNN if m in ran]
+    best = max(no_cnn, key=lambda m: auroc[m]) if no_cnn else None
+    if CONTROL in ran:
+        out[CONTROL] = "control: the same network without CNN branches" + (
+            " (also the best model without a CNN)" if best == CONTROL else "")
+    if best is not None and best not in out:
+        out[best] = "the best model without a CNN"
+    for m, sources in MODEL_SOURCES.items():
+        if len(sources) == 1 and m in ran and m not in out:
+            out[m] = f"single source: {SOURCE_NAMES[next(iter(sources))]}"
+    return list(out.items())
+
+
+def headline_comparisons(run_dir, summary: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Paired tests on the shared splits (corrected resampled t-test of the per-fold AUROC differences, with the
+    95 % interval of the mean difference) of the fusion against each of :func:`fusion_rivals`, and of the
+    pretrained CT CNN against the CT CNN from scratch; ``p_holm``: Holm-adjusted over these rows (one family).
+    Numbers, one row per comparison (index: what is compared); empty when none of them ran."""
+    ran = set(summary.loc[summary["status"] == "ran", "model"])
+    auroc = summary.set_index("model")["auroc_mean"]
+    pairs = [(HEADLINE, b, why) for b, why in fusion_rivals(summary)] if HEADLINE in ran else []
+    if {CT_PRETRAINED, "ct_cnn"} <= ran:
+        pairs.append((CT_PRETRAINED, "ct_cnn", "pretraining: the CT CNN pretrained vs from scratch"))
+    rows = []
+    for a, b, what in pairs:
+        c = compare_models(read_predictions(run_dir, a), read_predictions(run_dir, b), splits)
+        rows.append({"comparison": what, "model": a, "versus": b, "auroc_model": auroc[a], "auroc_versus": auroc[b],
+                     "difference": c["auroc_difference"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                     "p": c["p_corrected_t"]})
+    if not rows:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    out = pd.DataFrame(rows).set_index("comparison")
+    out["p_holm"] = holm(out["p"])
+    return out[COMPARISON_COLUMNS]
+
+
+def comparisons_table(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """:func:`headline_comparisons` as the book shows it (two or three decimals, the adjusted p last)."""
+    return pd.DataFrame({
+        "model": comparisons["model"], "versus": comparisons["versus"],
+        "AUROC": [f"{a:.2f} vs {b:.2f}" for a, b in zip(comparisons["auroc_model"], comparisons["auroc_versus"])],
+        "difference [95 % CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+                                 zip(comparisons["difference"], comparisons["ci_low"], comparisons["ci_high"])],
+        "p": [format_p(p) for p in comparisons["p"]],
+        "p (Holm)": [format_p(p) for p in comparisons["p_holm"]],
+    }, index=comparisons.index)
+
+
+def _difference_phrase(c) -> str:
+    return (f"{c['difference']:+.3f} (95 % CI {c['ci_low']:+.3f} to {c['ci_high']:+.3f}; "
+            f"Holm-adjusted p {p_phrase(c['p_holm'])})")
+
+
+def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+    """The chapter's result in a few sentences (Markdown), from the summary rows and the paired tests: the
+    fusion's AUROC, what the CNN branches add (against the control), and the fusion against the best model
+    without a CNN and the best single-source model."""
+    rows = summary.set_index("model")
+    if HEADLINE not in rows.index or rows.loc[HEADLINE, "status"] != "ran":
+        why = rows.loc[HEADLINE, "status"] if HEADLINE in rows.index else "not in the summary"
+        return f"The laboratory + SR-PET + CT fusion did not run ({why}), so there is no fusion result to report."
+
+    def score(m):
+        r = rows.loc[m]
+        return f"{r['auroc_mean']:.2f} ± {r['auroc_sd']:.2f}"
+
+    r = rows.loc[HEADLINE]
+    out = [f"In this run the laboratory + SR-PET + CT fusion reached an AUROC of {score(HEADLINE)} "
+           f"(AUPRC {r['auprc_mean']:.2f} ± {r['auprc_sd']:.2f}; mean ± SD over {int(r['n_repeats'])} repeats)."]
+    if comparisons.empty:
+        return out[0]
+    ours = comparisons[comparisons["model"] == HEADLINE]
+    if CONTROL in set(ours["versus"]):
+        c = ours[ours["versus"] == CONTROL].iloc[0]
+        out.append(f"What its CNN branches add over the same network without them (`{CONTROL}`, {score(CONTROL)}): "
+                   f"a mean per-fold AUROC difference of {_difference_phrase(c)}.")
+    best = ours[ours.index.str.contains("best model without a CNN")]
+    if len(best) and best.iloc[0]["versus"] != CONTROL:
+        c = best.iloc[0]
+        out.append(f"Against the best model without a CNN, `{c['versus']}` ({score(c['versus'])}): {_difference_phrase(c)}.")
+    single = ours[ours.index.str.startswith("single source")]
+    if len(single):
+        c = single.iloc[int(single["auroc_versus"].to_numpy(float).argmax())]
+        out.append(f"Against the best single-source model, `{c['versus']}` ({score(c['versus'])}): "
+                   f"{_difference_phrase(c)}.")
+    return " ".join(out)
+
+
+#: Pairs of models where the second adds one source (or the CNN branches) to the first: (fewer, more, what is added).
+ADDITIONS = [(CONTROL, "lab_pet_fusion", "the SR-PET CNN score"),
+             ("lab_pet_fusion", HEADLINE, "CT"), ("lab_ct_fusion", HEADLINE, "SR-PET"),
+             ("pet_ct_fusion", HEADLINE, "the laboratory values")]
+
+
+def lowering_text(summary: pd.DataFrame) -> str:
+    """A sentence for every pair of :data:`ADDITIONS` where adding a source lowered the mean AUROC (as the tables
+    show it, to two decimals); a sentence saying none did otherwise; empty when no such pair ran."""
+    rows = summary[summary["status"] == "ran"].set_index("model")["auroc_mean"].round(2)
+    pairs = [(a, b, what) for a, b, what in ADDITIONS if a in rows.index and b in rows.index]
+    if not pairs:
+        return ""
+    lower = [f"adding {what} to `{a}` (giving `{b}`) lowered the mean AUROC from {rows[a]:.2f} to {rows[b]:.2f}"
+             for a, b, what in pairs if rows[b] < rows[a]]
+    if not lower:
+        return "In this run, adding a source to a fusion never lowered its mean AUROC."
+    return "In this run, " + "; ".join(lower) + "."
+
+
+def compact_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The chapter's table read at a glance: every model of chapters 02-04 that ran, best first, with its sources
+    in a few words, AUROC ± SD, AUPRC, Brier score and the Holm-adjusted p of its paired test against the fusion
+    (``–`` where there is none)."""
+    rows = summary[(summary["status"] == "ran") & summary["chapter"].astype(str).isin(["02", "03", "04"])]
+    rows = rows[rows["model"].isin(SHORT_INPUTS)].sort_values("auroc_mean", ascending=False)
+    p = {} if comparisons.empty else comparisons[comparisons["model"] == HEADLINE].set_index("versus")["p_holm"]
+    return pd.DataFrame({
+        "sources": [SHORT_INPUTS[m] + (" (fusion)" if m == HEADLINE else "") for m in rows["model"]],
+        "AUROC": [f"{m:.2f} ± {s:.2f}" for m, s in zip(rows["auroc_mean"], rows["auroc_sd"])],
+        "AUPRC": [f"{m:.2f}" for m in rows["auprc_mean"]],
+        "Brier": [f"{m:.3f}" for m in rows["brier_mean"]],
+        "p vs fusion (Holm)": [format_p(p[m]) if m in p else "–" for m in rows["model"]],
+    }, index=pd.Index(rows["model"], name="model"))
+
+
+def achievable(cohort) -> dict | None:
+    """The achievable AUROC of each input set on a synthetic cohort (its report), ``None`` for real data."""
+    report = synthetic_report(cohort)
+    return report.get("achievable_auroc") if report else None
+
+
+def forest_rows(summary: pd.DataFrame, bounds: dict | None) -> pd.DataFrame:
+    """What the forest plot draws: every model of :func:`compact_table`, its mean AUROC with the 95 % interval, and
+    the achievable AUROC of its inputs on a synthetic cohort (NaN otherwise)."""
+    rows = summary[(summary["status"] == "ran") & summary["model"].isin(SHORT_INPUTS)
+                   & summary["chapter"].astype(str).isin(["02", "03", "04"])].sort_values("auroc_mean")
+    return pd.DataFrame({"label": [f"{m} ({SHORT_INPUTS[m]})" for m in rows["model"]],
+                         "auroc": rows["auroc_mean"].to_numpy(), "low": rows["auroc_ci_low"].to_numpy(),
+                         "high": rows["auroc_ci_high"].to_numpy(),
+                         "bound": [(bounds or {}).get(INPUT_SET_OF.get(m), float("nan")) for m in rows["model"]],
+                         "headline": (rows["model"] == HEADLINE).to_numpy()}, index=rows["model"].to_numpy())
+
+
+def stand_in(fusion: str, removed: str, summary: pd.DataFrame) -> str | None:
+    """The model that never had ``removed`` (a source) beside ``fusion`` without it: the fusion of the remaining
+    sources where the chapter has one, else the best single-source model of the one source left (of those that
+    ran); ``None`` if none ran."""
+    ran = summary[summary["status"] == "ran"].set_index("model")["auroc_mean"]
+    left = MODEL_SOURCES[fusion] - {removed}
+    fused = [m for m in FUSIONS if MODEL_SOURCES[m] == left and m in ran.index]
+    if fused:
+        return fused[0]
+    single = [m for m, s in MODEL_SOURCES.items() if s == left and m in ran.index]
+    return max(single, key=lambda m: ran[m]) if single else None
+
+
+def source_removal(results: dict, data, splits: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Each neural fusion of the chapter with each of its sources removed at test time (its fold models, the source's
+    branches masked as if the patients lacked it; nothing refitted; :func:`prrt.explain.modality_ablation`), beside
+    the model that never had that source (:func:`stand_in`): one row per fusion and source, mean AUROC over repeats."""
+    auroc = summary.set_index("model")["auroc_mean"]
+    rows = []
+    for name in dict.fromkeys([*FUSIONS, *MECHANISMS]):
+        result = results.get(name)
+        if result is None or not result.models or not hasattr(next(iter(result.models.values())), "modalities"):
+            continue
+        for setting, pred in modality_ablation(result.models, data, splits, SOURCE_NAMES).items():
+            if setting == "all modalities":
+                continue
+            source = next(k for k, v in SOURCE_NAMES.items() if setting == f"without {v}")
+            other = stand_in(name, source, summary)
+            rows.append({"fusion": name, "removed at test time": SOURCE_NAMES[source],
+                         "AUROC, all sources": auroc[name],
+                         "AUROC, source removed": per_repeat_metrics(pred)["auroc"].mean(),
+                         "model that never had it": other or "–",
+                         "its AUROC": auroc[other] if other else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def source_removal_table(removal: pd.DataFrame) -> pd.DataFrame:
+    """:func:`source_removal` as the book shows it (two decimals)."""
+    if removal.empty:
+        return removal
+    return removal.set_index(["fusion", "removed at test time"]).round(2).fillna("–")
+
+
+def paired_tests(ctx, summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`headline_comparisons` on the run's shared splits, written to ``results/04_paired_tests.csv``; empty
+    (and no file) when the fusion or the models it is compared with did not run."""
+    comparisons = headline_comparisons(ctx.run_dir, summary, ctx.splits)
+    if not comparisons.empty:
+        comparisons.to_csv(ctx.path("results", "04_paired_tests.csv"))
+    return comparisons
+
+
+def gate_text(summary: pd.DataFrame, mechanism: str) -> str:
+    """Whether the cross-modal gate (``adaptive``) beat concatenation (``intermediate``) for laboratory values +
+    SR-PET + CT, as the tables show the AUROCs (two decimals), and, where it did not, the likely reason; empty
+    when one of the two did not run. ``mechanism``: the profile's (the headline's)."""
+    name = {m: HEADLINE if mechanism == m else mechanism_variant(m) for m in ("adaptive", "intermediate")}
+    rows = summary[summary["status"] == "ran"].set_index("model")
+    if not all(n in rows.index for n in name.values()):
+        return ""
+    a, i = (round(float(rows.loc[name[m], "auroc_mean"]), 2) for m in ("adaptive", "intermediate"))
+    if a > i:
+        return f"In this run the cross-modal gate beat concatenation: AUROC {a:.2f} against {i:.2f}."
+    n = int(rows.loc[name["adaptive"], "n_patients"]) if "n_patients" in rows.columns else None
+    patients = f"the same {n} patients" if n else "the same patients"
+    return (f"In this run the cross-modal gate did not beat concatenation: AUROC {a:.2f} against {i:.2f}. A likely "
+            f"reason: the gate is learnt from {patients} as the rest of the network, and it can only re-weight the "
+            "sources' embeddings, while concatenation lets the final layer weigh each source's evidence directly; "
+            "with a cohort of this size the extra freedom of a weighting per patient costs more than it brings.")
