@@ -116,51 +116,70 @@ def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
 
     r = rows.loc[HEADLINE]
     out = [f"In this run the laboratory + SR-PET + CT fusion reached an AUROC of {score(HEADLINE)} "
-           f"(AUPRC {r['auprc_mean']:.2f} ± {r['auprc_sd']:.2f}; mean ± SD over {int(r['n_repeats'])} repeats)."]
+           f"(AUPRC with short PFS as the positive class {r['auprc_mean']:.2f} ± {r['auprc_sd']:.2f}; mean ± SD over "
+           f"{int(r['n_repeats'])} repeats)."]
     if comparisons.empty:
         return out[0]
     ours = comparisons[comparisons["model"] == HEADLINE]
     if CONTROL in set(ours["versus"]):
         c = ours[ours["versus"] == CONTROL].iloc[0]
-        out.append(f"What its CNN branches add over the same network without them (`{CONTROL}`, {score(CONTROL)}): "
-                   f"a mean per-fold AUROC difference of {_difference_phrase(c)}.")
+        out.append(f"Against the same network without CNN branches (`{CONTROL}`, {score(CONTROL)}), which measures "
+                   f"what the image networks add: a mean per-fold AUROC difference of {_difference_phrase(c)}.")
     best = ours[ours.index.str.contains("best model without a CNN")]
     if len(best) and best.iloc[0]["versus"] != CONTROL:
         c = best.iloc[0]
         out.append(f"Against the best model without a CNN, `{c['versus']}` ({score(c['versus'])}): {_difference_phrase(c)}.")
-    single = ours[ours.index.str.startswith("single source")]
+    single = ours[[len(MODEL_SOURCES.get(v, ())) == 1 for v in ours["versus"]]]
     if len(single):
         c = single.iloc[int(single["auroc_versus"].to_numpy(float).argmax())]
-        out.append(f"Against the best single-source model, `{c['versus']}` ({score(c['versus'])}): "
-                   f"{_difference_phrase(c)}.")
+        if len(best) and c["versus"] == best.iloc[0]["versus"]:
+            out.append("It is also the best single-source model.")
+        else:
+            out.append(f"Against the best single-source model, `{c['versus']}` ({score(c['versus'])}): "
+                       f"{_difference_phrase(c)}.")
+    significant = ours[ours["p_holm"] < 0.05]
+    if significant.empty:
+        out.append("No difference between the fusion and any of its rivals can be told apart from zero after the "
+                   "adjustment for multiple tests.")
+    else:
+        out.append("After the adjustment for multiple tests the fusion differs from "
+                   + ", ".join(f"`{v}`" for v in significant["versus"]) + " only.")
     return " ".join(out)
 
 
-#: Pairs of models where the second adds one source (or the CNN branches) to the first: (fewer, more, what is added).
-ADDITIONS = [(CONTROL, "lab_pet_fusion", "the SR-PET CNN score"),
-             ("lab_pet_fusion", HEADLINE, "CT"), ("lab_ct_fusion", HEADLINE, "SR-PET"),
-             ("pet_ct_fusion", HEADLINE, "the laboratory values")]
-
-
 def lowering_text(summary: pd.DataFrame) -> str:
-    """A sentence for every pair of :data:`ADDITIONS` where adding a source lowered the mean AUROC (as the tables
-    show it, to two decimals); a sentence saying none did otherwise; empty when no such pair ran."""
-    rows = summary[summary["status"] == "ran"].set_index("model")["auroc_mean"].round(2)
-    pairs = [(a, b, what) for a, b, what in ADDITIONS if a in rows.index and b in rows.index]
+    """Where adding a source lowered the AUROC (as the tables show it, to two decimals): every fusion and the control
+    that falls below the best model of its sources less one, named with the source it adds; a sentence saying none
+    did otherwise; empty when no such pair ran."""
+    ran = summary[summary["status"] == "ran"].set_index("model")["auroc_mean"].round(2)
+    ran = ran[[m for m in ran.index if m in MODEL_SOURCES]]
+    lower, pairs = [], 0
+    for model in [*FUSIONS, CONTROL]:
+        if model not in ran.index:
+            continue
+        for source in sorted(MODEL_SOURCES[model]):
+            fewer = [m for m in ran.index if MODEL_SOURCES[m] == MODEL_SOURCES[model] - {source}]
+            if not fewer:
+                continue
+            pairs += 1
+            best = max(fewer, key=lambda m: ran[m])
+            if ran[model] < ran[best]:
+                lower.append(f"`{model}` ({ran[model]:.2f}) falls below `{best}` ({ran[best]:.2f}), which lacks its "
+                             f"{SOURCE_NAMES[source]}")
     if not pairs:
         return ""
-    lower = [f"adding {what} to `{a}` (giving `{b}`) lowered the mean AUROC from {rows[a]:.2f} to {rows[b]:.2f}"
-             for a, b, what in pairs if rows[b] < rows[a]]
     if not lower:
-        return "In this run, adding a source to a fusion never lowered its mean AUROC."
-    return "In this run, " + "; ".join(lower) + "."
+        return ("In this run no fusion fell below the best model of its sources less one: adding a source never "
+                "lowered the AUROC.")
+    return (f"Adding a source did not help in {len(lower)} of {pairs} cases: " + "; ".join(lower)
+            + " (differences between models of different kinds, not tested).")
 
 
 def compact_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     """The chapter's table read at a glance: every model of chapters 02-04 that ran, best first, with its sources
     in a few words, AUROC ± SD, AUPRC, Brier score and the Holm-adjusted p of its paired test against the fusion
-    (``–`` where there is none)."""
-    rows = summary[(summary["status"] == "ran") & summary["chapter"].astype(str).isin(["02", "03", "04"])]
+    (``–`` where there is none). :func:`prrt.study.notebook.compact_view` shows it."""
+    rows = summary[(summary["status"] == "ran") & summary["chapter"].astype(str).str.zfill(2).isin(["02", "03", "04"])]
     rows = rows[rows["model"].isin(SHORT_INPUTS)].sort_values("auroc_mean", ascending=False)
     p = {} if comparisons.empty else comparisons[comparisons["model"] == HEADLINE].set_index("versus")["p_holm"]
     return pd.DataFrame({
@@ -168,7 +187,7 @@ def compact_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFr
         "AUROC": [f"{m:.2f} ± {s:.2f}" for m, s in zip(rows["auroc_mean"], rows["auroc_sd"])],
         "AUPRC": [f"{m:.2f}" for m in rows["auprc_mean"]],
         "Brier": [f"{m:.3f}" for m in rows["brier_mean"]],
-        "p vs fusion (Holm)": [format_p(p[m]) if m in p else "–" for m in rows["model"]],
+        "p (Holm)": [format_p(p[m]) if m in p else "–" for m in rows["model"]],
     }, index=pd.Index(rows["model"], name="model"))
 
 
@@ -182,7 +201,7 @@ def forest_rows(summary: pd.DataFrame, bounds: dict | None) -> pd.DataFrame:
     """What the forest plot draws: every model of :func:`compact_table`, its mean AUROC with the 95 % interval, and
     the achievable AUROC of its inputs on a synthetic cohort (NaN otherwise)."""
     rows = summary[(summary["status"] == "ran") & summary["model"].isin(SHORT_INPUTS)
-                   & summary["chapter"].astype(str).isin(["02", "03", "04"])].sort_values("auroc_mean")
+                   & summary["chapter"].astype(str).str.zfill(2).isin(["02", "03", "04"])].sort_values("auroc_mean")
     return pd.DataFrame({"label": [f"{m} ({SHORT_INPUTS[m]})" for m in rows["model"]],
                          "auroc": rows["auroc_mean"].to_numpy(), "low": rows["auroc_ci_low"].to_numpy(),
                          "high": rows["auroc_ci_high"].to_numpy(),
@@ -253,9 +272,8 @@ def gate_text(summary: pd.DataFrame, mechanism: str) -> str:
     a, i = (round(float(rows.loc[name[m], "auroc_mean"]), 2) for m in ("adaptive", "intermediate"))
     if a > i:
         return f"In this run the cross-modal gate beat concatenation: AUROC {a:.2f} against {i:.2f}."
-    n = int(rows.loc[name["adaptive"], "n_patients"]) if "n_patients" in rows.columns else None
-    patients = f"the same {n} patients" if n else "the same patients"
-    return (f"In this run the cross-modal gate did not beat concatenation: AUROC {a:.2f} against {i:.2f}. A likely "
-            f"reason: the gate is learnt from {patients} as the rest of the network, and it can only re-weight the "
+    return (f"In this run the cross-modal gate did not beat concatenation: AUROC {a:.2f} against {i:.2f} "
+            f"(concatenation, `{name['intermediate']}`). A likely reason, not tested here: the gate is learnt from the "
+            "same few training patients of each fold as the rest of the network, and it can only re-weight the "
             "sources' embeddings, while concatenation lets the final layer weigh each source's evidence directly; "
-            "with a cohort of this size the extra freedom of a weighting per patient costs more than it brings.")
+            "with a cohort of this size the extra freedom of a weighting per patient may cost more than it brings.")

@@ -212,10 +212,11 @@ def image_branches_text(profile, ct_pretrained: bool) -> str:
         return ("In this run (profile setting `fusion_image_branches: cross_fitted`) the fusions train no CNN of their "
                 "own: their SR-PET and CT branches are given a CNN's score. For a fold's test patients it is the "
                 f"fold's unimodal CNN (the PET CNN of chapter 3 and {ct}); for its training patients, whose labels "
-                "that CNN has seen, it comes from a CNN of the same kind fitted without them and without the test "
-                "fold (cross-fitting: for every pair of folds, one CNN fitted on the remaining fold or folds scores "
-                "the patients of the pair). So the fusion learns how far to trust an image from scores of patients "
-                "the scoring network never saw, as it meets them at test time.")
+                "that CNN has seen, it comes from a CNN of the same kind that saw neither them nor the test fold "
+                "(cross-fitting: for every pair of folds, one CNN fitted on the remaining fold, a third of the "
+                "patients, scores the patients of the pair). So the fusion learns how far to trust an image from "
+                "scores of patients the scoring network never saw, as at test time, though from networks trained "
+                "on half as many patients as the fold's own; each kind of score is standardised on its own scale.")
     if branches == "fold_models":
         return ("In this run (profile setting `fusion_image_branches: fold_models`) the fusions train no CNN of their "
                 "own: their SR-PET and CT branches are given the score of the fold's unimodal CNN (the PET CNN of "
@@ -250,7 +251,7 @@ def stacking_weights(result) -> pd.DataFrame:
 BOUND_OF_FUSION = {name: INPUT_SET_OF[name] for name in FUSIONS}
 #: The input set of each model of the comparison with the study: the key of its achievable AUROC in the
 #: generator's report (what the expected risk given those inputs reaches).
-BOUND_KEYS = {m: INPUT_SET_OF[m] for m in ("lab_rf", "pet_cnn", "ct_cnn", CT_PRETRAINED, HEADLINE)}
+BOUND_KEYS = {m: INPUT_SET_OF[m] for m in (*SEVEN, CT_PRETRAINED)}
 #: The laboratory + SR-PET + CT fusion by each mechanism: the profile's (the headline) and the others.
 MECHANISMS = [HEADLINE, mechanism_variant("intermediate"), mechanism_variant("adaptive"), LATE_FUSION]
 
@@ -360,10 +361,11 @@ def label_fraction_text(table: pd.DataFrame | None) -> str:
     verdict = [f"The interval lies above zero (pretraining helped) at {shares(above)}." if above else "",
                f"The interval lies below zero (pretraining hurt) at {shares(below)}." if below else ""]
     if not above and not below:
-        verdict = ["Every interval includes zero: on this cohort pretraining made no measurable difference to the CT "
-                   "CNN, with few labels or with all of them."]
+        verdict = ["Every interval includes zero: on this cohort no difference between the pretrained and the "
+                   "untrained CT CNN could be detected, with few labels or with all of them; the intervals are wide."]
     n = int(table["repeats"].iloc[0])
-    return (f"Pretrained minus from scratch, mean per-fold AUROC difference over {n} repeat{'s' * (n != 1)}: "
+    repeats = "the first repeat" if n == 1 else f"the first {n} repeats"
+    return (f"Pretrained minus from scratch, mean per-fold AUROC difference over {repeats} of the splits: "
             + "; ".join(parts) + ". " + " ".join(v for v in verdict if v))
 
 

@@ -282,7 +282,7 @@ def modality_weights_plot(weights, title: str = ""):
 def forest_plot(rows, title: str = ""):
     """Every model's mean AUROC with its 95 % interval (``rows``: :func:`prrt.study.ch04_comparison.forest_rows`), the
     achievable AUROC of its inputs as a mark on its row where the cohort is synthetic, and chance as a line."""
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.4))
+    fig, ax = plt.subplots(figsize=(7.5, 0.3 * len(rows) + 1.8))
     y = np.arange(len(rows))
     colours = ["tab:red" if h else "tab:blue" for h in rows["headline"]]
     for i, (m, lo, hi, c) in enumerate(zip(rows["auroc"], rows["low"], rows["high"], colours)):
@@ -295,7 +295,8 @@ def forest_plot(rows, title: str = ""):
     ax.set_yticks(y, labels=rows["label"], fontsize=8)
     ax.set_xlabel("AUROC (short PFS)")
     ax.set_xlim(min(0.45, float(np.nanmin(rows["low"])) - 0.02), 1.0)
-    ax.legend(loc="lower right", fontsize=7, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 1.0 / max(len(rows), 1)), ncol=3, fontsize=7,
+              frameon=False)
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -310,7 +311,7 @@ def label_fraction_plot(table):
     a.plot(x, table["auroc_scratch"], "o-", label="from scratch")
     a.plot(x, table["auroc_pretrained"], "s-", label="encoder pretrained")
     a.set_xlabel("share of each training part's labels (%)")
-    a.set_ylabel("AUROC (mean over repeats)")
+    a.set_ylabel("AUROC")
     a.legend(fontsize=8, frameon=False)
     d = table["difference"].to_numpy(float)
     b.errorbar(x, d, yerr=[d - table["ci_low"], table["ci_high"] - d], fmt="o", capsize=3, color="tab:purple")

@@ -132,6 +132,13 @@ def parameters_view(ctx: Context):
     return parameters_table(ctx).reset_index().style.hide(axis="index")
 
 
+def compact_view(table: pd.DataFrame):
+    """A table that must fit the text column as it is (chapter 04's opening table): a Styler with the index as the
+    first column, one header row, small type and no line break inside a cell (the ``prrt-compact`` class of the
+    book's stylesheet)."""
+    return table.reset_index().style.hide(axis="index").set_table_attributes('class="prrt-compact"')
+
+
 def network_input_text(p: Profile) -> str:
     """The image networks' input in words: region of interest and channels."""
     extent = " × ".join(f"{s * p.roi_spacing_mm:g}" for s in p.input_size_voxels) + " mm"

@@ -744,6 +744,18 @@ def test_the_parameters_table_has_one_header_row(tmp_path):
     assert "seed" in html and notebook.parameters_table(ctx).loc["seed", "value"] == str(ctx.seed)
 
 
+def test_the_compact_view_has_one_header_row_and_the_stylesheet_class():
+    import re
+
+    table = pd.DataFrame({"sources": ["labs · RF"], "AUROC": ["0.64 ± 0.03"]}, index=pd.Index(["lab_rf"], name="model"))
+    html = notebook.compact_view(table).to_html()
+    head = re.search(r"<thead>(.*?)</thead>", html, re.DOTALL).group(1)
+    assert head.count("<tr>") == 1 and "model" in head and "sources" in head
+    assert 'class="prrt-compact"' in html and "lab_rf" in html
+    css = (Path(__file__).parents[2] / "book" / "_ext" / "static" / "prrt.css").read_text()
+    assert "table.prrt-compact td" in css and "white-space: nowrap" in css
+
+
 def test_the_pretraining_figure_fits_both_ct_cnns_on_the_same_share_of_labels(small_cohort_dir, tmp_path):
     from dataclasses import replace
 
@@ -773,8 +785,8 @@ def test_the_pretraining_figure_fits_both_ct_cnns_on_the_same_share_of_labels(sm
     assert ch04_fusion.label_fractions(ctx, data, None) is None  # no pretrained encoder: no figure
     assert ch04_fusion.label_fractions(replace_profile(ctx, label_fractions=()), data, ct_state) is None
     text = ch04_fusion.label_fraction_text(table)
-    assert text.startswith("Pretrained minus from scratch, mean per-fold AUROC difference over 1 repeat: 50 % of "
-                           "the labels: ")
+    assert text.startswith("Pretrained minus from scratch, mean per-fold AUROC difference over the first repeat of "
+                           "the splits: 50 % of the labels: ")
 
 
 def replace_profile(ctx, **changes):
@@ -787,12 +799,13 @@ def test_the_pretraining_figure_in_words():
     table = pd.DataFrame({"fraction": [0.25, 0.5, 1.0], "difference": [0.05, 0.01, -0.04],
                           "ci_low": [0.01, -0.03, -0.07], "ci_high": [0.09, 0.05, -0.01], "repeats": 2})
     assert ch04_fusion.label_fraction_text(table) == (
-        "Pretrained minus from scratch, mean per-fold AUROC difference over 2 repeats: 25 % of the labels: +0.050 "
+        "Pretrained minus from scratch, mean per-fold AUROC difference over the first 2 repeats of the splits: 25 % of "
+        "the labels: +0.050 "
         "(95 % CI +0.010 to +0.090); 50 % of the labels: +0.010 (95 % CI -0.030 to +0.050); 100 % of the labels: "
         "-0.040 (95 % CI -0.070 to -0.010). The interval lies above zero (pretraining helped) at 25 % of the labels. "
         "The interval lies below zero (pretraining hurt) at 100 % of the labels.")
     none = table.assign(ci_low=-0.1, ci_high=0.1)
     assert ch04_fusion.label_fraction_text(none).endswith(
-        "Every interval includes zero: on this cohort pretraining made no measurable difference to the CT CNN, with "
-        "few labels or with all of them.")
+        "Every interval includes zero: on this cohort no difference between the pretrained and the untrained CT CNN "
+        "could be detected, with few labels or with all of them; the intervals are wide.")
     assert ch04_fusion.label_fraction_text(None).startswith("No pretraining figure in this run")
