@@ -316,9 +316,11 @@ def test_the_binormal_auprc_starts_at_the_prevalence_and_matches_simulated_score
     s = np.r_[rng.normal(d, 1, n_pos), rng.normal(0, 1, n_neg)]
     assert roc_auc_score(y, s) == pytest.approx(0.72, abs=0.005)
     assert metrics.binormal_auprc(0.72, 0.36) == pytest.approx(average_precision_score(y, s), abs=0.01)
-    for bad in ((0.0, 0.3), (0.7, 1.0), (1.2, 0.5)):
+    for bad in ((0.0, 0.3), (0.7, 1.0), (1.2, 0.5), (0.7, 0.0), (1.0, 0.5)):
         with pytest.raises(ValueError, match="strictly between 0 and 1"):
             metrics.binormal_auprc(*bad)
+    # the default grid of thresholds integrates to within 1e-6 of a grid fifty times finer
+    assert metrics.binormal_auprc(0.72, 0.36) == pytest.approx(metrics.binormal_auprc(0.72, 0.36, 200_001), abs=1e-6)
 
 
 def test_assembled_predictions_have_the_prediction_columns_and_a_fresh_index():
