@@ -373,3 +373,29 @@ def test_cross_fitting_a_single_outer_fold_uses_inner_folds_over_its_training_pa
     assert all(not (v & set(external)) for v in seen.values())
     with pytest.raises(ValueError, match="no cross-fitted score of repeat 0, fold 0"):
         loop.training_score_of(scores, 0, 0, external[:1])
+
+
+def test_cross_fitted_scores_show_progress_clip_certain_probabilities_and_number_their_rows(capsys):
+    y = pd.Series((np.arange(30) % 3 == 0).astype(float), index=[f"P{i:03d}" for i in range(30)])
+    data = base.ModelData(y, table=pd.DataFrame({"a": np.arange(30.0)}, index=y.index))
+    s = sp.make_splits(y, 3, 1, 0)
+
+    class Certain:
+        """Probability exactly 0 or 1 (from the patient's number)."""
+
+        def fit(self, data, part, seed, progress=True, desc=""):
+            pass
+
+        def predict(self, data, patients):
+            return np.array([float(int(p[1:]) % 2) for p in patients])
+
+    spec = base.ModelSpec("certain", "04", "a", lambda seed: Certain(), needs=("table",), columns=["a"])
+    scores = loop.cross_fitted_scores(spec, data, s, seed=1)
+    assert "certain" in capsys.readouterr().err  # a progress bar by default
+    bound = np.log((1 - 1e-6) / 1e-6)
+    np.testing.assert_allclose(sorted(set(np.round(scores["logit"], 6))), [-round(bound, 6), round(bound, 6)])
+    assert list(scores.index) == list(range(len(scores)))
+    fold = next(sp.iter_folds(s))
+    with pytest.raises(ValueError) as err:
+        loop.training_score_of(scores, fold.repeat, fold.fold, fold.test[:5])
+    assert str(err.value).count("'P") == 3  # three examples named, not more
