@@ -147,7 +147,7 @@ def sanity_checks(saliency: Saliency, specs: list, data, splits: pd.DataFrame, s
         fold = folds_of(by_name[name], data, [first])[0]  # the fold's patients with the model's image
         model = saliency.models[name][(fold.repeat, fold.fold)]
         images = data.images[model.modality]
-        patients = [p for p in fold.test if images.has(p)][:n_patients]
+        patients = fold.test[:n_patients]  # folds_of kept the patients with the image
         x, layer = images.take(patients), saliency.layers[name]
         ref = np.stack([saliency.maps[name][p] for p in patients])
         cascade.append(cascading_randomisation(model.model, x, layer, patients, seed, reference=ref).assign(model=name))

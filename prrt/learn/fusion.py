@@ -21,15 +21,16 @@ Three mechanisms (:data:`MECHANISMS`); the chapter that fits them makes each a
     score is a learnt function of its own projected embedding plus a linear term of the projections of all
     of them together (a missing one zero) and of which are present, so that how much a patient's SR-PET
     counts can depend on what the CT and the laboratory values show. The cross-modal term starts at zero:
-    the gate begins as a per-modality gate and learns the interactions only as far as training supports them. :meth:`prrt.learn.neural_fusion.NeuralFusion.modality_weights` returns
-    the weights each patient's modalities received.
+    the gate begins as a per-modality gate and learns the interactions only as far as training supports
+    them. :meth:`prrt.learn.neural_fusion.NeuralFusion.modality_weights` returns the weights each
+    patient's modalities received.
 
 Missing modalities: a patient without PET, CT or laboratory values is still predicted. In the
 neural fusions a missing modality is masked (its slot zeroed, or left out of the gate) and, during
 training, each present *source* of a patient (laboratory values; SR-PET, i.e. the PET branch and the
 lesion features together, which go missing together in practice; CT) is dropped at random
-(``modality_dropout``, never all of them) so that the network learns to do without. In late fusion a missing unimodal prediction
-is replaced by that model's mean inner out-of-fold logit on the training part.
+(``modality_dropout``, never all of them) so that the network learns to do without. In late fusion a
+missing unimodal prediction is replaced by that model's mean inner out-of-fold logit on the training part.
 
 The laboratory branch sees the values imputed (median) and standardised with statistics of the
 fitting part only; the CNN branches see the same preprocessed inputs as chapter 03. With

@@ -232,7 +232,10 @@ def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, 
 
     engine = engine or Sequential()
     folds = list(iter_folds(splits)) if folds is None else list(folds)
-    jobs = [(spec, f, _check_inputs(spec, data, splits)) for spec in specs for f in folds_of(spec, data, folds)]
+    jobs = []
+    for spec in specs:  # the unlabelled patients and the spec's view of the folds, once per spec
+        unlabelled = _check_inputs(spec, data, splits)
+        jobs += [(spec, f, unlabelled) for f in folds_of(spec, data, folds)]
     desc = specs[0].name if len(specs) == 1 else f"{len(specs)} models"
     # the jobs' own (epoch) progress bars only where they reach this terminal
     local = isinstance(engine, Sequential)

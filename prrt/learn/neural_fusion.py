@@ -7,10 +7,10 @@ table branch (laboratory values, SR-PET lesion features) and, for image branches
 fold's unimodal CNNs, those scores' mean and SD. A source of cross-fitted scores
 (:class:`prrt.learn.fusion.FoldModelScores` with ``cross_fitted``) gives the training patients the score of a
 model that saw neither them nor the test fold, so that the fusion does not learn how far to trust an image
-from scores a CNN gave its own training patients; the test patients keep the fold CNN's. During training each present source of a patient (laboratory
-values, SR-PET with its lesion features, CT) is dropped at random (``modality_dropout``, never all of
-them; :func:`drop_sources`). Its predictions are prior-corrected with the
-fitting part's share of short PFS; ``predict(..., without=...)`` masks branches as if the patients
+from scores a CNN gave its own training patients; the test patients keep the fold CNN's. During training
+each present source of a patient (laboratory values, SR-PET with its lesion features, CT) is dropped at
+random (``modality_dropout``, never all of them; :func:`drop_sources`). Its predictions are prior-corrected
+with the fitting part's share of short PFS; ``predict(..., without=...)`` masks branches as if the patients
 lacked them (for the modality ablation), :meth:`NeuralFusion.modality_weights` gives each patient's
 weight per modality, and :meth:`NeuralFusion.features` the projected embeddings.
 

@@ -175,12 +175,19 @@ def lowering_text(summary: pd.DataFrame) -> str:
             + " (differences between models of different kinds, not tested).")
 
 
+def _compared(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows of the models of chapters 02-04 that ran and that the compact table names (whatever the type
+    of the chapter column)."""
+    chapter = summary["chapter"].astype(str).str.zfill(2)
+    return summary[(summary["status"] == "ran") & summary["model"].isin(SHORT_INPUTS)
+                   & chapter.isin(["02", "03", "04"])]
+
+
 def compact_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     """The chapter's table read at a glance: every model of chapters 02-04 that ran, best first, with its sources
     in a few words, AUROC ± SD, AUPRC, Brier score and the Holm-adjusted p of its paired test against the fusion
     (``–`` where there is none). :func:`prrt.study.notebook.compact_view` shows it."""
-    rows = summary[(summary["status"] == "ran") & summary["chapter"].astype(str).str.zfill(2).isin(["02", "03", "04"])]
-    rows = rows[rows["model"].isin(SHORT_INPUTS)].sort_values("auroc_mean", ascending=False)
+    rows = _compared(summary).sort_values("auroc_mean", ascending=False)
     p = {} if comparisons.empty else comparisons[comparisons["model"] == HEADLINE].set_index("versus")["p_holm"]
     return pd.DataFrame({
         "sources": [SHORT_INPUTS[m] + (" (fusion)" if m == HEADLINE else "") for m in rows["model"]],
@@ -200,8 +207,7 @@ def achievable(cohort) -> dict | None:
 def forest_rows(summary: pd.DataFrame, bounds: dict | None) -> pd.DataFrame:
     """What the forest plot draws: every model of :func:`compact_table`, its mean AUROC with the 95 % interval, and
     the achievable AUROC of its inputs on a synthetic cohort (NaN otherwise)."""
-    rows = summary[(summary["status"] == "ran") & summary["model"].isin(SHORT_INPUTS)
-                   & summary["chapter"].astype(str).str.zfill(2).isin(["02", "03", "04"])].sort_values("auroc_mean")
+    rows = _compared(summary).sort_values("auroc_mean")
     return pd.DataFrame({"label": [f"{m} ({SHORT_INPUTS[m]})" for m in rows["model"]],
                          "auroc": rows["auroc_mean"].to_numpy(), "low": rows["auroc_ci_low"].to_numpy(),
                          "high": rows["auroc_ci_high"].to_numpy(),
@@ -232,12 +238,13 @@ def source_removal(results: dict, data, splits: pd.DataFrame, summary: pd.DataFr
         result = results.get(name)
         if result is None or not result.models or not hasattr(next(iter(result.models.values())), "modalities"):
             continue
-        for setting, pred in modality_ablation(result.models, data, splits, SOURCE_NAMES).items():
-            if setting == "all modalities":
+        ablation = modality_ablation(result.models, data, splits, SOURCE_NAMES)
+        for source, source_name in SOURCE_NAMES.items():
+            pred = ablation.get(f"without {source_name}")  # the setting's name, as modality_ablation gives it
+            if pred is None:  # a source the fusion does not have
                 continue
-            source = next(k for k, v in SOURCE_NAMES.items() if setting == f"without {v}")
             other = stand_in(name, source, summary)
-            rows.append({"fusion": name, "removed at test time": SOURCE_NAMES[source],
+            rows.append({"fusion": name, "removed at test time": source_name,
                          "AUROC, all sources": auroc[name],
                          "AUROC, source removed": per_repeat_metrics(pred)["auroc"].mean(),
                          "model that never had it": other or "–",

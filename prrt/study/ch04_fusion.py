@@ -5,8 +5,9 @@ and of the SR-PET lesion features are described in :mod:`prrt.learn.fusion`. Thi
 models of the chapter (:func:`chapter_specs`): the pretrained CT CNN, the four fusions of the study, the
 headline fusion by the other mechanisms, and the control ``lab_petfeatures_net`` (the fusion network with
 the laboratory and lesion-feature branches only, trained exactly like the fusions), so that what the CNN
-branches add is the fusion minus the control; and the chapter's comparisons (each Holm-adjusted within the
-one family of the fusion's comparisons), its compact table and its forest plot.
+branches add is the fusion minus the control; how they are fitted (with the cross-fitted image scores) and
+the pretraining figure (:func:`label_fractions`). The chapter's comparisons, its compact table and its forest
+plot are in :mod:`prrt.study.ch04_comparison`.
 """
 
 from __future__ import annotations
