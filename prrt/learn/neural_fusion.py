@@ -68,6 +68,7 @@ class NeuralFusion:
         # image branches given the score of the fold's unimodal CNN instead of a CNN of their own
         self.fold_models = {m: f for m, f in (fold_models or {}).items() if m in self.modalities}
         self.columns = {"labs": lab_columns, "pet_features": pet_feature_columns}  # each table branch's columns
+        self.table_models_: dict = {}  # the table branches given as scores (cfg.table_scores), set by each fit
         for m in TABULAR:
             if m in self.modalities and not self.columns[m]:
                 raise ValueError(f"the fusion's {m!r} branch needs its table columns")
@@ -86,7 +87,9 @@ class NeuralFusion:
         instead of from the fold's CNN, which saw their labels."""
         out = {}
         for m in self.modalities:
-            if m in TABULAR:
+            if m in self.table_models_:
+                out[m] = self._table_score(data, m, patients, training)
+            elif m in TABULAR:
                 if not len(patients):  # an empty inner validation part (the profile's val_fraction 0)
                     out[m] = torch.zeros((0, len(self.columns[m])))
                     continue
@@ -116,10 +119,52 @@ class NeuralFusion:
                 out[m] = x
         return out
 
+    def _table_score(self, data, m: str, patients: list[str], training: bool) -> torch.Tensor:
+        """The standardised score of table branch ``m`` (``cfg.table_scores``): training patients' cross-fitted, the
+        others' from the model of all training patients; 0 where a patient has none of the branch's columns."""
+        x = torch.zeros((len(patients), 1))
+        have = [i for i, p in enumerate(patients) if data.has(p, "table", self.columns[m])]
+        if have:
+            ids = [patients[i] for i in have]
+            model, oof, (full_mean, full_sd), (oof_mean, oof_sd) = self.table_models_[m]
+            if training:
+                z = (oof.loc[ids].to_numpy(float) - oof_mean) / oof_sd
+            else:
+                z = (model.decision_function(data.table.loc[ids, self.columns[m]]) - full_mean) / full_sd
+            x[have, 0] = torch.as_tensor(z, dtype=torch.float32)
+        return x
+
+    def _fit_table_scores(self, data, part) -> None:
+        """For each table branch of ``cfg.table_scores``: a logistic regression of its columns on the training
+        patients who have any of them, and their cross-fitted scores (stratified inner folds of the training part;
+        each patient scored by a model that never saw them), each with its mean and SD on the fitting part."""
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+        from .tabular import logistic_regression
+
+        self.table_models_ = {}
+        for m in [m for m in self.cfg.table_scores if m in self.modalities]:
+            cols = self.columns[m]
+            ids = [p for p in part.all if data.has(p, "table", cols)]
+            y = data.y.loc[ids].astype(int)
+            folds = min(self.cfg.table_score_folds, int(y.value_counts().min()) if y.nunique() == 2 else 0)
+            if folds < 2:
+                raise ValueError(f"the fusion's {m!r} score needs at least two training patients of each outcome "
+                                 f"with {m.replace('_', ' ')}; this training part has {dict(y.value_counts())}")
+            x = data.table.loc[ids, cols]
+            model = logistic_regression(0).fit(x, y)
+            oof = pd.Series(cross_val_predict(logistic_regression(0), x, y, method="decision_function",
+                                              cv=StratifiedKFold(folds, shuffle=True, random_state=0)), index=ids)
+            fit = [p for p in part.fit if p in oof.index]
+            self.table_models_[m] = (model, oof, mean_sd(model.decision_function(data.table.loc[fit, cols])),
+                                     mean_sd(oof.loc[fit].to_numpy(float)))
+
     def _build(self, data) -> FusionNet:
         encoders = {}
         for m in self.modalities:
-            if m in TABULAR:
+            if m in self.table_models_:
+                encoders[m] = ScoreInput()
+            elif m in TABULAR:
                 encoders[m] = LabEncoder(len(self.columns[m]), self.cfg.lab_width)
             elif m in self.fold_models:
                 encoders[m] = ScoreInput()
@@ -160,8 +205,9 @@ class NeuralFusion:
                 continue
             self.cross_fitted_[m] = scores
             self.cross_fitted_scale_[m] = mean_sd(scores.loc[[p for p in part.fit if p in scores.index]].to_numpy(float))
+        self._fit_table_scores(data, part)
         self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
-        for m in [m for m in self.modalities if m in TABULAR]:
+        for m in [m for m in self.modalities if m in TABULAR and m not in self.table_models_]:
             x = data.table.loc[part.fit, self.columns[m]]
             imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(x)
             self.tables_[m] = (imputer, StandardScaler().fit(imputer.transform(x)))

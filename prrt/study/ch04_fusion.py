@@ -159,7 +159,8 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
 
     def text_of(mods, text, mechanism):
         cnn = "CNN score" if fold_models else "CNN"
-        lesions = f" ({cnn} and lesion features)" if "pet_features" in fusion_modalities(mods, profile) else ""
+        features = "lesion-feature score" if fold_models else "lesion features"
+        lesions = f" ({cnn} and {features})" if "pet_features" in fusion_modalities(mods, profile) else ""
         images = (", image branches: the fold's unimodal CNN scores"
                   + (" (training patients: cross-fitted)" if branches == "cross_fitted" else "")
                   if fold_models and {"pet", "ct"} & set(mods) else "")
@@ -171,7 +172,8 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
                                         cohort, fusion_config(profile, mech), ct_weights=ct_state,
                                         bound=BOUND_OF_FUSION[name], fold_models=fold_models))
     # the control: the same network and training without a CNN branch (laboratory values + SR-PET lesion features)
-    specs.append(neural_fusion_spec(CONTROL, chapter, "laboratory values + SR-PET lesion features, the fusion network "
+    features = "lesion-feature score" if fold_models else "lesion features"
+    specs.append(neural_fusion_spec(CONTROL, chapter, f"laboratory values + SR-PET {features}, the fusion network "
                                     f"without CNN branches ({mech}; control)", ["labs", "pet_features"], cohort,
                                     fusion_config(profile, mech), bound=INPUT_SET_OF[CONTROL]))
     mods, text = FUSIONS[HEADLINE]
@@ -205,6 +207,14 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
 
 
 # ---- what chapter 04 shows ---------------------------------------------------------------------------
+#: How the lesion features enter a fusion whose image branches are scores (:data:`prrt.learn.SCORE_FUSION_NETWORK`).
+LESION_SCORE_TEXT = (
+    "The SR-PET lesion features enter the same way, as one number: the score of a logistic regression of the "
+    "features, for a training patient from a regression fitted without them (three folds inside the training part), "
+    "for a test patient from the regression of all training patients. Given the feature values themselves, the "
+    "fusion learnt to trust lesion features that carried nothing (the null experiment in the methods, with every "
+    "patient's images moved to another patient).")
+
 def image_branches_text(profile, ct_pretrained: bool) -> str:
     """How this run's neural fusions get their SR-PET and CT branches, in a sentence or two (Markdown)."""
     branches = getattr(profile, "fusion_image_branches", "end_to_end")
@@ -217,14 +227,16 @@ def image_branches_text(profile, ct_pretrained: bool) -> str:
                 "(cross-fitting: for every pair of folds, one CNN fitted on the remaining fold, a third of the "
                 "patients, scores the patients of the pair). So the fusion learns how far to trust an image from "
                 "scores of patients the scoring network never saw, as at test time, though from networks trained "
-                "on half as many patients as the fold's own; each kind of score is standardised on its own scale.")
+                "on half as many patients as the fold's own; each kind of score is standardised on its own scale. "
+                + LESION_SCORE_TEXT)
     if branches == "fold_models":
         return ("In this run (profile setting `fusion_image_branches: fold_models`) the fusions train no CNN of their "
                 "own: their SR-PET and CT branches are given the score of the fold's unimodal CNN (the PET CNN of "
                 f"chapter 3 and {ct}), standardised on the fitting patients. That CNN was trained on exactly the "
                 "same training patients: a fingerprint of the two patient lists is saved with every checkpoint and "
                 "checked, so no test patient of the fold reached it. Only the fusion's small networks learn, which "
-                "keeps the chapter within minutes on a laptop CPU; the paper profile trains the encoders end to end.")
+                "keeps the chapter within minutes on a laptop CPU; the paper profile trains the encoders end to end. "
+                + LESION_SCORE_TEXT)
     start = " (the CT encoder from the pretrained weights)" if ct_pretrained else ""
     return f"In this run the fusions train their SR-PET and CT encoders end to end{start}, with the rest of the network."
 

@@ -405,7 +405,7 @@ def test_chapter_specs_with_fold_model_branches():
         ch04_fusion.chapter_specs(Full(), replace(smoke, fusion_image_branches="cnn"), None, run_dir="r")
     specs = {s.name: s for s in ch04_fusion.chapter_specs(Full(), smoke, {"w": torch.zeros(1)}, run_dir="r")}
     head = specs["lab_pet_ct_fusion"]
-    assert head.inputs == ("laboratory values + SR-PET (CNN score and lesion features) + CT, adaptive fusion "
+    assert head.inputs == ("laboratory values + SR-PET (CNN score and lesion-feature score) + CT, adaptive fusion "
                            "(CT CNN pretrained), image branches: the fold's unimodal CNN scores")
     assert head.requires == ("pet_cnn", "ct_cnn_pretrained")
     assert head.build(0).cfg.train.epochs == 10 and head.build(0).cfg.train.batch_size == 64  # smoke: 10 epochs
@@ -417,8 +417,8 @@ def test_chapter_specs_with_fold_model_branches():
     control, fused = specs[ch04_fusion.CONTROL].build(0), head.build(0)
     assert control.modalities == ["labs", "pet_features"] and not control.fold_models
     assert specs[ch04_fusion.CONTROL].requires == () and specs[ch04_fusion.CONTROL].bound == "lab_pet_features"
-    assert control.cfg == fused.cfg
-    assert specs[ch04_fusion.CONTROL].inputs == ("laboratory values + SR-PET lesion features, the fusion network "
+    assert control.cfg == fused.cfg and fused.cfg.table_scores == ("pet_features",)  # the lesion features: a score
+    assert specs[ch04_fusion.CONTROL].inputs == ("laboratory values + SR-PET lesion-feature score, the fusion network "
                                                  "without CNN branches (adaptive; control)")
     scratch = {s.name: s for s in ch04_fusion.chapter_specs(Full(), smoke, None, run_dir="r")}  # no pretraining
     assert scratch["pet_ct_fusion"].requires == ("pet_cnn", "ct_cnn")
