@@ -126,17 +126,16 @@ class LateFusion:
         oof = np.full((len(train), len(self.bases)), np.nan)
         row = {p: i for i, p in enumerate(train)}
         cv = StratifiedKFold(self.inner_folds, shuffle=True, random_state=seed % 2**32)
-        self.models, self.scale_ = [], {}
+        self.models, self.scale_, self.part_ = [], {}, part
         for j, spec in enumerate(self.bases):
             m = self._source(spec)
             if m is not None:  # the fold CNN and the cross-fitted scores of the training patients
                 source, have = self.fold_models[m], self._available(spec, data, train)
                 crossed = source.training_scores(part, data, have).to_numpy(float)
-                net = source.load(part, data)
-                own = network_scores(net, data.images[m].take(have)) if have else np.zeros(0)
+                own = source.scores(part, data, have)
                 (cm, cs), self.scale_[j] = mean_sd(crossed), mean_sd(own)
                 oof[[row[p] for p in have], j] = (crossed - cm) / cs
-                self.models.append(net)
+                self.models.append(source.load(part, data))
                 self.trace.append((spec.name, [], have))
                 continue
             for k, (tr, te) in enumerate(cv.split(np.zeros(len(train)), y)):
@@ -164,7 +163,7 @@ class LateFusion:
                 pos = [patients.index(p) for p in ids]
                 if j in self.scale_:
                     mean, sd = self.scale_[j]
-                    z[pos, j] = (network_scores(m, data.images[spec.needs[0]].take(ids)) - mean) / sd
+                    z[pos, j] = (self.fold_models[spec.needs[0]].scores(self.part_, data, ids) - mean) / sd
                 else:
                     z[pos, j] = _logit(m.predict(data, ids))
         return z
@@ -200,9 +199,13 @@ class FoldModelScores:
         self.cross_fitted = cross_fitted
         self._index: dict[str, str] | None = None
         self._scores: pd.DataFrame | None = None
+        # per checkpoint: the network, and the images it scored with their scores (every fusion of a chapter reads
+        # the same fold CNNs: each patient is scored once per checkpoint, not once per fusion and per prediction)
+        self._nets: dict[str, nn.Module] = {}
+        self._seen: dict[str, tuple[object, dict[str, float]]] = {}
 
-    def __getstate__(self):  # sent to other processes without the index and the scores
-        return {**self.__dict__, "_index": None, "_scores": None}
+    def __getstate__(self):  # sent to other processes without the index, the networks and the scores
+        return {**self.__dict__, "_index": None, "_scores": None, "_nets": {}, "_seen": {}}
 
     def _find(self, part, data) -> str:
         """The checkpoint of the fold model trained on exactly the training patients of ``part`` that have the
@@ -225,7 +228,23 @@ class FoldModelScores:
 
     def load(self, part, data) -> nn.Module:
         """The fold's CNN (evaluation mode, on the CPU) trained on exactly the patients of ``part`` with the image."""
-        return classifier_from_checkpoint(torch.load(self._find(part, data), map_location="cpu", weights_only=True))
+        path = self._find(part, data)
+        if path not in self._nets:
+            self._nets[path] = classifier_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+        return self._nets[path]
+
+    def scores(self, part, data, patients: list[str]) -> np.ndarray:
+        """The logits of the fold's CNN (:meth:`load`) for ``patients`` (who have the image). Each patient is scored
+        once per checkpoint and set of images: another call with the same ``data.images`` reuses the score."""
+        path, images = self._find(part, data), data.images[self.modality]
+        held, seen = self._seen.get(path, (None, {}))
+        if held is not images:  # other images (another cohort's): start again
+            seen = {}
+            self._seen[path] = (images, seen)
+        new = [p for p in dict.fromkeys(patients) if p not in seen]
+        if new:
+            seen.update(zip(new, network_scores(self.load(part, data), images.take(new)).tolist()))
+        return np.array([seen[p] for p in patients], dtype=np.float32)
 
     def training_scores(self, part, data, patients: list[str]) -> pd.Series | None:
         """With ``cross_fitted``: the scores of training ``patients`` of the fold trained on ``part``, each from a

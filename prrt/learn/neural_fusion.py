@@ -35,7 +35,6 @@ from .fusion import (
     LabEncoder,
     ScoreInput,
     mean_sd,
-    network_scores,
 )
 from .networks import build_encoder
 from .training import autocast, fit_network, seed_everything, select_device, to_device
@@ -188,12 +187,10 @@ class NeuralFusion:
         for m in self.modalities:
             if m not in TABULAR and m not in self.shapes_:
                 raise ValueError(f"fusion needs {m.upper()} images for some patients; the data has none")
-        # the fold's CNNs; the training patients' scores, computed once; their mean and SD on the fitting part
-        self.scorers_ = {m: source.load(part, data) for m, source in self.fold_models.items()}
-        self._known, self.score_scale_ = {}, {}
-        self.remember_scores(data, part.fit + part.val)
-        for m in self.fold_models:
-            self.score_scale_[m] = mean_sd(np.array([self._known[m][p] for p in part.fit if p in self._known[m]]))
+        # the fold's CNNs' scores of the fitting patients: their mean and SD
+        self.part_, self.score_scale_ = part, {}
+        for m, source in self.fold_models.items():
+            self.score_scale_[m] = mean_sd(source.scores(part, data, [p for p in part.fit if data.has(p, m)]))
         # cross-fitted sources: the training patients' scores from models that never saw them, standardised on the
         # fitting part by their own mean and SD (the fold CNN's scores of test patients by the fold CNN's: each
         # source on its own scale, so that the fusion learns a weight, not a scale)
@@ -237,7 +234,7 @@ class NeuralFusion:
                           bn_forward=lambda rows: model({m: to_device(v[rows], device) for m, v in x_fit.items()},
                                                         pr_fit[rows].to(device)),
                           desc=desc or "fusion", progress=progress)
-        self.model, self._known = out.model, {}
+        self.model = out.model
         return FitRecord(out.curve, out.best_epoch, {"state_dict": out.model.state_dict(),
                                                      "modalities": self.modalities,
                                                      "mechanism": self.cfg.mechanism,
@@ -256,20 +253,14 @@ class NeuralFusion:
         return self
 
     def remember_scores(self, data, patients: list[str]) -> None:
-        """Compute the fold models' scores of ``patients`` once and keep them (the images do not change
-        while the table is shuffled for permutation importance)."""
-        for m in self.fold_models:
-            known = self._known.setdefault(m, {})
-            ids = [p for p in patients if p not in known and data.has(p, m)]
-            if ids:
-                known.update(zip(ids, network_scores(self.scorers_[m], data.images[m].take(ids))))
+        """Score ``patients`` with the fold models now (each source keeps a patient's score, :meth:`FoldModelScores.scores`;
+        the images do not change while the table is shuffled for permutation importance)."""
+        for m, source in self.fold_models.items():
+            source.scores(self.part_, data, [p for p in patients if data.has(p, m)])
 
     def _raw_scores(self, data, m: str, patients: list[str]) -> np.ndarray:
-        """The fold CNN's scores of ``patients`` (those computed while fitting are not computed again)."""
-        known = getattr(self, "_known", {}).get(m, {})
-        if all(p in known for p in patients):
-            return np.array([known[p] for p in patients], dtype=np.float32)
-        return network_scores(self.scorers_[m], data.images[m].take(patients))
+        """The fold CNN's scores of ``patients``."""
+        return self.fold_models[m].scores(self.part_, data, patients)
 
     @torch.no_grad()
     def _raw(self, x, present, weights: bool = False):

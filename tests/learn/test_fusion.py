@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -333,7 +335,7 @@ def test_fold_model_branches_read_the_cnn_trained_on_the_same_training_part(tmp_
         assert ck["training_part"] == loop.inner_split(with_pet, y, cfg.train.val_fraction,
                                                        loop.fold_seed(0, f.repeat, f.fold)).digest()
         for name, value in ck["state_dict"].items():  # the fold's own PET CNN, weight for weight
-            assert torch.equal(m.scorers_["pet"].state_dict()[name], value), name
+            assert torch.equal(m.fold_models["pet"].load(m.part_, complete).state_dict()[name], value), name
         fused = torch.load(tmp_path / "checkpoints" / "f" / f"r{f.repeat}_f{f.fold}.pt", weights_only=True)
         assert fused["fold_models"] == {"pet": "pet_cnn", "ct": "ct_cnn_pretrained"}
         # the branch is one standardised number: mean 0, SD 1 over the fitting patients that have a PET
@@ -644,3 +646,100 @@ def test_a_fusion_without_a_source_stands_beside_the_model_that_never_had_it():
     assert stand_in(ch04_fusion.HEADLINE, "labs", summary) is None  # SR-PET + CT did not run
     assert stand_in("lab_pet_fusion", "pet", summary) == "lab_logreg"  # the best model of the one source left
     assert stand_in("lab_pet_fusion", "labs", summary) == "pet_features_logreg"
+
+
+def _noise_lesions(seed: int, n: int = 120):
+    """Laboratory values with signal (cga) and eight lesion features that carry none."""
+    rng = np.random.default_rng(seed)
+    y = pd.Series((rng.random(n) < 0.35).astype(float), index=[f"P{i:03d}" for i in range(n)])
+    table = pd.DataFrame({"cga": 1.2 * y + rng.normal(size=n), "ggt": rng.normal(size=n)}, index=y.index)
+    for f in FEATURES:
+        table[f] = rng.lognormal(size=n)
+    return base_.ModelData(y, table=table)
+
+
+class _LabsAndPet:
+    labs = ("cga", "ggt")
+    modalities = ("pet",)
+
+
+def _control(table_scores, mechanism="adaptive"):
+    cfg = fusion.FusionConfig(training.TrainConfig(**{**fusion.SCORE_FUSION_TRAINING, "val_fraction": 0.0}),
+                              mechanism=mechanism, **{**fusion.SCORE_FUSION_NETWORK, "table_scores": table_scores})
+    return ch04_fusion.neural_fusion_spec("control", "04", "labs + lesions", ["labs", "pet_features"], _LabsAndPet(),
+                                          cfg)
+
+
+def test_the_lesion_feature_score_of_a_training_patient_comes_from_a_regression_that_never_saw_them():
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    data = _noise_lesions(0, 60)
+    data.table.loc["P005", FEATURES] = np.nan  # no PET: no lesion features, no score
+    part = base_.TrainingPart(fit=list(data.y.index[:50]), val=[])
+    model = _control(("pet_features",)).build(0)
+    model.fit(data, part, 0, progress=False)
+    regression, oof, (full_mean, full_sd), (oof_mean, oof_sd) = model.table_models_["pet_features"]
+    ids = [p for p in part.fit if p != "P005"]
+    assert list(oof.index) == ids
+    x, y = data.table.loc[ids, FEATURES], data.y.loc[ids].astype(int)
+    want = cross_val_predict(tabular.logistic_regression(0), x, y, method="decision_function",
+                             cv=StratifiedKFold(3, shuffle=True, random_state=0))
+    np.testing.assert_allclose(oof.to_numpy(), want)  # each from a regression fitted without the patient's third
+    assert not np.allclose(want, regression.decision_function(x))  # not the in-sample score of the final regression
+    np.testing.assert_allclose((oof_mean, oof_sd), (want.mean(), want.std()))
+    # what the network trains on: those scores, standardised; a patient without lesion features gets 0
+    trained_on = model._table_score(data, "pet_features", part.fit, training=True)[:, 0].numpy()
+    np.testing.assert_allclose(trained_on[[part.fit.index(p) for p in ids]], (want - want.mean()) / want.std(),
+                               rtol=1e-5)
+    assert trained_on[part.fit.index("P005")] == 0
+    assert "pet_features" not in model.tables_ and model.tables_["labs"]  # the labs stay values
+    # the test patients get the regression of all training patients, on its own scale
+    test = list(data.y.index[50:])
+    np.testing.assert_allclose((full_mean, full_sd), fusion.mean_sd(regression.decision_function(x)), rtol=1e-6)
+    assert np.isfinite(model.predict(data, test)).all()
+    few = base_.TrainingPart(fit=list(data.y[data.y == 0].index[:20]) + list(data.y[data.y == 1].index[:1]), val=[])
+    with pytest.raises(ValueError, match="'pet_features' score needs at least two training patients of each outcome"):
+        _control(("pet_features",)).build(0).fit(data, few, 0, progress=False)
+
+
+def test_lesion_features_that_carry_nothing_pull_the_fusion_down_less_as_a_cross_fitted_score():
+    """Lesion features of noise: given their eight values, the network learns to trust them (AUROC well below the
+    laboratory model's); given one cross-fitted score, it learns from patients the score never saw that it is worth
+    little. Three cohorts, the first three seeds."""
+    auroc = {(): [], ("pet_features",): [], "labs": []}
+    for seed in range(3):
+        data = _noise_lesions(seed)
+        s = sp.make_splits(data.y, 3, 2, 0)
+        labs = tabular.table_spec("lab_lr", "02", "labs", ["cga", "ggt"], lambda seed: LogisticRegression())
+        auroc["labs"].append(per_repeat_metrics(loop.cross_validate(labs, data, s, 0, progress=False).predictions)
+                             ["auroc"].mean())
+        for scores in ((), ("pet_features",)):
+            res = loop.cross_validate(_control(scores), data, s, 0, progress=False)
+            auroc[scores].append(per_repeat_metrics(res.predictions)["auroc"].mean())
+    mean = {k: float(np.mean(v)) for k, v in auroc.items()}
+    assert mean[("pet_features",)] > mean[()] + 0.03, auroc
+    assert mean[("pet_features",)] > mean["labs"] - 0.05, auroc
+
+
+def test_a_fold_cnn_scores_each_patient_once_for_every_fusion_that_reads_it(tmp_path, monkeypatch):
+    complete, y, _ = _multimodal(missing=False)
+    s = sp.make_splits(y, 3, 1, 0)
+    pet_cnn = image_model.image_spec("pet_cnn", "pet", training.TrainConfig(epochs=1, batch_size=8), "03", "PET", True)
+    loop.run_models([pet_cnn], complete, None, s, _Profile(), 0, tmp_path)
+    fold = next(sp.iter_folds(s))
+    part = loop.inner_split(fold.train, y, 0.2, loop.fold_seed(0, fold.repeat, fold.fold))
+    source = fusion.FoldModelScores(tmp_path, "pet_cnn", "pet", "03")
+    want = fusion.network_scores(source.load(part, complete), complete.images["pet"].take(fold.test))
+    scored = []
+    real = fusion.network_scores
+    monkeypatch.setattr(fusion, "network_scores", lambda net, x: scored.append(len(x)) or real(net, x))
+    np.testing.assert_allclose(source.scores(part, complete, fold.test), want, rtol=1e-6)
+    np.testing.assert_allclose(source.scores(part, complete, fold.test[::-1]), want[::-1], rtol=1e-6)
+    source.scores(part, complete, fold.test[:3] + part.fit[:2])
+    assert scored == [len(fold.test), 2]  # only the two new patients were scored again
+    # other images under the same names (another cohort): scored anew
+    other = base_.ModelData(y, images={"pet": base_.ImageSet(complete.images["pet"].x.flip(2),
+                                                             complete.images["pet"].patients)})
+    assert not np.allclose(source.scores(part, other, fold.test), want)
+    assert scored[-1] == len(fold.test)
+    assert pickle.loads(pickle.dumps(source))._seen == {}  # sent to a worker without them
