@@ -178,3 +178,12 @@ def test_cohort_table1_and_examples(small_cohort_dir):
     assert ex == ch01_cohort.pick_example_patients(c, 4, seed=3)
     e = table1.exclusion_summary(c).set_index("")["patients"]
     assert e.iloc[0] == 26 and e.iloc[1] == 2
+
+
+def test_holm_keeps_the_missing_p_values_missing_in_a_column_of_numbers():
+    out = comparison.holm(pd.Series([0.01, np.nan, 0.04, 0.03], index=list("abcd")))
+    assert out.dtype == np.float64  # a column of numbers, not of objects with None in it
+    assert np.isnan(out["b"])
+    np.testing.assert_allclose(out.drop("b").to_numpy(), [0.03, 0.06, 0.06])
+    empty = comparison.holm(pd.Series([np.nan, np.nan], index=["a", "b"]))
+    assert empty.dtype == np.float64 and empty.isna().all()

@@ -743,3 +743,20 @@ def test_a_fold_cnn_scores_each_patient_once_for_every_fusion_that_reads_it(tmp_
     assert not np.allclose(source.scores(part, other, fold.test), want)
     assert scored[-1] == len(fold.test)
     assert pickle.loads(pickle.dumps(source))._seen == {}  # sent to a worker without them
+
+
+def test_a_model_on_a_share_of_the_labels_is_the_wrapped_model_at_prediction_and_cannot_be_restored():
+    class Wrapped:
+        def predict(self, data, patients):
+            return np.full(len(patients), 0.3)
+
+        def features(self, data, patients):
+            return {"embedding": np.ones((len(patients), 2))}
+
+    X, y = _table(30)
+    data = base_.ModelData(y, table=X)
+    fewer = base_.FewerLabels(Wrapped(), 0.5)
+    np.testing.assert_array_equal(fewer.predict(data, ["P001", "P002"]), [0.3, 0.3])
+    assert fewer.features(data, ["P001", "P002", "P003"])["embedding"].shape == (3, 2)
+    with pytest.raises(NotImplementedError, match="a model fitted on a share of the labels leaves no checkpoint"):
+        fewer.restore(data, base_.TrainingPart(list(y.index[:20]), []), {})
