@@ -100,6 +100,12 @@ class TrainingPart:
         return _sha("all:" + ",".join(p for p in self.all if keep is None or keep(p)))
 
 
+def logit(p) -> np.ndarray:
+    """The log-odds of probabilities ``p``, clipped to [1e-6, 1 - 1e-6] first so that a certain one stays finite."""
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def _sha(text: str) -> str:
     import hashlib
 

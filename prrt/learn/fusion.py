@@ -55,7 +55,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .base import FitRecord, ModelSpec, TrainingPart
+from .base import FitRecord, ModelSpec, TrainingPart, logit
 from .loop import training_score_of
 from .networks import classifier_from_checkpoint
 from .training import TrainConfig, config_from_profile
@@ -70,11 +70,6 @@ TABULAR = ("labs", "pet_features")
 
 #: The source each modality belongs to: a fusion needs two sources, and a patient without PET lacks both PET parts.
 SOURCE = {"labs": "labs", "pet_features": "pet", "pet": "pet", "ct": "ct"}
-
-
-def _logit(p):
-    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def mean_sd(x) -> tuple[float, float]:
@@ -144,7 +139,7 @@ class LateFusion:
                 if not pred_ids:
                     continue
                 model = self._fit_base(spec, data, fit_ids, seed + 100 * (k + 1))
-                oof[[row[p] for p in pred_ids], j] = _logit(model.predict(data, pred_ids))
+                oof[[row[p] for p in pred_ids], j] = logit(model.predict(data, pred_ids))
                 self.trace.append((spec.name, fit_ids, pred_ids))
             full = self._available(spec, data, train)
             self.models.append(self._fit_base(spec, data, full, seed))
@@ -165,7 +160,7 @@ class LateFusion:
                     mean, sd = self.scale_[j]
                     z[pos, j] = (self.fold_models[spec.needs[0]].scores(self.part_, data, ids) - mean) / sd
                 else:
-                    z[pos, j] = _logit(m.predict(data, ids))
+                    z[pos, j] = logit(m.predict(data, ids))
         return z
 
     def predict(self, data, patients: list[str]) -> np.ndarray:

@@ -46,7 +46,7 @@ from ..evaluation import (
     summarise,
     write_predictions,
 )
-from .base import FitRecord, ModelData, ModelSpec, TrainingPart
+from .base import FitRecord, ModelData, ModelSpec, TrainingPart, logit
 from .engines import Sequential
 
 
@@ -267,9 +267,8 @@ def cross_fitted_scores(spec: ModelSpec, data: ModelData, splits: pd.DataFrame, 
     parts = []
     for out in outs:
         a, b = left_out_pair(out.fold)
-        p = np.clip(out.test["probability"].to_numpy(float), 1e-6, 1 - 1e-6)
         parts.append(pd.DataFrame({"repeat": out.repeat, "fold_a": a, "fold_b": b,
-                                   "patient": out.test["patient"].to_numpy(), "logit": np.log(p / (1 - p))}))
+                                   "patient": out.test["patient"].to_numpy(), "logit": logit(out.test["probability"])}))
     return pd.concat(parts, ignore_index=True)
 
 

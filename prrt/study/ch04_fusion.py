@@ -123,6 +123,17 @@ def fusion_modalities(mods: list[str], profile) -> list[str]:
     return [*mods[:i], "pet_features", *mods[i:]]
 
 
+def pretrained_ct_spec(cohort, profile, ct_state: dict | None, chapter: str = "04") -> ModelSpec:
+    """The CT CNN of chapter 03 with its encoder starting from the pretrained weights ``ct_state`` (skipped, with the
+    reason, without CT images or pretraining)."""
+    reason = ("the manifest names no CT images" if "ct" not in cohort.modalities else
+              "no CT pretraining in the manifest (ct_pretraining) or the run (--ct-weights)" if ct_state is None
+              else None)
+    return image_spec(CT_PRETRAINED, "ct", config_from_profile(profile), chapter,
+                      input_description(profile, "CT, 3D CNN") + ", encoder pretrained", reason is None, bound="ct",
+                      encoder_weights=ct_state, reason=reason)
+
+
 def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", run_dir=None) -> list[ModelSpec]:
     """The models chapter 04 trains: the pretrained CT CNN, the four fusions (the profile's mechanism,
     pretrained CT branch), the control (:data:`prrt.study.names.CONTROL`) and, for laboratory values +
@@ -133,13 +144,7 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
     CNN of this chapter (the CT CNN of chapter 03 when there is no pretraining); with ``"cross_fitted"``
     the training patients' scores come from cross-fitted models instead (:func:`write_cross_fitted_scores`)."""
     cfg = config_from_profile(profile)
-    no_weights = "no CT pretraining in the manifest (ct_pretraining) or the run (--ct-weights)"
-    specs = [image_spec("ct_cnn_pretrained", "ct", cfg, chapter,
-                        input_description(profile, "CT, 3D CNN") + ", encoder pretrained",
-                        "ct" in cohort.modalities and ct_state is not None, bound="ct", encoder_weights=ct_state,
-                        reason=None if "ct" in cohort.modalities else "the manifest names no CT images")]
-    if "ct" in cohort.modalities and ct_state is None:
-        specs[0].reason = no_weights
+    specs = [pretrained_ct_spec(cohort, profile, ct_state, chapter)]
     mech = profile.fusion_mechanism
     pretrained = " (CT branch pretrained)" if ct_state is not None else ""
 
@@ -336,8 +341,7 @@ def label_fractions(ctx, data, ct_state: dict | None) -> pd.DataFrame | None:
     repeats = ctx.profile.label_fraction_repeats or int(ctx.splits["repeat"].max()) + 1
     splits = ctx.splits[ctx.splits["repeat"] < repeats]
     specs = {"scratch": next(s for s in image_specs(ctx.cohort, ctx.profile) if s.name == "ct_cnn"),
-             "pretrained": next(s for s in chapter_specs(ctx.cohort, ctx.profile, ct_state, run_dir=ctx.run_dir)
-                                if s.name == CT_PRETRAINED)}
+             "pretrained": pretrained_ct_spec(ctx.cohort, ctx.profile, ct_state)}
     rows = []
     for fraction in [*fractions, 1.0]:
         pred = {}
