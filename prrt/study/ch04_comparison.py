@@ -133,7 +133,7 @@ def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
     if len(single):
         c = single.iloc[int(single["auroc_versus"].to_numpy(float).argmax())]
         if len(best) and c["versus"] == best.iloc[0]["versus"]:
-            out.append("It is also the best single-source model.")
+            out.append(f"`{c['versus']}` is also the best single-source model.")
         else:
             out.append(f"Against the best single-source model, `{c['versus']}` ({score(c['versus'])}): "
                        f"{_difference_phrase(c)}.")
@@ -268,19 +268,33 @@ def paired_tests(ctx, summary: pd.DataFrame) -> pd.DataFrame:
     return comparisons
 
 
-def gate_text(summary: pd.DataFrame, mechanism: str) -> str:
+#: What the gate weighs, as the gate sentence names the branches.
+GATE_BRANCHES = {"labs": "the laboratory values", "pet_features": "the SR-PET lesion features", "pet": "the PET CNN",
+                 "ct": "the CT CNN"}
+
+
+def gate_text(summary: pd.DataFrame, mechanism: str, weights: tuple[str, pd.DataFrame] | None = None) -> str:
     """Whether the cross-modal gate (``adaptive``) beat concatenation (``intermediate``) for laboratory values +
     SR-PET + CT, as the tables show the AUROCs (two decimals), and, where it did not, the likely reason; empty
-    when one of the two did not run. ``mechanism``: the profile's (the headline's)."""
+    when one of the two did not run. ``mechanism``: the profile's (the headline's). ``weights``: the adaptive fusion's
+    weights per patient (:func:`prrt.study.ch04_fusion.fusion_weights`), whose means the text then gives."""
     name = {m: HEADLINE if mechanism == m else mechanism_variant(m) for m in ("adaptive", "intermediate")}
     rows = summary[summary["status"] == "ran"].set_index("model")
     if not all(n in rows.index for n in name.values()):
         return ""
     a, i = (round(float(rows.loc[name[m], "auroc_mean"]), 2) for m in ("adaptive", "intermediate"))
+    mean_weights = ""
+    if weights is not None and weights[0] == name["adaptive"]:
+        w = weights[1].mean()
+        parts = [f"{GATE_BRANCHES.get(m, m)} {w[m]:.2f}" for m in w.sort_values(ascending=False, kind="stable").index]
+        mean_weights = (f" On average over the patients the gate gave {parts[0]}"
+                        + "".join(f", {p}" for p in parts[1:-1]) + (f" and {parts[-1]}" if len(parts) > 1 else "")
+                        + " (each patient's weights sum to one).")
     if a > i:
-        return f"In this run the cross-modal gate beat concatenation: AUROC {a:.2f} against {i:.2f}."
+        return f"In this run the cross-modal gate beat concatenation: AUROC {a:.2f} against {i:.2f}." + mean_weights
     return (f"In this run the cross-modal gate did not beat concatenation: AUROC {a:.2f} against {i:.2f} "
             f"(concatenation, `{name['intermediate']}`). A likely reason, not tested here: the gate is learnt from the "
             "same few training patients of each fold as the rest of the network, and it can only re-weight the "
             "sources' embeddings, while concatenation lets the final layer weigh each source's evidence directly; "
-            "with a cohort of this size the extra freedom of a weighting per patient may cost more than it brings.")
+            "with a cohort of this size the extra freedom of a weighting per patient may cost more than it brings."
+            + mean_weights)

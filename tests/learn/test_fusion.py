@@ -201,8 +201,8 @@ def test_headline_text_reports_the_fusion_against_the_control_and_the_best_rival
     alone.loc["the best model without a CNN", "versus"] = "pet_features_logreg"
     summary2 = pd.concat([summary, _summary_rows({"pet_features_logreg": 0.75})])
     assert ch04_comparison.headline_text(summary2, alone).endswith(
-        "It is also the best single-source model. No difference between the fusion and any of its rivals can be told "
-        "apart from zero after the adjustment for multiple tests.")
+        "`pet_features_logreg` is also the best single-source model. No difference between the fusion and any of its "
+        "rivals can be told apart from zero after the adjustment for multiple tests.")
     assert ch04_comparison.headline_text(summary.iloc[:2], pd.DataFrame()) == (
         "The laboratory + SR-PET + CT fusion did not run (not in the summary), so there is no fusion result to report.")
     skipped = summary.assign(status=["ran", "ran", "ran", "skipped: fewer than two of its modalities are in the manifest"])
@@ -597,6 +597,12 @@ def test_the_chapter_says_whether_the_gate_beat_concatenation_and_why_not():
         "patients of each fold as the rest of the network, and it can only re-weight the sources' embeddings, while "
         "concatenation lets the final layer weigh each source's evidence directly; with a cohort of this size the "
         "extra freedom of a weighting per patient may cost more than it brings.")
+    weights = pd.DataFrame({"labs": [0.7, 0.5], "pet_features": [0.1, 0.2], "pet": [0.1, 0.2], "ct": [0.1, 0.1]})
+    assert ch04_comparison.gate_text(summary, "adaptive", (ch04_fusion.HEADLINE, weights)).endswith(
+        "may cost more than it brings. On average over the patients the gate gave the laboratory values 0.60, the "
+        "SR-PET lesion features 0.15, the PET CNN 0.15 and the CT CNN 0.10 (each patient's weights sum to one).")
+    # weights of another model (an intermediate headline's, equal by construction) are not the gate's
+    assert ch04_comparison.gate_text(summary, "adaptive", ("lab_pet_ct_intermediate", weights)).endswith("it brings.")
     better = _summary_rows({ch04_fusion.HEADLINE: 0.80, "lab_pet_ct_adaptive": 0.83})
     assert ch04_comparison.gate_text(better, "intermediate") == (
         "In this run the cross-modal gate beat concatenation: AUROC 0.83 against 0.80.")
