@@ -124,7 +124,7 @@ def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
     if CONTROL in set(ours["versus"]):
         c = ours[ours["versus"] == CONTROL].iloc[0]
         out.append(f"Against the same network without CNN branches (`{CONTROL}`, {score(CONTROL)}), which measures "
-                   f"what the image networks add: a mean per-fold AUROC difference of {_difference_phrase(c)}.")
+                   f"what the CNN branches add: a mean per-fold AUROC difference of {_difference_phrase(c)}.")
     best = ours[ours.index.str.contains("best model without a CNN")]
     if len(best) and best.iloc[0]["versus"] != CONTROL:
         c = best.iloc[0]

@@ -214,9 +214,9 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
 # ---- what chapter 04 shows ---------------------------------------------------------------------------
 #: How the lesion features enter a fusion whose image branches are scores (:data:`prrt.learn.SCORE_FUSION_NETWORK`).
 LESION_SCORE_TEXT = (
-    "The SR-PET lesion features enter the same way, as one number: the score of a logistic regression of the "
-    "features, for a training patient from a regression fitted without them (three folds inside the training part), "
-    "for a test patient from the regression of all training patients. Given the feature values themselves, the "
+    "The SR-PET lesion features also enter as one number: the score of a logistic regression of the features, for a "
+    "training patient from a regression fitted without them (an inner three-fold split of the training part, not "
+    "the pairs of folds of the CNNs), for a test patient from the regression of all training patients. Given the feature values themselves, the "
     "fusion learnt to trust lesion features that carried nothing (the null experiment in the methods, with every "
     "patient's images moved to another patient).")
 

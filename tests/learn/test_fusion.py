@@ -190,7 +190,7 @@ def test_headline_text_reports_the_fusion_against_the_control_and_the_best_rival
     assert ch04_comparison.headline_text(summary, comparisons) == (
         "In this run the laboratory + SR-PET + CT fusion reached an AUROC of 0.70 ± 0.03 (AUPRC with short PFS as the "
         "positive class 0.50 ± 0.02; mean ± SD over 5 repeats). Against the same network without CNN branches "
-        "(`lab_petfeatures_net`, 0.69 ± 0.03), which measures what the image networks add: a mean per-fold AUROC "
+        "(`lab_petfeatures_net`, 0.69 ± 0.03), which measures what the CNN branches add: a mean per-fold AUROC "
         "difference of +0.015 (95 % CI -0.010 to +0.040; Holm-adjusted p = 0.400). Against the best model without a "
         "CNN, `lab_pet_features_rf` (0.82 ± 0.03): -0.116 (95 % CI -0.150 to -0.080; Holm-adjusted p <0.001). "
         "Against the best single-source model, `pet_cnn` (0.70 ± 0.03): +0.004 (95 % CI -0.050 to +0.060; "
