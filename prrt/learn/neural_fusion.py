@@ -37,6 +37,7 @@ from .fusion import (
     mean_sd,
 )
 from .networks import build_encoder
+from .tabular import logistic_regression
 from .training import autocast, fit_network, seed_everything, select_device, to_device
 from .weights import load_encoder_weights
 
@@ -138,8 +139,6 @@ class NeuralFusion:
         patients who have any of them, and their cross-fitted scores (stratified inner folds of the training part;
         each patient scored by a model that never saw them), each with its mean and SD on the fitting part."""
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-        from .tabular import logistic_regression
 
         self.table_models_ = {}
         for m in [m for m in self.cfg.table_scores if m in self.modalities]:
