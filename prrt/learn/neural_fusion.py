@@ -174,10 +174,11 @@ class NeuralFusion:
         return FusionNet(encoders, self.cfg.mechanism, self.cfg.dim, self.cfg.train.dropout)
 
     # -- interface
-    def _prepare(self, data, part) -> FusionNet:
+    def _prepare(self, data, part, seed: int | None = None) -> FusionNet:
         """Everything a fold's fusion learns besides its weights, from the fitting patients only (the
         imputers and scalers of the table branches, the fold models' scores and their scale); returns
-        the freshly initialised network."""
+        the freshly initialised network, its weights drawn from ``seed`` (when given) whatever ran before: loading
+        a fold CNN draws random numbers too, and the sources load each CNN once for all the fusions of a process."""
         from sklearn.impute import SimpleImputer
         from sklearn.preprocessing import StandardScaler
 
@@ -207,12 +208,13 @@ class NeuralFusion:
             x = data.table.loc[part.fit, self.columns[m]]
             imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(x)
             self.tables_[m] = (imputer, StandardScaler().fit(imputer.transform(x)))
+        if seed is not None:
+            seed_everything(seed)
         return self._build(data)
 
     def fit(self, data, part, seed: int, progress: bool = True, desc: str = ""):
         cfg = self.cfg.train
-        seed_everything(seed)
-        model = self._prepare(data, part)
+        model = self._prepare(data, part, seed)
         y_fit = data.y.loc[part.fit].to_numpy(float)
         x_fit, pr_fit = self._inputs(data, part.fit, training=True), self._present(data, part.fit)
         x_val, pr_val = self._inputs(data, part.val, training=True), self._present(data, part.val)

@@ -766,3 +766,25 @@ def test_a_model_on_a_share_of_the_labels_is_the_wrapped_model_at_prediction_and
     assert fewer.features(data, ["P001", "P002", "P003"])["embedding"].shape == (3, 2)
     with pytest.raises(NotImplementedError, match="a model fitted on a share of the labels leaves no checkpoint"):
         fewer.restore(data, base_.TrainingPart(list(y.index[:20]), []), {})
+
+
+def test_a_fusion_gives_the_same_numbers_whether_or_not_its_cnns_were_loaded_before(tmp_path):
+    """The fold CNNs are loaded once per process for every fusion that reads them; loading one draws random
+    numbers (a network is built before its weights are read), so the fusion's own weights must be drawn from its seed
+    after that, or a fusion's numbers would depend on which fusions ran before it."""
+    complete, y, _ = _multimodal(missing=False)
+    s = sp.make_splits(y, 3, 1, 0)
+    pet_cnn = image_model.image_spec("pet_cnn", "pet", training.TrainConfig(epochs=1, batch_size=8), "03", "PET", True)
+    loop.run_models([pet_cnn], complete, None, s, _Profile(), 0, tmp_path)
+    cfg = fusion.FusionConfig(training.TrainConfig(epochs=3, batch_size=16, lr=3e-3, val_fraction=0.0),
+                              mechanism="adaptive", dim=8, lab_width=0)
+
+    def spec():
+        source = fusion.FoldModelScores(tmp_path, "pet_cnn", "pet", "03")
+        return ch04_fusion.neural_fusion_spec("f", "04", "labs + PET", ["labs", "pet"], _Cohort(), cfg,
+                                              fold_models={"pet": source})
+
+    fresh = loop.cross_validate(spec(), complete, s, 0, progress=False).predictions
+    warm = spec()
+    loop.cross_validate(warm, complete, s, 0, progress=False)  # loads every fold's CNN into the source
+    pd.testing.assert_frame_equal(loop.cross_validate(warm, complete, s, 0, progress=False).predictions, fresh)
