@@ -30,8 +30,6 @@ def permutation_importance(models: dict, data, splits: pd.DataFrame, columns: li
     for (r, f), model in models.items():
         test = tests[(r, f)]
         y = data.y.loc[test].astype(int).to_numpy()
-        if hasattr(model, "remember_scores"):
-            model.remember_scores(data, test)
         base = roc_auc_score(y, model.predict(data, test))
         rng = np.random.default_rng(fold_seed(seed, r, f))
         for col in columns:

@@ -106,7 +106,7 @@ class NeuralFusion:
                         z = (self.cross_fitted_[m].loc[ids].to_numpy(np.float32) - mean) / sd
                     else:
                         mean, sd = self.score_scale_[m]
-                        z = (self._raw_scores(data, m, ids) - mean) / sd
+                        z = (self.fold_models[m].scores(self.part_, data, ids) - mean) / sd
                     x[have, 0] = torch.as_tensor(z, dtype=torch.float32)
                 out[m] = x
             else:
@@ -160,12 +160,10 @@ class NeuralFusion:
     def _build(self, data) -> FusionNet:
         encoders = {}
         for m in self.modalities:
-            if m in self.table_models_:
+            if m in self.table_models_ or m in self.fold_models:  # one score per patient
                 encoders[m] = ScoreInput()
             elif m in TABULAR:
                 encoders[m] = LabEncoder(len(self.columns[m]), self.cfg.lab_width)
-            elif m in self.fold_models:
-                encoders[m] = ScoreInput()
             else:
                 enc = build_encoder(self.cfg.train.encoder, in_channels=self.shapes_[m][0])
                 if m == "ct" and self.ct_weights is not None:
@@ -252,16 +250,6 @@ class NeuralFusion:
         model.load_state_dict(checkpoint["state_dict"])
         self.model, self.prevalence = model.to(self.device).eval(), float(data.y.loc[part.fit].mean())
         return self
-
-    def remember_scores(self, data, patients: list[str]) -> None:
-        """Score ``patients`` with the fold models now (each source keeps a patient's score, :meth:`FoldModelScores.scores`;
-        the images do not change while the table is shuffled for permutation importance)."""
-        for m, source in self.fold_models.items():
-            source.scores(self.part_, data, [p for p in patients if data.has(p, m)])
-
-    def _raw_scores(self, data, m: str, patients: list[str]) -> np.ndarray:
-        """The fold CNN's scores of ``patients``."""
-        return self.fold_models[m].scores(self.part_, data, patients)
 
     @torch.no_grad()
     def _raw(self, x, present, weights: bool = False):

@@ -162,9 +162,10 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
                        "ct": FoldModelScores(run_dir, ct_source, "ct", MODEL_CHAPTERS[ct_source], crossed)}
         pretrained = " (CT CNN pretrained)" if ct_state is not None else ""
 
+    features = "lesion-feature score" if fold_models else "lesion features"
+
     def text_of(mods, text, mechanism):
         cnn = "CNN score" if fold_models else "CNN"
-        features = "lesion-feature score" if fold_models else "lesion features"
         lesions = f" ({cnn} and {features})" if "pet_features" in fusion_modalities(mods, profile) else ""
         images = (", image branches: the fold's unimodal CNN scores"
                   + (" (training patients: cross-fitted)" if branches == "cross_fitted" else "")
@@ -177,7 +178,6 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
                                         cohort, fusion_config(profile, mech), ct_weights=ct_state,
                                         bound=BOUND_OF_FUSION[name], fold_models=fold_models))
     # the control: the same network and training without a CNN branch (laboratory values + SR-PET lesion features)
-    features = "lesion-feature score" if fold_models else "lesion features"
     specs.append(neural_fusion_spec(CONTROL, chapter, f"laboratory values + SR-PET {features}, the fusion network "
                                     f"without CNN branches ({mech}; control)", ["labs", "pet_features"], cohort,
                                     fusion_config(profile, mech), bound=INPUT_SET_OF[CONTROL]))
@@ -216,9 +216,10 @@ def chapter_specs(cohort, profile, ct_state: dict | None, chapter: str = "04", r
 LESION_SCORE_TEXT = (
     "The SR-PET lesion features also enter as one number: the score of a logistic regression of the features, for a "
     "training patient from a regression fitted without them (an inner three-fold split of the training part, not "
-    "the pairs of folds of the CNNs), for a test patient from the regression of all training patients. Given the feature values themselves, the "
-    "fusion learnt to trust lesion features that carried nothing (the null experiment in the methods, with every "
-    "patient's images moved to another patient).")
+    "the pairs of folds of the CNNs), for a test patient from the regression of all training patients. Given the "
+    "feature values themselves, the fusion learnt to trust lesion features that carried nothing (the null "
+    "experiment in the methods, with every patient's images moved to another patient).")
+
 
 def image_branches_text(profile, ct_pretrained: bool) -> str:
     """How this run's neural fusions get their SR-PET and CT branches, in a sentence or two (Markdown)."""

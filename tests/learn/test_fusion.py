@@ -380,7 +380,7 @@ def test_cross_fitted_branches_train_the_fusion_on_scores_of_models_that_never_s
         # the test patients: the fold CNN's own scores, on that CNN's scale over the fitting part
         mean, sd = m.score_scale_["pet"]
         test_z = m._inputs(complete, f.test)["pet"][:, 0].numpy()
-        np.testing.assert_allclose(test_z, (m._raw_scores(complete, "pet", f.test) - mean) / sd, rtol=1e-5)
+        np.testing.assert_allclose(test_z, (m.fold_models["pet"].scores(m.part_, complete, f.test) - mean) / sd, rtol=1e-5)
         ck = torch.load(tmp_path / "checkpoints" / "f" / f"r{f.repeat}_f{f.fold}.pt", weights_only=True)
         assert ck["cross_fitted"] == ["pet"]
     # restored from the checkpoints (and the cross-fitted scores), the fusions predict what they predicted
