@@ -37,8 +37,8 @@ def one(seed: int, data_seed: int) -> dict:
     patients = [f"T{i}" for i in range(40)]
     maps = gradcam.gradcam_maps(net, x[te], layer)
     rand = copy.deepcopy(net)
-    for names in sanity.randomisation_steps(rand):
-        sanity._reinitialise(rand, names, seed)
+    for names in gradcam.randomisation_steps(rand):
+        gradcam.reinitialise(rand, names, seed)
     rmaps = gradcam.gradcam_maps(rand, x[te], layer)
     row = {"seed": seed, "test AUROC": roc_auc_score(y[te], train.predict(net, x[te])), "layer": layer}
     for name, m in (("trained", maps), ("randomised", rmaps)):

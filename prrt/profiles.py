@@ -62,6 +62,10 @@ class Profile:
         loss and AUROC per epoch join the learning curves; they do not fit the network. With the kept
         weights those of the last epoch, nothing is chosen on them, so 0 (the ``demo`` profile) lets every
         training patient fit the network and leaves the curves with the training loss alone.
+    selection:
+        Which weights a network keeps: ``last`` (those after the last epoch; no early stopping) or
+        ``val_loss`` (the epoch with the lowest loss on the inner validation part, which needs
+        ``val_fraction`` > 0). ``last`` in every profile (:mod:`prrt.learn.training` says why).
     epochs, batch_size:
         CNN training budget.
     montage_patients:
@@ -132,6 +136,7 @@ class Profile:
     n_folds: int = 3
     n_repeats: int = 5
     val_fraction: float = 0.2
+    selection: str = "last"
     epochs: int = 30
     batch_size: int = 8
     montage_patients: int = 4

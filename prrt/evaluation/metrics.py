@@ -27,10 +27,15 @@ Paired tests of two models are in :mod:`prrt.evaluation.comparison`, calibration
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.tools.sm_exceptions import PerfectSeparationError, PerfectSeparationWarning
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from .calibration import calibration_intercept_slope
 
 PRED_COLUMNS = ["patient", "repeat", "fold", "probability", "label"]
 
@@ -153,9 +158,33 @@ def c_index(time, event, risk) -> float:
     return float(concordance_index(time[ok], -risk[ok], event[ok]))
 
 
+def per_repeat_calibration(pred: pd.DataFrame) -> pd.DataFrame:
+    """Calibration slope and calibration-in-the-large of each repeat's out-of-fold probabilities
+    (:func:`prrt.evaluation.calibration.calibration_intercept_slope`); NaN for a repeat whose probabilities
+    are all the same (no slope to fit) or separate the two classes perfectly (no finite slope)."""
+    rows = []
+    for r, g in labelled(pred).groupby("repeat"):
+        row = {"repeat": int(r), "calibration_slope": np.nan, "calibration_in_the_large": np.nan}
+        if g["probability"].nunique() > 1:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", PerfectSeparationWarning)
+                    cal = calibration_intercept_slope(g["label"], g["probability"])
+            except (PerfectSeparationWarning, PerfectSeparationError):
+                pass  # the predictions separate the classes: the slope is not identified
+            else:
+                row.update(calibration_slope=cal["calibration_slope"],
+                           calibration_in_the_large=cal["calibration_in_the_large"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["repeat", "calibration_slope", "calibration_in_the_large"])
+
+
 def summarise(pred: pd.DataFrame, cohort=None, n_boot: int = 1000, seed: int = 0) -> dict:
-    """The numbers of one model for ``summary.csv``."""
+    """The numbers of one model for ``summary.csv``: AUROC and AUPRC (mean, SD over repeats, bootstrap CI), the
+    Brier score (mean, SD), the calibration slope and calibration-in-the-large (means over repeats,
+    :func:`per_repeat_calibration`), the C-index."""
     m = per_repeat_metrics(pred)
+    cal = per_repeat_calibration(pred)
     ci = bootstrap_ci(pred, n_boot=n_boot, seed=seed)
     out = {
         "auroc_mean": m["auroc"].mean(), "auroc_sd": m["auroc"].std(ddof=1) if len(m) > 1 else 0.0,
@@ -164,7 +193,9 @@ def summarise(pred: pd.DataFrame, cohort=None, n_boot: int = 1000, seed: int = 0
         "auprc_ci_low": ci["auprc_ci"][0], "auprc_ci_high": ci["auprc_ci"][1],
         "auprc_long_mean": m["auprc_long"].mean(),
         "auprc_long_sd": m["auprc_long"].std(ddof=1) if len(m) > 1 else 0.0,
-        "brier_mean": m["brier"].mean(),
+        "brier_mean": m["brier"].mean(), "brier_sd": m["brier"].std(ddof=1) if len(m) > 1 else 0.0,
+        "calibration_slope": cal["calibration_slope"].mean(),
+        "calibration_in_the_large": cal["calibration_in_the_large"].mean(),
         "n_patients": int(labelled(pred)["patient"].nunique()),
         "n_repeats": int(len(m)),
         "c_index": np.nan, "n_patients_survival": 0,

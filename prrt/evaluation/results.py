@@ -13,14 +13,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .metrics import PRED_COLUMNS
 
 SUMMARY_COLUMNS = ["model", "chapter", "inputs", "status", "auroc_mean", "auroc_sd", "auroc_ci_low", "auroc_ci_high",
                    "auprc_mean", "auprc_sd", "auprc_ci_low", "auprc_ci_high", "auprc_long_mean", "auprc_long_sd",
-                   "brier_mean", "c_index",
+                   "brier_mean", "brier_sd", "calibration_slope", "calibration_in_the_large", "c_index",
                    "n_patients", "n_patients_survival", "n_repeats"]
+
+
+def num(value, digits: int) -> str:
+    """A number as the book's tables show it: ``digits`` decimals, "–" for none."""
+    return "–" if pd.isna(value) else f"{value:.{digits}f}"
 
 
 def mean_sd(mean, sd) -> str:
@@ -60,7 +66,11 @@ def skipped(model: str, chapter: str, inputs: str, reason: str) -> dict:
 
 
 def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as the book shows it: mean ± SD [95 % CI]."""
+    """The summary as the book shows it: mean ± SD [95 % CI], the mean Brier score and calibration slope (a
+    summary written before the slope was recorded shows "–" for it)."""
+    def column(name):
+        return summary[name] if name in summary else pd.Series(np.nan, index=summary.index)
+
     def fmt(row, m):
         if pd.isna(row.get(f"{m}_mean")):
             return "–"
@@ -75,6 +85,8 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
         "AUPRC, short PFS positive: mean ± SD [95 % CI]": [fmt(r, "auprc") for _, r in summary.iterrows()],
         "AUPRC, long PFS positive": [mean_sd(m, s) for m, s in zip(summary["auprc_long_mean"],
                                                                     summary["auprc_long_sd"])],
-        "C-index": [("–" if pd.isna(c) else f"{c:.2f}") for c in summary["c_index"]],
+        "Brier": [num(b, 3) for b in column("brier_mean")],
+        "calibration slope": [num(b, 2) for b in column("calibration_slope")],
+        "C-index": [num(c, 2) for c in summary["c_index"]],
     })
     return out.set_index("model")

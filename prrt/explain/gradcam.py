@@ -14,7 +14,9 @@ voxels, too coarse to say where inside a lesion box the network looked).
 ``explain/gradcam/<model>/r{repeat}_f{fold}.npz``, with the checkpoint's SHA-256 and the layer, so that a
 changed model is never served stale maps. :func:`upsample` and :func:`display_size` put the maps on the
 finer display grid of the figures; :func:`dilate` grows a lesion mask for the numbers of
-:mod:`prrt.explain.saliency`.
+:mod:`prrt.explain.saliency`. :func:`randomisation_steps`, :func:`reinitialise` and :func:`randomised` give a
+network's layers from the top and re-initialise them: the sanity checks and the randomised-weights null of the
+saliency numbers.
 """
 
 from __future__ import annotations
@@ -116,6 +118,44 @@ def gradcam_maps(net: nn.Module, x: torch.Tensor, layer: str, batch_size: int = 
         with torch.enable_grad():
             out.append(cam(x[i:i + batch_size].float().to(device), class_idx=0).detach()[:, 0].cpu())
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, *x.shape[2:]), np.float32)
+
+
+def randomisation_steps(net: nn.Module) -> list[list[str]]:
+    """The network's layers with weights, grouped from the top (output) to the bottom (input):
+    a convolution or linear layer together with the normalisation that follows it."""
+    leaves = [(n, m) for n, m in net.named_modules()
+              if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    groups: list[list[str]] = []
+    for name, mod in leaves:
+        is_norm = isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+                                   nn.GroupNorm, nn.LayerNorm))
+        if is_norm and groups:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups[::-1]
+
+
+def reinitialise(net: nn.Module, names: list[str], seed: int) -> None:
+    """Re-initialise the layers ``names`` of ``net`` in place with their own initialisation scheme (seeded)."""
+    mods = dict(net.named_modules())
+    with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+        torch.manual_seed(seed)
+        for name in names:
+            mod = mods[name]
+            if hasattr(mod, "reset_running_stats"):
+                mod.reset_running_stats()
+            if hasattr(mod, "reset_parameters"):
+                mod.reset_parameters()
+
+
+def randomised(net: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``net`` with every layer re-initialised (:func:`randomisation_steps`, all of them): the same
+    architecture that has learnt nothing."""
+    work = copy.deepcopy(net)
+    for step, names in enumerate(randomisation_steps(work), start=1):
+        reinitialise(work, names, seed + step)
+    return work
 
 
 def upsample(maps: np.ndarray, size_voxels) -> np.ndarray:

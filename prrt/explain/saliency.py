@@ -1,4 +1,5 @@
-"""Numbers that can fail for each Grad-CAM map: how much of it lies in the lesions, against chance.
+"""Numbers that can fail for each Grad-CAM map: how much of it lies in the lesions, against chance and
+against nulls.
 
 Each map comes with numbers (:func:`saliency_metrics`): the share of the map's mass inside the
 (dilated) lesion mask against the share expected by chance (the mask's volume fraction of the input),
@@ -6,23 +7,37 @@ and whether the map's maximum falls inside it (the pointing game). :func:`summar
 them per model and tests the mass in the mask against chance (one-sided Wilcoxon signed-rank test, one
 pair per patient).
 
+Chance is a weak bar: lesions sit near the centre of the crop, so a map that knows nothing about the
+patient but favours the centre lands in them more often than a uniform one. So every map also has two
+nulls (:data:`NULLS`), scored the same way on the same patients: the same network with every layer
+re-initialised (:func:`prrt.explain.gradcam.randomised`: the architecture, not what it learnt), and a
+data-free map, the same for every test patient of a fold: a Gaussian blob with the mean and covariance of
+the lesion voxels' positions in the fold's training patients (:func:`lesion_blob`).
+:func:`compare_with_nulls` tests each model against each null, one pair per patient (one-sided Wilcoxon
+signed-rank tests of the mass in the mask and of the pointing hits, Holm-adjusted over the table); the
+verdict is "beats the null" only when the adjusted test of the mass says so.
+
 :func:`image_saliency` makes the maps of every test-fold patient with the fold model that predicted them
-(restored from the run's checkpoints, :func:`prrt.learn.restore_fold_models`) and their numbers;
-:class:`Saliency` holds the result. The lesion mask is the input's mask channel: without one, the maps
-are made but none can be checked. The sanity checks of the maps are in :mod:`prrt.explain.sanity`.
+(restored from the run's checkpoints, :func:`prrt.learn.restore_fold_models`), their nulls and their
+numbers; :class:`Saliency` holds the result. The lesion mask is the input's mask channel: without one,
+the maps are made but none can be checked. The sanity checks of the maps are in :mod:`prrt.explain.sanity`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ..evaluation import iter_folds
+from ..evaluation import holm, iter_folds
 from ..imaging import lesions_in_mask_channel
 from ..learn import restore_fold_models
-from .gradcam import dilate, fold_maps, target_layer
+from .gradcam import dilate, fold_maps, gradcam_maps, randomised, target_layer
+
+#: The two nulls of every saliency number: the network that learnt nothing, and a map that reads no image.
+RANDOMISED, BLOB = "randomised weights", "data-free blob"
+NULLS = (RANDOMISED, BLOB)
 
 
 def saliency_metrics(maps: np.ndarray, masks: np.ndarray, patients: list[str], dilation_voxels: int = 1) -> pd.DataFrame:
@@ -73,14 +88,71 @@ def summarise_saliency(metrics: pd.DataFrame, by: list[str] | str = "model") -> 
     return pd.DataFrame(rows)
 
 
+def lesion_blob(masks: np.ndarray) -> np.ndarray:
+    """A data-free saliency map fitted to where lesions sit in the crop: a Gaussian with the mean and covariance
+    of the positions of the lesion voxels of ``masks`` (N, X, Y, Z; each patient weighted equally), scaled to
+    [0, 1]; zero everywhere when no mask has a lesion."""
+    masks = np.asarray(masks) > 0
+    shape = masks.shape[1:]
+    have = [m for m in masks if m.any()]
+    if not have:
+        return np.zeros(shape, np.float32)
+    points = [np.argwhere(m).astype(float) for m in have]
+    weights = np.concatenate([np.full(len(q), 1.0 / len(q)) for q in points])
+    points = np.concatenate(points)
+    mean = np.average(points, axis=0, weights=weights)
+    cov = np.cov(points.T, aweights=weights) + 0.25 * np.eye(len(shape))  # at least half a voxel wide
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).reshape(-1, len(shape))
+    d = grid - mean
+    blob = np.exp(-0.5 * np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)).reshape(shape)
+    return ((blob - blob.min()) / (np.ptp(blob) or 1.0)).astype(np.float32)
+
+
+def compare_with_nulls(metrics: pd.DataFrame, nulls: pd.DataFrame) -> pd.DataFrame:
+    """Each model's saliency numbers against each null (:data:`NULLS`), on the patients both could be checked on.
+
+    Per patient the mean over the repeats (which map the same patients again); the model's mass in the mask and its
+    pointing hits against the null's, by one-sided Wilcoxon signed-rank tests of the per-patient differences
+    (``p (mass > null)``, ``p (hits > null)``; none with fewer than 5 patients or no difference), Holm-adjusted over
+    every test of the table (``..., Holm``). ``verdict``: "beats the null" when the adjusted test of the mass is below
+    0.05, "does not beat the null" otherwise, "untested" without a test."""
+    from scipy.stats import wilcoxon
+
+    def test(diff):
+        diff = diff.dropna()
+        return float(wilcoxon(diff, alternative="greater").pvalue) if len(diff) >= 5 and (diff != 0).any() else np.nan
+
+    cols = ["mass_in_mask", "pointing_hit"]
+    rows = []
+    for (model, null), g in nulls.groupby(["model", "null"], sort=False):
+        ours = metrics[metrics["model"] == model].dropna(subset=["mass_in_mask"]).groupby("patient")[cols].mean()
+        theirs = g.dropna(subset=["mass_in_mask"]).groupby("patient")[cols].mean()
+        both = ours.join(theirs, rsuffix="_null", how="inner")
+        rows.append({"model": model, "null": null, "patients": len(both),
+                     "mass in mask": both["mass_in_mask"].mean(), "null: mass in mask": both["mass_in_mask_null"].mean(),
+                     "pointing hits": both["pointing_hit"].mean(), "null: pointing hits": both["pointing_hit_null"].mean(),
+                     "p (mass > null)": test(both["mass_in_mask"] - both["mass_in_mask_null"]),
+                     "p (hits > null)": test(both["pointing_hit"] - both["pointing_hit_null"])})
+    out = pd.DataFrame(rows, columns=["model", "null", "patients", "mass in mask", "null: mass in mask", "pointing hits",
+                                      "null: pointing hits", "p (mass > null)", "p (hits > null)"])
+    adjusted = holm(pd.concat([out["p (mass > null)"], out["p (hits > null)"]], ignore_index=True).astype(float))
+    out["p (mass > null), Holm"] = adjusted.iloc[:len(out)].to_numpy()
+    out["p (hits > null), Holm"] = adjusted.iloc[len(out):].to_numpy()
+    out["verdict"] = ["untested" if np.isnan(q) else "beats the null" if q < 0.05 else "does not beat the null"
+                      for q in out["p (mass > null), Holm"]]
+    return out
+
+
 @dataclass
 class Saliency:
-    """What :func:`image_saliency` gives: per-map numbers, the maps of the first repeat, the layers."""
+    """What :func:`image_saliency` gives: per-map numbers, the maps of the first repeat, the layers, and the
+    numbers of the nulls' maps of the same patients."""
 
     metrics: pd.DataFrame  # model, repeat, fold, patient, label, mass_in_mask, chance, pointing_hit, ...
     maps: dict  # model -> {patient: map (X, Y, Z)} of the first repeat
     layers: dict  # model -> layer name
     models: dict  # model -> {(repeat, fold): fold model} of the first repeat
+    nulls: pd.DataFrame = field(default_factory=pd.DataFrame)  # the same columns and ``null`` (:data:`NULLS`)
 
 
 def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, repeats: int | None = None,
@@ -88,12 +160,14 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
     """Grad-CAM maps of every test-fold patient with the fold model that predicted them, for each image
     model of ``specs`` and the first ``repeats`` repeats (all by default), with their numbers
     (:func:`saliency_metrics`; the mask is the input's mask channel: without one, the maps are made
-    but none can be checked)."""
+    but none can be checked), and the numbers of the two nulls' maps of the same patients (:data:`NULLS`: the
+    fold model with every layer re-initialised, seeded by ``seed``, and :func:`lesion_blob` of the fold's
+    training patients)."""
     from tqdm.auto import tqdm
 
     keep = sorted(splits["repeat"].unique())[:repeats] if repeats else None
     first = int(splits["repeat"].min())
-    metrics, maps, layers, kept = [], {}, {}, {}
+    metrics, nulls, maps, layers, kept = [], [], {}, {}, {}
     folds = [f for f in iter_folds(splits) if keep is None or f.repeat in keep]
     for spec in specs:
         models = restore_fold_models(spec, data, splits, seed, run_dir, repeats=keep)
@@ -109,11 +183,19 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
                           patients, layer)
             # the lesions are 1 in that channel, the liver (profile: liver_in_mask_channel) 0.5
             masks = lesions_in_mask_channel(x[:, 1].numpy()) if has_mask else np.zeros((len(x), *x.shape[2:]), bool)
-            metrics.append(saliency_metrics(m, masks, patients, dilation_voxels).assign(
-                model=spec.name, repeat=fold.repeat, fold=fold.fold,
-                label=data.y.loc[patients].to_numpy()))
+            where = {"model": spec.name, "repeat": fold.repeat, "fold": fold.fold, "label": data.y.loc[patients].to_numpy()}
+            metrics.append(saliency_metrics(m, masks, patients, dilation_voxels).assign(**where))
+            if has_mask:
+                net = models[(fold.repeat, fold.fold)].model
+                random_maps = gradcam_maps(randomised(net, seed + 1000 * fold.repeat + fold.fold), x, layer)
+                train = [p for p in fold.train if images.has(p)]
+                blob = lesion_blob(lesions_in_mask_channel(images.take(train)[:, 1].numpy()))
+                for null, null_maps in ((RANDOMISED, random_maps), (BLOB, np.broadcast_to(blob, m.shape))):
+                    nulls.append(saliency_metrics(null_maps, masks, patients, dilation_voxels).assign(null=null, **where))
             if fold.repeat == first:
                 maps[spec.name].update(zip(patients, m))
     cols = ["model", "repeat", "fold", "patient", "label"]
     df = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=cols)
-    return Saliency(df[cols + [c for c in df.columns if c not in cols]], maps, layers, kept)
+    nf = pd.concat(nulls, ignore_index=True) if nulls else pd.DataFrame(columns=["null", *cols])
+    return Saliency(df[cols + [c for c in df.columns if c not in cols]], maps, layers, kept,
+                    nf[["null", *cols] + [c for c in nf.columns if c not in ["null", *cols]]])

@@ -1,11 +1,14 @@
 """The sanity checks of the Grad-CAM maps (Adebayo et al., NeurIPS 2018).
 
 They compare the maps with those of the same network with its weights re-initialised, layer by layer
-from the top (:func:`cascading_randomisation`), and with those of a network trained on permuted labels
-(:func:`label_randomisation`), by the rank correlation of the two maps (:func:`rank_correlation`): a
-map that barely changes says nothing about what the network learnt. :func:`sanity_checks` runs both for
-every image model on the first fold of the first repeat; :func:`sanity_summary` gives the median rank
-correlation of each check and flags the maps as uninformative at :data:`SIMILAR` or above.
+from the top (:func:`cascading_randomisation`), and with those of the same network trained on permuted
+labels from the same starting weights (:func:`label_randomisation`; a pretrained encoder starts from its
+pretrained weights in both). Two maps are compared as Adebayo et al. do, without their sign: by the
+absolute Spearman rank correlation over the voxels (:func:`rank_correlation`; a map that turned into its
+negative is as uninformative as one that stayed the same) and by the structural similarity index (SSIM,
+MONAI's :class:`monai.metrics.SSIMMetric`, :func:`ssim`). :func:`sanity_checks` runs both checks for every
+image model on the first fold of the first repeat; :func:`sanity_summary` gives the median of each
+similarity and flags the maps as uninformative when either median reaches :data:`SIMILAR`.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ from torch import nn
 
 from ..evaluation import iter_folds
 from ..learn import fold_seed, folds_of, inner_split
-from .gradcam import gradcam_maps
+from .gradcam import gradcam_maps, randomisation_steps, reinitialise
 from .saliency import Saliency
 
 #: The two sanity checks, as the book names them.
 REINITIALISED, PERMUTED = "weights re-initialised", "trained on permuted labels"
 
-#: A map whose median rank correlation with a randomised network's map reaches this is flagged as
-#: uninformative (it does not depend on what the network learnt).
+#: A map whose median absolute rank correlation, or median SSIM, with a randomised network's map reaches this is
+#: flagged as uninformative (it does not depend on what the network learnt).
 SIMILAR = 0.5
+
+#: The SSIM window (voxels per axis; smaller for smaller maps).
+SSIM_WINDOW = 7
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -41,32 +47,23 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def randomisation_steps(net: nn.Module) -> list[list[str]]:
-    """The network's layers with weights, grouped from the top (output) to the bottom (input):
-    a convolution or linear layer together with the normalisation that follows it."""
-    leaves = [(n, m) for n, m in net.named_modules()
-              if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
-    groups: list[list[str]] = []
-    for name, mod in leaves:
-        is_norm = isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-                                   nn.GroupNorm, nn.LayerNorm))
-        if is_norm and groups:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    return groups[::-1]
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """The structural similarity index of two maps scaled to [0, 1] (MONAI's SSIM with a Gaussian window of
+    :data:`SSIM_WINDOW` voxels, or the largest odd size the maps allow; 2-D or 3-D)."""
+    from monai.metrics import SSIMMetric
+
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.shape != b.shape:
+        raise ValueError(f"the two maps differ in shape: {a.shape} and {b.shape}")
+    window = min(SSIM_WINDOW, min(a.shape) - (1 - min(a.shape) % 2))
+    metric = SSIMMetric(spatial_dims=a.ndim, data_range=1.0, win_size=window, kernel_sigma=window / 7 * 1.5)
+    return float(metric(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]).item())
 
 
-def _reinitialise(net: nn.Module, names: list[str], seed: int) -> None:
-    mods = dict(net.named_modules())
-    with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
-        torch.manual_seed(seed)
-        for name in names:
-            mod = mods[name]
-            if hasattr(mod, "reset_running_stats"):
-                mod.reset_running_stats()
-            if hasattr(mod, "reset_parameters"):
-                mod.reset_parameters()
+def similarity(reference: np.ndarray, other: np.ndarray) -> dict:
+    """How alike two maps are: the signed rank correlation (kept for the record), its absolute value and the SSIM."""
+    r = rank_correlation(reference, other)
+    return {"rank_correlation": r, "abs_rank_correlation": abs(r), "ssim": ssim(reference, other)}
 
 
 def cascading_randomisation(net: nn.Module, x: torch.Tensor, layer: str, patients: list[str], seed: int,
@@ -74,24 +71,23 @@ def cascading_randomisation(net: nn.Module, x: torch.Tensor, layer: str, patient
     """Adebayo's model-randomisation test: re-initialise the weights layer by layer from the top
     (cumulatively) and compare each step's maps with the trained network's (``reference``, computed
     if not given). Returns one row per step and patient: ``step`` (1 = the top layer re-initialised),
-    ``layers`` (the layers re-initialised at that step), ``rank_correlation``."""
+    ``layers`` (the layers re-initialised at that step) and the maps' :func:`similarity`."""
     reference = gradcam_maps(net, x, layer) if reference is None else reference
     work = copy.deepcopy(net)
     rows = []
     for step, names in enumerate(randomisation_steps(work), start=1):
-        _reinitialise(work, names, seed + step)
+        reinitialise(work, names, seed + step)
         maps = gradcam_maps(work, x, layer)
         for p, a, b in zip(patients, reference, maps):
-            rows.append({"step": step, "layers": " + ".join(names), "patient": p,
-                         "rank_correlation": rank_correlation(a, b)})
+            rows.append({"step": step, "layers": " + ".join(names), "patient": p, **similarity(a, b)})
     return pd.DataFrame(rows)
 
 
 def label_randomisation(spec, data, fold, seed: int, reference: np.ndarray, patients: list[str], layer: str):
-    """Adebayo's data-randomisation test on one fold: the same image model trained on the same
-    patients with their labels permuted, its maps of ``patients`` compared with ``reference`` (the
-    real fold model's maps). Returns the per-patient rank correlations and the permuted model's AUROC
-    on the fold's test patients (it should be near 0.5)."""
+    """Adebayo's data-randomisation test on one fold: the same image model (``spec``: the same starting weights,
+    pretrained ones included, and settings) trained on the same patients with their labels permuted, its maps of
+    ``patients`` compared with ``reference`` (the real fold model's maps). Returns the per-patient
+    :func:`similarity` and the permuted model's AUROC on the fold's test patients (it should be near 0.5)."""
     from dataclasses import replace
 
     from sklearn.metrics import roc_auc_score
@@ -108,26 +104,27 @@ def label_randomisation(spec, data, fold, seed: int, reference: np.ndarray, pati
     maps = gradcam_maps(model.model, data.images[model.modality].take(patients), layer)
     test_y = data.y.loc[fold.test].astype(int)
     auroc = float(roc_auc_score(test_y, model.predict(data, fold.test))) if 0 < test_y.sum() < len(test_y) else np.nan
-    corr = pd.DataFrame({"patient": patients, "rank_correlation": [rank_correlation(a, b) for a, b in zip(reference, maps)]})
+    corr = pd.DataFrame([{"patient": p, **similarity(a, b)} for p, a, b in zip(patients, reference, maps)])
     return corr, auroc
 
 
 def sanity_summary(cascade: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
-    """The two sanity checks per model, with a verdict: the median rank correlation (and its IQR) of
-    the trained network's maps with those of the fully re-initialised network and of the network
-    trained on permuted labels; at :data:`SIMILAR` or above the maps are flagged as uninformative."""
+    """The two sanity checks per model, with a verdict: the median absolute rank correlation (and its IQR) and the
+    median SSIM of the trained network's maps with those of the fully re-initialised network and of the network
+    trained on permuted labels; when either median reaches :data:`SIMILAR` the maps are flagged as uninformative."""
     rows = []
     for model, g in cascade.groupby("model", sort=False):
-        rows.append((model, REINITIALISED, g[g["step"] == g["step"].max()]["rank_correlation"]))
+        rows.append((model, REINITIALISED, g[g["step"] == g["step"].max()]))
         h = labels[labels["model"] == model] if "model" in labels else labels.iloc[:0]
         if len(h):
-            rows.append((model, PERMUTED, h["rank_correlation"]))
+            rows.append((model, PERMUTED, h))
     out = []
-    for model, check, r in rows:
-        med = float(r.median())
-        out.append({"model": model, "check": check, "maps": len(r), "median rank correlation": med,
-                    "IQR": f"{r.quantile(0.25):.2f} to {r.quantile(0.75):.2f}",
-                    "verdict": "flagged: uninformative" if med >= SIMILAR else "passes"})
+    for model, check, g in rows:
+        r, ss = g["abs_rank_correlation"], g["ssim"]
+        flagged = r.median() >= SIMILAR or ss.median() >= SIMILAR
+        out.append({"model": model, "check": check, "maps": len(g), "median |rank correlation|": float(r.median()),
+                    "IQR": f"{r.quantile(0.25):.2f} to {r.quantile(0.75):.2f}", "median SSIM": float(ss.median()),
+                    "verdict": "flagged: uninformative" if flagged else "passes"})
     return pd.DataFrame(out)
 
 

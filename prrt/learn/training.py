@@ -301,7 +301,8 @@ def recompute_batch_norm(model: torch.nn.Module, x, batch_size: int, device: tor
 
 def config_from_profile(profile, **overrides) -> TrainConfig:
     return TrainConfig(**{"encoder": profile.encoder, "epochs": profile.epochs, "batch_size": profile.batch_size,
-                          "val_fraction": profile.val_fraction, **overrides})
+                          "val_fraction": profile.val_fraction,
+                          "selection": getattr(profile, "selection", TrainConfig.selection), **overrides})
 
 
 def count_weights(cfg: TrainConfig, in_channels: int = 1) -> int:

@@ -16,11 +16,13 @@ from ..evaluation import (
     compare_models,
     format_p,
     holm,
+    num,
     p_phrase,
     per_repeat_metrics,
     read_predictions,
 )
 from ..explain import modality_ablation
+from .ch02_labs import calibration_curves
 from .ch04_fusion import MECHANISMS
 from .names import (
     CONTROL,
@@ -185,7 +187,7 @@ def _compared(summary: pd.DataFrame) -> pd.DataFrame:
 
 def compact_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     """The chapter's table read at a glance: every model of chapters 02-04 that ran, best first, with its sources
-    in a few words, AUROC ± SD, AUPRC, Brier score and the Holm-adjusted p of its paired test against the fusion
+    in a few words, AUROC ± SD, AUPRC, Brier score, calibration slope and the Holm-adjusted p of its paired test against the fusion
     (``–`` where there is none). :func:`prrt.study.notebook.compact_view` shows it."""
     rows = _compared(summary).sort_values("auroc_mean", ascending=False)
     p = {} if comparisons.empty else comparisons[comparisons["model"] == HEADLINE].set_index("versus")["p_holm"]
@@ -194,6 +196,7 @@ def compact_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFr
         "AUROC": [f"{m:.2f} ± {s:.2f}" for m, s in zip(rows["auroc_mean"], rows["auroc_sd"])],
         "AUPRC": [f"{m:.2f}" for m in rows["auprc_mean"]],
         "Brier": [f"{m:.3f}" for m in rows["brier_mean"]],
+        "slope": [num(m, 2) for m in rows.get("calibration_slope", pd.Series(float("nan"), index=rows.index))],
         "p (Holm)": [format_p(p[m]) if m in p else "–" for m in rows["model"]],
     }, index=pd.Index(rows["model"], name="model"))
 
@@ -298,3 +301,43 @@ def gate_text(summary: pd.DataFrame, mechanism: str, weights: tuple[str, pd.Data
             "sources' embeddings, while concatenation lets the final layer weigh each source's evidence directly; "
             "with a cohort of this size the extra freedom of a weighting per patient may cost more than it brings."
             + mean_weights)
+
+
+def calibration_models(summary: pd.DataFrame) -> list[str]:
+    """The models of the chapter's reliability plot: the fusion, the control and the best model without a CNN (each
+    once, those that ran)."""
+    rivals = dict(fusion_rivals(summary))
+    ran = set(summary.loc[summary["status"] == "ran", "model"])
+    best = [m for m, why in rivals.items() if "best model without a CNN" in why]
+    return list(dict.fromkeys(m for m in [HEADLINE, CONTROL, *best] if m in ran))
+
+
+def reliability(cohort, run_dir, summary: pd.DataFrame) -> tuple[dict, dict] | None:
+    """Calibration (quantile bins of each labelled patient's mean out-of-fold probability) and decision curves of
+    :func:`calibration_models` (:func:`prrt.study.ch02_labs.calibration_curves`); None when none of them ran."""
+    models = calibration_models(summary)
+    if not models:
+        return None
+    return calibration_curves(cohort, {m: read_predictions(run_dir, m) for m in models})
+
+
+def calibration_text(summary: pd.DataFrame) -> str:
+    """A sentence on the calibration of :func:`calibration_models`: each one's calibration slope (mean over the
+    repeats; 1 when the predictions spread as the outcomes do, below 1 when they are too extreme, above 1 when too
+    timid), calibration-in-the-large (0 when the mean risk is right, below 0 when it is too high) and Brier score."""
+    models = calibration_models(summary)
+    if not models:
+        return "None of the models of the reliability plot ran for this manifest."
+    rows = summary.set_index("model")
+
+    def reading(slope):
+        if pd.isna(slope):
+            return "no slope (its predictions do not vary)"
+        return ("too extreme" if slope < 0.8 else "too timid" if slope > 1.25 else "close to the outcomes' spread")
+
+    parts = [f"`{m}`: slope {num(rows.loc[m].get('calibration_slope'), 2)} ({reading(rows.loc[m].get('calibration_slope'))}), "
+             f"calibration-in-the-large {num(rows.loc[m].get('calibration_in_the_large'), 2)}, "
+             f"Brier {num(rows.loc[m]['brier_mean'], 3)}" for m in models]
+    return ("Calibration of each repeat's out-of-fold probabilities, averaged over the repeats (slope 1 and "
+            "intercept 0 are perfect; we read a slope below 0.8 as too extreme and above 1.25 as too timid): "
+            + "; ".join(parts) + ".")

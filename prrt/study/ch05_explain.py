@@ -41,6 +41,7 @@ from ..explain import (
     SIMILAR,
     Saliency,
     ablation_table,
+    compare_with_nulls,
     display_size,
     image_saliency,
     importance_comparison,
@@ -61,17 +62,28 @@ from ..learn import (
     image_spec,
     restore_fold_models,
 )
-from .ch04_fusion import chapter_table, fusion_modalities, neural_fusion_spec
-from .names import FUSIONS, HEADLINE, IMAGE_MODELS, MODEL_CHAPTERS, SOURCE_NAMES
+from .ch04_fusion import chapter_table, ct_encoder, fusion_modalities, neural_fusion_spec
+from .names import CT_PRETRAINED, FUSIONS, HEADLINE, IMAGE_MODELS, MODEL_CHAPTERS, SOURCE_NAMES
 
 
-def image_model_specs(cohort, profile, ran: set[str]) -> list:
+def image_model_specs(cohort, profile, ran: set[str], ct_state: dict | None = None) -> list:
     """The image CNNs of chapters 03 and 04 that ran (the fusions' image branches under the
-    ``fold_models`` setting), as specs from which their fold models are restored."""
+    ``fold_models`` setting), as specs from which their fold models are restored; the pretrained CT CNN's
+    spec starts from the pretrained encoder ``ct_state`` (:func:`pretrained_ct_state`), as chapter 04's did, so
+    that the permuted-label sanity check retrains it from the same starting point."""
     cfg = config_from_profile(profile)
-    models = {**{k: v[0] for k, v in IMAGE_MODELS.items()}, "ct_cnn_pretrained": "ct"}
-    return [image_spec(name, modality, cfg, "", "", True) for name, modality in models.items()
-            if name in ran and modality in cohort.modalities]
+    models = {**{k: v[0] for k, v in IMAGE_MODELS.items()}, CT_PRETRAINED: "ct"}
+    return [image_spec(name, modality, cfg, "", "", True, encoder_weights=ct_state if name == CT_PRETRAINED else None)
+            for name, modality in models.items() if name in ran and modality in cohort.modalities]
+
+
+def pretrained_ct_state(ctx, ran: set[str], ct_weights: str = "", ct_weights_prefix: str = "") -> dict | None:
+    """The weights chapter 04's pretrained CT CNN started from (:func:`prrt.study.ch04_fusion.ct_encoder`: the
+    same file, or the same pretraining, which its cache keeps), when that model ran; None otherwise."""
+    if CT_PRETRAINED not in ran:
+        return None
+    state, _, _ = ct_encoder(ctx, ct_weights, ct_weights_prefix)
+    return state
 
 
 def format_importance(table: pd.DataFrame) -> pd.DataFrame:
@@ -170,13 +182,15 @@ def branches_text(profile) -> str:
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.0f} %"
+    return f"{100 * x:.1f} %"
 
 
-def saliency_text(summary: pd.DataFrame) -> str:
-    """The saliency check in words (Markdown), one clause per model, from :func:`summarise_saliency`."""
+def saliency_text(summary: pd.DataFrame, nulls: pd.DataFrame | None = None) -> str:
+    """The saliency check in words (Markdown), one clause per model, from :func:`summarise_saliency` and, against
+    the nulls, :func:`saliency_against_nulls` (the verdict that counts)."""
     if summary.empty:
         return "No image model ran in this run, so there are no maps to check."
+    nulls = pd.DataFrame() if nulls is None else nulls
     parts = []
     for _, r in summary.iterrows():
         if not r["maps checked"]:
@@ -185,10 +199,26 @@ def saliency_text(summary: pd.DataFrame) -> str:
             continue
         p = r["p (mass > chance)"]
         verdict = ("more than chance" if p < 0.05 else "not more than chance") if np.isfinite(p) else "untested"
-        parts.append(f"`{r['model']}`: {_pct(r['mass in mask'])} of the map's mass in the lesion mask against "
-                     f"{_pct(r['chance'])} by chance ({verdict}; Wilcoxon p = {p:.2g}), and its maximum inside the mask "
-                     f"in {_pct(r['pointing hits'])} of {int(r['maps checked'])} maps")
-    return "In this run: " + "; ".join(parts) + "."
+        clause = (f"`{r['model']}`: {_pct(r['mass in mask'])} of the map's mass in the lesion mask against "
+                  f"{_pct(r['chance'])} by chance ({verdict}; Wilcoxon p = {p:.2g}), and its maximum inside the mask "
+                  f"in {_pct(r['pointing hits'])} of {int(r['maps checked'])} maps")
+        against = nulls[nulls["model"] == r["model"]] if len(nulls) else nulls
+        if len(against):
+            clause += "; against the nulls, " + ", ".join(
+                f"the {n['null']} map ({_pct(n['null: mass in mask'])}): {n['verdict']}" for _, n in against.iterrows())
+        parts.append(clause)
+    out = "In this run: " + "; ".join(parts) + "."
+    if len(nulls):
+        models = list(dict.fromkeys(nulls["model"]))
+        both = [m for m in models if (nulls.loc[nulls["model"] == m, "verdict"] == "beats the null").all()]
+        rest = [m for m in models if m not in both]
+        if both:
+            out += " " + ", ".join(f"`{m}`" for m in both) + (" beats" if len(both) == 1 else " beat") + " both nulls."
+        if rest:
+            out += (" The maps of " + ", ".join(f"`{m}`" for m in rest) + " do not beat both nulls: they say no more "
+                    "about where the lesions are than a map that only knows where lesions usually sit in the crop, or "
+                    "than the same network untrained.")
+    return out
 
 
 def sanity_text(table: pd.DataFrame, aurocs: dict) -> str:
@@ -197,14 +227,16 @@ def sanity_text(table: pd.DataFrame, aurocs: dict) -> str:
         return "No image model ran in this run, so there are no maps to check."
     parts = []
     for model, g in table.groupby("model", sort=False):
-        bits = [f"{r['median rank correlation']:.2f} with the "
+        bits = [f"{r['median |rank correlation|']:.2f} (SSIM {r['median SSIM']:.2f}) with the "
                 f"{'re-initialised network' if r['check'] == REINITIALISED else 'permuted-label network'}"
                 for _, r in g.iterrows()]
-        flagged = (g["median rank correlation"] >= SIMILAR).any()
+        flagged = (g["verdict"] != "passes").any()
         a = aurocs.get(model, np.nan)
-        parts.append(f"`{model}`: median rank correlation {' and '.join(bits)} (the permuted-label network's test AUROC "
-                     f"{a:.2f}): " + ("**flagged as uninformative**" if flagged else "the maps depend on what the network learnt"))
-    return "; ".join(parts) + "."
+        parts.append(f"`{model}`: median absolute rank correlation {' and '.join(bits)} (the permuted-label network's "
+                     f"test AUROC {a:.2f}): " + ("**flagged as uninformative**" if flagged else
+                                                 "the maps depend on what the network learnt"))
+    return (f"A check is failed when the median absolute rank correlation or the median SSIM reaches {SIMILAR:.1f}. "
+            + "; ".join(parts) + ".")
 
 
 def importance_text(table: pd.DataFrame) -> str:
@@ -248,13 +280,15 @@ def model_data(ctx):
 def saliency_of_run(ctx, specs: list, data) -> Saliency | None:
     """Grad-CAM maps of every test-fold patient for the image CNNs ``specs`` (:func:`image_model_specs`), from the
     fold models that predicted them (the profile's ``gradcam_repeats``, the mask grown by ``mask_dilation_voxels``),
-    with their numbers written to ``results/05_saliency.csv``; ``None`` when no image CNN ran."""
+    with their numbers written to ``results/05_saliency.csv`` and those of the nulls' maps to
+    ``results/05_saliency_nulls.csv``; ``None`` when no image CNN ran."""
     if not specs:
         return None
     p = ctx.profile
     saliency = image_saliency(specs, data, ctx.splits, ctx.seed, ctx.run_dir, repeats=p.gradcam_repeats or None,
                               dilation_voxels=p.mask_dilation_voxels)
     saliency.metrics.to_csv(ctx.path("results", "05_saliency.csv"), index=False)
+    saliency.nulls.to_csv(ctx.path("results", "05_saliency_nulls.csv"), index=False)
     return saliency
 
 
@@ -268,6 +302,34 @@ def gradcam_layers_text(saliency: Saliency | None) -> str:
 def saliency_summary(saliency: Saliency | None) -> pd.DataFrame:
     """The saliency numbers per model (:func:`prrt.explain.summarise_saliency`); empty without maps."""
     return summarise_saliency(saliency.metrics) if saliency is not None else pd.DataFrame()
+
+
+def saliency_against_nulls(saliency: Saliency | None) -> pd.DataFrame:
+    """Each model's saliency numbers against the nulls (:func:`prrt.explain.compare_with_nulls`); empty without maps
+    or without a mask channel."""
+    if saliency is None or saliency.nulls.empty:
+        return pd.DataFrame()
+    return compare_with_nulls(saliency.metrics, saliency.nulls)
+
+
+def format_nulls(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`saliency_against_nulls` for the page: the model's share beside the null's, the Holm-adjusted p-values
+    and the verdict."""
+    def pair(a, b):
+        return f"{_pct(a)} vs {_pct(b)}"
+
+    def p(v):
+        return format_p(v) if np.isfinite(v) else "–"
+
+    return pd.DataFrame({
+        "patients": table["patients"].to_numpy(),
+        "mass in mask: model vs null": [pair(a, b) for a, b in zip(table["mass in mask"], table["null: mass in mask"])],
+        "pointing hits: model vs null": [pair(a, b) for a, b in zip(table["pointing hits"],
+                                                                     table["null: pointing hits"])],
+        "p mass (Holm)": [p(v) for v in table["p (mass > null), Holm"]],
+        "p hits (Holm)": [p(v) for v in table["p (hits > null), Holm"]],
+        "verdict": table["verdict"].to_numpy(),
+    }, index=pd.MultiIndex.from_frame(table[["model", "null"]]))
 
 
 def saliency_by_outcome(saliency: Saliency) -> pd.DataFrame:

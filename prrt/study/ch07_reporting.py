@@ -24,9 +24,10 @@ from ..evaluation import (
     pool_rare_levels,
     read_predictions,
 )
+from ..learn import config_from_profile
 from ..provenance import git_state, repository_url
 from .ch06_external import RESULTS_FILE
-from .names import HEADLINE_ORDER
+from .names import HEADLINE, HEADLINE_ORDER, WITHOUT_CNN
 
 #: (item, section, topic): the 52 items and parts of TRIPOD+AI, in the statement's order.
 ITEMS = [
@@ -182,6 +183,82 @@ def subgroup_performance(pred: pd.DataFrame, cohort, columns: list[str], n_boot:
                                        "auroc_ci_high", "note"])
 
 
+def kept_weights(profile) -> str:
+    """Which weights each network keeps and what the inner validation part does, read from the training settings
+    that the profile gives the networks (:func:`prrt.learn.config_from_profile`)."""
+    cfg = config_from_profile(profile)
+    share = f"{100 * cfg.val_fraction:.0f} %"
+    if cfg.selection == "val_loss" and cfg.val_fraction > 0:
+        return (f"each network keeps the weights of the epoch (of {cfg.epochs}) with the lowest loss on an inner "
+                f"validation part ({share} of the fold's training patients, which do not fit it): early stopping on "
+                "training patients only")
+    text = f"each network keeps its weights after the last of its {cfg.epochs} epochs (no early stopping)"
+    if cfg.val_fraction > 0:
+        text += (f"; {share} of each fold's training patients form an inner validation part that does not fit the "
+                 "network and only draws its learning curves")
+    else:
+        text += "; every training patient fits the network (no inner validation part)"
+    return text
+
+
+def _missing_images(c) -> str:
+    """Item 11's part on images: how many patients lack each image, and what the models do about it."""
+    counts = [(m, int(c.data[f"{m}_path"].isna().sum())) for m in ("pet", "ct") if f"{m}_path" in c.data.columns]
+    if not counts:
+        return "The manifest names no images."
+    lacking = [f"{n} without {m.upper()}" for m, n in counts if n]
+    if not lacking:
+        return "Every patient has every image the manifest names."
+    return (f"Images: {', '.join(lacking)}; a single-image model is fitted and evaluated on the patients with its "
+            "image (the summary gives how many), a fusion predicts every patient with the sources it has (a missing "
+            "source is masked).")
+
+
+def _predictor_definitions(c, p) -> str:
+    """Item 9b from the manifest and the profile: each laboratory value with its unit, the images and their grid."""
+    labs = "; ".join(f"{lab} ({c.units.get(lab) or 'no unit given'})" for lab in c.labs) or "none"
+    mods = [m for m in c.modalities if m in ("pet", "ct")]
+    spacing = sorted(set(p.voxel_spacing_mm))
+    size = " × ".join(f"{v:g}" for v in p.voxel_spacing_mm) if len(spacing) > 1 else f"{spacing[0]:g}"
+    grid = (f"resampled to {size} mm voxels, {'centred on the ' + p.roi if p.roi != 'body' else 'the whole body'} (CT windowed to {p.hu_window[0]:g} to "
+            f"{p.hu_window[1]:g} HU, SR-PET SUV {p.suv_range[0]:g} to {p.suv_range[1]:g} on a {p.suv_scale} scale)")
+    images = f"images: {', '.join(m.upper() for m in mods)}, {grid}" if mods else "no images"
+    return (f"Laboratory values as the manifest gives them: {labs}; {images}; the SR-PET lesion features are computed "
+            "from the lesion masks as the methods define them. When the values were measured relative to treatment "
+            "is not recorded in the manifest" + (" (the synthetic cohort has no dates)." if c.synthetic else
+                                                  ": the study's own report must state it."))
+
+
+def _calibration(r) -> str:
+    slope = r.get("calibration_slope", np.nan)
+    return (f"Brier score {r['brier_mean']:.3f}" if pd.isna(slope) else
+            f"Brier score {r['brier_mean']:.3f}, calibration slope {slope:.2f} and calibration-in-the-large "
+            f"{r.get('calibration_in_the_large', np.nan):.2f} (means over the repeats)")
+
+
+def _limitations(f: RunFacts, labelled_n: int) -> str:
+    """Item 26 from the run: the cohort's size and the headline's interval, whether the fusion beat the models
+    without a CNN, one centre or two, synthetic or not."""
+    out = [f"A small cohort ({labelled_n} labelled patients)"]
+    model = headline_model(f.summary)
+    rows = f.summary.set_index("model")
+    if model is not None:
+        r = rows.loc[model]
+        out[0] += (f": the 95 % CI of {model}'s AUROC spans {r['auroc_ci_high'] - r['auroc_ci_low']:.2f} "
+                   f"({r['auroc_ci_low']:.2f} to {r['auroc_ci_high']:.2f})")
+    ran = rows[rows["status"] == "ran"]
+    rivals = [m for m in WITHOUT_CNN if m in ran.index]
+    if HEADLINE in ran.index and rivals:
+        best = max(rivals, key=lambda m: ran.loc[m, "auroc_mean"])
+        a, b = ran.loc[HEADLINE, "auroc_mean"], ran.loc[best, "auroc_mean"]
+        out.append(f"the fusion's AUROC ({a:.2f}) is {'above' if a > b else 'not above'} that of the best model "
+                   f"without a CNN, {best} ({b:.2f}); chapter 4 tests the difference")
+    out.append("two cohorts (chapter 6)" if f.external_cohort else "a single centre, no external validation in this run")
+    out.append("synthetic data: the numbers demonstrate the method, not a clinical finding" if f.cohort.synthetic
+               else "retrospective data")
+    return "; ".join(out) + "."
+
+
 def _ci(v, lo, hi) -> str:
     return f"{v:.2f} (95 % CI {lo:.2f} to {hi:.2f})"
 
@@ -196,6 +273,8 @@ def _performance(f: RunFacts) -> str:
             f"(95 % CI {r['auprc_ci_low']:.2f} to {r['auprc_ci_high']:.2f})")
     if not pd.isna(r.get("c_index", np.nan)):
         text += f"; C-index {r['c_index']:.2f}"
+    if not pd.isna(r.get("brier_mean", np.nan)):
+        text += f"; {_calibration(r)}"
     n_ran = int((f.summary["status"] == "ran").sum())
     return text + f". All {n_ran} models that ran, each with its CI: chapters 2 to 4."
 
@@ -234,6 +313,10 @@ def checklist(f: RunFacts) -> pd.DataFrame:
     epv = short / max(len(c.labs), 1) if c.labs else np.nan
     lab_names = ", ".join(c.labs) if c.labs else "none"
     mods = ", ".join(m for m in c.modalities if m in ("pet", "ct")) or "none"
+    cfg = config_from_profile(p)
+    held_out = (f"for the networks, {100 * cfg.val_fraction:.0f} % of them an inner validation part that does not fit "
+                "them" + (" and chooses the kept epoch" if cfg.selection == "val_loss" else "")
+                if cfg.val_fraction > 0 else "all of them fit every model")
 
     answers = {
         "1": (link("intro"), "Prediction of short PFS after 177Lu-DOTATOC PRRT in neuroendocrine tumours from "
@@ -272,8 +355,7 @@ def checklist(f: RunFacts) -> pd.DataFrame:
                f"All laboratory values the manifest lists ({len(c.labs)}: {lab_names}), the SR-PET lesion features, "
                f"and the images ({mods}); no selection of predictors before modelling."),
         "9b": (link("manifest") + ", " + link("methods", "Quantitative SR-PET features"),
-               "Units come from the manifest; laboratory values and images are taken before the first cycle; the "
-               "lesion features are defined in the methods."),
+               _predictor_definitions(c, p)),
         "9c": ("", f"Lesion masks (segmentations) need judgement; who drew them: {not_in_data}."),
         "10": (link("01"),
                f"The sample is the cohort as it is, without a sample-size calculation: {labelled} labelled patients, "
@@ -281,9 +363,8 @@ def checklist(f: RunFacts) -> pd.DataFrame:
                + (f" ({epv:.1f} events per laboratory predictor)" if not np.isnan(epv) else "") + "."),
         "11": (link("methods", "Laboratory Random Forest") + ", " + link("04"),
                f"{n_missing} of {n_cells} table values missing ({100 * n_missing / max(n_cells, 1):.1f} %), in "
-               f"{len(missing)} columns; imputed with the median of the training part of each fold; a missing "
-               "image modality is handled by the fusion models (masked branch), the single-modality models need "
-               "their input."),
+               f"{len(missing)} columns; imputed with the median of the training part of each fold. "
+               + _missing_images(c)),
         "12a": (link("02", "the splits") + ", " + link("methods", "Cross-validation protocol"),
                 f"{p.n_repeats} × repeated stratified {p.n_folds}-fold cross-validation on the same saved splits for "
                 f"every model (seed {f.seed}); about {train} training patients per fold."),
@@ -294,12 +375,13 @@ def checklist(f: RunFacts) -> pd.DataFrame:
         "12c": (link("02") + ", " + link("03") + ", " + link("04"),
                 f"{n_models} models ran (Random Forests, logistic regressions, 3D CNNs, fusions)"
                 + (f"; skipped for this manifest or profile: {', '.join(skipped)}" if skipped else "")
-                + f". Settings: profile {p.name} (epochs {p.epochs}, batch size {p.batch_size}); networks stop "
-                  "early on an inner validation part of the training patients; no test fold is used for tuning."),
+                + f". Settings: profile {p.name} (epochs {p.epochs}, batch size {p.batch_size}); {kept_weights(p)}; "
+                  "no test fold is used for tuning."),
         "12d": ((link("06") if ext else ""),
                 "Two cohorts, each evaluated separately (chapter 6)." if ext else "One centre: not applicable."),
         "12e": (link("methods", "Metrics, confidence intervals and tests"),
-                "AUROC and AUPRC (mean ± SD over repeats, bootstrap 95 % CIs), Brier score, C-index against PFS, "
+                "AUROC and AUPRC (mean ± SD over repeats, bootstrap 95 % CIs), Brier score, calibration slope and "
+                "calibration-in-the-large (results/summary.csv, chapters 2 to 4), C-index against PFS, "
                 "calibration and decision curves, Kaplan–Meier curves of risk groups; models compared by the "
                 "corrected resampled t-test and DeLong's test."),
         "12f": ((link("06") if ext else ""), "No model was updated or recalibrated after evaluation."),
@@ -336,7 +418,7 @@ def checklist(f: RunFacts) -> pd.DataFrame:
         "20c": ((link("06", "the two cohorts"), "Both cohorts side by side in chapter 6.") if ext else
                 ("", "No external cohort in this run.")),
         "21": (link("02", "the splits") + (", " + link("06") if ext else ""),
-               f"Per fold: about {train} training patients (a part of them for early stopping), "
+               f"Per fold: about {train} training patients ({held_out}), "
                f"{labelled - train} test patients; {labelled} labelled patients with {short} events in all"
                + (f"; external: {ext['patients_labelled']} labelled patients, {ext['short']} {one}." if ext else ".")),
         "22": (link("this_run") + ", " + link("reproducibility"),
@@ -350,10 +432,7 @@ def checklist(f: RunFacts) -> pd.DataFrame:
         "25": (link("04") + ", " + link("05"),
                "The chapters compare with the study's numbers; on synthetic data the results demonstrate the "
                "method only." if synthetic else "The chapters compare the results with the study's."),
-        "26": (link("methods") + ", " + link("reproducibility"),
-               f"A small cohort ({labelled} labelled patients): wide CIs; "
-               + ("two cohorts" if ext else "a single centre, no external validation in this run")
-               + "; retrospective data."),
+        "26": (link("04") + ", " + link("methods"), _limitations(f, labelled)),
         "27a": (link("manifest", "Check before you run"),
                 "prrt validate names every unusable input (patient, file, column) before a run; a missing modality "
                 "is allowed for the fusion models, not for the single-modality models."),

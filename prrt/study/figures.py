@@ -358,48 +358,60 @@ def gradcam_overlays(panels: list[dict], hu_window=(-160.0, 240.0), suv_max: flo
     return fig
 
 
-def saliency_distribution(metrics, order: list[str] | None = None):
-    """Per model: each map's share of mass in the dilated lesion mask against its chance share (left),
-    and the pointing game's hit rate against chance (right)."""
+def saliency_against_nulls(metrics, nulls, order: list[str] | None = None):
+    """Per model: each patient's share of the map's mass in the dilated lesion mask (mean over the repeats) for the
+    trained network and its two nulls side by side, with the chance share (left); the pointing game's hit rate of
+    each, with chance (right)."""
     models = order or list(dict.fromkeys(metrics["model"]))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
-    data = [metrics.loc[metrics["model"] == m].dropna(subset=["mass_in_mask"]) for m in models]
-    a.boxplot([d["mass_in_mask"] for d in data], showfliers=False)
+    kinds = ["trained", *list(dict.fromkeys(nulls["null"]))] if len(nulls) else ["trained"]
+    colours = dict(zip(kinds, ["tab:blue", "tab:orange", "tab:green", "tab:purple"]))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4))
+    width = 0.8 / len(kinds)
     rng = np.random.default_rng(0)
-    for i, d in enumerate(data, start=1):
-        a.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d["mass_in_mask"], s=5, alpha=0.3, color="0.3")
-        a.hlines(d["chance"].mean(), i - 0.35, i + 0.35, color="crimson", lw=2,
-                 label="chance (mask's share of the input)" if i == 1 else None)
-    a.set_xticks(range(1, len(models) + 1), labels=models)
-    a.set(ylabel="share of the map's mass in the lesion mask", ylim=(0, 1), title="saliency mass")
-    a.legend(loc="upper right", fontsize=8)
-    hits = [d["pointing_hit"].mean() for d in data]
-    chance = [d["chance"].mean() for d in data]
-    x = np.arange(len(models))
-    b.bar(x - 0.2, hits, 0.4, label="map's maximum in the lesion mask", color="tab:blue")
-    b.bar(x + 0.2, chance, 0.4, label="chance", color="0.7")
-    b.set_xticks(x, labels=models)
-    b.set(ylim=(0, 1), ylabel="share of maps", title="pointing game")
-    b.legend(loc="upper right", fontsize=8)
+    for i, model in enumerate(models):
+        for j, kind in enumerate(kinds):
+            rows = (metrics[metrics["model"] == model] if kind == "trained" else
+                    nulls[(nulls["model"] == model) & (nulls["null"] == kind)]).dropna(subset=["mass_in_mask"])
+            per_patient = rows.groupby("patient")[["mass_in_mask", "pointing_hit", "chance"]].mean()
+            x = i + (j - (len(kinds) - 1) / 2) * width
+            if len(per_patient):
+                box = a.boxplot([per_patient["mass_in_mask"]], positions=[x], widths=width * 0.8, showfliers=False,
+                                patch_artist=True)
+                box["boxes"][0].set(facecolor=colours[kind], alpha=0.35)
+                a.scatter(x + rng.uniform(-width / 4, width / 4, len(per_patient)), per_patient["mass_in_mask"], s=4,
+                          alpha=0.3, color=colours[kind])
+            b.bar(x, per_patient["pointing_hit"].mean() if len(per_patient) else np.nan, width * 0.9,
+                  color=colours[kind], label=kind if i == 0 else None)
+        chance = metrics.loc[metrics["model"] == model, "chance"].mean()
+        for ax in (a, b):
+            ax.hlines(chance, i - 0.45, i + 0.45, color="crimson", lw=1.5,
+                      label="chance (mask's share of the input)" if i == 0 and ax is a else None)
+    for ax in (a, b):
+        ax.set_xticks(range(len(models)), labels=models)
+    a.set(ylabel="share of the map's mass in the lesion mask", ylim=(0, 1), title="saliency mass (one point a patient)")
+    a.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[k], alpha=0.5) for k in kinds]
+             + [plt.Line2D([0], [0], color="crimson")], labels=[*kinds, "chance"], fontsize=8, loc="upper right")
+    b.set(ylim=(0, 1), ylabel="share of patients' maps peaking in the mask", title="pointing game")
+    b.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
 
 
 def randomisation_curves(cascade, labels=None):
-    """Median rank correlation (with IQR) between the trained network's maps and those after
+    """Median absolute rank correlation (with IQR) between the trained network's maps and those after
     re-initialising its layers from the top, cumulatively; the permuted-label network as a point."""
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for i, (model, g) in enumerate(cascade.groupby("model", sort=False)):
-        q = g.groupby("step")["rank_correlation"].quantile([0.25, 0.5, 0.75]).unstack()
+        q = g.groupby("step")["abs_rank_correlation"].quantile([0.25, 0.5, 0.75]).unstack()
         line = ax.plot(q.index, q[0.5], marker="o", label=model)[0]
         ax.fill_between(q.index, q[0.25], q[0.75], color=line.get_color(), alpha=0.15)
         if labels is not None and (labels["model"] == model).any():
-            ax.scatter([q.index.max() + 0.6 + 0.1 * i], [labels.loc[labels["model"] == model, "rank_correlation"].median()],
+            ax.scatter([q.index.max() + 0.6 + 0.1 * i],
+                       [labels.loc[labels["model"] == model, "abs_rank_correlation"].median()],
                        marker="D", color=line.get_color(), zorder=3)
     ax.axhline(0.5, color="crimson", ls="--", lw=1, label="flag: maps barely change (0.5)")
-    ax.axhline(0, color="k", lw=0.6)
     ax.set(xlabel="layers re-initialised, from the top (diamonds: trained on permuted labels)",
-           ylabel="rank correlation with the trained maps", ylim=(-0.5, 1.05))
+           ylabel="|rank correlation| with the trained maps", ylim=(0, 1.05))
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig

@@ -376,13 +376,18 @@ def test_summarise_every_field_against_its_definition(labels):
     m = metrics.per_repeat_metrics(pred)
     ci = metrics.bootstrap_ci(pred, n_boot=40, seed=6)
     risk = pred.groupby("patient")["probability"].mean()
+    lab = pred[pred["fold"] >= 0]
+    cal = [calibration.calibration_intercept_slope(g["label"], g["probability"]) for _, g in lab.groupby("repeat")]
     expected = {
         "auroc_mean": m["auroc"].mean(), "auroc_sd": m["auroc"].std(ddof=1),
         "auroc_ci_low": ci["auroc_ci"][0], "auroc_ci_high": ci["auroc_ci"][1],
         "auprc_mean": m["auprc"].mean(), "auprc_sd": m["auprc"].std(ddof=1),
         "auprc_ci_low": ci["auprc_ci"][0], "auprc_ci_high": ci["auprc_ci"][1],
         "auprc_long_mean": m["auprc_long"].mean(), "auprc_long_sd": m["auprc_long"].std(ddof=1),
-        "brier_mean": m["brier"].mean(), "n_patients": len(labels), "n_repeats": 3,
+        "brier_mean": m["brier"].mean(), "brier_sd": m["brier"].std(ddof=1),
+        "calibration_slope": np.mean([c["calibration_slope"] for c in cal]),
+        "calibration_in_the_large": np.mean([c["calibration_in_the_large"] for c in cal]),
+        "n_patients": len(labels), "n_repeats": 3,
         "c_index": metrics.c_index(data.loc[risk.index, "pfs_months"], data.loc[risk.index, "event"], risk),
         "n_patients_survival": len(labels) + 1,  # the unlabelled patient counts for survival
     }
@@ -393,10 +398,12 @@ def test_summarise_every_field_against_its_definition(labels):
     assert ci["auroc_ci"] != metrics.bootstrap_ci(pred, n_boot=41, seed=6)["auroc_ci"]  # and n_boot
     # one repeat: no spread; without survival data: no C-index
     one = metrics.summarise(pred[pred["repeat"] == 0], None, n_boot=20, seed=0)
-    assert (one["auroc_sd"], one["auprc_sd"], one["auprc_long_sd"], one["n_repeats"]) == (0.0, 0.0, 0.0, 1)
+    assert (one["auroc_sd"], one["auprc_sd"], one["auprc_long_sd"], one["brier_sd"], one["n_repeats"]) == (0.0, 0.0, 0.0,
+                                                                                                         0.0, 1)
+    assert one["calibration_slope"] == pytest.approx(cal[0]["calibration_slope"], rel=1e-12)
     assert np.isnan(one["c_index"]) and one["n_patients_survival"] == 0
     two = metrics.summarise(pred[pred["repeat"] < 2], None, n_boot=20, seed=0)
-    for k in ("auroc", "auprc", "auprc_long"):  # two repeats: a spread
+    for k in ("auroc", "auprc", "auprc_long", "brier"):  # two repeats: a spread
         assert two[f"{k}_sd"] == pytest.approx(m[k].iloc[:2].std(ddof=1)) and two[f"{k}_sd"] > 0, k
 
 
@@ -548,3 +555,22 @@ def test_calibration_intercept_and_slope_recover_a_known_miscalibration():
     # a missing outcome or prediction (None, as from a table) leaves the row out
     odd = calibration_intercept_slope([1, 0, None, 0, 1, 1, 0, 1, 0], [0.9, 0.2, 0.5, 1.0, 0.0, 0.6, 0.3, 0.4, None])
     assert odd["n"] == 7 and np.isfinite(odd["calibration_slope"]) and np.isfinite(odd["calibration_in_the_large"])
+
+
+def test_per_repeat_calibration_reads_overconfident_predictions_and_skips_constant_ones():
+    rng = np.random.default_rng(3)
+    n = 400
+    y = rng.integers(0, 2, n)
+    true_logit = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 1, n)
+    p_true = 1 / (1 + np.exp(-true_logit))
+    y = (rng.random(n) < p_true).astype(int)  # outcomes drawn from p_true: calibrated by construction
+    over = 1 / (1 + np.exp(-3 * true_logit))  # the same ranking, three times too extreme
+    perfect = np.where(y == 1, 0.7, 0.2)  # separates the classes: no finite slope
+    rows = [pd.DataFrame({"patient": [f"P{i}" for i in range(n)], "repeat": r, "fold": 0, "probability": p,
+                          "label": y}) for r, p in enumerate([p_true, over, np.full(n, 0.3), perfect])]
+    cal = metrics.per_repeat_calibration(pd.concat(rows, ignore_index=True)).set_index("repeat")
+    assert cal.loc[0, "calibration_slope"] == pytest.approx(1.0, abs=0.25)
+    assert cal.loc[1, "calibration_slope"] == pytest.approx(1 / 3, abs=0.1)  # too extreme: slope below 1
+    assert np.isnan(cal.loc[2, "calibration_slope"]) and np.isnan(cal.loc[2, "calibration_in_the_large"])
+    assert abs(cal.loc[0, "calibration_in_the_large"]) < 0.3
+    assert np.isnan(cal.loc[3, "calibration_slope"]) and np.isnan(cal.loc[3, "calibration_in_the_large"])

@@ -64,7 +64,8 @@ def _summary():
     return pd.DataFrame([
         {"model": "lab_rf", "inputs": "labs", "status": "ran", "auroc_mean": 0.6789, "auroc_sd": 0.0234,
          "auroc_ci_low": 0.61, "auroc_ci_high": 0.744, "auprc_mean": 0.5, "auprc_sd": 0.01, "auprc_ci_low": 0.42,
-         "auprc_ci_high": 0.58, "auprc_long_mean": 0.8123, "auprc_long_sd": 0.005, "c_index": 0.6666},
+         "auprc_ci_high": 0.58, "auprc_long_mean": 0.8123, "auprc_long_sd": 0.005, "c_index": 0.6666,
+         "brier_mean": 0.21449, "calibration_slope": 0.8251},
         {"model": "ct_cnn", "inputs": "CT", "status": "skipped: no CT", "auroc_mean": np.nan, "auroc_sd": np.nan,
          "auroc_ci_low": np.nan, "auroc_ci_high": np.nan, "auprc_mean": np.nan, "auprc_sd": np.nan,
          "auprc_ci_low": np.nan, "auprc_ci_high": np.nan, "auprc_long_mean": np.nan, "auprc_long_sd": np.nan,
@@ -78,10 +79,14 @@ def test_format_summary_text():
     assert t.loc["lab_rf"].to_dict() == {
         "inputs": "labs", "status": "ran", "AUROC mean ± SD [95 % CI]": "0.68 ± 0.02 [0.61–0.74]",
         "AUPRC, short PFS positive: mean ± SD [95 % CI]": "0.50 ± 0.01 [0.42–0.58]",
-        "AUPRC, long PFS positive": "0.81 ± 0.01", "C-index": "0.67"}
+        "AUPRC, long PFS positive": "0.81 ± 0.01", "Brier": "0.214", "calibration slope": "0.83", "C-index": "0.67"}
     assert t.loc["ct_cnn"].to_dict() == {
         "inputs": "CT", "status": "skipped: no CT", "AUROC mean ± SD [95 % CI]": "–",
-        "AUPRC, short PFS positive: mean ± SD [95 % CI]": "–", "AUPRC, long PFS positive": "–", "C-index": "–"}
+        "AUPRC, short PFS positive: mean ± SD [95 % CI]": "–", "AUPRC, long PFS positive": "–", "Brier": "–",
+        "calibration slope": "–", "C-index": "–"}
+    # a summary written before the calibration slope was recorded
+    old = results.format_summary(_summary().drop(columns=["calibration_slope"]))
+    assert old.loc["lab_rf", "calibration slope"] == "–" and old.loc["lab_rf", "Brier"] == "0.214"
 
 
 def test_comparison_with_study_text():

@@ -101,7 +101,7 @@ def test_rank_correlation():
 
 def test_randomisation_goes_from_the_top_and_keeps_convolution_and_norm_together():
     net = ImageClassifier(build_encoder("compact"))
-    steps = sanity.randomisation_steps(net)
+    steps = gradcam.randomisation_steps(net)
     assert steps[0] == ["head.1"] and steps[1] == ["encoder.body.12", "encoder.body.13"]
     assert steps[-1] == ["encoder.body.0", "encoder.body.1"] and len(steps) == 5
 
@@ -123,18 +123,18 @@ def test_gradcam_finds_the_planted_lesion_and_the_randomised_network_does_not():
     maps = gradcam.gradcam_maps(net, x[te], layer)
     real = saliency.saliency_metrics(maps, masks[te], patients, 1).assign(y=y[te])
     rand = copy.deepcopy(net)
-    for names in sanity.randomisation_steps(rand):
-        sanity._reinitialise(rand, names, 0)
+    for names in gradcam.randomisation_steps(rand):
+        gradcam.reinitialise(rand, names, 0)
     rmaps = gradcam.gradcam_maps(rand, x[te], layer)
     random = saliency.saliency_metrics(rmaps, masks[te], patients, 1).assign(y=y[te])
     hit, rhit = real[real.y == 1]["pointing_hit"].mean(), random[random.y == 1]["pointing_hit"].mean()
     assert hit >= 0.8 and rhit <= 0.3, (hit, rhit)
     assert real[real.y == 1]["mass_in_mask"].mean() > 2 * real["chance"].mean()
-    assert np.median([sanity.rank_correlation(a, b) for a, b in zip(maps, rmaps)]) < sanity.SIMILAR
+    assert np.median([abs(sanity.rank_correlation(a, b)) for a, b in zip(maps, rmaps)]) < sanity.SIMILAR
     cascade = sanity.cascading_randomisation(net, x[te][:10], layer, patients[:10], seed=1, reference=maps[:10])
     assert cascade["step"].max() == 5
-    last = cascade[cascade["step"] == 5]["rank_correlation"].median()
-    assert last < sanity.SIMILAR
+    last = cascade[cascade["step"] == 5]
+    assert last["abs_rank_correlation"].median() < sanity.SIMILAR and last["ssim"].median() < sanity.SIMILAR
 
 
 # ---- fold models back from the run --------------------------------------------------------------------
@@ -252,6 +252,14 @@ def test_image_saliency_and_sanity_checks_run_over_every_test_fold(fitted):
     table = sanity.sanity_summary(cascade.assign(model="pet_cnn"), labels.assign(model="pet_cnn"))
     assert list(table["check"]) == [sanity.REINITIALISED, sanity.PERMUTED]
     assert list(table["maps"]) == [5, 5] and set(table["verdict"]) <= {"passes", "flagged: uninformative"}
+    # the two nulls score the same patients as the trained maps, fold by fold
+    nulls = sal.nulls
+    assert set(nulls["null"]) == set(saliency.NULLS)
+    for null, g in nulls.groupby("null"):
+        pd.testing.assert_frame_equal(g[["model", "repeat", "fold", "patient"]].reset_index(drop=True),
+                                      m[["model", "repeat", "fold", "patient"]].reset_index(drop=True))
+    table = saliency.compare_with_nulls(m, nulls)
+    assert len(table) == 4 and set(table["verdict"]) <= {"beats the null", "does not beat the null", "untested"}
 
 
 # ---- the fusion: importance, ablation ------------------------------------------------------------
@@ -371,19 +379,46 @@ def test_the_wilcoxon_test_counts_each_patient_once_over_the_repeats():
 
 
 def test_a_map_that_barely_changes_is_flagged_in_the_table_and_the_text():
-    cascade = pd.DataFrame({"model": ["same"] * 4 + ["changes"] * 4, "step": [1, 1, 2, 2] * 2,
-                            "rank_correlation": [0.9, 0.9, 0.8, 0.7, 0.5, 0.4, 0.1, 0.0]})
-    labels = pd.DataFrame({"model": ["same", "same", "changes", "changes"], "rank_correlation": [0.6, 0.4, 0.1, 0.2]})
+    cascade = pd.DataFrame({"model": ["same"] * 4 + ["changes"] * 4 + ["negated"] * 2 + ["alike"] * 2,
+                            "step": [1, 1, 2, 2] * 2 + [1, 1, 1, 1],
+                            "rank_correlation": [0.9, 0.9, 0.8, 0.7, 0.5, 0.4, 0.1, 0.0, -0.6, -0.8, 0.1, 0.2],
+                            "ssim": [0.9, 0.9, 0.3, 0.2, 0.5, 0.4, 0.1, 0.0, 0.1, 0.1, 0.7, 0.6]})
+    cascade["abs_rank_correlation"] = cascade["rank_correlation"].abs()
+    labels = pd.DataFrame({"model": ["same", "same", "changes", "changes"], "rank_correlation": [0.6, 0.4, 0.1, -0.2],
+                           "ssim": [0.2, 0.2, 0.1, 0.1]})
+    labels["abs_rank_correlation"] = labels["rank_correlation"].abs()
     t = sanity.sanity_summary(cascade, labels).set_index(["model", "check"])
-    assert t.loc[("same", sanity.REINITIALISED), "median rank correlation"] == pytest.approx(0.75)  # the last step
+    assert t.loc[("same", sanity.REINITIALISED), "median |rank correlation|"] == pytest.approx(0.75)  # the last step
+    assert t.loc[("same", sanity.REINITIALISED), "median SSIM"] == pytest.approx(0.25)
     assert t.loc[("same", sanity.REINITIALISED), "verdict"] == "flagged: uninformative"
     assert t.loc[("same", sanity.PERMUTED), "verdict"] == "flagged: uninformative"  # median 0.5: at the flag
     assert set(t.loc["changes", "verdict"]) == {"passes"}
-    text = ch05_explain.sanity_text(t.reset_index(), {"same": 0.5, "changes": 0.48})
-    assert "`same`: median rank correlation 0.75 with the re-initialised network and 0.50 with the permuted-label " \
-           "network (the permuted-label network's test AUROC 0.50): **flagged as uninformative**" in text
-    assert "`changes`: median rank correlation 0.05 with the re-initialised network and 0.15 with the permuted-label " \
-           "network (the permuted-label network's test AUROC 0.48): the maps depend on what the network learnt" in text
+    # a map that turned into its negative did not become informative; nor one whose structure stayed (SSIM)
+    assert t.loc[("negated", sanity.REINITIALISED), "verdict"] == "flagged: uninformative"
+    assert t.loc[("alike", sanity.REINITIALISED), "verdict"] == "flagged: uninformative"
+    text = ch05_explain.sanity_text(t.reset_index(), {"same": 0.5, "changes": 0.48, "negated": 0.5, "alike": 0.5})
+    assert text.startswith("A check is failed when the median absolute rank correlation or the median SSIM reaches 0.5. ")
+    assert "`same`: median absolute rank correlation 0.75 (SSIM 0.25) with the re-initialised network and 0.50 " \
+           "(SSIM 0.20) with the permuted-label network (the permuted-label network's test AUROC 0.50): **flagged as " \
+           "uninformative**" in text
+    assert "`changes`: median absolute rank correlation 0.05 (SSIM 0.05) with the re-initialised network and 0.15 " \
+           "(SSIM 0.10) with the permuted-label network (the permuted-label network's test AUROC 0.48): the maps " \
+           "depend on what the network learnt" in text
+
+
+def test_similarity_of_maps_has_no_sign_and_ssim_sees_structure():
+    rng = np.random.default_rng(0)
+    a = rng.random((16, 16, 12))
+    s = sanity.similarity(a, 1 - a)  # the negative of the map, scaled back to [0, 1]
+    assert s["rank_correlation"] == pytest.approx(-1) and s["abs_rank_correlation"] == pytest.approx(1)
+    assert sanity.ssim(a, a) == pytest.approx(1)
+    assert abs(sanity.ssim(a, rng.random(a.shape))) < 0.1  # unrelated noise
+    smooth = np.zeros((16, 16, 12))
+    smooth[4:10, 4:10, 3:8] = 1
+    assert sanity.ssim(smooth, smooth * 0.9) > 0.9 and sanity.ssim(smooth, np.roll(smooth, 6, axis=0)) < 0.5
+    assert 0.9 < sanity.ssim(a[:, :, 0], a[:, :, 0] * 0.99) <= 1  # 2-D maps too
+    with pytest.raises(ValueError, match="differ in shape"):
+        sanity.ssim(a, a[:8])
 
 
 def test_the_page_s_sentences_come_from_the_tables():
@@ -392,8 +427,8 @@ def test_the_page_s_sentences_come_from_the_tables():
                         {"model": "ct_cnn", "maps": 10, "maps checked": 0, "mass in mask": np.nan, "chance": np.nan,
                          "pointing hits": np.nan, "p (mass > chance)": np.nan}])
     assert ch05_explain.saliency_text(sal) == (
-        "In this run: `pet_cnn`: 12 % of the map's mass in the lesion mask against 2 % by chance (more than chance; "
-        "Wilcoxon p = 0.001), and its maximum inside the mask in 50 % of 8 maps; `ct_cnn`: no map could be checked "
+        "In this run: `pet_cnn`: 12.3 % of the map's mass in the lesion mask against 2.0 % by chance (more than chance; "
+        "Wilcoxon p = 0.001), and its maximum inside the mask in 50.0 % of 8 maps; `ct_cnn`: no map could be checked "
         "(no patient has a lesion in the mask, or the network's input has no mask channel).")
     imp = importance.importance_comparison(pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.3, 0.2, 0.1]}),
                                         pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.1, 0.3, 0.2]}))
@@ -435,3 +470,72 @@ def test_without_a_mask_channel_the_maps_are_made_and_none_is_judged(tmp_path):
     assert len(sal.maps["pet_cnn"]) == len(y.dropna()) and sal.metrics["mass_in_mask"].isna().all()
     summary = saliency.summarise_saliency(sal.metrics)
     assert summary.loc[0, "maps checked"] == 0 and "no map could be checked" in ch05_explain.saliency_text(summary)
+
+
+# ---- saliency against its nulls ------------------------------------------------------------------------
+def test_the_data_free_blob_sits_where_the_training_patients_lesions_sit():
+    masks = np.zeros((3, 20, 20, 16), bool)
+    masks[0, 4:6, 4:6, 3:5] = True  # small, in a corner
+    masks[1, 10:16, 10:16, 8:12] = True  # large, elsewhere: weighted like the small one, not by its voxels
+    blob = saliency.lesion_blob(masks)
+    assert blob.shape == (20, 20, 16) and blob.min() == 0 and blob.max() == 1
+    centre = np.unravel_index(blob.argmax(), blob.shape)
+    np.testing.assert_allclose(centre, [(4.5 + 12.5) / 2, (4.5 + 12.5) / 2, (3.5 + 9.5) / 2], atol=1)
+    assert not saliency.lesion_blob(np.zeros((2, 8, 8, 8), bool)).any()  # no lesion: an empty map
+
+
+def _null_rows(mass, hits, model="m", null=None, repeats=2):
+    rows = pd.DataFrame({"patient": np.tile([f"P{i}" for i in range(len(mass))], repeats),
+                         "repeat": np.repeat(range(repeats), len(mass)), "model": model,
+                         "mass_in_mask": np.tile(mass, repeats), "pointing_hit": np.tile(hits, repeats), "chance": 0.05})
+    return rows if null is None else rows.assign(null=null)
+
+
+def test_a_model_beats_a_null_only_patient_by_patient_and_after_holm():
+    n = 12
+    better = np.linspace(0.2, 0.4, n)
+    metrics = pd.concat([_null_rows(better, np.ones(n), "good"), _null_rows(better, np.ones(n), "same"),
+                         _null_rows(better[:4], np.ones(4), "few")])
+    nulls = pd.concat([_null_rows(better - 0.1, np.zeros(n), "good", "blob"),
+                       _null_rows(better - 0.1 * (np.arange(n) % 2 * 2 - 1), np.ones(n), "same", "blob"),
+                       _null_rows(better[:4] - 0.1, np.zeros(4), "few", "blob")])
+    t = saliency.compare_with_nulls(metrics, nulls).set_index("model")
+    assert t.loc["good", "mass in mask"] == pytest.approx(better.mean())
+    assert t.loc["good", "null: mass in mask"] == pytest.approx(better.mean() - 0.1)
+    assert t.loc["good", "pointing hits"] == 1 and t.loc["good", "null: pointing hits"] == 0
+    assert t.loc["good", "p (mass > null)"] == pytest.approx(1 / 2 ** 12)  # every patient better: exact p
+    assert t.loc["good", "verdict"] == "beats the null"
+    assert t.loc["same", "verdict"] == "does not beat the null" and np.isnan(t.loc["same", "p (hits > null)"])
+    assert t.loc["few", "verdict"] == "untested" and t.loc["few", "patients"] == 4
+    # Holm over every test of the table: three tests (good mass, good hits, same mass)
+    tested = sorted(np.r_[t["p (mass > null)"].dropna(), t["p (hits > null)"].dropna()])
+    assert len(tested) == 3
+    assert t.loc["good", "p (mass > null), Holm"] == pytest.approx(min(1, 3 * t.loc["good", "p (mass > null)"]))
+    assert (t["p (mass > null), Holm"].dropna() >= t["p (mass > null)"].dropna()).all()
+
+
+def test_the_page_reads_the_verdict_against_the_nulls():
+    summary = pd.DataFrame([{"model": "pet_cnn", "maps": 10, "maps checked": 8, "mass in mask": 0.077, "chance": 0.02,
+                             "pointing hits": 0.191, "p (mass > chance)": 0.001},
+                            {"model": "ct_cnn_pretrained", "maps": 10, "maps checked": 8, "mass in mask": 0.115,
+                             "chance": 0.02, "pointing hits": 0.4, "p (mass > chance)": 0.001}])
+    nulls = pd.DataFrame({"model": ["pet_cnn", "pet_cnn", "ct_cnn_pretrained", "ct_cnn_pretrained"],
+                          "null": [saliency.RANDOMISED, saliency.BLOB] * 2, "patients": 8,
+                          "mass in mask": [0.077, 0.077, 0.115, 0.115],
+                          "null: mass in mask": [0.05, 0.082, 0.05, 0.082],
+                          "pointing hits": [0.191, 0.191, 0.4, 0.4], "null: pointing hits": [0.1, 0.169, 0.1, 0.169],
+                          "p (mass > null), Holm": [0.01, 0.9, 0.001, 0.004],
+                          "p (hits > null), Holm": [0.2, 0.7, 0.01, 0.03],
+                          "verdict": ["beats the null", "does not beat the null", "beats the null", "beats the null"]})
+    text = ch05_explain.saliency_text(summary, nulls)
+    assert ("`pet_cnn`: 7.7 % of the map's mass in the lesion mask against 2.0 % by chance (more than chance; Wilcoxon "
+            "p = 0.001), and its maximum inside the mask in 19.1 % of 8 maps; against the nulls, the randomised weights "
+            "map (5.0 %): beats the null, the data-free blob map (8.2 %): does not beat the null;") in text
+    assert text.endswith("`ct_cnn_pretrained` beats both nulls. The maps of `pet_cnn` do not beat both nulls: they say "
+                         "no more about where the lesions are than a map that only knows where lesions usually sit in "
+                         "the crop, or than the same network untrained.")
+    assert "against the nulls" not in ch05_explain.saliency_text(summary)  # a run without a mask channel
+    page = ch05_explain.format_nulls(nulls)
+    assert page.loc[("pet_cnn", saliency.BLOB)].tolist() == [8, "7.7 % vs 8.2 %", "19.1 % vs 16.9 %", "0.900", "0.700",
+                                                            "does not beat the null"]
+    assert ch05_explain.saliency_against_nulls(None).empty

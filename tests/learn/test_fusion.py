@@ -236,8 +236,11 @@ def test_the_compact_table_and_the_forest_rows():
                                 "p_holm": [0.0004, 0.21]}, index=["a", "b"])
     table = ch04_comparison.compact_table(summary, comparisons)
     assert list(table.index) == [ch04_fusion.HEADLINE, ch04_fusion.CONTROL, "lab_rf_with_cycles", "lab_rf"]
-    assert list(table.columns) == ["sources", "AUROC", "AUPRC", "Brier", "p (Holm)"]
-    assert table.loc[ch04_fusion.HEADLINE].tolist() == ["labs + PET + CT (fusion)", "0.83 ± 0.03", "0.63", "0.200", "–"]
+    assert list(table.columns) == ["sources", "AUROC", "AUPRC", "Brier", "slope", "p (Holm)"]
+    assert table.loc[ch04_fusion.HEADLINE].tolist() == ["labs + PET + CT (fusion)", "0.83 ± 0.03", "0.63", "0.200", "–",
+                                                        "–"]  # no slope in this summary
+    sloped = ch04_comparison.compact_table(summary.assign(calibration_slope=0.876), comparisons)
+    assert sloped.loc["lab_rf", "slope"] == "0.88"
     assert table.loc["lab_rf", "p (Holm)"] == "<0.001" and table.loc[ch04_fusion.CONTROL].iloc[-1] == "0.210"
     assert table.loc["lab_rf_with_cycles", "p (Holm)"] == "–"
     rows = ch04_comparison.forest_rows(summary, {"lab": 0.69, "lab_pet_ct": 0.93, "lab_pet_features": 0.83})
@@ -245,6 +248,26 @@ def test_the_compact_table_and_the_forest_rows():
     assert rows["bound"].tolist()[0] == 0.69 and np.isnan(rows["bound"].tolist()[1]) and rows["bound"].tolist()[3] == 0.93
     assert rows["headline"].tolist() == [False, False, False, True]
     assert ch04_comparison.forest_rows(summary, None)["bound"].isna().all()
+
+
+def test_the_reliability_plot_shows_the_fusion_its_control_and_the_best_model_without_a_cnn():
+    summary = _summary_rows({"lab_rf": 0.64, "pet_features_logreg": 0.75, ch04_fusion.CONTROL: 0.70,
+                             ch04_fusion.HEADLINE: 0.73, "pet_cnn": 0.72})
+    summary["calibration_slope"] = [1.1, 0.612, 0.95, 1.4, 1.0]
+    summary["calibration_in_the_large"] = [0.0, -0.1, 0.05, 0.2, 0.0]
+    assert ch04_comparison.calibration_models(summary) == [ch04_fusion.HEADLINE, ch04_fusion.CONTROL,
+                                                           "pet_features_logreg"]
+    assert ch04_comparison.calibration_text(summary) == (
+        "Calibration of each repeat's out-of-fold probabilities, averaged over the repeats (slope 1 and intercept 0 "
+        "are perfect; we read a slope below 0.8 as too extreme and above 1.25 as too timid): `lab_pet_ct_fusion`: "
+        "slope 1.40 (too timid), calibration-in-the-large 0.20, Brier 0.200; `lab_petfeatures_net`: slope 0.95 (close "
+        "to the outcomes' spread), calibration-in-the-large 0.05, Brier 0.200; `pet_features_logreg`: slope 0.61 (too "
+        "extreme), calibration-in-the-large -0.10, Brier 0.200.")
+    # the control is also the best model without a CNN: named once; nothing ran: a sentence
+    summary.loc[summary["model"] == ch04_fusion.CONTROL, "auroc_mean"] = 0.8
+    assert ch04_comparison.calibration_models(summary) == [ch04_fusion.HEADLINE, ch04_fusion.CONTROL]
+    assert ch04_comparison.calibration_text(summary.assign(status="skipped: no")) == (
+        "None of the models of the reliability plot ran for this manifest.")
 
 
 def test_the_fusions_sr_pet_part_reads_the_lesion_features_when_the_profile_says_so():

@@ -547,11 +547,25 @@ def test_the_sanity_checks_without_and_with_maps(tmp_path):
     assert ch05_explain.sanity_of_run(make_ctx(tmp_path, make_cohort(tmp_path)), None, [], None) is None
     assert ch05_explain.sanity_verdict(None) == "No image model ran in this run, so there are no maps to check."
     summary = pd.DataFrame({"model": ["pet_cnn", "pet_cnn"], "check": [ch05_explain.REINITIALISED, "permuted labels"],
-                            "median rank correlation": [0.123, 0.61]})
+                            "median |rank correlation|": [0.123, 0.61], "median SSIM": [0.2, 0.3],
+                            "verdict": ["passes", "flagged: uninformative"]})
     sanity = ch05_explain.Sanity(pd.DataFrame(), pd.DataFrame(), summary, {"pet_cnn": 0.5})
-    assert sanity.table().loc[("pet_cnn", "permuted labels"), "median rank correlation"] == 0.61
+    assert sanity.table().loc[("pet_cnn", "permuted labels"), "median |rank correlation|"] == 0.61
     assert sanity.table().iloc[0, 0] == 0.12
     assert "**flagged as uninformative**" in ch05_explain.sanity_verdict(sanity)
+
+
+def test_the_pretrained_ct_cnn_of_the_sanity_checks_starts_from_the_pretrained_encoder(tmp_path):
+    cohort = SimpleNamespace(modalities=["pet", "ct"])
+    state = {"body.0.weight": "pretrained"}
+    specs = {s.name: s for s in ch05_explain.image_model_specs(cohort, get_profile("smoke"),
+                                                               {"pet_cnn", "ct_cnn", "ct_cnn_pretrained"}, state)}
+    assert set(specs) == {"pet_cnn", "ct_cnn", "ct_cnn_pretrained"}
+    assert specs["ct_cnn_pretrained"].build(0).encoder_weights is state  # what label_randomisation retrains from
+    assert specs["ct_cnn"].build(0).encoder_weights is None and specs["pet_cnn"].build(0).encoder_weights is None
+    # the pretrained state is looked up only when that model ran
+    ctx = make_ctx(tmp_path, make_cohort(tmp_path))
+    assert ch05_explain.pretrained_ct_state(ctx, {"ct_cnn"}) is None
 
 
 def test_no_importance_line_says_why():

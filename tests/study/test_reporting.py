@@ -74,6 +74,68 @@ def test_the_answers_carry_the_numbers_of_the_run(small_cohort_dir):
     assert "Two cohorts" in ext.loc["12d", "this run"]
 
 
+def test_the_answers_on_kept_weights_and_calibration_follow_the_settings_and_the_results(small_cohort_dir):
+    from dataclasses import replace
+
+    cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="none")
+    facts = _facts(cohort)
+    smoke = facts.profile  # val_fraction 0.2, the last epoch kept
+    table = reporting.checklist(facts).set_index("item")
+    assert ("each network keeps its weights after the last of its 2 epochs (no early stopping); 20 % of each fold's "
+            "training patients form an inner validation part that does not fit the network and only draws its "
+            "learning curves") in table.loc["12c", "this run"]
+    assert "early stopping on" not in table.loc["12c", "this run"]
+    assert ("(for the networks, 20 % of them an inner validation part that does not fit them)"
+            in table.loc["21", "this run"])
+    # flipped: the epoch of the lowest validation loss is kept
+    stop = reporting.checklist(replace(facts, profile=replace(smoke, selection="val_loss"))).set_index("item")
+    assert ("each network keeps the weights of the epoch (of 2) with the lowest loss on an inner validation part "
+            "(20 % of the fold's training patients, which do not fit it): early stopping on training patients only"
+            in stop.loc["12c", "this run"])
+    assert "and chooses the kept epoch)" in stop.loc["21", "this run"]
+    # no inner validation part (the demo profile's setting): nothing to stop on, whatever the selection
+    none = reporting.checklist(replace(facts, profile=replace(smoke, val_fraction=0.0, selection="val_loss")))
+    none = none.set_index("item")
+    assert "every training patient fits the network (no inner validation part)" in none.loc["12c", "this run"]
+    assert "(all of them fit every model)" in none.loc["21", "this run"]
+    # calibration: the headline's Brier score and slope when the summary has them
+    assert "Brier" not in table.loc["23a", "this run"]
+    summary = facts.summary.assign(brier_mean=[0.2134, np.nan], calibration_slope=[0.712, np.nan],
+                                   calibration_in_the_large=[-0.05, np.nan])
+    calibrated = reporting.checklist(replace(facts, summary=summary)).set_index("item")
+    assert ("; Brier score 0.213, calibration slope 0.71 and calibration-in-the-large -0.05 (means over the repeats)."
+            in calibrated.loc["23a", "this run"])
+    assert "calibration slope and calibration-in-the-large" in calibrated.loc["12e", "this run"]
+
+
+def test_the_limitations_and_the_predictors_are_read_from_the_run(small_cohort_dir):
+    from dataclasses import replace
+
+    cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="none")
+    facts = _facts(cohort)
+    table = reporting.checklist(facts).set_index("item")
+    n = len(cohort.labelled)
+    assert table.loc["26", "this run"] == (
+        f"A small cohort ({n} labelled patients): the 95 % CI of lab_rf's AUROC spans 0.20 (0.50 to 0.70); a single "
+        "centre, no external validation in this run; synthetic data: the numbers demonstrate the method, not a "
+        "clinical finding.")
+    fusion = pd.concat([facts.summary, pd.DataFrame([
+        {"model": "lab_pet_ct_fusion", "status": "ran", "auroc_mean": 0.70, "auroc_sd": 0.02, "auroc_ci_low": 0.6,
+         "auroc_ci_high": 0.8, "auprc_mean": 0.5, "auprc_ci_low": 0.4, "auprc_ci_high": 0.6, "n_repeats": 2},
+        {"model": "pet_features_logreg", "status": "ran", "auroc_mean": 0.75}])], ignore_index=True)
+    limits = reporting.checklist(replace(facts, summary=fusion)).set_index("item").loc["26", "this run"]
+    assert "lab_pet_ct_fusion's AUROC spans 0.20" in limits
+    assert "the fusion's AUROC (0.70) is not above that of the best model without a CNN, pet_features_logreg (0.75)" \
+        in limits
+    better = fusion.assign(auroc_mean=[0.61, np.nan, 0.8, 0.75])
+    assert "(0.80) is above that of" in reporting.checklist(replace(facts, summary=better)).set_index("item").loc[
+        "26", "this run"]
+    b9 = table.loc["9b", "this run"]
+    for lab in cohort.labs:
+        assert f"{lab} ({cohort.units.get(lab) or 'no unit given'})" in b9
+    assert "resampled to 8 mm voxels, centred on the liver" in b9  # the smoke profile's grid
+
+
 def test_a_real_cohort_leaves_the_authors_items_to_them(small_cohort_dir, tmp_path):
     doc = yaml.safe_load((small_cohort_dir / "manifest.yaml").read_text())
     doc.update(synthetic=False, table=str(small_cohort_dir / "cohort.csv"), image_root=str(small_cohort_dir))
