@@ -3,8 +3,10 @@
 ``prrt run --manifest A.yaml --validate-on B.yaml`` answers the question a second hospital asks: does the
 model developed there work on our patients? Chapters 02-04 cross-validate every model inside the
 development cohort A. Chapter 06 fits each of those models once more on *all* labelled patients of A
-(with the same profile and seed; early stopping and every other inner choice use A's patients only),
-and predicts every patient of B with it, once. Nothing of B is seen before that prediction: no scaling,
+(with the same profile and seed; early stopping and every other inner choice use A's patients only; an inner
+validation part of A is held out only where it chooses the kept epoch, so with the last epoch kept every labelled
+patient of A fits the model, and the results record how many did: ``n_development_fit``), and predicts every
+patient of B with it, once. Nothing of B is seen before that prediction: no scaling,
 imputation, feature selection or epoch choice.
 
 How it reuses the one model loop (:mod:`prrt.learn`): both cohorts become one :class:`Cohort`
@@ -32,12 +34,21 @@ from ..evaluation import (
     comparison_table,
     external_metrics,
     external_splits,
+    iter_folds,
     labelled,
     net_benefit,
     save_splits,
 )
 from ..imaging import cohort_features
-from ..learn import ModelData, ct_encoder_state, feature_table, image_data, run_models
+from ..learn import (
+    ModelData,
+    config_from_profile,
+    ct_encoder_state,
+    feature_table,
+    folds_of,
+    image_data,
+    run_models,
+)
 from .ch02_labs import lab_chapter_specs
 from .ch03_images import image_specs
 from .ch04_fusion import chapter_specs, write_cross_fitted_scores
@@ -77,8 +88,9 @@ def format_external(table: pd.DataFrame) -> pd.DataFrame:
                         index=pd.Index(table["model"], name="model (95 % CI)"))
 
 
-def format_comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`comparison_table` for the book (three decimals, signed changes)."""
+def format_comparison(table: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame:
+    """:func:`comparison_table` for the book (three decimals, signed changes); with ``metrics`` (B's numbers, with
+    their CIs) what each AUROC change reads as (:func:`change_word`)."""
     f = lambda v: "–" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
     d = lambda v: "–" if pd.isna(v) else f"{v:+.3f}"  # noqa: E731
     return pd.DataFrame({
@@ -86,6 +98,9 @@ def format_comparison(table: pd.DataFrame) -> pd.DataFrame:
         "AUROC, development (CV)": table["auroc_development"].map(f).to_list(),
         "AUROC, external": table["auroc_external"].map(f).to_list(),
         "AUROC change": table["auroc_change"].map(d).to_list(),
+        **({"reads as": [change_word(r["auroc_development"], *metrics.set_index("model").loc[
+            r["model"], ["auroc_ci_low", "auroc_ci_high"]]) for _, r in table.iterrows()]}
+           if metrics is not None else {}),
         "AUPRC, development (CV)": table["auprc_development"].map(f).to_list(),
         "AUPRC, external": table["auprc_external"].map(f).to_list(),
         "C-index, development (CV)": table["c_index_development"].map(f).to_list(),
@@ -176,8 +191,7 @@ def validate_externally(ctx, validate_on, ct_weights: str = "", ct_weights_prefi
         data = ModelData(cohort.data["label"], table=table)
     specs = (lab_chapter_specs(cohort, pet, ctx.profile) + image_specs(cohort, ctx.profile)
              + chapter_specs(cohort, ctx.profile, ct_state, run_dir=out_dir))
-    # the models of this run (a profile's subset of chapter 04 included); importances are the chapters' business
-    specs = [replace(s, permutation_repeats=0) for s in specs if s.name in ran and s.build is not None]
+    specs = external_specs(specs, ran, ctx.profile)
     # cross-fitted image branches: the development patients' scores from CNNs fitted on the other two thirds of them
     write_cross_fitted_scores(ctx, specs, data, splits=splits, run_dir=out_dir)
     results, _ = run_models(specs, data, cohort, splits, ctx.profile, ctx.seed, out_dir, progress=progress,
@@ -185,12 +199,50 @@ def validate_externally(ctx, validate_on, ct_weights: str = "", ct_weights_prefi
     rows = []
     for spec in specs:
         rows.append({"model": spec.name, "inputs": spec.inputs,
+                     "n_development_fit": development_fit(spec, data, splits, results[spec.name]),
                      **external_metrics(results[spec.name].predictions, cohort, ext, n_boot=ctx.profile.n_bootstrap,
                                         seed=ctx.seed)})
     metrics = pd.DataFrame(rows)
     metrics.to_csv(ctx.path("results", RESULTS_FILE), index=False)
     comparison = comparison_table(summary, metrics) if len(metrics) else pd.DataFrame()
     return ExternalValidation(development, external_cohort, cohort, ext, splits, results, metrics, comparison, how)
+
+
+def external_specs(specs: list, ran: set[str], profile) -> list:
+    """The models of the external design: those of ``specs`` that ran in this run (a profile's subset of chapter 04
+    included), without permutation importances (the chapters' business). An inner validation part of A is drawn
+    only where it chooses something (the kept epoch, the profile's ``selection = "val_loss"``); otherwise every
+    labelled patient of A fits the model."""
+    hold_out = config_from_profile(profile).selection == "val_loss"
+    return [replace(s, permutation_repeats=0, val_fraction=s.val_fraction if hold_out else 0.0)
+            for s in specs if s.name in ran and s.build is not None]
+
+
+def development_fit(spec, data, splits: pd.DataFrame, result) -> int:
+    """How many development patients fitted the model of the external design: A's labelled patients with the model's
+    inputs, less an inner validation part if one was drawn."""
+    fold = folds_of(spec, data, list(iter_folds(splits)))[0]
+    return len(fold.train) - len(result.inner_validation.get((fold.repeat, fold.fold), []))
+
+
+def change_word(auroc_development: float, low: float, high: float) -> str:
+    """``drop`` when A's cross-validated AUROC lies above B's 95 % CI, ``gain`` when below it, ``within noise``
+    when inside it."""
+    return "drop" if auroc_development > high else "gain" if auroc_development < low else "within noise"
+
+
+def change_reading(auroc_development: float, low: float, high: float) -> str:
+    """What the external AUROC's interval says about the change from the development cohort (:func:`change_word`),
+    in words."""
+    word = change_word(auroc_development, low, high)
+    if word == "drop":
+        return (f"a drop: the development AUROC ({auroc_development:.2f}) lies above the external 95 % CI "
+                f"({low:.2f} to {high:.2f})")
+    if word == "gain":
+        return (f"a gain: the development AUROC ({auroc_development:.2f}) lies below the external 95 % CI "
+                f"({low:.2f} to {high:.2f})")
+    return (f"within noise: the development AUROC ({auroc_development:.2f}) lies inside the external 95 % CI "
+            f"({low:.2f} to {high:.2f}), so this cohort cannot tell the two apart")
 
 
 def headline_model(metrics: pd.DataFrame) -> str | None:
@@ -209,10 +261,13 @@ def headline_text(ev: ExternalValidation | None) -> str:
         return "No model ran, so nothing was validated."
     e = ev.metrics.set_index("model").loc[name]
     c = ev.comparison.set_index("model").loc[name]
-    return (f"`{name}` reached an AUROC of {e['auroc']:.2f} (95 % CI {e['auroc_ci_low']:.2f} to "
+    fitted = (f", fitted on {int(e['n_development_fit'])} development patients,"
+              if pd.notna(e.get("n_development_fit", float("nan"))) else "")
+    return (f"`{name}`{fitted} reached an AUROC of {e['auroc']:.2f} (95 % CI {e['auroc_ci_low']:.2f} to "
             f"{e['auroc_ci_high']:.2f}) on the {e['n_patients']} labelled patients of the external cohort, against "
             f"{c['auroc_development']:.2f} in cross-validation inside the development cohort (change "
-            f"{c['auroc_change']:+.2f}); its calibration-in-the-large was {e['calibration_in_the_large']:+.2f} "
+            f"{c['auroc_change']:+.2f}: {change_reading(c['auroc_development'], e['auroc_ci_low'], e['auroc_ci_high'])}); "
+            f"its calibration-in-the-large was {e['calibration_in_the_large']:+.2f} "
             f"({e['calibration_in_the_large_ci_low']:+.2f} to {e['calibration_in_the_large_ci_high']:+.2f}) and its "
             f"calibration slope {e['calibration_slope']:.2f} ({e['calibration_slope_ci_low']:.2f} to "
             f"{e['calibration_slope_ci_high']:.2f}).")
@@ -236,7 +291,7 @@ def comparison_of_run(ctx, ev: ExternalValidation | None) -> pd.DataFrame | None
     if ev is None or not len(ev.comparison):
         return None
     ev.comparison.to_csv(ctx.path("results", "06_external_vs_development.csv"), index=False)
-    return format_comparison(ev.comparison)
+    return format_comparison(ev.comparison, ev.metrics)
 
 
 def external_predictions(ev: ExternalValidation) -> dict[str, pd.DataFrame]:

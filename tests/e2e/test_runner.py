@@ -437,6 +437,13 @@ def test_external_validation_predicts_the_second_site_with_the_frozen_models(smo
     head = metrics.set_index("model").loc["lab_pet_ct_fusion"]
     text = re.sub(r"<[^>]+>", "", page)
     assert f"reached an AUROC of {head['auroc']:.2f} (95 % CI {head['auroc_ci_low']:.2f}" in text
+    # every labelled patient of A fitted the development models: the smoke profile's inner validation part (20 %)
+    # chooses nothing with the last epoch kept, so the external design draws none
+    n_a = int((splits["fold"] == -1).sum())
+    fitted = metrics.set_index("model")["n_development_fit"]
+    assert fitted["lab_rf"] == n_a and fitted["pet_cnn"] == n_a and fitted["lab_pet_ct_fusion"] == n_a
+    assert f"lab_pet_ct_fusion, fitted on {n_a} development patients, reached" in text
+    assert re.search(r"change [+-]\d\.\d\d: (a drop|a gain|within noise)", text)
     assert "calibration slope" in page and "model (95 % CI)" in page and "synthetic-site-b" in page
     for fig in ("roc_pr", "calibration", "km"):
         assert (smoke_run / "figures" / f"06_external_{fig}.png").stat().st_size > 10_000, fig

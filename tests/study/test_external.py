@@ -217,6 +217,37 @@ def test_the_tables_for_the_book():
     comp = external.comparison_table(dev, metrics)
     assert comp.loc[0, "auroc_change"] == pytest.approx(-0.09) and comp.loc[0, "auprc_change"] == pytest.approx(-0.1)
     assert ch06_external.format_comparison(comp).loc["lab_rf", "AUROC change"] == "-0.090"
+    assert "reads as" not in ch06_external.format_comparison(comp)
+    # the development AUROC 0.70 lies inside B's interval 0.52 to 0.70: within noise; above it: a drop
+    assert ch06_external.format_comparison(comp, metrics).loc["lab_rf", "reads as"] == "within noise"
+    assert ch06_external.change_word(0.71, 0.52, 0.70) == "drop" and ch06_external.change_word(0.5, 0.52, 0.7) == "gain"
+    assert ch06_external.change_reading(0.75, 0.52, 0.70) == (
+        "a drop: the development AUROC (0.75) lies above the external 95 % CI (0.52 to 0.70)")
+    assert ch06_external.change_reading(0.6, 0.52, 0.70) == (
+        "within noise: the development AUROC (0.60) lies inside the external 95 % CI (0.52 to 0.70), so this cohort "
+        "cannot tell the two apart")
+
+
+def test_the_external_design_fits_on_every_development_patient_unless_an_inner_part_chooses_the_epoch():
+    from types import SimpleNamespace
+
+    from prrt.learn import ModelSpec
+
+    specs = [ModelSpec("cnn", "03", "PET", lambda seed: None, val_fraction=0.2),
+             ModelSpec("rf", "02", "labs", lambda seed: None), ModelSpec("not_run", "04", "x", lambda seed: None),
+             ModelSpec("skipped", "04", "x", None, reason="no")]
+    smoke = profiles.get_profile("smoke")
+    last = ch06_external.external_specs(specs, {"cnn", "rf", "skipped"}, smoke)
+    assert [(s.name, s.val_fraction, s.permutation_repeats) for s in last] == [("cnn", 0.0, 0), ("rf", 0.0, 0)]
+    stop = ch06_external.external_specs(specs, {"cnn"}, replace(smoke, selection="val_loss"))
+    assert [(s.name, s.val_fraction) for s in stop] == [("cnn", 0.2)]
+    # how many fitted: A's labelled patients with the model's inputs, less an inner validation part
+    splits = pd.DataFrame({"patient": ["A1", "A2", "A3", "A4", "E1", "E2"], "repeat": 0,
+                           "fold": [splits_.TRAINING_ONLY] * 4 + [0, 0]})
+    data = base.ModelData(pd.Series(1.0, index=["A1", "A2", "A3", "A4", "E1", "E2"]))
+    rf = ModelSpec("rf", "02", "labs", lambda seed: None)
+    assert ch06_external.development_fit(rf, data, splits, SimpleNamespace(inner_validation={})) == 4
+    assert ch06_external.development_fit(rf, data, splits, SimpleNamespace(inner_validation={(0, 0): ["A2"]})) == 3
 
 
 def test_the_commands_check_the_second_cohort_before_anything_runs(sites, tmp_path, capsys):
