@@ -6,7 +6,7 @@ What other subpackages may use is listed in ``__all__``; the rest is private to 
 
 from .ablation import ablation_table, modality_ablation
 from .gradcam import display_size, upsample
-from .importance import importance_comparison, permutation_importance
+from .importance import importance_comparison, leaders, permutation_importance
 from .saliency import NULLS, Saliency, compare_with_nulls, image_saliency, summarise_saliency
 from .sanity import REINITIALISED, SIMILAR, sanity_checks, sanity_summary
 
@@ -20,6 +20,7 @@ __all__ = [
     "display_size",
     "image_saliency",
     "importance_comparison",
+    "leaders",
     "modality_ablation",
     "permutation_importance",
     "sanity_checks",

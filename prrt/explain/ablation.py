@@ -4,8 +4,8 @@
 each source (laboratory values, SR-PET with its lesion features, CT; :data:`prrt.learn.SOURCE`) masked
 at inference as if the patients lacked it (the missing-modality path; nothing is refitted).
 :func:`ablation_table` gives each setting's AUROC (mean ± SD over repeats, percentile-bootstrap 95 % CI)
-and its difference from the fusion with every modality, with the splits also the p-value of that
-difference (corrected resampled t-test, :func:`prrt.evaluation.compare_models`).
+and its difference from the fusion with every modality, with the splits also the interval and the p-value of that
+difference (corrected resampled t-test, :func:`prrt.evaluation.compare_models`), Holm-adjusted over the settings.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..evaluation import (
     compare_models,
     fold_test_rows,
     fold_tests,
+    holm,
     per_repeat_metrics,
 )
 from ..learn import SOURCE
@@ -50,8 +51,9 @@ def modality_ablation(models: dict, data, splits: pd.DataFrame, source_names: di
 def ablation_table(predictions: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int = 0,
                    splits: pd.DataFrame | None = None) -> pd.DataFrame:
     """AUROC (mean ± SD over repeats, percentile-bootstrap 95 % CI) of each ablation setting, and its
-    difference from the fusion with every modality; with ``splits``, the p-value of that difference
-    (corrected resampled t-test over the same repeats and folds, :func:`prrt.evaluation.compare_models`)."""
+    difference from the fusion with every modality; with ``splits``, the 95 % interval and the p-value of that
+    difference (corrected resampled t-test over the same repeats and folds, :func:`prrt.evaluation.compare_models`),
+    and the p-values Holm-adjusted over the settings (one family: ``p (Holm)``)."""
     rows = []
     full = predictions["all modalities"]
     for setting, pred in predictions.items():
@@ -60,9 +62,12 @@ def ablation_table(predictions: dict[str, pd.DataFrame], n_boot: int = 1000, see
         row = {"setting": setting, "auroc_mean": m["auroc"].mean(), "auroc_sd": m["auroc"].std(ddof=1),
                "ci_low": lo, "ci_high": hi}
         if splits is not None:
-            row["p, corrected t-test"] = compare_models(pred, full, splits)["p_corrected_t"] \
-                if setting != "all modalities" else np.nan
+            c = compare_models(pred, full, splits) if setting != "all modalities" else {}
+            row.update({"difference CI low": c.get("ci_low", np.nan), "difference CI high": c.get("ci_high", np.nan),
+                        "p, corrected t-test": c.get("p_corrected_t", np.nan)})
         rows.append(row)
     out = pd.DataFrame(rows).set_index("setting")
     out.insert(4, "difference from all modalities", out["auroc_mean"] - out.loc["all modalities", "auroc_mean"])
+    if splits is not None:
+        out["p (Holm)"] = holm(out["p, corrected t-test"])
     return out

@@ -42,15 +42,32 @@ def permutation_importance(models: dict, data, splits: pd.DataFrame, columns: li
     return pd.DataFrame(rows, columns=["repeat", "fold", "feature", "importance"])
 
 
+def leaders(mean: pd.Series, low: pd.Series, high: pd.Series) -> list[str]:
+    """The entries that the intervals set apart at the top: the smallest group of the highest means whose every lower
+    bound lies above every upper bound of the rest (empty when no such group leaves anything out, or without
+    intervals). Within the group nothing is ordered."""
+    order = mean.sort_values(ascending=False).index
+    if low.isna().any() or high.isna().any():
+        return []
+    for k in range(1, len(order)):
+        top, rest = order[:k], order[k:]
+        if low[top].min() > high[rest].max():
+            return list(top)
+    return []
+
+
 def importance_comparison(fusion: pd.DataFrame, forest: pd.DataFrame | None) -> pd.DataFrame:
     """The laboratory values' importance in the fusion beside the Random Forest's (mean ± SD over
-    repeats and folds, and the rank in each), ordered by the fusion's importance."""
-    out = importance_summary(fusion).rename(columns={"mean": "fusion: mean drop in AUROC", "sd": "fusion: SD"})
+    repeats and folds, the 95 % interval across repeats of :func:`prrt.learn.importance_summary`, and the rank of the
+    means in each), ordered by the fusion's importance."""
+    out = importance_summary(fusion).rename(columns={"mean": "fusion: mean drop in AUROC", "sd": "fusion: SD",
+                                                     "ci_low": "fusion: CI low", "ci_high": "fusion: CI high"})
     out["fusion: rank"] = np.arange(1, len(out) + 1)
     if forest is not None and not forest.empty:
         rf = importance_summary(forest[forest["feature"].isin(out.index)])
         out["Random Forest: mean drop in AUROC"] = rf["mean"]
         out["Random Forest: SD"] = rf["sd"]
+        out["Random Forest: CI low"], out["Random Forest: CI high"] = rf["ci_low"], rf["ci_high"]
         out["Random Forest: rank"] = rf["mean"].rank(ascending=False, method="min").reindex(out.index)
     out.index.name = "laboratory value"
     return out

@@ -171,9 +171,20 @@ def table_spec(name: str, chapter: str, inputs: str, columns: list[str] | None, 
 
 
 def importance_summary(imp: pd.DataFrame) -> pd.DataFrame:
-    """Mean and SD of an importance across repeats and folds, most important first."""
+    """Mean and SD of an importance across repeats and folds, most important first, with a 95 % interval of the mean
+    across repeats (``ci_low``, ``ci_high``: a t interval of the repeats' means over their folds; NaN with fewer than
+    two repeats). The repeats share patients, so the interval is narrower than a fresh cohort's would be: read two
+    values as ordered only where their intervals do not overlap."""
+    from scipy import stats
+
     g = imp.groupby("feature")["importance"]
-    return pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1)}).sort_values("mean", ascending=False)
+    out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "ci_low": np.nan, "ci_high": np.nan})
+    if "repeat" in imp and imp["repeat"].nunique() > 1:
+        per = imp.groupby(["feature", "repeat"])["importance"].mean().groupby("feature")
+        n, centre, spread = per.size(), per.mean(), per.std(ddof=1)
+        half = stats.t.ppf(0.975, n - 1) * spread / np.sqrt(n)
+        out["ci_low"], out["ci_high"] = centre - half, centre + half
+    return out.sort_values("mean", ascending=False)
 
 
 # ---- the models of the laboratory / PET-features chapter ------------------------------------------

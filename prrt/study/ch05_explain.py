@@ -45,6 +45,7 @@ from ..explain import (
     display_size,
     image_saliency,
     importance_comparison,
+    leaders,
     modality_ablation,
     permutation_importance,
     sanity_checks,
@@ -87,14 +88,17 @@ def pretrained_ct_state(ctx, ran: set[str], ct_weights: str = "", ct_weights_pre
 
 
 def format_importance(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`importance_comparison` for the page: drops in AUROC as mean ± SD, and the ranks."""
+    """:func:`importance_comparison` for the page: drops in AUROC as mean [95 % interval across repeats], and the
+    ranks of the means."""
+    def drop(model):
+        return [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(
+            table[f"{model}: mean drop in AUROC"], table[f"{model}: CI low"], table[f"{model}: CI high"])]
+
     out = pd.DataFrame(index=table.index)
-    out["fusion: drop in AUROC"] = [f"{m:.3f} ± {s:.3f}" for m, s in
-                                    zip(table["fusion: mean drop in AUROC"], table["fusion: SD"])]
+    out["fusion: drop in AUROC [95 % CI]"] = drop("fusion")
     out["fusion: rank"] = table["fusion: rank"].astype(int)
     if "Random Forest: rank" in table.columns:
-        out["Random Forest: drop in AUROC"] = [f"{m:.3f} ± {s:.3f}" for m, s in
-                                               zip(table["Random Forest: mean drop in AUROC"], table["Random Forest: SD"])]
+        out["Random Forest: drop in AUROC [95 % CI]"] = drop("Random Forest")
         out["Random Forest: rank"] = table["Random Forest: rank"].astype("Int64")
     return out
 
@@ -239,30 +243,58 @@ def sanity_text(table: pd.DataFrame, aurocs: dict) -> str:
             + "; ".join(parts) + ".")
 
 
+def _named(names) -> str:
+    names = [f"`{n}`" for n in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _lead(table: pd.DataFrame, model: str) -> str:
+    """Which values the intervals of ``model`` (``fusion`` or ``Random Forest``) set apart at the top, in words."""
+    top = leaders(table[f"{model}: mean drop in AUROC"], table[f"{model}: CI low"], table[f"{model}: CI high"])
+    best = table[f"{model}: mean drop in AUROC"].idxmax()
+    if not top:
+        return (f"the largest mean drop in AUROC was `{best}`'s, but its 95 % interval overlaps the next value's, so "
+                "no laboratory value stands apart")
+    return (f"{_named(top)} {'stands' if len(top) == 1 else 'stand'} apart: {'its' if len(top) == 1 else 'their'} "
+            "95 % interval lies above every other value's" + ("" if len(top) == 1 else
+                                                             " (their order among themselves is not separated)"))
+
+
 def importance_text(table: pd.DataFrame) -> str:
-    """Which laboratory values lead inside the fusion and in the Random Forest (Markdown)."""
+    """Which laboratory values the intervals set apart inside the fusion and in the Random Forest (Markdown):
+    values are ordered only where their 95 % intervals across repeats do not overlap
+    (:func:`prrt.explain.leaders`)."""
     if table.empty:
         return "No laboratory value reached the fusion in this run."
-    top = list(table.index[:2])
-    out = f"Inside the fusion the laboratory values with the largest drop in AUROC were {' and '.join(f'`{t}`' for t in top)}"
+    out = f"Inside the fusion, {_lead(table, 'fusion')}"
     if "Random Forest: rank" in table.columns:
-        rf_top = list(table["Random Forest: rank"].sort_values().index[:2])
-        same = set(top) == set(rf_top)
-        out += (f"; in the Random Forest of chapter 2, {' and '.join(f'`{t}`' for t in rf_top)}"
-                + (" (the same two)" if same else ""))
+        out += f"; in the Random Forest of chapter 2, {_lead(table, 'Random Forest')}"
     return out + "."
 
 
 def ablation_text(table: pd.DataFrame) -> str:
-    """The modality ablation in words (Markdown)."""
+    """The modality ablation in words (Markdown): each setting's AUROC, its difference from the fusion with every
+    modality (with its 95 % interval and Holm-adjusted p where the splits gave them), and which hidden source cost
+    the most only where the differences' intervals set it apart."""
     full = table.loc["all modalities"]
     parts = [f"with every modality the fusion reached a test-fold AUROC of {full['auroc_mean']:.2f} "
              f"(95 % CI {full['ci_low']:.2f}–{full['ci_high']:.2f})"]
-    for setting, r in table.drop(index="all modalities").iterrows():
-        p = f", p {p_phrase(r['p, corrected t-test'])}" if "p, corrected t-test" in table.columns else ""
-        parts.append(f"{setting} {r['auroc_mean']:.2f} ({r['difference from all modalities']:+.2f}{p})")
-    worst = table.drop(index="all modalities")["difference from all modalities"].idxmin()
-    return "; ".join(parts) + f". Hiding the {worst.removeprefix('without ')} cost the most."
+    rest = table.drop(index="all modalities")
+    paired = "p (Holm)" in table.columns
+    for setting, r in rest.iterrows():
+        extra = (f", 95 % CI {r['difference CI low']:+.2f} to {r['difference CI high']:+.2f}, Holm-adjusted p "
+                 f"{p_phrase(r['p (Holm)'])}" if paired else "")
+        parts.append(f"{setting} {r['auroc_mean']:.2f} ({r['difference from all modalities']:+.2f}{extra})")
+    out = "; ".join(parts) + "."
+    if len(rest) < 2:
+        return out
+    if not paired:
+        return out + " Without paired intervals the settings are not ordered."
+    # the largest loss, named only where its interval lies below every other setting's
+    top = leaders(-rest["difference from all modalities"], -rest["difference CI high"], -rest["difference CI low"])
+    if len(top) == 1:
+        return out + f" Hiding the {top[0].removeprefix('without ')} cost the most: its interval lies below the others'."
+    return out + " The differences' intervals overlap, so no hidden source can be said to cost the most."
 
 
 # ---- the chapter's steps -----------------------------------------------------------------------------

@@ -132,11 +132,16 @@ def roc_pr_curves(predictions: dict, prevalence: float | None = None):
 
 
 def importance_plot(summary, title: str, xlabel: str, ax=None, color: str = "tab:blue"):
-    """Horizontal bars of mean importance with SD error bars (``summary`` from importance_summary)."""
+    """Horizontal bars of mean importance with error bars (``summary`` from importance_summary): the 95 % interval
+    across repeats where it has one, else the SD."""
     s = summary.iloc[::-1]
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 0.35 * len(s) + 1.2))
-    ax.barh(s.index, s["mean"], xerr=s["sd"], color=color, alpha=0.8, capsize=2)
+    if "ci_low" in s and s["ci_low"].notna().all():
+        err = np.vstack([s["mean"] - s["ci_low"], s["ci_high"] - s["mean"]]).clip(min=0)
+    else:
+        err = s["sd"]
+    ax.barh(s.index, s["mean"], xerr=err, color=color, alpha=0.8, capsize=2)
     ax.axvline(0, color="k", lw=0.8)
     ax.set(title=title, xlabel=xlabel)
     ax.figure.tight_layout()
@@ -426,8 +431,9 @@ def importance_side_by_side(table):
     fig, axes = plt.subplots(1, len(panels), figsize=(11 if len(panels) > 1 else 6, 0.35 * len(table) + 1.4),
                              squeeze=False, sharey=True)
     for ax, (who, title, color) in zip(axes[0], panels):
-        summary = table[[f"{who}: mean drop in AUROC", f"{who}: SD"]].set_axis(["mean", "sd"], axis=1)
-        importance_plot(summary, title, "drop in AUROC (held-out folds)", ax=ax, color=color)
+        summary = table[[f"{who}: mean drop in AUROC", f"{who}: SD", f"{who}: CI low", f"{who}: CI high"]].set_axis(
+            ["mean", "sd", "ci_low", "ci_high"], axis=1)
+        importance_plot(summary, title, "drop in AUROC (held-out folds; 95 % interval)", ax=ax, color=color)
     return fig
 
 

@@ -297,8 +297,16 @@ def test_masking_a_modality_at_inference_is_the_missing_modality_path(fitted):
     assert np.isnan(table.loc["all modalities", "p, corrected t-test"])
     from prrt.evaluation.comparison import compare_models
 
-    assert table.loc["without CT", "p, corrected t-test"] == compare_models(ab["without CT"], ab["all modalities"],
-                                                                            s)["p_corrected_t"]
+    c = compare_models(ab["without CT"], ab["all modalities"], s)
+    assert table.loc["without CT", "p, corrected t-test"] == c["p_corrected_t"]
+    assert (table.loc["without CT", "difference CI low"], table.loc["without CT", "difference CI high"]) == (
+        c["ci_low"], c["ci_high"])
+    # Holm over the three hidden sources (one family)
+    from statsmodels.stats.multitest import multipletests
+
+    p = table["p, corrected t-test"].iloc[1:].to_numpy()
+    np.testing.assert_allclose(table["p (Holm)"].iloc[1:], multipletests(p, method="holm")[1])
+    assert np.isnan(table.loc["all modalities", "p (Holm)"])
     assert "p, corrected t-test" not in ablation.ablation_table(ab, n_boot=50, seed=0)
     assert (table["ci_low"] <= table["auroc_mean"] + 0.05).all() and (table["ci_high"] >= table["ci_low"]).all()
     # the labs carry the signal here: without them the fusion is worse
@@ -306,16 +314,31 @@ def test_masking_a_modality_at_inference_is_the_missing_modality_path(fitted):
 
 
 def test_importance_comparison_ranks_both_models():
-    fus = pd.DataFrame({"feature": ["a", "b", "a", "b"], "importance": [0.1, 0.0, 0.2, 0.02]})
-    rf = pd.DataFrame({"feature": ["a", "b", "c"], "importance": [0.0, 0.1, 0.5]})
+    fus = pd.DataFrame({"repeat": [0, 0, 1, 1], "feature": ["a", "b", "a", "b"], "importance": [0.1, 0.0, 0.2, 0.02]})
+    rf = pd.DataFrame({"repeat": [0, 0, 0], "feature": ["a", "b", "c"], "importance": [0.0, 0.1, 0.5]})
     t = importance.importance_comparison(fus, rf)
     assert list(t.index) == ["a", "b"] and list(t["fusion: rank"]) == [1, 2]
     assert list(t["Random Forest: rank"]) == [2, 1]  # only the fusion's columns are ranked
     assert "Random Forest: rank" not in importance.importance_comparison(fus, None)
     shown = ch05_explain.format_importance(t)
-    assert shown.loc["a", "fusion: drop in AUROC"] == "0.150 ± 0.071" and shown.loc["b", "Random Forest: rank"] == 1
+    # two repeats of 0.1 and 0.2: mean 0.15, t interval 0.15 ± 12.706 × 0.0707 / √2 = 0.15 ± 0.635
+    assert shown.loc["a", "fusion: drop in AUROC [95 % CI]"] == "0.150 [-0.485, 0.785]"
+    assert shown.loc["b", "Random Forest: rank"] == 1
+    assert shown.loc["a", "Random Forest: drop in AUROC [95 % CI]"] == "0.000 [nan, nan]"  # one repeat: no interval
     assert list(ch05_explain.format_importance(importance.importance_comparison(fus, None)).columns) == [
-        "fusion: drop in AUROC", "fusion: rank"]
+        "fusion: drop in AUROC [95 % CI]", "fusion: rank"]
+
+
+def test_only_what_the_intervals_separate_is_ordered():
+    mean = pd.Series({"a": 0.30, "b": 0.25, "c": 0.05, "d": 0.0})
+    low, high = mean - 0.03, mean + 0.03
+    assert importance.leaders(mean, low, high) == ["a", "b"]  # a and b overlap; together they lie above c and d
+    assert importance.leaders(mean, low.where(mean.index != "b", 0.0), high) == []  # b's interval reaches c's
+    sep = pd.Series({"a": 0.30, "b": 0.10, "c": 0.08, "d": 0.0})
+    assert importance.leaders(sep, sep - 0.03, sep + 0.03) == ["a"]
+    pair = pd.Series({"a": 0.30, "b": 0.28, "c": 0.05, "d": 0.0})
+    assert importance.leaders(pair, pair - 0.03, pair + 0.03) == ["a", "b"]
+    assert importance.leaders(sep, sep * np.nan, sep) == []  # no intervals: no order
 
 
 def test_risk_tertiles():
@@ -430,18 +453,36 @@ def test_the_page_s_sentences_come_from_the_tables():
         "In this run: `pet_cnn`: 12.3 % of the map's mass in the lesion mask against 2.0 % by chance (more than chance; "
         "Wilcoxon p = 0.001), and its maximum inside the mask in 50.0 % of 8 maps; `ct_cnn`: no map could be checked "
         "(no patient has a lesion in the mask, or the network's input has no mask channel).")
-    imp = importance.importance_comparison(pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.3, 0.2, 0.1]}),
-                                        pd.DataFrame({"feature": ["ggt", "cga", "alp"], "importance": [0.1, 0.3, 0.2]}))
-    assert ch05_explain.importance_text(imp) == ("Inside the fusion the laboratory values with the largest drop in AUROC "
-                                            "were `ggt` and `cga`; in the Random Forest of chapter 2, `cga` and `alp`.")
+    def imp_rows(values):  # three repeats of each feature, nearly equal
+        return pd.DataFrame([{"repeat": r, "feature": f, "importance": v + 0.001 * r}
+                             for f, v in values.items() for r in range(3)])
+
+    imp = importance.importance_comparison(imp_rows({"ggt": 0.3, "cga": 0.2, "alp": 0.1}),
+                                           imp_rows({"ggt": 0.1, "cga": 0.1005, "alp": 0.0}))
+    assert ch05_explain.importance_text(imp) == (
+        "Inside the fusion, `ggt` stands apart: its 95 % interval lies above every other value's; in the Random Forest "
+        "of chapter 2, `cga` and `ggt` stand apart: their 95 % interval lies above every other value's (their order "
+        "among themselves is not separated).")
+    noisy = importance.importance_comparison(pd.DataFrame({"repeat": [0, 1, 0, 1], "feature": ["a", "a", "b", "b"],
+                                                           "importance": [0.3, 0.0, 0.2, 0.05]}), None)
+    assert ch05_explain.importance_text(noisy) == (
+        "Inside the fusion, the largest mean drop in AUROC was `a`'s, but its 95 % interval overlaps the next value's, "
+        "so no laboratory value stands apart.")
     ab = pd.DataFrame({"auroc_mean": [0.8, 0.7, 0.75], "ci_low": [0.7, 0.6, 0.65], "ci_high": [0.9, 0.8, 0.85]},
                       index=["all modalities", "without SR-PET", "without CT"])
     ab["difference from all modalities"] = ab["auroc_mean"] - 0.8
     assert ch05_explain.ablation_text(ab) == ("with every modality the fusion reached a test-fold AUROC of 0.80 (95 % CI "
-                                         "0.70–0.90); without SR-PET 0.70 (-0.10); without CT 0.75 (-0.05). Hiding the "
-                                         "SR-PET cost the most.")
-    ab["p, corrected t-test"] = [np.nan, 0.0004, 0.2]
-    assert "without SR-PET 0.70 (-0.10, p <0.001); without CT 0.75 (-0.05, p = 0.200)" in ch05_explain.ablation_text(ab)
+                                         "0.70–0.90); without SR-PET 0.70 (-0.10); without CT 0.75 (-0.05). Without "
+                                         "paired intervals the settings are not ordered.")
+    ab["difference CI low"], ab["difference CI high"] = [np.nan, -0.15, -0.08], [np.nan, -0.05, -0.02]
+    ab["p, corrected t-test"], ab["p (Holm)"] = [np.nan, 0.0004, 0.2], [np.nan, 0.0008, 0.2]
+    text = ch05_explain.ablation_text(ab)
+    assert ("without SR-PET 0.70 (-0.10, 95 % CI -0.15 to -0.05, Holm-adjusted p <0.001); without CT 0.75 (-0.05, "
+            "95 % CI -0.08 to -0.02, Holm-adjusted p = 0.200)") in text
+    assert text.endswith("The differences' intervals overlap, so no hidden source can be said to cost the most.")
+    ab.loc["without CT", ["difference CI low", "difference CI high"]] = [-0.04, 0.01]
+    assert ch05_explain.ablation_text(ab).endswith("Hiding the SR-PET cost the most: its interval lies below the "
+                                                   "others'.")
 
 
 def test_example_patients_by_role():
