@@ -278,13 +278,26 @@ def test_chapter_05_checks_its_explanations_with_numbers_from_the_run(smoke_run)
     page = (smoke_run / "book" / "notebooks" / "05_explainability.html").read_text()
     text = re.sub(r"<[^>]+>", "", page)
     hits = sal[sal["model"] == "pet_cnn"].dropna(subset=["mass_in_mask"])["pointing_hit"].mean()
-    assert re.search(rf"pet_cnn: \d+ % of the map.s mass in the lesion mask against \d+ % by chance .{{0,80}}and its "
-                     rf"maximum inside the mask in {100 * hits:.0f} %", text), "glued saliency numbers missing"
+    assert re.search(rf"pet_cnn: \d+\.\d % of the map.s mass in the lesion mask against \d+\.\d % by chance .{{0,80}}and "
+                     rf"its maximum inside the mask in {100 * hits:.1f} %", text), "glued saliency numbers missing"
+    # the nulls: both for every patient the trained maps scored, a verdict against each on the page
+    nulls = pd.read_csv(smoke_run / "results" / "05_saliency_nulls.csv")
+    assert set(nulls["null"]) == {"randomised weights", "data-free blob"}
+    for null, g in nulls.groupby("null"):
+        assert sorted(g["patient"]) == sorted(sal["patient"]), null
+    assert re.search(r"against the nulls, the randomised weights map \(\d+\.\d %\): (beats|does not beat) the null, "
+                     r"the data-free blob map \(\d+\.\d %\): (beats|does not beat) the null", text)
+    assert "mass in mask: model vs null" in page and "p mass (Holm)" in page
     full = ablation.loc["all modalities"]
     assert f"test-fold AUROC of {full['auroc_mean']:.2f} (95 % CI {full['ci_low']:.2f}–{full['ci_high']:.2f})" in text
-    assert "Inside the fusion the laboratory values with the largest drop in AUROC were" in text
+    assert "p (Holm)" in ablation.columns and "Holm-adjusted p" in text
+    assert "Inside the fusion, " in text and ("stand apart" in text or "stands apart" in text)
     assert "in the Random Forest of chapter 2" in text  # chapter 02 wrote its importance
-    assert "median rank correlation" in text and "log-rank test over the three groups" in text
+    # the sanity checks: similarity without its sign, and SSIM
+    assert "median absolute rank correlation" in text and "SSIM" in text
+    cascade = pd.read_csv(smoke_run / "results" / "05_model_randomisation.csv")
+    assert (cascade["abs_rank_correlation"] == cascade["rank_correlation"].abs()).all() and cascade["ssim"].notna().all()
+    assert "log-rank test over the three groups" in text
 
 
 @pytest.mark.slow
