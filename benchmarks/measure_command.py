@@ -42,15 +42,24 @@ def _tree_rss_bytes(root: int) -> int:
     return total
 
 
-def measure(cmd: list[str], interval_s: float = 0.2) -> dict:
+def measure(cmd: list[str], interval_s: float = 0.2, cwd=None) -> dict:
+    """Wall time, peak memory of the process tree, and the CPU time (user + system) of the command and every
+    descendant that was waited for, with the mean number of busy cores (CPU time / wall time)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, cwd=cwd)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _tree_rss_bytes(proc.pid))
         time.sleep(interval_s)
-    return {"command": " ".join(cmd), "exit_code": proc.returncode,
-            "wall_time_s": round(time.perf_counter() - t0, 1), "peak_tree_rss_mib": round(peak / 2**20)}
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"command": " ".join(cmd), "exit_code": proc.returncode, "wall_time_s": round(wall, 1),
+            "peak_tree_rss_mib": round(peak / 2**20), "cpu_time_s": round(cpu, 1),
+            "cores_busy": round(cpu / wall, 2) if wall > 0 else 0.0}
 
 
 def main(argv: list[str]) -> int:
@@ -61,7 +70,8 @@ def main(argv: list[str]) -> int:
         return 2
     r = measure(argv)
     print(f"command: {r['command']}\nexit code: {r['exit_code']}\nwall time: {r['wall_time_s']} s\n"
-          f"peak memory (process tree RSS): {r['peak_tree_rss_mib']} MiB")
+          f"peak memory (process tree RSS): {r['peak_tree_rss_mib']} MiB\n"
+          f"CPU time: {r['cpu_time_s']} s, {r['cores_busy']} cores busy on average")
     return r["exit_code"]
 
 

@@ -324,7 +324,8 @@ def reliability(cohort, run_dir, summary: pd.DataFrame) -> tuple[dict, dict] | N
 def calibration_text(summary: pd.DataFrame) -> str:
     """A sentence on the calibration of :func:`calibration_models`: each one's calibration slope (mean over the
     repeats; 1 when the predictions spread as the outcomes do, below 1 when they are too extreme, above 1 when too
-    timid), calibration-in-the-large (0 when the mean risk is right, below 0 when it is too high) and Brier score."""
+    timid, at or below 0 when the probabilities do not rise with the outcome), calibration-in-the-large (0 when the
+    mean risk is right, below 0 when it is too high) and Brier score."""
     models = calibration_models(summary)
     if not models:
         return "None of the models of the reliability plot ran for this manifest."
@@ -332,7 +333,9 @@ def calibration_text(summary: pd.DataFrame) -> str:
 
     def reading(slope):
         if pd.isna(slope):
-            return "no slope (its predictions do not vary)"
+            return "no slope (its predictions do not vary, or separate the classes)"
+        if slope <= 0:
+            return "its probabilities do not rise with the outcome"
         return ("too extreme" if slope < 0.8 else "too timid" if slope > 1.25 else "close to the outcomes' spread")
 
     parts = [f"`{m}`: slope {num(rows.loc[m].get('calibration_slope'), 2)} ({reading(rows.loc[m].get('calibration_slope'))}), "

@@ -253,8 +253,8 @@ def _lead(table: pd.DataFrame, model: str) -> str:
     top = leaders(table[f"{model}: mean drop in AUROC"], table[f"{model}: CI low"], table[f"{model}: CI high"])
     best = table[f"{model}: mean drop in AUROC"].idxmax()
     if not top:
-        return (f"the largest mean drop in AUROC was `{best}`'s, but its 95 % interval overlaps the next value's, so "
-                "no laboratory value stands apart")
+        return (f"the largest mean drop in AUROC was that of `{best}`, but its 95 % interval overlaps the next value's, "
+                "so no laboratory value stands apart")
     return (f"{_named(top)} {'stands' if len(top) == 1 else 'stand'} apart: {'its' if len(top) == 1 else 'their'} "
             "95 % interval lies above every other value's" + ("" if len(top) == 1 else
                                                              " (their order among themselves is not separated)"))

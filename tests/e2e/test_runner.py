@@ -449,7 +449,12 @@ def test_external_validation_predicts_the_second_site_with_the_frozen_models(smo
     page = (smoke_run / "book" / "notebooks" / "06_external_validation.html").read_text()
     head = metrics.set_index("model").loc["lab_pet_ct_fusion"]
     text = re.sub(r"<[^>]+>", "", page)
-    assert f"reached an AUROC of {head['auroc']:.2f} (95 % CI {head['auroc_ci_low']:.2f}" in text
+    # the page's two decimals of the file's numbers (a value at a rounding edge, 0.185, may read either way once the
+    # file has stored it)
+    shown = re.search(r"reached an AUROC of (\d\.\d\d) \(95 % CI (-?\d\.\d\d)", text)
+    assert shown, "the headline sentence is missing"
+    assert abs(float(shown[1]) - head["auroc"]) <= 0.005 + 1e-9
+    assert abs(float(shown[2]) - head["auroc_ci_low"]) <= 0.005 + 1e-9
     # every labelled patient of A fitted the development models: the smoke profile's inner validation part (20 %)
     # chooses nothing with the last epoch kept, so the external design draws none
     n_a = int((splits["fold"] == -1).sum())

@@ -466,8 +466,8 @@ def test_the_page_s_sentences_come_from_the_tables():
     noisy = importance.importance_comparison(pd.DataFrame({"repeat": [0, 1, 0, 1], "feature": ["a", "a", "b", "b"],
                                                            "importance": [0.3, 0.0, 0.2, 0.05]}), None)
     assert ch05_explain.importance_text(noisy) == (
-        "Inside the fusion, the largest mean drop in AUROC was `a`'s, but its 95 % interval overlaps the next value's, "
-        "so no laboratory value stands apart.")
+        "Inside the fusion, the largest mean drop in AUROC was that of `a`, but its 95 % interval overlaps the next "
+        "value's, so no laboratory value stands apart.")
     ab = pd.DataFrame({"auroc_mean": [0.8, 0.7, 0.75], "ci_low": [0.7, 0.6, 0.65], "ci_high": [0.9, 0.8, 0.85]},
                       index=["all modalities", "without SR-PET", "without CT"])
     ab["difference from all modalities"] = ab["auroc_mean"] - 0.8

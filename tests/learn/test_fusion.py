@@ -263,6 +263,9 @@ def test_the_reliability_plot_shows_the_fusion_its_control_and_the_best_model_wi
         "slope 1.40 (too timid), calibration-in-the-large 0.20, Brier 0.200; `lab_petfeatures_net`: slope 0.95 (close "
         "to the outcomes' spread), calibration-in-the-large 0.05, Brier 0.200; `pet_features_logreg`: slope 0.61 (too "
         "extreme), calibration-in-the-large -0.10, Brier 0.200.")
+    summary.loc[summary["model"] == ch04_fusion.HEADLINE, "calibration_slope"] = -0.07
+    assert "`lab_pet_ct_fusion`: slope -0.07 (its probabilities do not rise with the outcome)" in (
+        ch04_comparison.calibration_text(summary))
     # the control is also the best model without a CNN: named once; nothing ran: a sentence
     summary.loc[summary["model"] == ch04_fusion.CONTROL, "auroc_mean"] = 0.8
     assert ch04_comparison.calibration_models(summary) == [ch04_fusion.HEADLINE, ch04_fusion.CONTROL]
