@@ -187,8 +187,9 @@ def _compared(summary: pd.DataFrame) -> pd.DataFrame:
 
 def compact_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     """The chapter's table read at a glance: every model of chapters 02-04 that ran, best first, with its sources
-    in a few words, AUROC ± SD, AUPRC, Brier score, calibration slope and the Holm-adjusted p of its paired test against the fusion
-    (``–`` where there is none). :func:`prrt.study.notebook.compact_view` shows it."""
+    in a few words, AUROC ± SD, AUPRC, Brier score and the Holm-adjusted p of its paired test against the fusion
+    (``–`` where there is none). :func:`prrt.study.notebook.compact_view` shows it. (The calibration slope is in the
+    summary tables and the calibration section: one more column would not fit the book's text column.)"""
     rows = _compared(summary).sort_values("auroc_mean", ascending=False)
     p = {} if comparisons.empty else comparisons[comparisons["model"] == HEADLINE].set_index("versus")["p_holm"]
     return pd.DataFrame({
@@ -196,7 +197,6 @@ def compact_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFr
         "AUROC": [f"{m:.2f} ± {s:.2f}" for m, s in zip(rows["auroc_mean"], rows["auroc_sd"])],
         "AUPRC": [f"{m:.2f}" for m in rows["auprc_mean"]],
         "Brier": [f"{m:.3f}" for m in rows["brier_mean"]],
-        "slope": [num(m, 2) for m in rows.get("calibration_slope", pd.Series(float("nan"), index=rows.index))],
         "p (Holm)": [format_p(p[m]) if m in p else "–" for m in rows["model"]],
     }, index=pd.Index(rows["model"], name="model"))
 

@@ -236,11 +236,8 @@ def test_the_compact_table_and_the_forest_rows():
                                 "p_holm": [0.0004, 0.21]}, index=["a", "b"])
     table = ch04_comparison.compact_table(summary, comparisons)
     assert list(table.index) == [ch04_fusion.HEADLINE, ch04_fusion.CONTROL, "lab_rf_with_cycles", "lab_rf"]
-    assert list(table.columns) == ["sources", "AUROC", "AUPRC", "Brier", "slope", "p (Holm)"]
-    assert table.loc[ch04_fusion.HEADLINE].tolist() == ["labs + PET + CT (fusion)", "0.83 ± 0.03", "0.63", "0.200", "–",
-                                                        "–"]  # no slope in this summary
-    sloped = ch04_comparison.compact_table(summary.assign(calibration_slope=0.876), comparisons)
-    assert sloped.loc["lab_rf", "slope"] == "0.88"
+    assert list(table.columns) == ["sources", "AUROC", "AUPRC", "Brier", "p (Holm)"]
+    assert table.loc[ch04_fusion.HEADLINE].tolist() == ["labs + PET + CT (fusion)", "0.83 ± 0.03", "0.63", "0.200", "–"]
     assert table.loc["lab_rf", "p (Holm)"] == "<0.001" and table.loc[ch04_fusion.CONTROL].iloc[-1] == "0.210"
     assert table.loc["lab_rf_with_cycles", "p (Holm)"] == "–"
     rows = ch04_comparison.forest_rows(summary, {"lab": 0.69, "lab_pet_ct": 0.93, "lab_pet_features": 0.83})
