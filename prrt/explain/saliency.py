@@ -15,7 +15,8 @@ data-free map, the same for every test patient of a fold: a Gaussian blob with t
 the lesion voxels' positions in the fold's training patients (:func:`lesion_blob`).
 :func:`compare_with_nulls` tests each model against each null, one pair per patient (one-sided Wilcoxon
 signed-rank tests of the mass in the mask and of the pointing hits, Holm-adjusted over the table); the
-verdict is "beats the null" only when the adjusted test of the mass says so.
+verdict (:func:`verdict`) is "beats the null" only when both adjusted tests say so, and names the one that does
+otherwise.
 
 :func:`image_saliency` makes the maps of every test-fold patient with the fold model that predicted them
 (restored from the run's checkpoints, :func:`prrt.learn.restore_fold_models`), their nulls and their
@@ -114,8 +115,7 @@ def compare_with_nulls(metrics: pd.DataFrame, nulls: pd.DataFrame) -> pd.DataFra
     Per patient the mean over the repeats (which map the same patients again); the model's mass in the mask and its
     pointing hits against the null's, by one-sided Wilcoxon signed-rank tests of the per-patient differences
     (``p (mass > null)``, ``p (hits > null)``; none with fewer than 5 patients or no difference), Holm-adjusted over
-    every test of the table (``..., Holm``). ``verdict``: "beats the null" when the adjusted test of the mass is below
-    0.05, "does not beat the null" otherwise, "untested" without a test."""
+    every test of the table (``..., Holm``), and the :func:`verdict` of the two."""
     from scipy.stats import wilcoxon
 
     def test(diff):
@@ -138,9 +138,19 @@ def compare_with_nulls(metrics: pd.DataFrame, nulls: pd.DataFrame) -> pd.DataFra
     adjusted = holm(pd.concat([out["p (mass > null)"], out["p (hits > null)"]], ignore_index=True).astype(float))
     out["p (mass > null), Holm"] = adjusted.iloc[:len(out)].to_numpy()
     out["p (hits > null), Holm"] = adjusted.iloc[len(out):].to_numpy()
-    out["verdict"] = ["untested" if np.isnan(q) else "beats the null" if q < 0.05 else "does not beat the null"
-                      for q in out["p (mass > null), Holm"]]
+    out["verdict"] = [verdict(m, h) for m, h in zip(out["p (mass > null), Holm"], out["p (hits > null), Holm"])]
     return out
+
+
+def verdict(p_mass: float, p_hits: float, level: float = 0.05) -> str:
+    """A model against a null from the two adjusted p-values: "beats the null" when both the mass in the mask and the
+    pointing hits beat it, "beats it on the pointing game only" / "on the mass only" when one does, "does not beat the
+    null" when neither does, "untested" when neither could be tested."""
+    if np.isnan(p_mass) and np.isnan(p_hits):
+        return "untested"
+    mass, hits = (not np.isnan(p) and p < level for p in (p_mass, p_hits))
+    return ("beats the null" if mass and hits else "beats it on the mass only" if mass else
+            "beats it on the pointing game only" if hits else "does not beat the null")
 
 
 @dataclass

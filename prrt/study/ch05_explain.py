@@ -219,9 +219,10 @@ def saliency_text(summary: pd.DataFrame, nulls: pd.DataFrame | None = None) -> s
         if both:
             out += " " + ", ".join(f"`{m}`" for m in both) + (" beats" if len(both) == 1 else " beat") + " both nulls."
         if rest:
-            out += (" The maps of " + ", ".join(f"`{m}`" for m in rest) + " do not beat both nulls: they say no more "
-                    "about where the lesions are than a map that only knows where lesions usually sit in the crop, or "
-                    "than the same network untrained.")
+            out += (" The maps of " + ", ".join(f"`{m}`" for m in rest) + " do not beat both nulls on both measures: "
+                    "where a verdict names one measure, only that one sets them apart from the null, and where it "
+                    "names none, they say no more about where the lesions are than that null (a map that only knows "
+                    "where lesions usually sit in the crop, or the same network untrained).")
     return out
 
 
@@ -345,21 +346,19 @@ def saliency_against_nulls(saliency: Saliency | None) -> pd.DataFrame:
 
 
 def format_nulls(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`saliency_against_nulls` for the page: the model's share beside the null's, the Holm-adjusted p-values
-    and the verdict."""
+    """:func:`saliency_against_nulls` for the page, narrow enough for the text column: the model's share beside the
+    null's (per cent), the Holm-adjusted p-values of the mass and of the pointing hits, and the verdict."""
     def pair(a, b):
-        return f"{_pct(a)} vs {_pct(b)}"
+        return f"{100 * a:.1f} vs {100 * b:.1f}"
 
     def p(v):
         return format_p(v) if np.isfinite(v) else "–"
 
     return pd.DataFrame({
-        "patients": table["patients"].to_numpy(),
-        "mass in mask: model vs null": [pair(a, b) for a, b in zip(table["mass in mask"], table["null: mass in mask"])],
-        "pointing hits: model vs null": [pair(a, b) for a, b in zip(table["pointing hits"],
-                                                                     table["null: pointing hits"])],
-        "p mass (Holm)": [p(v) for v in table["p (mass > null), Holm"]],
-        "p hits (Holm)": [p(v) for v in table["p (hits > null), Holm"]],
+        "mass in mask, %": [pair(a, b) for a, b in zip(table["mass in mask"], table["null: mass in mask"])],
+        "pointing hits, %": [pair(a, b) for a, b in zip(table["pointing hits"], table["null: pointing hits"])],
+        "p (Holm): mass, hits": [f"{p(a)}, {p(b)}" for a, b in zip(table["p (mass > null), Holm"],
+                                                                  table["p (hits > null), Holm"])],
         "verdict": table["verdict"].to_numpy(),
     }, index=pd.MultiIndex.from_frame(table[["model", "null"]]))
 

@@ -259,7 +259,8 @@ def test_image_saliency_and_sanity_checks_run_over_every_test_fold(fitted):
         pd.testing.assert_frame_equal(g[["model", "repeat", "fold", "patient"]].reset_index(drop=True),
                                       m[["model", "repeat", "fold", "patient"]].reset_index(drop=True))
     table = saliency.compare_with_nulls(m, nulls)
-    assert len(table) == 4 and set(table["verdict"]) <= {"beats the null", "does not beat the null", "untested"}
+    assert len(table) == 4 and set(table["verdict"]) <= {"beats the null", "does not beat the null", "untested",
+                                                         "beats it on the mass only", "beats it on the pointing game only"}
 
 
 # ---- the fusion: importance, ablation ------------------------------------------------------------
@@ -572,11 +573,15 @@ def test_the_page_reads_the_verdict_against_the_nulls():
     assert ("`pet_cnn`: 7.7 % of the map's mass in the lesion mask against 2.0 % by chance (more than chance; Wilcoxon "
             "p = 0.001), and its maximum inside the mask in 19.1 % of 8 maps; against the nulls, the randomised weights "
             "map (5.0 %): beats the null, the data-free blob map (8.2 %): does not beat the null;") in text
-    assert text.endswith("`ct_cnn_pretrained` beats both nulls. The maps of `pet_cnn` do not beat both nulls: they say "
-                         "no more about where the lesions are than a map that only knows where lesions usually sit in "
-                         "the crop, or than the same network untrained.")
+    assert text.endswith("`ct_cnn_pretrained` beats both nulls. The maps of `pet_cnn` do not beat both nulls on both "
+                         "measures: where a verdict names one measure, only that one sets them apart from the null, and "
+                         "where it names none, they say no more about where the lesions are than that null (a map that "
+                         "only knows where lesions usually sit in the crop, or the same network untrained).")
     assert "against the nulls" not in ch05_explain.saliency_text(summary)  # a run without a mask channel
     page = ch05_explain.format_nulls(nulls)
-    assert page.loc[("pet_cnn", saliency.BLOB)].tolist() == [8, "7.7 % vs 8.2 %", "19.1 % vs 16.9 %", "0.900", "0.700",
+    assert page.loc[("pet_cnn", saliency.BLOB)].tolist() == ["7.7 vs 8.2", "19.1 vs 16.9", "0.900, 0.700",
                                                             "does not beat the null"]
+    assert [saliency.verdict(*p) for p in [(0.01, 0.02), (0.01, 0.2), (0.2, 0.01), (0.2, np.nan), (np.nan, np.nan)]] == [
+        "beats the null", "beats it on the mass only", "beats it on the pointing game only", "does not beat the null",
+        "untested"]
     assert ch05_explain.saliency_against_nulls(None).empty
