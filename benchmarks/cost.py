@@ -52,11 +52,11 @@ def cost_markdown(record: dict) -> str:
     cores busy on average and the peak memory, with the machine and the date."""
     m = record["machine"]
     ref = record["reference_s"]
-    lines = [f"Measured on {record['date']} by `benchmarks/cost.py` from a fresh clone of commit "
-             f"{record['commit'][:12]}, on {m['cores']} cores ({m['cpu'] or 'CPU model unknown'}), "
-             f"{m['memory_gib']} GiB, no GPU. Reference workload (`benchmarks/reference_workload.py`): "
-             f"{ref:.2f} s (median before {record['reference_before']['median_s']:.2f} s, after "
-             f"{record['reference_after']['median_s']:.2f} s).", "",
+    lines = [(f"Measured on {record['date']} by `benchmarks/cost.py` from a fresh clone of commit "
+              f"{record['commit'][:12]}, on {m['cores']} cores ({m['cpu'] or 'CPU model unknown'}), "
+              f"{m['memory_gib']} GiB, no GPU. Reference workload (`benchmarks/reference_workload.py`): "
+              f"{ref:.2f} s (median before {record['reference_before']['median_s']:.2f} s, after "
+              f"{record['reference_after']['median_s']:.2f} s)."), "",
              "| command | wall time | × reference | cores busy | peak memory | exit |",
              "|---|---|---|---|---|---|"]
     for name, r in record["commands"].items():
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     tmp = None if args.clone else tempfile.TemporaryDirectory(prefix="prrt-cost-")
     clone = Path(args.clone or tmp.name) / "prrt"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
+                            check=True).stdout.strip()
     before = reference()
     commands = {}
     for name in (["book", "test"] if args.only is None else [args.only]):

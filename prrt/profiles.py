@@ -109,7 +109,7 @@ class Profile:
     fusion_models:
         Which models chapter 04 trains: ``all`` (the seven models and the three mechanisms),
         ``neural`` (all but the late fusion, whose nested cross-validation trains each CNN four times
-        per fold: the demo profile's, for a laptop CPU), ``headline`` (one model of each kind: the
+        per fold, for a slower machine), ``headline`` (one model of each kind: the
         pretrained CT CNN, the laboratory + SR-PET + CT fusion and its late fusion) or ``fusion``
         (the pretrained CT CNN and that fusion). The others are listed as skipped, with this reason.
     display_size_voxels:

@@ -159,12 +159,13 @@ def c_index(time, event, risk) -> float:
 
 
 def per_repeat_calibration(pred: pd.DataFrame) -> pd.DataFrame:
-    """Calibration slope and calibration-in-the-large of each repeat's out-of-fold probabilities
-    (:func:`prrt.evaluation.calibration.calibration_intercept_slope`); NaN for a repeat whose probabilities
+    """Calibration slope (with its 95 % Wald interval) and calibration-in-the-large of each repeat's out-of-fold
+    probabilities (:func:`prrt.evaluation.calibration.calibration_intercept_slope`); NaN for a repeat whose probabilities
     are all the same (no slope to fit) or separate the two classes perfectly (no finite slope)."""
     rows = []
     for r, g in labelled(pred).groupby("repeat"):
-        row = {"repeat": int(r), "calibration_slope": np.nan, "calibration_in_the_large": np.nan}
+        row = {"repeat": int(r), "calibration_slope": np.nan, "calibration_slope_ci_low": np.nan,
+               "calibration_slope_ci_high": np.nan, "calibration_in_the_large": np.nan}
         if g["probability"].nunique() > 1:
             try:
                 with warnings.catch_warnings():
@@ -174,9 +175,12 @@ def per_repeat_calibration(pred: pd.DataFrame) -> pd.DataFrame:
                 pass  # the predictions separate the classes: the slope is not identified
             else:
                 row.update(calibration_slope=cal["calibration_slope"],
+                           calibration_slope_ci_low=cal["calibration_slope_ci"][0],
+                           calibration_slope_ci_high=cal["calibration_slope_ci"][1],
                            calibration_in_the_large=cal["calibration_in_the_large"])
         rows.append(row)
-    return pd.DataFrame(rows, columns=["repeat", "calibration_slope", "calibration_in_the_large"])
+    return pd.DataFrame(rows, columns=["repeat", "calibration_slope", "calibration_slope_ci_low",
+                                       "calibration_slope_ci_high", "calibration_in_the_large"])
 
 
 def summarise(pred: pd.DataFrame, cohort=None, n_boot: int = 1000, seed: int = 0) -> dict:

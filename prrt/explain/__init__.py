@@ -7,7 +7,13 @@ What other subpackages may use is listed in ``__all__``; the rest is private to 
 from .ablation import ablation_table, modality_ablation
 from .gradcam import display_size, upsample
 from .importance import importance_comparison, leaders, permutation_importance
-from .saliency import NULLS, Saliency, compare_with_nulls, image_saliency, summarise_saliency
+from .saliency import (
+    NULLS,
+    Saliency,
+    compare_with_nulls,
+    image_saliency,
+    summarise_saliency,
+)
 from .sanity import REINITIALISED, SIMILAR, sanity_checks, sanity_summary
 
 __all__ = [

@@ -20,7 +20,6 @@ from ..evaluation import (
     format_summary,
     holm,
     labelled,
-    mean_probability,
     net_benefit,
     odds_ratio_table,
     pairwise_table,
@@ -193,12 +192,17 @@ def risk_groups(cohort, results: dict) -> RiskGroups | None:
 
 
 def calibration_curves(cohort, predictions: dict[str, pd.DataFrame]) -> tuple[dict, dict]:
-    """Calibration (quantile bins) and decision curves of each model, from each labelled patient's mean
-    out-of-fold probability: ``({model: calibration}, {model: net benefit at DECISION_THRESHOLDS})``."""
-    y = cohort.labelled["label"]
+    """Calibration (quantile bins) and decision curves of each model, from the out-of-fold probabilities of every
+    repeat pooled (each labelled patient once per repeat, as the summary's calibration slope and Brier score read
+    them, repeat by repeat): ``({model: calibration}, {model: net benefit at DECISION_THRESHOLDS})``. (Averaging a
+    patient's probabilities over the repeats first would smooth them, and draw a better calibration than any one
+    repeat's model has.)"""
+    labels = set(cohort.labelled.index)
     curves, decision = {}, {}
     for name, pred in predictions.items():
-        p = mean_probability(labelled(pred)).loc[y.index]
+        rows = labelled(pred)
+        rows = rows[rows["patient"].isin(labels)]
+        y, p = rows["label"].astype(int), rows["probability"]
         curves[name] = calibration_bins(y, p)
         decision[name] = net_benefit(y, p, thresholds=DECISION_THRESHOLDS)
     return curves, decision

@@ -18,6 +18,7 @@ from ..evaluation import (
     holm,
     num,
     p_phrase,
+    per_repeat_calibration,
     per_repeat_metrics,
     read_predictions,
 )
@@ -87,15 +88,18 @@ def headline_comparisons(run_dir, summary: pd.DataFrame, splits: pd.DataFrame) -
 
 
 def comparisons_table(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """:func:`headline_comparisons` as the book shows it (two or three decimals, the adjusted p last)."""
+    """:func:`headline_comparisons` as the book shows it, narrow enough for the text column: the fusion's rival (or
+    ``model vs rival`` for a comparison of other models; why each is compared is in ``results/04_paired_tests.csv``),
+    the two AUROCs, the difference with its interval and the Holm-adjusted p the text quotes (the unadjusted p is in
+    the file)."""
     return pd.DataFrame({
-        "model": comparisons["model"], "versus": comparisons["versus"],
         "AUROC": [f"{a:.2f} vs {b:.2f}" for a, b in zip(comparisons["auroc_model"], comparisons["auroc_versus"])],
         "difference [95 % CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
                                  zip(comparisons["difference"], comparisons["ci_low"], comparisons["ci_high"])],
-        "p": [format_p(p) for p in comparisons["p"]],
         "p (Holm)": [format_p(p) for p in comparisons["p_holm"]],
-    }, index=comparisons.index)
+    }, index=pd.Index([v if m == HEADLINE else f"{m} vs {v}" for m, v in zip(comparisons["model"],
+                                                                            comparisons["versus"])],
+                      name="the fusion versus"))
 
 
 def _difference_phrase(c) -> str:
@@ -313,7 +317,7 @@ def calibration_models(summary: pd.DataFrame) -> list[str]:
 
 
 def reliability(cohort, run_dir, summary: pd.DataFrame) -> tuple[dict, dict] | None:
-    """Calibration (quantile bins of each labelled patient's mean out-of-fold probability) and decision curves of
+    """Calibration (quantile bins of the out-of-fold probabilities of every repeat, pooled) and decision curves of
     :func:`calibration_models` (:func:`prrt.study.ch02_labs.calibration_curves`); None when none of them ran."""
     models = calibration_models(summary)
     if not models:
@@ -321,26 +325,47 @@ def reliability(cohort, run_dir, summary: pd.DataFrame) -> tuple[dict, dict] | N
     return calibration_curves(cohort, {m: read_predictions(run_dir, m) for m in models})
 
 
-def calibration_text(summary: pd.DataFrame) -> str:
+def repeat_calibration(run_dir, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each repeat's calibration slope with its 95 % interval (:func:`prrt.evaluation.per_repeat_calibration`) for
+    :func:`calibration_models`."""
+    return {m: per_repeat_calibration(read_predictions(run_dir, m)) for m in calibration_models(summary)}
+
+
+def slope_reading(per_repeat: pd.DataFrame) -> str:
+    """What the repeats' calibration slopes say, by their 95 % intervals: too extreme when most intervals lie below 1,
+    too timid when most lie above 1, not told apart from 1 otherwise; with the count of each."""
+    ok = per_repeat.dropna(subset=["calibration_slope"])
+    n = len(ok)
+    if not n:
+        return "no slope (its predictions do not vary, or separate the classes)"
+    below = int((ok["calibration_slope_ci_high"] < 1).sum())
+    above = int((ok["calibration_slope_ci_low"] > 1).sum())
+    if (ok["calibration_slope"] <= 0).sum() > n / 2:
+        return f"its probabilities do not rise with the outcome in {int((ok['calibration_slope'] <= 0).sum())} of {n} repeats"
+    if below > n / 2:
+        return f"too extreme: the 95 % interval lies below 1 in {below} of {n} repeats"
+    if above > n / 2:
+        return f"too timid: the 95 % interval lies above 1 in {above} of {n} repeats"
+    return f"not told apart from 1: the 95 % interval includes 1 in {n - below - above} of {n} repeats"
+
+
+def calibration_text(summary: pd.DataFrame, per_repeat: dict[str, pd.DataFrame] | None = None) -> str:
     """A sentence on the calibration of :func:`calibration_models`: each one's calibration slope (mean over the
     repeats; 1 when the predictions spread as the outcomes do, below 1 when they are too extreme, above 1 when too
-    timid, at or below 0 when the probabilities do not rise with the outcome), calibration-in-the-large (0 when the
-    mean risk is right, below 0 when it is too high) and Brier score."""
+    timid) read by the repeats' 95 % intervals (:func:`slope_reading`, with ``per_repeat`` from
+    :func:`repeat_calibration`), calibration-in-the-large (0 when the mean risk is right, below 0 when it is too
+    high) and Brier score."""
     models = calibration_models(summary)
     if not models:
         return "None of the models of the reliability plot ran for this manifest."
     rows = summary.set_index("model")
+    per_repeat = per_repeat or {}
 
-    def reading(slope):
-        if pd.isna(slope):
-            return "no slope (its predictions do not vary, or separate the classes)"
-        if slope <= 0:
-            return "its probabilities do not rise with the outcome"
-        return ("too extreme" if slope < 0.8 else "too timid" if slope > 1.25 else "close to the outcomes' spread")
+    def part(m):
+        r = rows.loc[m]
+        reading = f" ({slope_reading(per_repeat[m])})" if m in per_repeat else ""
+        return (f"`{m}`: slope {num(r.get('calibration_slope'), 2)}{reading}, calibration-in-the-large "
+                f"{num(r.get('calibration_in_the_large'), 2)}, Brier {num(r['brier_mean'], 3)}")
 
-    parts = [f"`{m}`: slope {num(rows.loc[m].get('calibration_slope'), 2)} ({reading(rows.loc[m].get('calibration_slope'))}), "
-             f"calibration-in-the-large {num(rows.loc[m].get('calibration_in_the_large'), 2)}, "
-             f"Brier {num(rows.loc[m]['brier_mean'], 3)}" for m in models]
-    return ("Calibration of each repeat's out-of-fold probabilities, averaged over the repeats (slope 1 and "
-            "intercept 0 are perfect; we read a slope below 0.8 as too extreme and above 1.25 as too timid): "
-            + "; ".join(parts) + ".")
+    return ("Calibration of each repeat's out-of-fold probabilities, averaged over the repeats (a slope of 1 and an "
+            "intercept of 0 are perfect): " + "; ".join(part(m) for m in models) + ".")

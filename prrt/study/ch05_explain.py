@@ -63,8 +63,20 @@ from ..learn import (
     image_spec,
     restore_fold_models,
 )
-from .ch04_fusion import chapter_table, ct_encoder, fusion_modalities, neural_fusion_spec
-from .names import CT_PRETRAINED, FUSIONS, HEADLINE, IMAGE_MODELS, MODEL_CHAPTERS, SOURCE_NAMES
+from .ch04_fusion import (
+    chapter_table,
+    ct_encoder,
+    fusion_modalities,
+    neural_fusion_spec,
+)
+from .names import (
+    CT_PRETRAINED,
+    FUSIONS,
+    HEADLINE,
+    IMAGE_MODELS,
+    MODEL_CHAPTERS,
+    SOURCE_NAMES,
+)
 
 
 def image_model_specs(cohort, profile, ran: set[str], ct_state: dict | None = None) -> list:
@@ -345,6 +357,24 @@ def saliency_against_nulls(saliency: Saliency | None) -> pd.DataFrame:
     return compare_with_nulls(saliency.metrics, saliency.nulls)
 
 
+def format_ablation(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`prrt.explain.ablation_table` for the page, narrow enough for the text column: the AUROC and the
+    difference from the full fusion with their 95 % intervals, and the Holm-adjusted p."""
+    def diff(r):
+        if r.name == "all modalities" or "difference CI low" not in table:
+            return "–" if r.name == "all modalities" else f"{r['difference from all modalities']:+.2f}"
+        return (f"{r['difference from all modalities']:+.2f} [{r['difference CI low']:+.2f}, "
+                f"{r['difference CI high']:+.2f}]")
+
+    out = pd.DataFrame({
+        "AUROC [95 % CI]": [f"{r['auroc_mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" for _, r in table.iterrows()],
+        "difference [95 % CI]": [diff(r) for _, r in table.iterrows()],
+    }, index=table.index)
+    if "p (Holm)" in table:
+        out["p (Holm)"] = [format_p(v) if np.isfinite(v) else "–" for v in table["p (Holm)"]]
+    return out
+
+
 def format_nulls(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`saliency_against_nulls` for the page, narrow enough for the text column: the model's share beside the
     null's (per cent), the Holm-adjusted p-values of the mass and of the pointing hits, and the verdict."""
@@ -400,13 +430,15 @@ class Sanity:
 
 def sanity_of_run(ctx, saliency: Saliency | None, specs: list, data) -> Sanity | None:
     """Both sanity checks on the test patients of the first fold (at most the profile's ``sanity_patients``),
-    written to ``results/05_model_randomisation.csv`` and ``results/05_label_randomisation.csv``; ``None``
-    without maps."""
+    written to ``results/05_model_randomisation.csv`` and ``results/05_label_randomisation.csv`` (the permuted-label
+    networks' test AUROCs to ``results/05_label_randomisation_auroc.csv``); ``None`` without maps."""
     if saliency is None:
         return None
     cascade, labels, aurocs = sanity_checks(saliency, specs, data, ctx.splits, ctx.seed, ctx.profile.sanity_patients)
     cascade.to_csv(ctx.path("results", "05_model_randomisation.csv"), index=False)
     labels.to_csv(ctx.path("results", "05_label_randomisation.csv"), index=False)
+    pd.DataFrame({"model": list(aurocs), "test_auroc": list(aurocs.values())}).to_csv(
+        ctx.path("results", "05_label_randomisation_auroc.csv"), index=False)
     return Sanity(cascade, labels, sanity_summary(cascade, labels), aurocs)
 
 

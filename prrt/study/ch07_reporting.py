@@ -24,7 +24,7 @@ from ..evaluation import (
     pool_rare_levels,
     read_predictions,
 )
-from ..learn import config_from_profile
+from ..learn import config_from_profile, fusion_config
 from ..provenance import git_state, repository_url
 from .ch06_external import RESULTS_FILE
 from .names import HEADLINE, HEADLINE_ORDER, WITHOUT_CNN
@@ -184,21 +184,25 @@ def subgroup_performance(pred: pd.DataFrame, cohort, columns: list[str], n_boot:
 
 
 def kept_weights(profile) -> str:
-    """Which weights each network keeps and what the inner validation part does, read from the training settings
-    that the profile gives the networks (:func:`prrt.learn.config_from_profile`)."""
+    """How long each kind of network trains, which weights it keeps and what the inner validation part does, read
+    from the training settings that the profile gives the CNNs (:func:`prrt.learn.config_from_profile`) and the
+    neural fusions (:func:`prrt.learn.fusion_config`)."""
     cfg = config_from_profile(profile)
+    fusion = fusion_config(profile, "adaptive").train
     share = f"{100 * cfg.val_fraction:.0f} %"
+    runs = (f"the CNNs train for {cfg.epochs} epochs (batch {cfg.batch_size}), the neural fusions for {fusion.epochs} "
+            f"(batch {fusion.batch_size})")
     if cfg.selection == "val_loss" and cfg.val_fraction > 0:
-        return (f"each network keeps the weights of the epoch (of {cfg.epochs}) with the lowest loss on an inner "
-                f"validation part ({share} of the fold's training patients, which do not fit it): early stopping on "
-                "training patients only")
-    text = f"each network keeps its weights after the last of its {cfg.epochs} epochs (no early stopping)"
-    if cfg.val_fraction > 0:
-        text += (f"; {share} of each fold's training patients form an inner validation part that does not fit the "
-                 "network and only draws its learning curves")
+        text = (f"{runs}; each network keeps the weights of the epoch with the lowest loss on an inner validation part "
+                f"({share} of the fold's training patients, which do not fit it): early stopping on training patients "
+                "only")
     else:
-        text += "; every training patient fits the network (no inner validation part)"
-    return text
+        text = f"{runs}; each keeps its weights after its last epoch (no early stopping)"
+        text += (f"; {share} of each fold's training patients form an inner validation part that does not fit the "
+                 "network and only draws its learning curves" if cfg.val_fraction > 0 else
+                 "; every training patient fits the network (no inner validation part)")
+    return (text + "; the logistic regressions' L2 penalty is chosen by an inner stratified 3-fold cross-validation of "
+            "the training part")
 
 
 def _missing_images(c) -> str:
@@ -269,7 +273,7 @@ def _performance(f: RunFacts) -> str:
         return "No model ran for this manifest."
     r = f.summary.set_index("model").loc[model]
     text = (f"{model}: AUROC {r['auroc_mean']:.2f} ± {r['auroc_sd']:.2f} over {int(r['n_repeats'])} repeats, "
-            f"{_ci(r['auroc_mean'], r['auroc_ci_low'], r['auroc_ci_high'])}; AUPRC {r['auprc_mean']:.2f} "
+            f"{_ci(r['auroc_mean'], r['auroc_ci_low'], r['auroc_ci_high'])}; AUPRC (short PFS positive) {r['auprc_mean']:.2f} "
             f"(95 % CI {r['auprc_ci_low']:.2f} to {r['auprc_ci_high']:.2f})")
     if not pd.isna(r.get("c_index", np.nan)):
         text += f"; C-index {r['c_index']:.2f}"
@@ -303,7 +307,10 @@ def checklist(f: RunFacts) -> pd.DataFrame:
     missing = s["missing_values"]
     n_cells = len(c.data) * len(c.labs + c.clinical)
     n_missing = int(sum(missing.values()))
-    train = int(round(f.splits.groupby(["repeat", "fold"]).size().pipe(lambda t: labelled - t).mean())) if labelled else 0
+    fold_sizes = f.splits.groupby(["repeat", "fold"]).size()
+    train = int(round((labelled - fold_sizes).mean())) if labelled else 0
+    tests = (f"{fold_sizes.min()}" if fold_sizes.min() == fold_sizes.max() else
+             f"{fold_sizes.min()} or {fold_sizes.max()}") if len(fold_sizes) else "0"
     outcome = (f"{one} = progression or death at or before {c.horizon_months:g} months after the start of PRRT"
                if c.horizon_months is not None else f"the manifest's own binary label ({one} / {zero})")
     not_in_data = ("not recorded: the data manifest has no field for it, and the synthetic cohort has no such "
@@ -375,8 +382,7 @@ def checklist(f: RunFacts) -> pd.DataFrame:
         "12c": (link("02") + ", " + link("03") + ", " + link("04"),
                 f"{n_models} models ran (Random Forests, logistic regressions, 3D CNNs, fusions)"
                 + (f"; skipped for this manifest or profile: {', '.join(skipped)}" if skipped else "")
-                + f". Settings: profile {p.name} (epochs {p.epochs}, batch size {p.batch_size}); {kept_weights(p)}; "
-                  "no test fold is used for tuning."),
+                + f". Settings: profile {p.name}; {kept_weights(p)}; no test fold is used for tuning."),
         "12d": ((link("06") if ext else ""),
                 "Two cohorts, each evaluated separately (chapter 6)." if ext else "One centre: not applicable."),
         "12e": (link("methods", "Metrics, confidence intervals and tests"),
@@ -419,7 +425,7 @@ def checklist(f: RunFacts) -> pd.DataFrame:
                 ("", "No external cohort in this run.")),
         "21": (link("02", "the splits") + (", " + link("06") if ext else ""),
                f"Per fold: about {train} training patients ({held_out}), "
-               f"{labelled - train} test patients; {labelled} labelled patients with {short} events in all"
+               f"{tests} test patients; {labelled} labelled patients with {short} events in all"
                + (f"; external: {ext['patients_labelled']} labelled patients, {ext['short']} {one}." if ext else ".")),
         "22": (link("this_run") + ", " + link("reproducibility"),
                "The code (prrt) and each fold's fitted model (checkpoints/ of the run folder; external/checkpoints/ "
@@ -469,8 +475,15 @@ def unanswered(table: pd.DataFrame) -> int:
 
 def subgroups_of_run(ctx, facts: RunFacts) -> pd.DataFrame | None:
     """The AUROC of the quoted model within each level of the categorical clinical columns, as the page shows it
-    (three decimals), its numbers written to ``results/07_subgroups.csv``; ``None`` when there are no subgroups."""
+    (patients, AUROC with its 95 % CI), its numbers written to ``results/07_subgroups.csv``; ``None`` when there are
+    no subgroups."""
     if facts.subgroups.empty:
         return None
     facts.subgroups.to_csv(ctx.path("results", "07_subgroups.csv"), index=False)
-    return facts.subgroups.drop(columns="model").round(3).set_index(["column", "level"])
+    g = facts.subgroups
+    return pd.DataFrame({
+        "patients (short PFS)": [f"{n} ({k})" for n, k in zip(g["patients"], g["short"])],
+        "AUROC [95 % CI]": ["–" if pd.isna(a) else f"{a:.2f} [{lo:.2f}, {hi:.2f}]"
+                            for a, lo, hi in zip(g["auroc"], g["auroc_ci_low"], g["auroc_ci_high"])],
+        "note": g["note"].to_numpy(),
+    }, index=pd.MultiIndex.from_frame(g[["column", "level"]]))

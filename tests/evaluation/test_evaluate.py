@@ -570,6 +570,8 @@ def test_per_repeat_calibration_reads_overconfident_predictions_and_skips_consta
                           "label": y}) for r, p in enumerate([p_true, over, np.full(n, 0.3), perfect])]
     cal = metrics.per_repeat_calibration(pd.concat(rows, ignore_index=True)).set_index("repeat")
     assert cal.loc[0, "calibration_slope"] == pytest.approx(1.0, abs=0.25)
+    assert cal.loc[0, "calibration_slope_ci_low"] < 1 < cal.loc[0, "calibration_slope_ci_high"]
+    assert cal.loc[1, "calibration_slope_ci_high"] < 1
     assert cal.loc[1, "calibration_slope"] == pytest.approx(1 / 3, abs=0.1)  # too extreme: slope below 1
     assert np.isnan(cal.loc[2, "calibration_slope"]) and np.isnan(cal.loc[2, "calibration_in_the_large"])
     assert abs(cal.loc[0, "calibration_in_the_large"]) < 0.3

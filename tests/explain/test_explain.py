@@ -302,6 +302,11 @@ def test_masking_a_modality_at_inference_is_the_missing_modality_path(fitted):
     assert table.loc["without CT", "p, corrected t-test"] == c["p_corrected_t"]
     assert (table.loc["without CT", "difference CI low"], table.loc["without CT", "difference CI high"]) == (
         c["ci_low"], c["ci_high"])
+    # the difference is the centre of its interval: the mean of the per-fold differences, as in chapter 04
+    assert table.loc["without CT", "difference from all modalities"] == c["auroc_difference"]
+    plain = ablation.ablation_table(ab, n_boot=50, seed=0)  # without the splits: the difference of the mean AUROCs
+    assert plain.loc["without CT", "difference from all modalities"] == pytest.approx(
+        plain.loc["without CT", "auroc_mean"] - plain.loc["all modalities", "auroc_mean"])
     # Holm over the three hidden sources (one family)
     from statsmodels.stats.multitest import multipletests
 
@@ -585,3 +590,17 @@ def test_the_page_reads_the_verdict_against_the_nulls():
         "beats the null", "beats it on the mass only", "beats it on the pointing game only", "does not beat the null",
         "untested"]
     assert ch05_explain.saliency_against_nulls(None).empty
+
+
+def test_the_ablation_table_for_the_page():
+    table = pd.DataFrame({"auroc_mean": [0.714, 0.736], "auroc_sd": [0.02, 0.03], "ci_low": [0.63, 0.65],
+                          "ci_high": [0.79, 0.81], "difference from all modalities": [0.0, 0.0162],
+                          "difference CI low": [np.nan, -0.18], "difference CI high": [np.nan, 0.21],
+                          "p, corrected t-test": [np.nan, 0.5], "p (Holm)": [np.nan, 1.0]},
+                         index=pd.Index(["all modalities", "without laboratory values"], name="setting"))
+    page = ch05_explain.format_ablation(table)
+    assert page.loc["all modalities"].tolist() == ["0.71 [0.63, 0.79]", "–", "–"]
+    assert page.loc["without laboratory values"].tolist() == ["0.74 [0.65, 0.81]", "+0.02 [-0.18, +0.21]", "1.000"]
+    plain = ch05_explain.format_ablation(table[["auroc_mean", "ci_low", "ci_high", "difference from all modalities"]])
+    assert list(plain.columns) == ["AUROC [95 % CI]", "difference [95 % CI]"]
+    assert plain.loc["without laboratory values", "difference [95 % CI]"] == "+0.02"

@@ -254,15 +254,26 @@ def test_the_reliability_plot_shows_the_fusion_its_control_and_the_best_model_wi
     summary["calibration_in_the_large"] = [0.0, -0.1, 0.05, 0.2, 0.0]
     assert ch04_comparison.calibration_models(summary) == [ch04_fusion.HEADLINE, ch04_fusion.CONTROL,
                                                            "pet_features_logreg"]
-    assert ch04_comparison.calibration_text(summary) == (
-        "Calibration of each repeat's out-of-fold probabilities, averaged over the repeats (slope 1 and intercept 0 "
-        "are perfect; we read a slope below 0.8 as too extreme and above 1.25 as too timid): `lab_pet_ct_fusion`: "
-        "slope 1.40 (too timid), calibration-in-the-large 0.20, Brier 0.200; `lab_petfeatures_net`: slope 0.95 (close "
-        "to the outcomes' spread), calibration-in-the-large 0.05, Brier 0.200; `pet_features_logreg`: slope 0.61 (too "
-        "extreme), calibration-in-the-large -0.10, Brier 0.200.")
-    summary.loc[summary["model"] == ch04_fusion.HEADLINE, "calibration_slope"] = -0.07
-    assert "`lab_pet_ct_fusion`: slope -0.07 (its probabilities do not rise with the outcome)" in (
-        ch04_comparison.calibration_text(summary))
+
+    def repeats(slopes, low, high):
+        return pd.DataFrame({"repeat": range(len(slopes)), "calibration_slope": slopes,
+                             "calibration_slope_ci_low": low, "calibration_slope_ci_high": high})
+
+    per_repeat = {ch04_fusion.HEADLINE: repeats([1.4] * 3, [1.1, 1.2, 0.9], [1.8] * 3),
+                  ch04_fusion.CONTROL: repeats([0.9, 1.0, 0.95], [0.5] * 3, [1.3] * 3),
+                  "pet_features_logreg": repeats([0.6, 0.62, np.nan], [0.3, 0.4, np.nan], [0.9, 0.95, np.nan])}
+    assert ch04_comparison.calibration_text(summary, per_repeat) == (
+        "Calibration of each repeat's out-of-fold probabilities, averaged over the repeats (a slope of 1 and an "
+        "intercept of 0 are perfect): `lab_pet_ct_fusion`: slope 1.40 (too timid: the 95 % interval lies above 1 in 2 "
+        "of 3 repeats), calibration-in-the-large 0.20, Brier 0.200; `lab_petfeatures_net`: slope 0.95 (not told apart "
+        "from 1: the 95 % interval includes 1 in 3 of 3 repeats), calibration-in-the-large 0.05, Brier 0.200; "
+        "`pet_features_logreg`: slope 0.61 (too extreme: the 95 % interval lies below 1 in 2 of 2 repeats), "
+        "calibration-in-the-large -0.10, Brier 0.200.")
+    assert "(" not in ch04_comparison.calibration_text(summary).split("`lab_pet_ct_fusion`: slope 1.40")[1][:2]
+    negative = {ch04_fusion.HEADLINE: repeats([-0.2, -0.1, 0.3], [-0.9] * 3, [0.5, 0.6, 1.2])}
+    assert "(its probabilities do not rise with the outcome in 2 of 3 repeats)" in ch04_comparison.calibration_text(
+        summary, negative)
+    assert ch04_comparison.slope_reading(repeats([np.nan], [np.nan], [np.nan])).startswith("no slope")
     # the control is also the best model without a CNN: named once; nothing ran: a sentence
     summary.loc[summary["model"] == ch04_fusion.CONTROL, "auroc_mean"] = 0.8
     assert ch04_comparison.calibration_models(summary) == [ch04_fusion.HEADLINE, ch04_fusion.CONTROL]
@@ -811,3 +822,15 @@ def test_a_fusion_gives_the_same_numbers_whether_or_not_its_cnns_were_loaded_bef
     warm = spec()
     loop.cross_validate(warm, complete, s, 0, progress=False)  # loads every fold's CNN into the source
     pd.testing.assert_frame_equal(loop.cross_validate(warm, complete, s, 0, progress=False).predictions, fresh)
+
+
+def test_the_paired_tests_table_fits_the_text_column_and_keeps_what_the_text_quotes():
+    comparisons = pd.DataFrame({"model": [ch04_fusion.HEADLINE, ch04_comparison.CT_PRETRAINED],
+                                "versus": [ch04_fusion.CONTROL, "ct_cnn"], "auroc_model": [0.714, 0.707],
+                                "auroc_versus": [0.69, 0.715], "difference": [0.036, -0.0081],
+                                "ci_low": [-0.08, -0.05], "ci_high": [0.152, 0.034], "p": [0.2, 0.6],
+                                "p_holm": [0.8, 1.0]}, index=["control: ...", "pretraining: ..."])
+    t = ch04_comparison.comparisons_table(comparisons)
+    assert list(t.columns) == ["AUROC", "difference [95 % CI]", "p (Holm)"]
+    assert list(t.index) == [ch04_fusion.CONTROL, "ct_cnn_pretrained vs ct_cnn"]
+    assert t.loc[ch04_fusion.CONTROL].tolist() == ["0.71 vs 0.69", "+0.036 [-0.080, +0.152]", "0.800"]

@@ -298,19 +298,23 @@ def test_the_risk_groups_of_chapter_02_come_from_the_richest_baseline_model(tmp_
     assert ch02_labs.risk_groups(make_cohort(tmp_path, survival=False), results) is None
 
 
-def test_calibration_curves_use_each_labelled_patients_mean_probability(tmp_path):
+def test_calibration_curves_pool_every_repeats_predictions_of_the_labelled_patients(tmp_path):
     cohort = make_cohort(tmp_path, n_censored=1)
     splits = make_splits()
     pred = make_predictions(ranking_scores(), splits, noise=0.1)
     unlabelled = pd.DataFrame({"patient": ["C0"], "repeat": [0], "fold": [0], "probability": [0.99], "label": [np.nan]})
     curves, decision = ch02_labs.calibration_curves(cohort, {"lab_rf": pd.concat([pred, unlabelled])})
-    p = pred.groupby("patient")["probability"].mean().loc[LABELS.index]
-    pd.testing.assert_frame_equal(curves["lab_rf"], calibration_bins(LABELS, p))
-    pd.testing.assert_frame_equal(decision["lab_rf"], net_benefit(LABELS, p, notebook.DECISION_THRESHOLDS))
+    y, p = pred["label"].astype(int), pred["probability"]  # every repeat's row, not the mean over repeats
+    assert len(p) == 2 * len(LABELS)
+    pd.testing.assert_frame_equal(curves["lab_rf"], calibration_bins(y, p))
+    pd.testing.assert_frame_equal(decision["lab_rf"], net_benefit(y, p, notebook.DECISION_THRESHOLDS))
     t = 0.5
-    tp, fp = int(((p >= t) & (LABELS == 1)).sum()), int(((p >= t) & (LABELS == 0)).sum())
+    tp, fp = int(((p >= t) & (y == 1)).sum()), int(((p >= t) & (y == 0)).sum())
     row = decision["lab_rf"].set_index("threshold").loc[t]
-    assert row["model"] == pytest.approx(tp / 12 - fp / 12 * t / (1 - t))
+    assert row["model"] == pytest.approx(tp / len(p) - fp / len(p) * t / (1 - t))
+    # averaging over the repeats first would draw another curve
+    mean = pred.groupby("patient")["probability"].mean().loc[LABELS.index]
+    assert not curves["lab_rf"].equals(calibration_bins(LABELS, mean))
 
 
 # ---- chapter 03 ------------------------------------------------------------------------------------------
@@ -650,11 +654,13 @@ def test_the_checklist_is_written_and_its_unanswered_items_counted(tmp_path, mon
 def test_subgroups_are_written_and_shown_when_there_are_some(tmp_path):
     ctx = make_ctx(tmp_path, make_cohort(tmp_path))
     assert ch07_reporting.subgroups_of_run(ctx, SimpleNamespace(subgroups=pd.DataFrame())) is None
-    subgroups = pd.DataFrame({"model": HEADLINE, "column": ["sex", "sex"], "level": ["f", "m"],
-                              "auroc": [0.61234, np.nan]})
+    subgroups = pd.DataFrame({"model": HEADLINE, "column": ["sex", "sex"], "level": ["f", "m"], "patients": [30, 8],
+                              "short": [11, 2], "auroc": [0.61234, np.nan], "auroc_ci_low": [0.4, np.nan],
+                              "auroc_ci_high": [0.8, np.nan], "note": ["", "fewer than 5 patients in a class"]})
     shown = ch07_reporting.subgroups_of_run(ctx, SimpleNamespace(subgroups=subgroups))
-    assert list(shown.index) == [("sex", "f"), ("sex", "m")] and list(shown.columns) == ["auroc"]
-    assert shown["auroc"].iloc[0] == 0.612
+    assert list(shown.index) == [("sex", "f"), ("sex", "m")]
+    assert list(shown.columns) == ["patients (short PFS)", "AUROC [95 % CI]", "note"]
+    assert shown.iloc[0].tolist() == ["30 (11)", "0.61 [0.40, 0.80]", ""] and shown.iloc[1, 1] == "–"
     assert len(pd.read_csv(ctx.run_dir / "results" / "07_subgroups.csv")) == 2
 
 

@@ -61,6 +61,7 @@ def test_the_answers_carry_the_numbers_of_the_run(small_cohort_dir):
     assert table.loc["20a", "this run"] == (f"{s['patients']} patients: {s['short_pfs']} short PFS, {s['long_pfs']} long "
                                              f"PFS, {s['excluded_censored_before_horizon']} censored before the horizon.")
     assert "about 16 training patients per fold" in table.loc["12a", "this run"]  # 24 labelled, 3 folds
+    assert ", 8 test patients;" in table.loc["21", "this run"]  # three folds of 8
     assert "1 models ran" in table.loc["12c", "this run"] and "skipped for this manifest or profile: pet_cnn" in \
         table.loc["12c", "this run"]
     assert table.loc["23a", "this run"].startswith("lab_rf: AUROC 0.61 ± 0.02 over 2 repeats, 0.61 (95 % CI 0.50 to 0.70)")
@@ -81,16 +82,17 @@ def test_the_answers_on_kept_weights_and_calibration_follow_the_settings_and_the
     facts = _facts(cohort)
     smoke = facts.profile  # val_fraction 0.2, the last epoch kept
     table = reporting.checklist(facts).set_index("item")
-    assert ("each network keeps its weights after the last of its 2 epochs (no early stopping); 20 % of each fold's "
-            "training patients form an inner validation part that does not fit the network and only draws its "
-            "learning curves") in table.loc["12c", "this run"]
+    assert ("the CNNs train for 2 epochs (batch 8), the neural fusions for 10 (batch 64); each keeps its weights after "
+            "its last epoch (no early stopping); 20 % of each fold's training patients form an inner validation part "
+            "that does not fit the network and only draws its learning curves; the logistic regressions' L2 penalty is "
+            "chosen by an inner stratified 3-fold cross-validation of the training part") in table.loc["12c", "this run"]
     assert "early stopping on" not in table.loc["12c", "this run"]
     assert ("(for the networks, 20 % of them an inner validation part that does not fit them)"
             in table.loc["21", "this run"])
     # flipped: the epoch of the lowest validation loss is kept
     stop = reporting.checklist(replace(facts, profile=replace(smoke, selection="val_loss"))).set_index("item")
-    assert ("each network keeps the weights of the epoch (of 2) with the lowest loss on an inner validation part "
-            "(20 % of the fold's training patients, which do not fit it): early stopping on training patients only"
+    assert ("each network keeps the weights of the epoch with the lowest loss on an inner validation part (20 % of the "
+            "fold's training patients, which do not fit it): early stopping on training patients only"
             in stop.loc["12c", "this run"])
     assert "and chooses the kept epoch)" in stop.loc["21", "this run"]
     # no inner validation part (the demo profile's setting): nothing to stop on, whatever the selection
