@@ -17,7 +17,7 @@ from prrt.evaluation import survival
 from prrt.explain import ablation, gradcam, importance, saliency, sanity
 from prrt.learn import base, fusion, image_model, loop, training
 from prrt.learn.networks import ImageClassifier, build_encoder
-from prrt.study import ch04_fusion, ch05_explain
+from prrt.study import ch04_fusion, ch05_explain, ch05_words
 from prrt.study.names import SOURCE_NAMES
 
 
@@ -326,12 +326,12 @@ def test_importance_comparison_ranks_both_models():
     assert list(t.index) == ["a", "b"] and list(t["fusion: rank"]) == [1, 2]
     assert list(t["Random Forest: rank"]) == [2, 1]  # only the fusion's columns are ranked
     assert "Random Forest: rank" not in importance.importance_comparison(fus, None)
-    shown = ch05_explain.format_importance(t)
+    shown = ch05_words.format_importance(t)
     # two repeats of 0.1 and 0.2: mean 0.15, t interval 0.15 ± 12.706 × 0.0707 / √2 = 0.15 ± 0.635
     assert shown.loc["a", "fusion: drop in AUROC [95 % CI]"] == "0.150 [-0.485, 0.785]"
     assert shown.loc["b", "Random Forest: rank"] == 1
     assert shown.loc["a", "Random Forest: drop in AUROC [95 % CI]"] == "0.000 [nan, nan]"  # one repeat: no interval
-    assert list(ch05_explain.format_importance(importance.importance_comparison(fus, None)).columns) == [
+    assert list(ch05_words.format_importance(importance.importance_comparison(fus, None)).columns) == [
         "fusion: drop in AUROC [95 % CI]", "fusion: rank"]
 
 
@@ -425,7 +425,7 @@ def test_a_map_that_barely_changes_is_flagged_in_the_table_and_the_text():
     # a map that turned into its negative did not become informative; nor one whose structure stayed (SSIM)
     assert t.loc[("negated", sanity.REINITIALISED), "verdict"] == "flagged: uninformative"
     assert t.loc[("alike", sanity.REINITIALISED), "verdict"] == "flagged: uninformative"
-    text = ch05_explain.sanity_text(t.reset_index(), {"same": 0.5, "changes": 0.48, "negated": 0.5, "alike": 0.5})
+    text = ch05_words.sanity_text(t.reset_index(), {"same": 0.5, "changes": 0.48, "negated": 0.5, "alike": 0.5})
     assert text.startswith("A check is failed when the median absolute rank correlation or the median SSIM reaches 0.5. ")
     assert "`same`: median absolute rank correlation 0.75 (SSIM 0.25) with the re-initialised network and 0.50 " \
            "(SSIM 0.20) with the permuted-label network (the permuted-label network's test AUROC 0.50): **flagged as " \
@@ -455,7 +455,7 @@ def test_the_page_s_sentences_come_from_the_tables():
                          "pointing hits": 0.5, "p (mass > chance)": 0.001},
                         {"model": "ct_cnn", "maps": 10, "maps checked": 0, "mass in mask": np.nan, "chance": np.nan,
                          "pointing hits": np.nan, "p (mass > chance)": np.nan}])
-    assert ch05_explain.saliency_text(sal) == (
+    assert ch05_words.saliency_text(sal) == (
         "In this run: `pet_cnn`: 12.3 % of the map's mass in the lesion mask against 2.0 % by chance (more than chance; "
         "Wilcoxon p = 0.001), and its maximum inside the mask in 50.0 % of 8 maps; `ct_cnn`: no map could be checked "
         "(no patient has a lesion in the mask, or the network's input has no mask channel).")
@@ -465,29 +465,29 @@ def test_the_page_s_sentences_come_from_the_tables():
 
     imp = importance.importance_comparison(imp_rows({"ggt": 0.3, "cga": 0.2, "alp": 0.1}),
                                            imp_rows({"ggt": 0.1, "cga": 0.1005, "alp": 0.0}))
-    assert ch05_explain.importance_text(imp) == (
+    assert ch05_words.importance_text(imp) == (
         "Inside the fusion, `ggt` stands apart: its 95 % interval lies above every other value's; in the Random Forest "
         "of chapter 2, `cga` and `ggt` stand apart: their 95 % interval lies above every other value's (their order "
         "among themselves is not separated).")
     noisy = importance.importance_comparison(pd.DataFrame({"repeat": [0, 1, 0, 1], "feature": ["a", "a", "b", "b"],
                                                            "importance": [0.3, 0.0, 0.2, 0.05]}), None)
-    assert ch05_explain.importance_text(noisy) == (
+    assert ch05_words.importance_text(noisy) == (
         "Inside the fusion, the largest mean drop in AUROC was that of `a`, but its 95 % interval overlaps the next "
         "value's, so no laboratory value stands apart.")
     ab = pd.DataFrame({"auroc_mean": [0.8, 0.7, 0.75], "ci_low": [0.7, 0.6, 0.65], "ci_high": [0.9, 0.8, 0.85]},
                       index=["all modalities", "without SR-PET", "without CT"])
     ab["difference from all modalities"] = ab["auroc_mean"] - 0.8
-    assert ch05_explain.ablation_text(ab) == ("with every modality the fusion reached a test-fold AUROC of 0.80 (95 % CI "
+    assert ch05_words.ablation_text(ab) == ("with every modality the fusion reached a test-fold AUROC of 0.80 (95 % CI "
                                          "0.70–0.90); without SR-PET 0.70 (-0.10); without CT 0.75 (-0.05). Without "
                                          "paired intervals the settings are not ordered.")
     ab["difference CI low"], ab["difference CI high"] = [np.nan, -0.15, -0.08], [np.nan, -0.05, -0.02]
     ab["p, corrected t-test"], ab["p (Holm)"] = [np.nan, 0.0004, 0.2], [np.nan, 0.0008, 0.2]
-    text = ch05_explain.ablation_text(ab)
+    text = ch05_words.ablation_text(ab)
     assert ("without SR-PET 0.70 (-0.10, 95 % CI -0.15 to -0.05, Holm-adjusted p <0.001); without CT 0.75 (-0.05, "
             "95 % CI -0.08 to -0.02, Holm-adjusted p = 0.200)") in text
     assert text.endswith("The differences' intervals overlap, so no hidden source can be said to cost the most.")
     ab.loc["without CT", ["difference CI low", "difference CI high"]] = [-0.04, 0.01]
-    assert ch05_explain.ablation_text(ab).endswith("Hiding the SR-PET cost the most: its interval lies below the "
+    assert ch05_words.ablation_text(ab).endswith("Hiding the SR-PET cost the most: its interval lies below the "
                                                    "others'.")
 
 
@@ -516,7 +516,7 @@ def test_without_a_mask_channel_the_maps_are_made_and_none_is_judged(tmp_path):
     sal = saliency.image_saliency([spec], one, s, 0, tmp_path, progress=False)
     assert len(sal.maps["pet_cnn"]) == len(y.dropna()) and sal.metrics["mass_in_mask"].isna().all()
     summary = saliency.summarise_saliency(sal.metrics)
-    assert summary.loc[0, "maps checked"] == 0 and "no map could be checked" in ch05_explain.saliency_text(summary)
+    assert summary.loc[0, "maps checked"] == 0 and "no map could be checked" in ch05_words.saliency_text(summary)
 
 
 # ---- saliency against its nulls ------------------------------------------------------------------------
@@ -574,7 +574,7 @@ def test_the_page_reads_the_verdict_against_the_nulls():
                           "p (mass > null), Holm": [0.01, 0.9, 0.001, 0.004],
                           "p (hits > null), Holm": [0.2, 0.7, 0.01, 0.03],
                           "verdict": ["beats the null", "does not beat the null", "beats the null", "beats the null"]})
-    text = ch05_explain.saliency_text(summary, nulls)
+    text = ch05_words.saliency_text(summary, nulls)
     assert ("`pet_cnn`: 7.7 % of the map's mass in the lesion mask against 2.0 % by chance (more than chance; Wilcoxon "
             "p = 0.001), and its maximum inside the mask in 19.1 % of 8 maps; against the nulls, the randomised weights "
             "map (5.0 %): beats the null, the data-free blob map (8.2 %): does not beat the null;") in text
@@ -582,8 +582,8 @@ def test_the_page_reads_the_verdict_against_the_nulls():
                          "measures: where a verdict names one measure, only that one sets them apart from the null, and "
                          "where it names none, they say no more about where the lesions are than that null (a map that "
                          "only knows where lesions usually sit in the crop, or the same network untrained).")
-    assert "against the nulls" not in ch05_explain.saliency_text(summary)  # a run without a mask channel
-    page = ch05_explain.format_nulls(nulls)
+    assert "against the nulls" not in ch05_words.saliency_text(summary)  # a run without a mask channel
+    page = ch05_words.format_nulls(nulls)
     assert page.loc[("pet_cnn", saliency.BLOB)].tolist() == ["7.7 vs 8.2", "19.1 vs 16.9", "0.900, 0.700",
                                                             "does not beat the null"]
     assert [saliency.verdict(*p) for p in [(0.01, 0.02), (0.01, 0.2), (0.2, 0.01), (0.2, np.nan), (np.nan, np.nan)]] == [
@@ -598,9 +598,9 @@ def test_the_ablation_table_for_the_page():
                           "difference CI low": [np.nan, -0.18], "difference CI high": [np.nan, 0.21],
                           "p, corrected t-test": [np.nan, 0.5], "p (Holm)": [np.nan, 1.0]},
                          index=pd.Index(["all modalities", "without laboratory values"], name="setting"))
-    page = ch05_explain.format_ablation(table)
+    page = ch05_words.format_ablation(table)
     assert page.loc["all modalities"].tolist() == ["0.71 [0.63, 0.79]", "–", "–"]
     assert page.loc["without laboratory values"].tolist() == ["0.74 [0.65, 0.81]", "+0.02 [-0.18, +0.21]", "1.000"]
-    plain = ch05_explain.format_ablation(table[["auroc_mean", "ci_low", "ci_high", "difference from all modalities"]])
+    plain = ch05_words.format_ablation(table[["auroc_mean", "ci_low", "ci_high", "difference from all modalities"]])
     assert list(plain.columns) == ["AUROC [95 % CI]", "difference [95 % CI]"]
     assert plain.loc["without laboratory values", "difference [95 % CI]"] == "+0.02"

@@ -15,7 +15,14 @@ from prrt.data import Cohort
 from prrt.evaluation import calibration_bins, net_benefit, per_repeat_metrics
 from prrt.evaluation.results import SUMMARY_COLUMNS
 from prrt.explain import Saliency
-from prrt.learn import ModelData, ModelSpec, config_from_profile, count_weights, make_model, table_spec
+from prrt.learn import (
+    ModelData,
+    ModelSpec,
+    config_from_profile,
+    count_weights,
+    make_model,
+    table_spec,
+)
 from prrt.profiles import get_profile
 from prrt.study import (
     ch01_cohort,
@@ -24,6 +31,7 @@ from prrt.study import (
     ch04_comparison,
     ch04_fusion,
     ch05_explain,
+    ch05_words,
     ch06_external,
     ch07_reporting,
     figures,
@@ -550,7 +558,7 @@ def test_the_saliency_tables_and_words(tmp_path):
 def test_the_sanity_checks_without_and_with_maps(tmp_path):
     assert ch05_explain.sanity_of_run(make_ctx(tmp_path, make_cohort(tmp_path)), None, [], None) is None
     assert ch05_explain.sanity_verdict(None) == "No image model ran in this run, so there are no maps to check."
-    summary = pd.DataFrame({"model": ["pet_cnn", "pet_cnn"], "check": [ch05_explain.REINITIALISED, "permuted labels"],
+    summary = pd.DataFrame({"model": ["pet_cnn", "pet_cnn"], "check": [ch05_words.REINITIALISED, "permuted labels"],
                             "median |rank correlation|": [0.123, 0.61], "median SSIM": [0.2, 0.3],
                             "verdict": ["passes", "flagged: uninformative"]})
     sanity = ch05_explain.Sanity(pd.DataFrame(), pd.DataFrame(), summary, {"pet_cnn": 0.5})
@@ -692,8 +700,8 @@ def test_lab_importance_inside_the_fusion_and_beside_the_forest(tmp_path):
     forest.to_csv(ctx.run_dir / "results" / "02_permutation_lab_rf.csv", index=False)
     table, forest_found = ch05_explain.lab_importance(ctx, models, data, ["cga", "ggt"])
     assert forest_found and table["Random Forest: rank"].to_dict() == {"cga": 2, "ggt": 1}
-    assert ch05_explain.importance_text(table).startswith("Inside the fusion, ")
-    assert "`cga`" in ch05_explain.importance_text(table)
+    assert ch05_words.importance_text(table).startswith("Inside the fusion, ")
+    assert "`cga`" in ch05_words.importance_text(table)
 
 
 def test_the_ablation_hides_each_source_of_the_fusion(tmp_path):
