@@ -4,16 +4,16 @@ No setting of the book's image models may be chosen by looking at the test folds
 book reports on. This script trains one image model with the engine of ``prrt.learn.training`` on a
 *tuning* cohort, a synthetic cohort made with another seed of the generator (default 7; the book's
 demo cohort uses 20251105), on its own 2 × 3-fold splits, and prints the AUROC of each repeat.
-The runs recorded in ``book/methods.md`` ("How the demo settings were chosen") were made with it.
+The runs recorded in ``benchmarks/DESIGN.md`` ("How the demo settings of the image models were chosen") were made with it.
 
     prrt demo-data --out data/tune --seed 7
     python benchmarks/choose_image_inputs.py --data data/tune --modality pet --roi lesions --mask-channel
     python benchmarks/choose_image_inputs.py --data data/tune --modality ct --roi body --size 32 32 28
-    # the demo profile's settings now (book/methods.md: "What was run on the demo cohort with those settings")
+    # the demo profile's settings now (benchmarks/DESIGN.md: "What was run on the demo cohort with those settings")
     python benchmarks/choose_image_inputs.py --data data/tune8 --modality ct --hu-window -50 250 \
         --mask-channel --liver-in-mask-channel --val-fraction 0
 
-The last table of methods.md was measured with the chapter's own code path (``prrt.study.ch03_images``
+The last table of benchmarks/DESIGN.md was measured with the chapter's own code path (``prrt.study.ch03_images``
 fitting both networks on one cohort with the demo profile and one setting changed); this script runs one
 network the same way.
 """

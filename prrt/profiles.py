@@ -54,7 +54,7 @@ class Profile:
     suv_scale:
         How: ``log`` maps ``log(1 + SUV)`` (equal SUV ratios are equal steps, so a metastasis a few SUV below
         the liver stands out as clearly as the difference between lesions of SUV 10 and 20), ``linear`` the SUV.
-        ``log`` in every profile: chosen on the two tuning cohorts (``book/methods.md``).
+        ``log`` in every profile: chosen on the two tuning cohorts (``benchmarks/DESIGN.md``).
     n_folds, n_repeats:
         Repeated stratified k-fold cross-validation (the study used 3 folds).
     val_fraction:

@@ -87,7 +87,7 @@ class SignalConfig:
     achievable AUROC of 0.65 (the study's laboratory Random Forest reached 0.59), the lesion features 0.69,
     CT 0.89 and labs + SR-PET + CT 0.93, 0.19 above labs + lesion features; and so that on the demo
     seed the laboratory Random Forest stays near the study's while the images hold signal of their own
-    (book/methods.md says how they were chosen).
+    (benchmarks/DESIGN.md says how they were chosen).
     """
 
     w_lab: float = 0.6

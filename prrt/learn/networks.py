@@ -9,7 +9,7 @@ unimodal models of chapter 03 and the fusion models of a later chapter share the
                parameters, sized for ~100 training patients
 ``compact_instance``  the same with instance normalisation, which rescales every image by its own
                mean and spread, and so blurs the absolute uptake level and the amount of lesion
-               that a PET and a lesion mask carry (see book/methods.md for what it cost on the
+               that a PET and a lesion mask carry (see benchmarks/DESIGN.md for what it cost on the
                tuning cohort)
 ``resnet10``   MONAI's 3D ResNet-10 (about 14 M parameters)
 ``resnet18``   MONAI's 3D ResNet-18 (about 33 M parameters)

@@ -10,7 +10,7 @@
   epochs (or a constant one, ``lr_schedule``); by default (``selection = "last"``) the weights after the
   last epoch are kept. ``selection = "val_loss"`` keeps the epoch with the lowest inner-validation loss
   instead: on the tuning cohort (generator seed 7) that choice, made on ~15 validation patients, kept one
-  of the first five epochs in 19 of 42 folds (see book/methods.md).
+  of the first five epochs in 19 of 42 folds (see benchmarks/DESIGN.md).
 * **Inner validation.** Each training fold is split once more, stratified, into a part that fits
   the network and a validation part (``val_fraction``; the split is drawn by :mod:`prrt.learn.loop`)
   whose loss and AUROC per epoch are the learning curves (and that selects the epoch with

@@ -13,7 +13,7 @@ laboratory model. Their training engine, shared by every image model (:mod:`prrt
   epochs; by default (``selection = "last"``) the weights after the last epoch are kept.
   ``selection = "val_loss"`` keeps the epoch with the lowest inner-validation loss instead: on the
   tuning cohort (generator seed 7) that choice, made on ~15 validation patients, kept one of the
-  first five epochs in 19 of 42 folds (see book/methods.md).
+  first five epochs in 19 of 42 folds (see benchmarks/DESIGN.md).
 * **Inner validation.** With the profile's ``val_fraction`` > 0, each training fold is split once more,
   stratified, into a part that fits the network and a validation part whose loss and AUROC per epoch join
   the learning curves (and that selects the epoch with ``selection = "val_loss"``); the ``demo`` profile
