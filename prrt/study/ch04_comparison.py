@@ -260,10 +260,18 @@ def source_removal(results: dict, data, splits: pd.DataFrame, summary: pd.DataFr
 
 
 def source_removal_table(removal: pd.DataFrame) -> pd.DataFrame:
-    """:func:`source_removal` as the book shows it (two decimals)."""
+    """:func:`source_removal` as the book shows it, narrow enough for the text column: the fusion and the source
+    removed as the index, the AUROCs to two decimals, the model that never had the source with its AUROC in one
+    column."""
     if removal.empty:
         return removal
-    return removal.set_index(["fusion", "removed at test time"]).round(2).fillna("–")
+    return pd.DataFrame({
+        "AUROC: all, removed": [f"{a:.2f}, {b:.2f}" for a, b in zip(removal["AUROC, all sources"],
+                                                                     removal["AUROC, source removed"])],
+        "never had it (AUROC)": ["–" if m == "–" else f"{m} ({a:.2f})" for m, a in zip(removal["model that never had it"],
+                                                                                     removal["its AUROC"])],
+    }, index=pd.MultiIndex.from_frame(removal[["fusion", "removed at test time"]].rename(
+        columns={"removed at test time": "removed"})))
 
 
 def paired_tests(ctx, summary: pd.DataFrame) -> pd.DataFrame:
@@ -332,27 +340,28 @@ def repeat_calibration(run_dir, summary: pd.DataFrame) -> dict[str, pd.DataFrame
 
 
 def slope_reading(per_repeat: pd.DataFrame) -> str:
-    """What the repeats' calibration slopes say, by their 95 % intervals: too extreme when most intervals lie below 1,
-    too timid when most lie above 1, not told apart from 1 otherwise; with the count of each."""
+    """What the repeats' calibration slopes say, without a verdict that one interval could flip: in how many repeats
+    the slope lies below (or above) 1, and in how many its 95 % interval lies wholly below (or above) 1."""
     ok = per_repeat.dropna(subset=["calibration_slope"])
     n = len(ok)
     if not n:
         return "no slope (its predictions do not vary, or separate the classes)"
-    below = int((ok["calibration_slope_ci_high"] < 1).sum())
-    above = int((ok["calibration_slope_ci_low"] > 1).sum())
     if (ok["calibration_slope"] <= 0).sum() > n / 2:
         return f"its probabilities do not rise with the outcome in {int((ok['calibration_slope'] <= 0).sum())} of {n} repeats"
-    if below > n / 2:
-        return f"too extreme: the 95 % interval lies below 1 in {below} of {n} repeats"
-    if above > n / 2:
-        return f"too timid: the 95 % interval lies above 1 in {above} of {n} repeats"
-    return f"not told apart from 1: the 95 % interval includes 1 in {n - below - above} of {n} repeats"
+    below, above = int((ok["calibration_slope"] < 1).sum()), int((ok["calibration_slope"] > 1).sum())
+    sure_below = int((ok["calibration_slope_ci_high"] < 1).sum())
+    sure_above = int((ok["calibration_slope_ci_low"] > 1).sum())
+    if below >= above:
+        return (f"below 1, too extreme, in {below} of {n} repeats; the 95 % interval lies wholly below 1 in "
+                f"{sure_below} of {n}")
+    return (f"above 1, too timid, in {above} of {n} repeats; the 95 % interval lies wholly above 1 in {sure_above} "
+            f"of {n}")
 
 
 def calibration_text(summary: pd.DataFrame, per_repeat: dict[str, pd.DataFrame] | None = None) -> str:
     """A sentence on the calibration of :func:`calibration_models`: each one's calibration slope (mean over the
     repeats; 1 when the predictions spread as the outcomes do, below 1 when they are too extreme, above 1 when too
-    timid) read by the repeats' 95 % intervals (:func:`slope_reading`, with ``per_repeat`` from
+    timid) with how many repeats lie on each side of 1 and how many 95 % intervals exclude it (:func:`slope_reading`, with ``per_repeat`` from
     :func:`repeat_calibration`), calibration-in-the-large (0 when the mean risk is right, below 0 when it is too
     high) and Brier score."""
     models = calibration_models(summary)

@@ -73,9 +73,9 @@ def saliency_text(summary: pd.DataFrame, nulls: pd.DataFrame | None = None) -> s
             out += " " + ", ".join(f"`{m}`" for m in both) + (" beats" if len(both) == 1 else " beat") + " both nulls."
         if rest:
             out += (" The maps of " + ", ".join(f"`{m}`" for m in rest) + " do not beat both nulls on both measures: "
-                    "where a verdict names one measure, only that one sets them apart from the null, and where it "
-                    "names none, they say no more about where the lesions are than that null (a map that only knows "
-                    "where lesions usually sit in the crop, or the same network untrained).")
+                    "where a verdict names one measure, only that one shows more of the lesions than the null, and "
+                    "where it names none, neither does (a map that only knows where lesions usually sit in the crop, "
+                    "or the same network untrained, does as well or better: the table gives both numbers).")
     return out
 
 

@@ -264,11 +264,11 @@ def test_the_reliability_plot_shows_the_fusion_its_control_and_the_best_model_wi
                   "pet_features_logreg": repeats([0.6, 0.62, np.nan], [0.3, 0.4, np.nan], [0.9, 0.95, np.nan])}
     assert ch04_comparison.calibration_text(summary, per_repeat) == (
         "Calibration of each repeat's out-of-fold probabilities, averaged over the repeats (a slope of 1 and an "
-        "intercept of 0 are perfect): `lab_pet_ct_fusion`: slope 1.40 (too timid: the 95 % interval lies above 1 in 2 "
-        "of 3 repeats), calibration-in-the-large 0.20, Brier 0.200; `lab_petfeatures_net`: slope 0.95 (not told apart "
-        "from 1: the 95 % interval includes 1 in 3 of 3 repeats), calibration-in-the-large 0.05, Brier 0.200; "
-        "`pet_features_logreg`: slope 0.61 (too extreme: the 95 % interval lies below 1 in 2 of 2 repeats), "
-        "calibration-in-the-large -0.10, Brier 0.200.")
+        "intercept of 0 are perfect): `lab_pet_ct_fusion`: slope 1.40 (above 1, too timid, in 3 of 3 repeats; the 95 % "
+        "interval lies wholly above 1 in 2 of 3), calibration-in-the-large 0.20, Brier 0.200; `lab_petfeatures_net`: "
+        "slope 0.95 (below 1, too extreme, in 2 of 3 repeats; the 95 % interval lies wholly below 1 in 0 of 3), "
+        "calibration-in-the-large 0.05, Brier 0.200; `pet_features_logreg`: slope 0.61 (below 1, too extreme, in 2 of "
+        "2 repeats; the 95 % interval lies wholly below 1 in 2 of 2), calibration-in-the-large -0.10, Brier 0.200.")
     assert "(" not in ch04_comparison.calibration_text(summary).split("`lab_pet_ct_fusion`: slope 1.40")[1][:2]
     negative = {ch04_fusion.HEADLINE: repeats([-0.2, -0.1, 0.3], [-0.9] * 3, [0.5, 0.6, 1.2])}
     assert "(its probabilities do not rise with the outcome in 2 of 3 repeats)" in ch04_comparison.calibration_text(
@@ -822,6 +822,17 @@ def test_a_fusion_gives_the_same_numbers_whether_or_not_its_cnns_were_loaded_bef
     warm = spec()
     loop.cross_validate(warm, complete, s, 0, progress=False)  # loads every fold's CNN into the source
     pd.testing.assert_frame_equal(loop.cross_validate(warm, complete, s, 0, progress=False).predictions, fresh)
+
+
+def test_the_source_removal_table_fits_the_text_column():
+    removal = pd.DataFrame({"fusion": [ch04_fusion.HEADLINE] * 2, "removed at test time": ["CT", "SR-PET"],
+                            "AUROC, all sources": [0.714, 0.714], "AUROC, source removed": [0.701, 0.655],
+                            "model that never had it": ["lab_pet_fusion", "–"], "its AUROC": [0.712, np.nan]})
+    t = ch04_comparison.source_removal_table(removal)
+    assert list(t.columns) == ["AUROC: all, removed", "never had it (AUROC)"]
+    assert t.loc[(ch04_fusion.HEADLINE, "CT")].tolist() == ["0.71, 0.70", "lab_pet_fusion (0.71)"]
+    assert t.loc[(ch04_fusion.HEADLINE, "SR-PET"), "never had it (AUROC)"] == "–"
+    assert ch04_comparison.source_removal_table(pd.DataFrame()).empty
 
 
 def test_the_paired_tests_table_fits_the_text_column_and_keeps_what_the_text_quotes():
