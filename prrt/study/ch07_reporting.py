@@ -201,8 +201,15 @@ def kept_weights(profile) -> str:
         text += (f"; {share} of each fold's training patients form an inner validation part that does not fit the "
                  "network and only draws its learning curves" if cfg.val_fraction > 0 else
                  "; every training patient fits the network (no inner validation part)")
+    branches = getattr(profile, "fusion_image_branches", "end_to_end")
+    if branches == "cross_fitted":
+        text += ("; the neural fusions read the CNNs' scores, a training patient's from CNNs fitted without that "
+                 "patient (cross-fitted inside the training part), and the lesion features as the score of a logistic "
+                 "regression cross-fitted the same way (three inner folds)")
+    elif branches == "fold_models":
+        text += "; the neural fusions read the scores of the fold's CNNs"
     return (text + "; the logistic regressions' L2 penalty is chosen by an inner stratified 3-fold cross-validation of "
-            "the training part")
+            "the training part (the late fusion's stacking regression has a fixed penalty, C = 1)")
 
 
 def _missing_images(c) -> str:
@@ -370,7 +377,8 @@ def checklist(f: RunFacts) -> pd.DataFrame:
                + (f" ({epv:.1f} events per laboratory predictor)" if not np.isnan(epv) else "") + "."),
         "11": (link("methods", "Laboratory Random Forest") + ", " + link("04"),
                f"{n_missing} of {n_cells} table values missing ({100 * n_missing / max(n_cells, 1):.1f} %), in "
-               f"{len(missing)} columns; imputed with the median of the training part of each fold. "
+               f"{len(missing)} columns; imputed with the median of the training part of each fold, as are the SR-PET "
+               "lesion features of a patient without a lesion in the mask (undefined there). "
                + _missing_images(c)),
         "12a": (link("02", "the splits") + ", " + link("methods", "Cross-validation protocol"),
                 f"{p.n_repeats} × repeated stratified {p.n_folds}-fold cross-validation on the same saved splits for "
@@ -382,7 +390,9 @@ def checklist(f: RunFacts) -> pd.DataFrame:
         "12c": (link("02") + ", " + link("03") + ", " + link("04"),
                 f"{n_models} models ran (Random Forests, logistic regressions, 3D CNNs, fusions)"
                 + (f"; skipped for this manifest or profile: {', '.join(skipped)}" if skipped else "")
-                + f". Settings: profile {p.name}; {kept_weights(p)}; no test fold is used for tuning."),
+                + f". Settings: profile {p.name}; {kept_weights(p)}"
+                + ("; the pretrained CT CNN's encoder first learns without labels from CTs outside the cohort (chapter 4)"
+                   if c.ct_pretraining else "") + "; no test fold is used for tuning."),
         "12d": ((link("06") if ext else ""),
                 "Two cohorts, each evaluated separately (chapter 6)." if ext else "One centre: not applicable."),
         "12e": (link("methods", "Metrics, confidence intervals and tests"),

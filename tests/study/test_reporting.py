@@ -84,8 +84,13 @@ def test_the_answers_on_kept_weights_and_calibration_follow_the_settings_and_the
     table = reporting.checklist(facts).set_index("item")
     assert ("the CNNs train for 2 epochs (batch 8), the neural fusions for 10 (batch 64); each keeps its weights after "
             "its last epoch (no early stopping); 20 % of each fold's training patients form an inner validation part "
-            "that does not fit the network and only draws its learning curves; the logistic regressions' L2 penalty is "
-            "chosen by an inner stratified 3-fold cross-validation of the training part") in table.loc["12c", "this run"]
+            "that does not fit the network and only draws its learning curves;") in table.loc["12c", "this run"]
+    assert ("the logistic regressions' L2 penalty is chosen by an inner stratified 3-fold cross-validation of the "
+            "training part") in table.loc["12c", "this run"]
+    assert "cross-fitted inside the training part" in table.loc["12c", "this run"]  # the smoke profile's branches
+    assert "C = 1" in table.loc["12c", "this run"]
+    ends = reporting.checklist(replace(facts, profile=replace(smoke, fusion_image_branches="end_to_end")))
+    assert "cross-fitted" not in ends.set_index("item").loc["12c", "this run"]
     assert "early stopping on" not in table.loc["12c", "this run"]
     assert ("(for the networks, 20 % of them an inner validation part that does not fit them)"
             in table.loc["21", "this run"])
