@@ -245,8 +245,10 @@ class Sanity:
     aurocs: dict  # the permuted-label network's test AUROC, per model
 
     def table(self) -> pd.DataFrame:
-        """The summary as the page shows it (one row per model and check, two decimals)."""
-        return self.summary.set_index(["model", "check"]).round(2)
+        """The summary as the page shows it (one row per model and check, two decimals, short headers so that it fits
+        the text column)."""
+        return self.summary.set_index(["model", "check"]).round(2).rename(columns={
+            "median |rank correlation|": "|ρ| median", "IQR": "|ρ| IQR", "median SSIM": "SSIM median"})
 
 
 def sanity_of_run(ctx, saliency: Saliency | None, specs: list, data) -> Sanity | None:

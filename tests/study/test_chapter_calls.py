@@ -562,7 +562,8 @@ def test_the_sanity_checks_without_and_with_maps(tmp_path):
                             "median |rank correlation|": [0.123, 0.61], "median SSIM": [0.2, 0.3],
                             "verdict": ["passes", "flagged: uninformative"]})
     sanity = ch05_explain.Sanity(pd.DataFrame(), pd.DataFrame(), summary, {"pet_cnn": 0.5})
-    assert sanity.table().loc[("pet_cnn", "permuted labels"), "median |rank correlation|"] == 0.61
+    assert sanity.table().loc[("pet_cnn", "permuted labels"), "|ρ| median"] == 0.61
+    assert list(sanity.table().columns) == ["|ρ| median", "SSIM median", "verdict"]
     assert sanity.table().iloc[0, 0] == 0.12
     assert "**flagged as uninformative**" in ch05_explain.sanity_verdict(sanity)
 
