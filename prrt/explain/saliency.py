@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..evaluation import holm, iter_folds
 from ..imaging import lesions_in_mask_channel
-from ..learn import restore_fold_models
+from ..learn import fold_seed, restore_fold_models
 from .gradcam import dilate, fold_maps, gradcam_maps, randomised, target_layer
 
 #: The two nulls of every saliency number: the network that learnt nothing, and a map that reads no image.
@@ -66,22 +66,29 @@ def saliency_metrics(maps: np.ndarray, masks: np.ndarray, patients: list[str], d
     return pd.DataFrame(rows)
 
 
+def greater(diff: pd.Series) -> float:
+    """One-sided Wilcoxon signed-rank p-value that the paired differences ``diff`` (one per patient) are above 0;
+    NaN with fewer than 5 pairs or no difference at all."""
+    from scipy.stats import wilcoxon
+
+    diff = diff.dropna()
+    return float(wilcoxon(diff, alternative="greater").pvalue) if len(diff) >= 5 and (diff != 0).any() else np.nan
+
+
 def summarise_saliency(metrics: pd.DataFrame, by: list[str] | str = "model") -> pd.DataFrame:
     """Mean mass in the mask against chance, and the pointing game's hit rate against chance, per group.
 
     ``maps checked``: the maps with a lesion in the mask and a map that is not zero everywhere.
     ``p (mass > chance)``: Wilcoxon signed-rank test (one-sided; scipy) of the mass in the mask
     against its chance share, one pair per patient (the mean over the repeats, which map the same
-    patients again and are not independent).
+    patients again and are not independent; :func:`greater`).
     """
-    from scipy.stats import wilcoxon
-
     rows = []
     for key, g in metrics.groupby(by, sort=False):
         v = g.dropna(subset=["mass_in_mask"])
         per_patient = v.groupby("patient")[["mass_in_mask", "chance"]].mean() if "patient" in v else v
         diff = per_patient["mass_in_mask"] - per_patient["chance"]
-        p = float(wilcoxon(diff, alternative="greater").pvalue) if len(diff) >= 5 and (diff != 0).any() else np.nan
+        p = greater(diff)
         rows.append({**dict(zip([by] if isinstance(by, str) else by, key if isinstance(key, tuple) else (key,))),
                      "maps": len(g), "maps checked": len(v),
                      "mass in mask": v["mass_in_mask"].mean(), "chance": v["chance"].mean(),
@@ -116,12 +123,6 @@ def compare_with_nulls(metrics: pd.DataFrame, nulls: pd.DataFrame) -> pd.DataFra
     pointing hits against the null's, by one-sided Wilcoxon signed-rank tests of the per-patient differences
     (``p (mass > null)``, ``p (hits > null)``; none with fewer than 5 patients or no difference), Holm-adjusted over
     every test of the table (``..., Holm``), and the :func:`verdict` of the two."""
-    from scipy.stats import wilcoxon
-
-    def test(diff):
-        diff = diff.dropna()
-        return float(wilcoxon(diff, alternative="greater").pvalue) if len(diff) >= 5 and (diff != 0).any() else np.nan
-
     cols = ["mass_in_mask", "pointing_hit"]
     rows = []
     for (model, null), g in nulls.groupby(["model", "null"], sort=False):
@@ -131,8 +132,8 @@ def compare_with_nulls(metrics: pd.DataFrame, nulls: pd.DataFrame) -> pd.DataFra
         rows.append({"model": model, "null": null, "patients": len(both),
                      "mass in mask": both["mass_in_mask"].mean(), "null: mass in mask": both["mass_in_mask_null"].mean(),
                      "pointing hits": both["pointing_hit"].mean(), "null: pointing hits": both["pointing_hit_null"].mean(),
-                     "p (mass > null)": test(both["mass_in_mask"] - both["mass_in_mask_null"]),
-                     "p (hits > null)": test(both["pointing_hit"] - both["pointing_hit_null"])})
+                     "p (mass > null)": greater(both["mass_in_mask"] - both["mass_in_mask_null"]),
+                     "p (hits > null)": greater(both["pointing_hit"] - both["pointing_hit_null"])})
     out = pd.DataFrame(rows, columns=["model", "null", "patients", "mass in mask", "null: mass in mask", "pointing hits",
                                       "null: pointing hits", "p (mass > null)", "p (hits > null)"])
     adjusted = holm(pd.concat([out["p (mass > null)"], out["p (hits > null)"]], ignore_index=True).astype(float))
@@ -178,6 +179,7 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
     keep = sorted(splits["repeat"].unique())[:repeats] if repeats else None
     first = int(splits["repeat"].min())
     metrics, nulls, maps, layers, kept = [], [], {}, {}, {}
+    blobs = {}  # (modality, repeat, fold) -> the data-free blob (the CT CNNs share one)
     folds = [f for f in iter_folds(splits) if keep is None or f.repeat in keep]
     for spec in specs:
         models = restore_fold_models(spec, data, splits, seed, run_dir, repeats=keep)
@@ -197,9 +199,12 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
             metrics.append(saliency_metrics(m, masks, patients, dilation_voxels).assign(**where))
             if has_mask:
                 net = models[(fold.repeat, fold.fold)].model
-                random_maps = gradcam_maps(randomised(net, seed + 1000 * fold.repeat + fold.fold), x, layer)
-                train = [p for p in fold.train if images.has(p)]
-                blob = lesion_blob(lesions_in_mask_channel(images.take(train)[:, 1].numpy()))
+                random_maps = gradcam_maps(randomised(net, fold_seed(seed, fold.repeat, fold.fold)), x, layer)
+                key = (models[(fold.repeat, fold.fold)].modality, fold.repeat, fold.fold)
+                if key not in blobs:
+                    train = [p for p in fold.train if images.has(p)]
+                    blobs[key] = lesion_blob(lesions_in_mask_channel(images.take(train)[:, 1].numpy()))
+                blob = blobs[key]
                 for null, null_maps in ((RANDOMISED, random_maps), (BLOB, np.broadcast_to(blob, m.shape))):
                     nulls.append(saliency_metrics(null_maps, masks, patients, dilation_voxels).assign(null=null, **where))
             if fold.repeat == first:

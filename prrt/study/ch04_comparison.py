@@ -346,8 +346,9 @@ def slope_reading(per_repeat: pd.DataFrame) -> str:
     n = len(ok)
     if not n:
         return "no slope (its predictions do not vary, or separate the classes)"
-    if (ok["calibration_slope"] <= 0).sum() > n / 2:
-        return f"its probabilities do not rise with the outcome in {int((ok['calibration_slope'] <= 0).sum())} of {n} repeats"
+    flat = int((ok["calibration_slope"] <= 0).sum())
+    if flat > n / 2:
+        return f"its probabilities do not rise with the outcome in {flat} of {n} repeats"
     below, above = int((ok["calibration_slope"] < 1).sum()), int((ok["calibration_slope"] > 1).sum())
     sure_below = int((ok["calibration_slope_ci_high"] < 1).sum())
     sure_above = int((ok["calibration_slope_ci_low"] > 1).sum())
@@ -361,9 +362,9 @@ def slope_reading(per_repeat: pd.DataFrame) -> str:
 def calibration_text(summary: pd.DataFrame, per_repeat: dict[str, pd.DataFrame] | None = None) -> str:
     """A sentence on the calibration of :func:`calibration_models`: each one's calibration slope (mean over the
     repeats; 1 when the predictions spread as the outcomes do, below 1 when they are too extreme, above 1 when too
-    timid) with how many repeats lie on each side of 1 and how many 95 % intervals exclude it (:func:`slope_reading`, with ``per_repeat`` from
-    :func:`repeat_calibration`), calibration-in-the-large (0 when the mean risk is right, below 0 when it is too
-    high) and Brier score."""
+    timid) with how many repeats lie on each side of 1 and how many 95 % intervals exclude it (:func:`slope_reading`,
+    with ``per_repeat`` from :func:`repeat_calibration`), calibration-in-the-large (0 when the mean risk is right,
+    below 0 when it is too high) and Brier score."""
     models = calibration_models(summary)
     if not models:
         return "None of the models of the reliability plot ran for this manifest."

@@ -34,7 +34,7 @@ def format_saliency(summary: pd.DataFrame, index) -> pd.DataFrame:
     for c in ("mass in mask", "chance", "pointing hits"):
         out[c] = out[c].map(lambda v: f"{100 * v:.1f} %")
     if "p (mass > chance)" in out:
-        out["p (mass > chance)"] = out["p (mass > chance)"].map(lambda p: format_p(p) if np.isfinite(p) else "–")
+        out["p (mass > chance)"] = out["p (mass > chance)"].map(format_p)  # "–" where there is no test
     return out
 
 
@@ -155,17 +155,17 @@ def format_ablation(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`prrt.explain.ablation_table` for the page, narrow enough for the text column: the AUROC and the
     difference from the full fusion with their 95 % intervals, and the Holm-adjusted p."""
     def diff(r):
-        if r.name == "all modalities" or "difference CI low" not in table:
-            return "–" if r.name == "all modalities" else f"{r['difference from all modalities']:+.2f}"
-        return (f"{r['difference from all modalities']:+.2f} [{r['difference CI low']:+.2f}, "
-                f"{r['difference CI high']:+.2f}]")
+        if r.name == "all modalities":
+            return "–"
+        interval = f" [{r['difference CI low']:+.2f}, {r['difference CI high']:+.2f}]" if "difference CI low" in table else ""
+        return f"{r['difference from all modalities']:+.2f}{interval}"
 
     out = pd.DataFrame({
         "AUROC [95 % CI]": [f"{r['auroc_mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" for _, r in table.iterrows()],
         "difference [95 % CI]": [diff(r) for _, r in table.iterrows()],
     }, index=table.index)
     if "p (Holm)" in table:
-        out["p (Holm)"] = [format_p(v) if np.isfinite(v) else "–" for v in table["p (Holm)"]]
+        out["p (Holm)"] = [format_p(v) for v in table["p (Holm)"]]
     return out
 
 
@@ -175,13 +175,10 @@ def format_nulls(table: pd.DataFrame) -> pd.DataFrame:
     def pair(a, b):
         return f"{100 * a:.1f} vs {100 * b:.1f}"
 
-    def p(v):
-        return format_p(v) if np.isfinite(v) else "–"
-
     return pd.DataFrame({
         "mass in mask, %": [pair(a, b) for a, b in zip(table["mass in mask"], table["null: mass in mask"])],
         "pointing hits, %": [pair(a, b) for a, b in zip(table["pointing hits"], table["null: pointing hits"])],
-        "p (Holm): mass, hits": [f"{p(a)}, {p(b)}" for a, b in zip(table["p (mass > null), Holm"],
-                                                                  table["p (hits > null), Holm"])],
+        "p (Holm): mass, hits": [f"{format_p(a)}, {format_p(b)}" for a, b in zip(table["p (mass > null), Holm"],
+                                                                                table["p (hits > null), Holm"])],
         "verdict": table["verdict"].to_numpy(),
     }, index=pd.MultiIndex.from_frame(table[["model", "null"]]))

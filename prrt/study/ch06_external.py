@@ -93,14 +93,14 @@ def format_comparison(table: pd.DataFrame, metrics: pd.DataFrame | None = None) 
     their CIs) what each AUROC change reads as (:func:`change_word`)."""
     f = lambda v: "–" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
     d = lambda v: "–" if pd.isna(v) else f"{v:+.3f}"  # noqa: E731
+    ci = metrics.set_index("model")[["auroc_ci_low", "auroc_ci_high"]] if metrics is not None else None
     return pd.DataFrame({
         "inputs": table["inputs"].to_list(),
         "AUROC, development (CV)": table["auroc_development"].map(f).to_list(),
         "AUROC, external": table["auroc_external"].map(f).to_list(),
         "AUROC change": table["auroc_change"].map(d).to_list(),
-        **({"reads as": [change_word(r["auroc_development"], *metrics.set_index("model").loc[
-            r["model"], ["auroc_ci_low", "auroc_ci_high"]]) for _, r in table.iterrows()]}
-           if metrics is not None else {}),
+        **({"reads as": [change_word(dev, *ci.loc[m]) for m, dev in zip(table["model"], table["auroc_development"])]}
+           if ci is not None else {}),
         "AUPRC, development (CV)": table["auprc_development"].map(f).to_list(),
         "AUPRC, external": table["auprc_external"].map(f).to_list(),
         "C-index, development (CV)": table["c_index_development"].map(f).to_list(),
@@ -235,14 +235,10 @@ def change_reading(auroc_development: float, low: float, high: float) -> str:
     """What the external AUROC's interval says about the change from the development cohort (:func:`change_word`),
     in words."""
     word = change_word(auroc_development, low, high)
-    if word == "drop":
-        return (f"a drop: the development AUROC ({auroc_development:.2f}) lies above the external 95 % CI "
-                f"({low:.2f} to {high:.2f})")
-    if word == "gain":
-        return (f"a gain: the development AUROC ({auroc_development:.2f}) lies below the external 95 % CI "
-                f"({low:.2f} to {high:.2f})")
-    return (f"within noise: the development AUROC ({auroc_development:.2f}) lies inside the external 95 % CI "
-            f"({low:.2f} to {high:.2f}), so this cohort cannot tell the two apart")
+    where = {"drop": "above", "gain": "below", "within noise": "inside"}[word]
+    return (f"{'within noise' if word == 'within noise' else 'a ' + word}: the development AUROC "
+            f"({auroc_development:.2f}) lies {where} the external 95 % CI ({low:.2f} to {high:.2f})"
+            + (", so this cohort cannot tell the two apart" if word == "within noise" else ""))
 
 
 def headline_model(metrics: pd.DataFrame) -> str | None:

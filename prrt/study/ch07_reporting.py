@@ -231,8 +231,9 @@ def _predictor_definitions(c, p) -> str:
     mods = [m for m in c.modalities if m in ("pet", "ct")]
     spacing = sorted(set(p.voxel_spacing_mm))
     size = " × ".join(f"{v:g}" for v in p.voxel_spacing_mm) if len(spacing) > 1 else f"{spacing[0]:g}"
-    grid = (f"resampled to {size} mm voxels, {'centred on the ' + p.roi if p.roi != 'body' else 'the whole body'} (CT windowed to {p.hu_window[0]:g} to "
-            f"{p.hu_window[1]:g} HU, SR-PET SUV {p.suv_range[0]:g} to {p.suv_range[1]:g} on a {p.suv_scale} scale)")
+    where = f"centred on the {p.roi}" if p.roi != "body" else "the whole body"
+    grid = (f"resampled to {size} mm voxels, {where} (CT windowed to {p.hu_window[0]:g} to {p.hu_window[1]:g} HU, "
+            f"SR-PET SUV {p.suv_range[0]:g} to {p.suv_range[1]:g} on a {p.suv_scale} scale)")
     images = f"images: {', '.join(m.upper() for m in mods)}, {grid}" if mods else "no images"
     return (f"Laboratory values as the manifest gives them: {labs}; {images}; the SR-PET lesion features are computed "
             "from the lesion masks as the methods define them. When the values were measured relative to treatment "
