@@ -29,6 +29,7 @@ from torch import nn
 
 from ..learn import checkpoint_path
 from ..provenance import file_sha256
+from ..timing import phase
 
 
 # ---- Grad-CAM --------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def gradcam_maps(net: nn.Module, x: torch.Tensor, layer: str, batch_size: int = 
     cam = GradCAM(model, target_layers=f"net.{layer}", postprocessing=minmax)
     out = []
     for i in range(0, len(x), batch_size):
-        with torch.enable_grad():
+        with torch.enable_grad(), phase("Grad-CAM"):
             out.append(cam(x[i:i + batch_size].float().to(device), class_idx=0).detach()[:, 0].cpu())
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, *x.shape[2:]), np.float32)
 
@@ -197,7 +198,8 @@ def fold_maps(run_dir, name: str, repeat: int, fold: int, net: nn.Module, x: tor
         with np.load(file) as z:
             if str(z["checkpoint_sha256"]) == sha and str(z["layer"]) == layer and list(z["patients"]) == list(patients):
                 return z["maps"].astype(np.float32)
-    maps = gradcam_maps(net, x, layer)
+    with phase("Grad-CAM", model=name):
+        maps = gradcam_maps(net, x, layer)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(".partial.npz")
     np.savez_compressed(tmp, maps=maps.astype(np.float16), patients=np.array(patients), layer=np.array(layer),

@@ -44,6 +44,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..timing import phase
 from .io import read_image
 from .resample import resample_fraction, resample_to
 
@@ -179,7 +180,8 @@ def cohort_features(cohort, progress: bool = True) -> pd.DataFrame:
         pet = cohort.image_path(pid, "pet")
         if pet is None:
             continue
-        rows[pid] = patient_features(pet, cohort.image_path(pid, "mask"), cohort.image_path(pid, "organs"), pid)
+        with phase("preprocessing", model="lesion features"):
+            rows[pid] = patient_features(pet, cohort.image_path(pid, "mask"), cohort.image_path(pid, "organs"), pid)
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "patient"
     return df

@@ -35,6 +35,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ..provenance import file_sha256
+from ..timing import phase
 from .boxes import InputBox, grid_affine_ras, input_box
 from .io import ImageError, read_image
 from .resample import resample_images, scale_intensity
@@ -137,6 +138,10 @@ class ImageCache:
 
     def get(self, paths: dict, settings: PreprocessSettings, patient: str | None = None) -> dict:
         """The preprocessed arrays of one patient, computed and stored on a miss."""
+        with phase("loading inputs"):
+            return self._get(paths, settings, patient)
+
+    def _get(self, paths: dict, settings: PreprocessSettings, patient: str | None) -> dict:
         for modality, p in paths.items():
             if p is not None and not Path(p).is_file():
                 raise ImageError("file not found", p, modality, patient)
@@ -151,7 +156,8 @@ class ImageCache:
                 return arrays
             except (OSError, ValueError):
                 pass  # a damaged cache entry is recomputed
-        arrays = preprocess(paths, settings, patient, box)
+        with phase("preprocessing"):
+            arrays = preprocess(paths, settings, patient, box)
         self.misses += 1
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".npz.partial")

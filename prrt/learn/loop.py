@@ -46,6 +46,7 @@ from ..evaluation import (
     summarise,
     write_predictions,
 )
+from ..timing import capture, merge, phase
 from .base import FitRecord, ModelData, ModelSpec, TrainingPart, logit
 from .engines import Sequential
 
@@ -156,6 +157,7 @@ class FoldOutput:
     permutation: pd.DataFrame | None = None
     impurity: pd.DataFrame | None = None
     model: object = None  # the fitted model, when asked for
+    timings: dict | None = None  # the phases of the job (:func:`prrt.timing.capture`), wherever it ran
 
 
 def fit_fold(spec: ModelSpec, data: ModelData, fold, seed: int, unlabelled: list[str], progress: bool = False,
@@ -170,12 +172,15 @@ def fit_fold(spec: ModelSpec, data: ModelData, fold, seed: int, unlabelled: list
     if set(fold.test) & set(part.all) or set(part.all) != set(fold.train):
         raise AssertionError(f"repeat {fold.repeat}, fold {fold.fold}: the training part is not the fold's training set")
     model = spec.build(seed)
-    record = model.fit(data, part, s, progress=progress, desc=f"r{fold.repeat} f{fold.fold}") or FitRecord()
-    out = FoldOutput(fold.repeat, fold.fold, fold_test_rows(fold, model.predict(data, fold.test), data.y),
-                     pd.Series(model.predict(data, unlabelled), index=unlabelled) if unlabelled else None,
-                     part.val, record)
+    with phase("training", model=spec.name):
+        record = model.fit(data, part, s, progress=progress, desc=f"r{fold.repeat} f{fold.fold}") or FitRecord()
+    with phase("prediction", model=spec.name):
+        out = FoldOutput(fold.repeat, fold.fold, fold_test_rows(fold, model.predict(data, fold.test), data.y),
+                         pd.Series(model.predict(data, unlabelled), index=unlabelled) if unlabelled else None,
+                         part.val, record)
     if spec.permutation_repeats and hasattr(model, "permutation_importance"):
-        out.permutation = model.permutation_importance(data, fold.test, spec.permutation_repeats, s)
+        with phase("importance", model=spec.name):
+            out.permutation = model.permutation_importance(data, fold.test, spec.permutation_repeats, s)
     if hasattr(model, "impurity_importance"):
         out.impurity = model.impurity_importance()
     if keep_model:
@@ -243,6 +248,7 @@ def fold_outputs(specs: list[ModelSpec], data: ModelData, splits: pd.DataFrame, 
                       jobs, data, progress=progress, desc=desc)
     by_model = {spec.name: [] for spec in specs}
     for (spec, _, _), out in zip(jobs, outs):
+        merge(out.timings)
         by_model[spec.name].append(out)
     return by_model
 
@@ -290,7 +296,10 @@ def training_score_of(scores: pd.DataFrame, repeat: int, fold: int, patients: li
 
 def _run_job(job, data: ModelData, seed: int, keep_model: bool, progress: bool) -> FoldOutput:
     spec, fold, unlabelled = job
-    return fit_fold(spec, data, fold, seed, unlabelled, progress=progress, keep_model=keep_model)
+    with capture() as timings:  # handed back with the results: the job may run in another process
+        out = fit_fold(spec, data, fold, seed, unlabelled, progress=progress, keep_model=keep_model)
+    out.timings = timings
+    return out
 
 
 def collect(spec: ModelSpec, outs: list[FoldOutput], run_dir=None) -> CVResult:
@@ -361,7 +370,8 @@ def run_models(specs: list[ModelSpec], data: ModelData, cohort, splits: pd.DataF
         if spec.build is None:
             rows.append(skipped(spec.name, spec.chapter, spec.inputs, spec.reason))
             continue
-        rows.append({"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",
-                     **summarise(results[spec.name].predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
+        with phase("statistics", model=spec.name):
+            rows.append({"model": spec.name, "chapter": spec.chapter, "inputs": spec.inputs, "status": "ran",
+                         **summarise(results[spec.name].predictions, cohort, n_boot=profile.n_bootstrap, seed=seed)})
     results = {spec.name: results[spec.name] for spec in runnable}
     return results, rows

@@ -51,6 +51,7 @@ from ..imaging import (
     mask_channel_array,
 )
 from ..provenance import file_sha256
+from ..timing import phase
 from .networks import build_encoder
 from .training import seed_everything
 from .weights import load_encoder_weights, map_keys, parse_prefix_map, state_dict_of
@@ -267,7 +268,8 @@ def pretrain_ct(source, profile, cache_dir, seed: int, cfg: PretrainConfig | Non
         return weights
     t0 = time.perf_counter()
     x = collection_tensor(cases, profile, cache_dir, progress)
-    encoder, curve = train_restorer(x, cfg, seed, progress)
+    with phase("pretraining", model="CT encoder"):
+        encoder, curve = train_restorer(x, cfg, seed, progress)
     card = {
         "what": "CT encoder pretrained without outcome labels (prrt pretrain-ct)",
         "recipe": RECIPE, "config": asdict(cfg), "seed": int(seed), "epochs": cfg.epochs,

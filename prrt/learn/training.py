@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from ..timing import phase
 from .networks import ImageClassifier, build_encoder
 from .weights import load_encoder_weights
 
@@ -120,10 +121,11 @@ class BatchAugmenter:
         return torch.stack(out)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        theta = self.theta(n).to(x.device)
-        factor = (1 + self._uniform(n, 1, self.intensity)).to(x.device).view(n, 1, 1, 1, 1)
-        return self.warp(x.float(), theta).to(x.dtype) * factor
+        with phase("augmentation"):
+            n = x.shape[0]
+            theta = self.theta(n).to(x.device)
+            factor = (1 + self._uniform(n, 1, self.intensity)).to(x.device).view(n, 1, 1, 1, 1)
+            return self.warp(x.float(), theta).to(x.dtype) * factor
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 
 from ..data import (
     checkable_tokens,
@@ -30,6 +31,7 @@ from ..data import (
     load_cohort,
 )
 from ..provenance import BOOK_SOURCES, REPO_ROOT, repository_url
+from ..timing import chapter_table, model_table
 from .browser import browser_missing_reason, check_book
 from .lock import RunError, exclusive, replace_dir
 
@@ -64,7 +66,7 @@ def _published_copy(notebook: Path, out: Path) -> None:
     nbformat.write(nb, out)
 
 
-def _run_page(info: dict) -> str:
+def run_page(info: dict) -> str:
     """The book page that records this run (from run.json)."""
     lines = [
         "# This run", "",
@@ -85,14 +87,55 @@ def _run_page(info: dict) -> str:
         f"| device | {info['device'].get('gpu') or info['device']['cpu']} ({info['device']['cpu_count']} CPU cores) |",
         f"| model fits | {engine_text(info.get('engine'))} |",
         f"| started / finished (UTC) | {info['started']} / {info['finished']} |",
-        "", "## Wall time per notebook", "", "| notebook | seconds |", "|---|---|",
-    ]
-    lines += [f"| {n['name']} | {n['wall_time_s']} |" for n in info["notebooks"]]
-    lines += [f"| **all** | {info['wall_time_s']} |", "", "## Package versions", "", "| package | version |", "|---|---|"]
+        "", *_time_page(info), "## Package versions", "", "| package | version |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info["packages"].items()]
     lines += ["", "## Profile", "", "```json", json.dumps(info["profile"], indent=2), "```", "",
               "The full record, with the SHA-256 of every input image, is `run.json` in the run directory.", ""]
     return "\n".join(lines)
+
+
+def _markdown(table: pd.DataFrame, index: list[str], digits: int = 0) -> list[str]:
+    """A small table as Markdown: seconds as whole numbers (blank for none), other numbers with ``digits``."""
+    def cell(v):
+        if isinstance(v, str):
+            return v
+        if pd.isna(v) or v == 0:
+            return ""
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    t = table.reset_index()
+    head = [*index, *[c for c in t.columns if c not in index]]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(cell(r[c]) for c in head) + " |" for _, r in t.iterrows()]
+    return out
+
+
+def _time_page(info: dict) -> list[str]:
+    """Where the run's time went (``run.json``'s ``timings``, :mod:`prrt.timing`): seconds per notebook and phase,
+    and per model."""
+    rows = pd.DataFrame(info.get("timings", []), columns=["chapter", "model", "phase", "pid", "wall_s", "cpu_s",
+                                                          "calls", "in_notebook"])
+    chapters = chapter_table(rows, info["notebooks"])
+    cpu = [n.get("cpu_time_s") for n in info["notebooks"]]
+    total = {"wall": info["wall_time_s"], "cores busy": sum(cpu) / info["wall_time_s"]
+             if None not in cpu and info["wall_time_s"] else float("nan")}
+    chapters.loc["**all**"] = pd.Series({**chapters.sum(numeric_only=True), **total})
+    busy = chapters.pop("cores busy")
+    chapters = chapters.round(0)
+    chapters["cores busy"] = busy.map(lambda b: "" if pd.isna(b) else f"{b:.2f}")
+    lines = ["## Where the time goes", "",
+             "Seconds of each notebook in each phase (summed over the processes that worked for it, so a phase "
+             "run by two workers at once can add up to more than the notebook's wall time); *other* is the wall "
+             "time the notebook's own process spent outside every phase (starting the kernel, imports, tables and "
+             "figures); *cores busy* is the notebook's CPU time over its wall time. The book build (not in this "
+             "table: it runs after this page is written) is `book_build_s` in `run.json`.", "",
+             *_markdown(chapters, ["notebook"]), ""]
+    models = model_table(rows)
+    if len(models):
+        models = models.round(0)
+        lines += ["Seconds per model (every fold job of the notebook; *fits*: the networks or forests fitted):", "",
+                  *_markdown(models.rename_axis(["notebook", "model"]), ["notebook", "model"]), ""]
+    return lines
 
 
 def _external_rows(info: dict) -> list[str]:
@@ -168,7 +211,7 @@ def _build_book(run_dir: Path, repo_root, log) -> Path:
     (src / "notebooks").mkdir()
     for nb in sorted((run_dir / "notebooks").glob("*.ipynb")):
         _published_copy(nb, src / "notebooks" / nb.name)
-    (src / "book" / "this_run.md").write_text(_run_page(info))
+    (src / "book" / "this_run.md").write_text(run_page(info))
     config = yaml.safe_load((src / "_config.yml").read_text())
     config["execute"] = {**config.get("execute", {}), "execute_notebooks": "off"}
     url = repository_url()

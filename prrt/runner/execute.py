@@ -10,17 +10,20 @@ directory and leaves the previous run as it was (the lock and the signals: :mod:
 
 Each notebook gets the parameters its ``parameters`` cell declares (:func:`declared_parameters`), with
 paths relative to the run directory. ``run.json`` records the run: the cohort, the SHA-256 of every
-input file, the profile, the seed, the git commit, the package versions, the device and the wall time
-of each notebook.
+input file, the profile, the seed, the git commit, the package versions, the device, the wall and CPU time
+of each notebook and where that time went (``timings``: seconds per notebook, model and phase, from
+:mod:`prrt.timing`; the book build's own time is added once the book is built).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 
@@ -35,6 +38,8 @@ from ..provenance import (
     input_hashes,
     relative,
 )
+from ..timing import CHAPTER_ENV, read_timings
+from ..timing import ENV as TIMINGS_ENV
 from .book import build_book
 from .lock import RunError, RunInterrupted, exclusive, keep_failed, replace_dir, utc_now
 
@@ -166,9 +171,6 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
     if ct_weights:
         info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
                               "key_prefixes": list(ct_weights_prefix)}
-    from unittest import mock
-
-
     info["engine"] = {"address": engine or "sequential", "workers": workers}
     # the kernels papermill starts inherit the engine (prrt.study.notebook.Context.engine); restored afterwards
     with mock.patch.dict(os.environ, {ENV: engine or "", ENV + "_WORKERS": str(workers or "")}):
@@ -176,7 +178,10 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
     (staging / "run.json").write_text(json.dumps(info, indent=2))
     if book:
         try:
+            t0 = time.perf_counter()
             build_book(staging, log=log, lock=False)
+            info["book_build_s"] = round(time.perf_counter() - t0, 1)  # (the book's own page cannot hold it)
+            (staging / "run.json").write_text(json.dumps(info, indent=2))
         except RunError as exc:
             failed = keep_failed(staging, run_dir)
             raise RunError(f"{exc}\nThe run itself succeeded; it is kept in {failed}."
@@ -188,15 +193,18 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
     from tqdm.auto import tqdm
 
     t_run = time.perf_counter()
+    timings = staging / "timings"
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     for nb in bar:
         bar.set_postfix_str(nb.name)
         out = staging / "notebooks" / nb.name
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         try:
             declared = declared_parameters(nb)  # each notebook gets the parameters it declares
-            pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
-                                cwd=str(staging), progress_bar=progress, kernel_name="python3")
+            # the kernel (and the workers it starts) write their phase sums to timings/ (prrt.timing)
+            with mock.patch.dict(os.environ, {TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name}):
+                pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
+                                    cwd=str(staging), progress_bar=progress, kernel_name="python3")
         except RunInterrupted:
             raise
         except Exception as exc:  # papermill raises PapermillExecutionError, or kernel errors
@@ -207,8 +215,18 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
                 f"The previous run in {run_dir} (if any) and its book are untouched."
             ) from None
         _finish_notebook(out)
-        info["notebooks"].append({"name": nb.name, "wall_time_s": round(time.perf_counter() - t0, 1)})
+        info["notebooks"].append({"name": nb.name, "wall_time_s": round(time.perf_counter() - t0, 1),
+                                  "cpu_time_s": round(_children_cpu() - cpu0, 1)})
         log(f"  {nb.name}: {info['notebooks'][-1]['wall_time_s']} s")
     info.update(status="complete", finished=utc_now(), wall_time_s=round(time.perf_counter() - t_run, 1))
+    rows = read_timings(timings)
+    info["timings"] = rows.round({"wall_s": 2, "cpu_s": 2}).to_dict(orient="records")
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children: a notebook's kernel, once papermill has
+    shut it down, with the processes it waited for (its Dask workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 

@@ -218,6 +218,33 @@ def test_run_directory_has_the_record(smoke_run, canary_cohort):
 
 
 @pytest.mark.slow
+def test_the_run_records_where_its_time_went(smoke_run):
+    """run.json: CPU time per notebook, seconds per notebook, model and phase (prrt.timing), the book build; the
+    "This run" page shows them."""
+    from prrt.timing import chapter_table, model_table
+
+    info = json.loads((smoke_run / "run.json").read_text())
+    assert all(n["cpu_time_s"] > 0 for n in info["notebooks"]) and info["book_build_s"] > 0
+    rows = pd.DataFrame(info["timings"])
+    assert not list((smoke_run / "timings").glob("*.tmp"))
+    by = rows.groupby(["chapter", "phase"])["wall_s"].sum()
+    assert by[("03_unimodal_cnn.ipynb", "training")] > 0 and by[("03_unimodal_cnn.ipynb", "augmentation")] > 0
+    assert by[("05_explainability.ipynb", "Grad-CAM")] > 0 and by[("02_lab_random_forest.ipynb", "statistics")] > 0
+    assert ("01_cohort.ipynb", "loading inputs") in by.index or ("01_cohort.ipynb", "preprocessing") in by.index
+    models = model_table(rows)
+    assert models.loc[("03_unimodal_cnn.ipynb", "pet_cnn"), "fits"] == 6  # 2 repeats x 3 folds
+    # chapter 04's fusions read scores cross-fitted by CNNs fitted there, on pairs of folds: 2 repeats x 3 pairs
+    assert models.loc[("04_fusion.ipynb", "pet_cnn"), "fits"] == 6
+    table = chapter_table(rows, info["notebooks"])
+    for nb in info["notebooks"]:  # the phases of a notebook's own process fit in its wall time
+        own = rows[(rows["chapter"] == nb["name"]) & rows["in_notebook"]]["wall_s"].sum()
+        assert own <= nb["wall_time_s"] + 1, nb["name"]
+        assert table.loc[nb["name"], "other"] >= 0
+    page = (smoke_run / "book" / "book" / "this_run.html").read_text()
+    assert "Where the time goes" in page and "pet_cnn" in page and "cores busy" in page
+
+
+@pytest.mark.slow
 def test_book_has_the_cohort_page_without_patient_ids(smoke_run, canary_cohort):
     book = smoke_run / "book"
     page = book / "notebooks" / "01_cohort.html"
