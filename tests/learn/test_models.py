@@ -90,6 +90,24 @@ def test_run_models_returns_and_writes_what_the_loop_and_summarise_give(chapter,
     assert not (tmp_path / "checkpoints" / "lab_lr").exists()
 
 
+def test_the_loop_times_each_models_fits_predictions_importances_and_statistics(chapter, tmp_path, monkeypatch):
+    """prrt.timing: every fold job's phases under the model's name, once each, handed back through the engine."""
+    from prrt import timing
+
+    cohort, data, splits, specs, profile = chapter
+    monkeypatch.setattr(timing, "_sums", {})
+    monkeypatch.setenv(timing.ENV, str(tmp_path / "timings"))
+    monkeypatch.setenv(timing.CHAPTER_ENV, "02_x.ipynb")
+    engine = Inline()
+    loop.run_models(specs, data, cohort, splits, profile, 8, tmp_path, progress=False, engine=engine)
+    rows = timing.read_timings(tmp_path / "timings")
+    calls = rows.set_index(["model", "phase"])["calls"].to_dict()
+    assert calls == {("lab_lr", "training"): 6, ("lab_lr", "prediction"): 6, ("lab_lr", "importance"): 6,
+                     ("lab_lr", "statistics"): 1, ("tiny_cnn", "training"): 6, ("tiny_cnn", "prediction"): 6,
+                     ("tiny_cnn", "augmentation"): 6 * 2, ("tiny_cnn", "statistics"): 1}  # 2 batches a fold
+    assert set(rows["chapter"]) == {"02_x.ipynb"} and (rows["wall_s"] > 0).all() and rows["in_notebook"].all()
+
+
 def test_run_models_keeps_the_fold_models_when_asked_and_shows_one_bar_per_model(chapter, tmp_path, capsys):
     cohort, data, splits, specs, profile = chapter
     results, _ = loop.run_models([specs[0], specs[0].__class__(**{**specs[0].__dict__, "name": "lab_lr2"})],
