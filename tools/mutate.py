@@ -16,11 +16,19 @@ below ``--min-score`` (default 0.8).
     python tools/mutate.py            # test the mutants without a kill yet (new, changed, survivors), then report
     python tools/mutate.py --all      # test every mutant in scope again (a full run: about an hour on 2 cores)
     python tools/mutate.py --report   # report the last run only
+    python tools/mutate.py --save-state   # write the verdicts so far to tools/mutation-state.json (a run does it too)
 
 mutmut keeps each mutant's verdict in mutants/ and forgets it when the function it mutates changes, so
 an incremental run re-tests the survivors (the tests may have changed) and whatever was never tested.
 A killed mutant stays killed as long as its function is unchanged and no test is removed; use
 ``--all`` after removing or weakening tests.
+
+A fresh clone has no mutants/ folder, and a full run takes longer than a working session on 2 cores, so the
+verdicts are kept in the repository too: :data:`STATE` (``tools/mutation-state.json``) holds, for every function
+in scope, mutmut's hash of its body and the exit code of each of its mutants. A run writes it when it ends
+(or is stopped), and starts by giving mutmut the verdicts of the functions whose body has not changed since
+(``--save-state`` writes it from a run still going). mutmut regenerates the mutants of a changed function
+untested, as it does within one checkout.
 """
 
 from __future__ import annotations
@@ -57,6 +65,9 @@ SCOPE = {
                                                        "prrt.evaluation.external.x_comparison_table__*"],
 }
 KILLED = {"killed", "timeout"}
+#: The verdicts of earlier runs, kept in the repository (see the module docstring).
+STATE = ROOT / "tools" / "mutation-state.json"
+MUTANT_NAME = re.compile(r"^(?P<function>.+)__mutmut_(?P<number>\d+)$")
 
 
 def area_of(name: str) -> str | None:
@@ -155,6 +166,62 @@ def refresh_copies() -> None:
             shutil.copy2(src, dst)
 
 
+def scope_files(root: Path = ROOT) -> list[str]:
+    import tomllib
+
+    return tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
+
+
+def save_state(root: Path = ROOT, state: Path = STATE) -> int:
+    """Write the verdicts in ``root/mutants`` to ``state``: per scope file, each function's hash and its mutants'
+    exit codes (untested ones left out). Returns the number of verdicts written; a file without a meta file keeps
+    what ``state`` had for it."""
+    import json
+
+    old = json.loads(state.read_text()) if state.is_file() else {}
+    out, n = {}, 0
+    for rel in scope_files(root):
+        meta = root / "mutants" / f"{rel}.meta"
+        if not meta.is_file():
+            if rel in old:
+                out[rel] = old[rel]
+            continue
+        doc = json.loads(meta.read_text())
+        functions = {f: {"hash": h, "exit": {}} for f, h in sorted(doc["hash_by_function_name"].items())}
+        for key, code in doc["exit_code_by_key"].items():
+            m = MUTANT_NAME.match(key)
+            function = m["function"].rpartition(".")[2] if m else None
+            if code is not None and function in functions:
+                functions[function]["exit"][m["number"]] = code
+                n += 1
+        out[rel] = functions
+    state.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    return n
+
+
+def restore_state(root: Path = ROOT, state: Path = STATE) -> int:
+    """Give mutmut the verdicts of ``state`` for every scope file that has no meta file in ``root/mutants`` yet; mutmut
+    keeps them for the functions whose hash has not changed. Returns the number of verdicts given."""
+    import json
+
+    if not state.is_file():
+        return 0
+    n = 0
+    for rel, functions in json.loads(state.read_text()).items():
+        meta = root / "mutants" / f"{rel}.meta"
+        if meta.is_file() or rel not in scope_files(root):
+            continue
+        module = rel.removesuffix(".py").replace("/", ".")
+        codes = {f"{module}.{f}__mutmut_{i}": c for f, v in functions.items() for i, c in v["exit"].items()}
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"exit_code_by_key": codes,
+                                    "hash_by_function_name": {f: v["hash"] for f, v in functions.items()},
+                                    "type_check_error_by_key": {}, "durations_by_key": {},
+                                    "estimated_durations_by_key": {}}))
+        n += len(codes)
+    return n
+
+
 def run_mutmut(mutmut: str, names: list[str], max_children: int, env: dict) -> None:
     subprocess.run([mutmut, "run", "--max-children", str(max_children), *names], cwd=ROOT, env=env, check=True)
 
@@ -165,37 +232,51 @@ def main(argv=None) -> int:
     ap.add_argument("--all", action="store_true", help="re-test every mutant in scope, killed ones too")
     ap.add_argument("--min-score", type=float, default=0.8)
     ap.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--save-state", action="store_true", help=f"only write the verdicts so far to {STATE.name}")
     args = ap.parse_args(argv)
     mutmut = str(Path(sys.executable).parent / "mutmut")
+    if args.save_state:
+        print(f"{save_state()} verdicts written to {STATE.relative_to(ROOT)}")
+        return 0
     if not args.report:
-        # one thread per test process: OpenMP thread pools do not survive mutmut's forks
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        refresh_copies()
-        # mutmut collects which tests call which function once, and afterwards only for new tests: a
-        # function added or moved since (e.g. split out of another) would count as covered by no test
-        # ("no tests"). Collecting afresh costs one run of the fast tests.
-        (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
-        patterns = [p for pats in SCOPE.values() for p in pats]
-        full = args.all or not (ROOT / "mutants").is_dir()
-        if full:
-            run_mutmut(mutmut, patterns, args.max_children, env)
-        # Named mutants are re-tested while the others keep their verdict. The first round takes every
-        # mutant without a kill that is not listed as equivalent (the tests may have changed since); the
-        # second, the mutants of functions that changed since the last run, which mutmut regenerates
-        # untested when it starts.
-        elif some := sorted(n for n in results(mutmut) if area_of(n))[:1]:
-            # mutmut regenerates the mutants of changed functions only when it starts: start it on one
-            # mutant (tested again, a few seconds) so that the rounds below see the new ones. Without
-            # this, a run with no survivors never started mutmut and missed every changed function.
-            run_mutmut(mutmut, some, args.max_children, env)
-        listed = equivalent_mutants()
-        for first in ([False] if full else [True, False]):
-            todo = sorted(n for n, s in results(mutmut).items()
-                          if area_of(n) and (s == "not checked" or first and s not in KILLED and n not in listed))
-            print(f"{len(todo)} mutants in scope to test", flush=True)
-            if todo:
-                run_mutmut(mutmut, todo, args.max_children, env)
+        if not args.all and (given := restore_state()):
+            print(f"{given} verdicts of earlier runs from {STATE.relative_to(ROOT)}", flush=True)
+        try:
+            run_rounds(mutmut, args)
+        finally:
+            print(f"{save_state()} verdicts written to {STATE.relative_to(ROOT)}", flush=True)
     return report(results(mutmut), equivalent_mutants(), args.min_score)
+
+
+def run_rounds(mutmut: str, args) -> None:
+    """The run itself: every mutant in scope (``--all`` or no mutants/ yet), else the rounds of an incremental run."""
+    # one thread per test process: OpenMP thread pools do not survive mutmut's forks
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    refresh_copies()
+    # mutmut collects which tests call which function once, and afterwards only for new tests: a
+    # function added or moved since (e.g. split out of another) would count as covered by no test
+    # ("no tests"). Collecting afresh costs one run of the fast tests.
+    (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    patterns = [p for pats in SCOPE.values() for p in pats]
+    full = args.all or not (ROOT / "mutants").is_dir()
+    if full:
+        run_mutmut(mutmut, patterns, args.max_children, env)
+    # Named mutants are re-tested while the others keep their verdict. The first round takes every
+    # mutant without a kill that is not listed as equivalent (the tests may have changed since); the
+    # second, the mutants of functions that changed since the last run, which mutmut regenerates
+    # untested when it starts.
+    elif some := sorted(n for n in results(mutmut) if area_of(n))[:1]:
+        # mutmut regenerates the mutants of changed functions only when it starts: start it on one
+        # mutant (tested again, a few seconds) so that the rounds below see the new ones. Without
+        # this, a run with no survivors never started mutmut and missed every changed function.
+        run_mutmut(mutmut, some, args.max_children, env)
+    listed = equivalent_mutants()
+    for first in ([False] if full else [True, False]):
+        todo = sorted(n for n, s in results(mutmut).items()
+                      if area_of(n) and (s == "not checked" or first and s not in KILLED and n not in listed))
+        print(f"{len(todo)} mutants in scope to test", flush=True)
+        if todo:
+            run_mutmut(mutmut, todo, args.max_children, env)
 
 
 if __name__ == "__main__":
