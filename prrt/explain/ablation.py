@@ -23,6 +23,7 @@ from ..evaluation import (
     per_repeat_metrics,
 )
 from ..learn import SOURCE
+from ..timing import phase
 
 
 def modality_ablation(models: dict, data, splits: pd.DataFrame, source_names: dict[str, str]) -> dict[str, pd.DataFrame]:
@@ -43,7 +44,9 @@ def modality_ablation(models: dict, data, splits: pd.DataFrame, source_names: di
         parts = []
         for (r, f), model in models.items():
             test = tests[(r, f)]
-            parts.append(fold_test_rows(Fold(r, f, [], test), model.predict(data, test, without=without), data.y))
+            with phase("prediction"):
+                p = model.predict(data, test, without=without)
+            parts.append(fold_test_rows(Fold(r, f, [], test), p, data.y))
         out[setting] = pd.concat(parts, ignore_index=True)
     return out
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..evaluation import fold_tests
 from ..learn import fold_seed, importance_summary
+from ..timing import phase
 
 
 def permutation_importance(models: dict, data, splits: pd.DataFrame, columns: list[str], repeats: int,
@@ -21,12 +22,16 @@ def permutation_importance(models: dict, data, splits: pd.DataFrame, columns: li
     """Drop in AUROC on each held-out fold when one table column is shuffled among that fold's test
     patients (``repeats`` shuffles, mean kept), for fold models ``{(repeat, fold): model}``: the same
     definition as the Random Forest's importance of chapter 02 (scikit-learn's)."""
+    with phase("importance"):
+        return _importance(models, data, fold_tests(splits), columns, repeats, seed)
+
+
+def _importance(models: dict, data, tests: dict, columns: list[str], repeats: int, seed: int) -> pd.DataFrame:
     from dataclasses import replace
 
     from sklearn.metrics import roc_auc_score
 
-
-    tests, rows = fold_tests(splits), []
+    rows = []
     for (r, f), model in models.items():
         test = tests[(r, f)]
         y = data.y.loc[test].astype(int).to_numpy()

@@ -34,6 +34,7 @@ import pandas as pd
 from ..evaluation import holm, iter_folds
 from ..imaging import lesions_in_mask_channel
 from ..learn import fold_seed, restore_fold_models
+from ..timing import phase
 from .gradcam import dilate, fold_maps, gradcam_maps, randomised, target_layer
 
 #: The two nulls of every saliency number: the network that learnt nothing, and a map that reads no image.
@@ -182,7 +183,8 @@ def image_saliency(specs: list, data, splits: pd.DataFrame, seed: int, run_dir, 
     blobs = {}  # (modality, repeat, fold) -> the data-free blob (the CT CNNs share one)
     folds = [f for f in iter_folds(splits) if keep is None or f.repeat in keep]
     for spec in specs:
-        models = restore_fold_models(spec, data, splits, seed, run_dir, repeats=keep)
+        with phase("restoring fold models", model=spec.name):
+            models = restore_fold_models(spec, data, splits, seed, run_dir, repeats=keep)
         images = data.images[models[(folds[0].repeat, folds[0].fold)].modality]
         has_mask = images.x.shape[1] >= 2  # the lesion mask is the input's second channel (profile: mask_channel)
         layer = target_layer(models[(folds[0].repeat, folds[0].fold)].model, tuple(images.x.shape[1:]))

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..evaluation import iter_folds
 from ..learn import fold_seed, folds_of, inner_split
+from ..timing import phase
 from .gradcam import gradcam_maps, randomisation_steps, reinitialise
 from .saliency import Saliency
 
@@ -100,10 +101,13 @@ def label_randomisation(spec, data, fold, seed: int, reference: np.ndarray, pati
     for ids in (part.fit, part.val):  # permuted within each part: the same class balance in both
         y.loc[ids] = rng.permutation(y.loc[ids].to_numpy())
     model = spec.build(seed)
-    model.fit(replace(data, y=y), part, s, progress=False)
-    maps = gradcam_maps(model.model, data.images[model.modality].take(patients), layer)
-    test_y = data.y.loc[fold.test].astype(int)
-    auroc = float(roc_auc_score(test_y, model.predict(data, fold.test))) if 0 < test_y.sum() < len(test_y) else np.nan
+    with phase("training", model=f"{spec.name}, permuted labels"):
+        model.fit(replace(data, y=y), part, s, progress=False)
+        maps = gradcam_maps(model.model, data.images[model.modality].take(patients), layer)
+        test_y = data.y.loc[fold.test].astype(int)
+        with phase("prediction"):
+            p = model.predict(data, fold.test)
+    auroc = float(roc_auc_score(test_y, p)) if 0 < test_y.sum() < len(test_y) else np.nan
     corr = pd.DataFrame([{"patient": p, **similarity(a, b)} for p, a, b in zip(patients, reference, maps)])
     return corr, auroc
 

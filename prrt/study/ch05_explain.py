@@ -58,6 +58,7 @@ from ..learn import (
     image_spec,
     restore_fold_models,
 )
+from ..timing import phase
 from .ch04_fusion import (
     chapter_table,
     ct_encoder,
@@ -275,7 +276,8 @@ def restore_fusion(ctx, data, ran: set[str]) -> tuple[dict, list[str]]:
     checked against the predictions that chapter reported), and the laboratory values of its laboratory branch:
     ``({(repeat, fold): model}, labs)``; no models when the fusion did not run, no labs without that branch."""
     spec = fusion_spec_of_run(ctx.cohort, ctx.profile, ctx.run_dir) if HEADLINE in ran else None
-    models = restore_fold_models(spec, data, ctx.splits, ctx.seed, ctx.run_dir) if spec else {}
+    with phase("restoring fold models", model=spec.name if spec else None):
+        models = restore_fold_models(spec, data, ctx.splits, ctx.seed, ctx.run_dir) if spec else {}
     labs = list(ctx.cohort.labs) if models and "labs" in spec.build(0).modalities else []
     return models, labs
 
