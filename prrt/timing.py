@@ -31,7 +31,7 @@ CHAPTER_ENV = "PRRT_CHAPTER"  # the notebook a process works for
 
 #: The phases, in the order the book's table shows them.
 PHASES = ("preprocessing", "loading inputs", "pretraining", "training", "augmentation", "prediction",
-          "restoring fold models", "importance", "statistics", "Grad-CAM", "book build")
+          "restoring fold models", "importance", "statistics", "Grad-CAM", "figures", "book build")
 
 _stack: list[list] = []  # the open phases: [name, model, wall so far, cpu so far, wall start, cpu start]
 _sums: dict[tuple, list] = {}  # (chapter, model, phase, pid) -> [wall_s, cpu_s, calls]

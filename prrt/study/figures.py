@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..evaluation import labelled
+from ..timing import phase
 
 
 def save_and_show(fig, path, dpi: int = 150) -> None:
@@ -17,8 +18,9 @@ def save_and_show(fig, path, dpi: int = 150) -> None:
 
     The one way a chapter puts a figure on its page and into the run folder (``figures/`` or ``cohort/``).
     """
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.show()
+    with phase("figures"):
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        plt.show()
 
 
 def km_plot(time, event, horizon_months: float | None = None, ax=None, label: str = "all patients",
