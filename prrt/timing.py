@@ -1,6 +1,6 @@
 """Where a run's time goes: phases timed in every process, gathered into ``run.json`` and the book.
 
-A phase (:data:`PHASES`) is timed with ``with phase("training", model="pet_cnn"):`` where the work happens:
+A phase (:data:`PHASES`) is timed with ``with phase("training", model=spec.name):`` where the work happens:
 preprocessing (:mod:`prrt.imaging`), loading the inputs of a chapter, training and prediction (the fold jobs
 of :mod:`prrt.learn.loop`), augmentation, pretraining, Grad-CAM, the statistics of the summary, the book
 build. Time is *exclusive*: a phase inside another (augmentation inside training) pauses the outer one, so
