@@ -36,19 +36,12 @@ $(DEMO_DIR)/cohort.csv: | $(BIN)/.installed
 
 demo-data: $(DEMO_DIR)/cohort.csv
 
-# Where the (model, repeat, fold) jobs run: one single-thread Dask worker per core (ENGINE=sequential: one after
-# another in each notebook's process, with torch's threads). Each job's numbers do not depend on the number of
-# workers, only on the thread count per process (one), so every machine gives the same book.
-ENGINE ?= local
-WORKERS ?= $(shell nproc)
-ENGINE_ARGS := --engine $(ENGINE) $(if $(filter local,$(ENGINE)),--workers $(WORKERS))
-
 # `prrt run` builds the book with the results and swaps both in together (a failed run keeps the old ones)
 run: venv demo-data
-	$(BIN)/prrt run --manifest $(MANIFEST) --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) $(ENGINE_ARGS) --no-book
+	$(BIN)/prrt run --manifest $(MANIFEST) --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) --no-book
 
 book: venv demo-data
-	$(BIN)/prrt run --manifest $(MANIFEST) --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) $(ENGINE_ARGS)
+	$(BIN)/prrt run --manifest $(MANIFEST) --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED)
 
 # External validation on a synthetic second site (another seed, a coarser PET: 10 mm instead of 7 mm FWHM):
 # the models of chapters 02-04 fitted on all of the demo cohort predict it once (chapter 06)
@@ -58,7 +51,7 @@ $(SITE_B_DIR)/cohort.csv: | $(BIN)/.installed
 
 external: venv demo-data $(SITE_B_DIR)/cohort.csv
 	$(BIN)/prrt run --manifest $(MANIFEST) --validate-on $(SITE_B_DIR)/manifest.yaml --profile $(PROFILE) \
-		--run-dir runs/$(PROFILE)-external --seed $(SEED) $(ENGINE_ARGS)
+		--run-dir runs/$(PROFILE)-external --seed $(SEED)
 
 # One pytest worker per core (pytest-xdist), one test file per worker at a time: the tests that read the
 # smoke run (tests/e2e/test_runner.py) then share one worker, which makes that run once; files start in the
