@@ -13,5 +13,5 @@ def test_importing_prrt_first_keeps_jsonschema_from_building_the_iri_grammar_and
             "assert 'lark' not in sys.modules\n"
             "v = jsonschema.Draft202012Validator({'type': 'object', 'required': ['table']})\n"
             "assert [e.message for e in v.iter_errors({})] == [\"'table' is a required property\"]\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -52,9 +52,8 @@ def test_cpu_time_is_measured_beside_wall_time(fresh):
 
 
 def test_an_unknown_phase_is_an_error():
-    with pytest.raises(ValueError, match="unknown phase 'train'"):
-        with timing.phase("train"):
-            pass
+    with pytest.raises(ValueError, match="unknown phase 'train'"), timing.phase("train"):
+        pass
 
 
 def test_nothing_is_written_without_the_folder(monkeypatch, fresh):
@@ -65,9 +64,8 @@ def test_nothing_is_written_without_the_folder(monkeypatch, fresh):
 
 
 def test_a_captured_job_is_written_only_once_merged_and_under_the_notebooks_chapter(monkeypatch, fresh):
-    with timing.capture() as job:
-        with timing.phase("training", model="pet_cnn"):
-            time.sleep(0.01)
+    with timing.capture() as job, timing.phase("training", model="pet_cnn"):
+        time.sleep(0.01)
     assert not fresh.exists()  # the job's phases wait for the notebook's process to merge them
     # a job from a worker in another process, which did not know the chapter
     worker = {("", "pet_cnn", "training", os.getpid() + 1): [2.0, 1.5, 1]}

@@ -124,11 +124,11 @@ def _time_page(info: dict) -> list[str]:
     chapters = chapters.round(0)
     chapters["cores busy"] = busy.map(lambda b: "" if pd.isna(b) else f"{b:.2f}")
     lines = ["## Where the time goes", "",
-             "Seconds of each notebook in each phase (summed over the processes that worked for it, so a phase "
-             "run by two workers at once can add up to more than the notebook's wall time); *other* is the wall "
-             "time the notebook's own process spent outside every phase (starting the kernel, imports, tables and "
-             "figures); *cores busy* is the notebook's CPU time over its wall time. The book build (not in this "
-             "table: it runs after this page is written) is `book_build_s` in `run.json`.", "",
+             ("Seconds of each notebook in each phase (summed over the processes that worked for it, so a phase "
+              "run by two workers at once can add up to more than the notebook's wall time); *other* is the wall "
+              "time the notebook's own process spent outside every phase (starting the kernel, imports, tables and "
+              "figures); *cores busy* is the notebook's CPU time over its wall time. The book build (not in this "
+              "table: it runs after this page is written) is `book_build_s` in `run.json`."), "",
              *_markdown(chapters, ["notebook"]), ""]
     models = model_table(rows)
     if len(models):

@@ -38,7 +38,7 @@ def test_the_page_shows_where_the_time_went_per_notebook_phase_and_model():
     assert table_rows(per_model, "notebook")[0] == ["notebook", "model", "training", "augmentation", "fits", "total"]
     models = {(r[0], r[1]): r[2:] for r in table_rows(per_model, "0")}
     assert models[("03_unimodal_cnn.ipynb", "pet_cnn")] == ["40", "5", "15", "45"]  # training, augmentation, fits, total
-    assert list(models)[0] == ("03_unimodal_cnn.ipynb", "pet_cnn")  # costliest first
+    assert next(iter(models)) == ("03_unimodal_cnn.ipynb", "pet_cnn")  # costliest first
 
 
 def test_a_run_without_phases_or_cpu_times_still_gets_its_wall_times():
