@@ -2,8 +2,8 @@
 
 A phase (:data:`PHASES`) is timed with ``with phase("training", model=spec.name):`` where the work happens:
 preprocessing (:mod:`prrt.imaging`), loading the inputs of a chapter, training and prediction (the fold jobs
-of :mod:`prrt.learn.loop`), augmentation, pretraining, Grad-CAM, the statistics of the summary, the book
-build. Time is *exclusive*: a phase inside another (augmentation inside training) pauses the outer one, so
+of :mod:`prrt.learn.loop`), augmentation, pretraining, Grad-CAM, the statistics of the summary, figures (the
+book build, which runs after every notebook, is timed by the runner: ``book_build_s`` in ``run.json``). Time is *exclusive*: a phase inside another (augmentation inside training) pauses the outer one, so
 the phases of a process add up to no more than its wall time. A phase without a model takes the model of
 the phase it sits in.
 
@@ -31,7 +31,7 @@ CHAPTER_ENV = "PRRT_CHAPTER"  # the notebook a process works for
 
 #: The phases, in the order the book's table shows them.
 PHASES = ("preprocessing", "loading inputs", "pretraining", "training", "augmentation", "prediction",
-          "restoring fold models", "importance", "statistics", "Grad-CAM", "figures", "book build")
+          "restoring fold models", "importance", "statistics", "Grad-CAM", "figures")
 
 _stack: list[list] = []  # the open phases: [name, model, wall so far, cpu so far, wall start, cpu start]
 _sums: dict[tuple, list] = {}  # (chapter, model, phase, pid) -> [wall_s, cpu_s, calls]
