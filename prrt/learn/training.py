@@ -1,8 +1,10 @@
 """The training engine shared by every network: the image CNNs and the neural fusions.
 
-* **Device.** CUDA when present, else CPU (:func:`select_device`). On a GPU: bf16 autocast, the
-  ``channels_last_3d`` memory format and cuDNN autotuning; on the CPU: float32 and deterministic
-  algorithms, so that the same seed gives the same predictions.
+* **Device.** CUDA when present, else CPU (:func:`select_device`). On a GPU: bf16 autocast and cuDNN
+  autotuning; on the CPU: float32 and deterministic algorithms, so that the same seed gives the same
+  predictions. Images and convolution weights are channels-last (``channels_last_3d``) on both (3D
+  convolutions and pooling run faster so); a network without convolutions trains on one CPU thread
+  (:func:`threads_for`).
 * **Class imbalance.** Binary cross-entropy with ``pos_weight = n_long / n_short`` of the fitting
   patients; the models then prior-correct their predictions with the fitting part's share of short
   PFS (:func:`prrt.evaluation.prior_correction`), so that they read as risks.
@@ -15,8 +17,12 @@
   the network and a validation part (``val_fraction``; the split is drawn by :mod:`prrt.learn.loop`)
   whose loss and AUROC per epoch are the learning curves (and that selects the epoch with
   ``selection = "val_loss"``). The test fold is never seen before its single prediction.
-* **Precise batch norm.** After each epoch the batch-norm statistics are recomputed on the fitting
-  patients without augmentation (:func:`recompute_batch_norm`; ``precise_bn``).
+* **Precise batch norm.** The batch-norm statistics are recomputed on the fitting patients without
+  augmentation (:func:`recompute_batch_norm`; ``precise_bn``) after each epoch that is validated (the
+  inner validation part is scored), and after the last one. Training itself never reads them (in
+  training mode batch norm uses each batch's statistics) and the recomputation draws no random numbers,
+  so without validation patients computing them once at the end gives the same weights and predictions
+  as after every epoch, for a third less of the training's time.
 * **Augmentation** of the CNNs' training batches only (:class:`BatchAugmenter`): a random affine (rotation
   up to ±0.1 rad, scaling ±5 %, translation ±5 % of the field of view) applied to the whole batch at once
   with MONAI's ``AffineTransform`` layer, and a random intensity scaling of ±10 %.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import random
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -130,7 +137,7 @@ class BatchAugmenter:
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
-    if device.type == "cuda":
+    if x.dim() == 5:  # images (N, C, X, Y, Z)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x
 
@@ -145,7 +152,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, device: torch.device | None
             batch_size: int = 32) -> np.ndarray:
     """Probabilities of short PFS for the images ``x`` (N, C, X, Y, Z)."""
     device = device or next(model.parameters()).device
-    model.eval()
+    model.to(memory_format=torch.channels_last_3d).eval()
     out = []
     for i in range(0, len(x), batch_size):
         with autocast(device):
@@ -220,9 +227,7 @@ def fit_network(model: torch.nn.Module, y_fit: np.ndarray, y_val: np.ndarray, cf
     check_config(cfg)
     device = select_device(cfg.device)
     _setup_backend(device)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
+    model = model.to(device, memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) \
         if cfg.lr_schedule == "cosine" else None
@@ -232,44 +237,63 @@ def fit_network(model: torch.nn.Module, y_fit: np.ndarray, y_val: np.ndarray, cf
     pos_weight = torch.tensor((len(y_fit_t) - n_pos) / max(n_pos, 1.0), device=device)
     g = torch.Generator().manual_seed(seed)
     y_val_t = torch.as_tensor(y_val, dtype=torch.float32, device=device)
-    rows, best, best_state, best_epoch = [], np.inf, None, cfg.epochs
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False, disable=not progress)
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(len(y_fit_t), generator=g)
-        total, seen = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            if len(idx) < 2:  # instance statistics of a single patient are not worth a step
-                continue
-            inputs = batch(idx, g)
-            with autocast(device):
-                logits = model(*inputs)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y_fit_t[idx].to(device), pos_weight=pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        if cfg.precise_bn and bn_forward is not None:  # validation (and the kept weights) see these weights' statistics
-            recompute_batch_norm(model, range(len(y_fit_t)), cfg.batch_size, device, forward=bn_forward)
-        p_val = torch.as_tensor(validate(), dtype=torch.float32, device=device)
-        # (NaN without validation patients)
-        val_loss = float(F.binary_cross_entropy(p_val.clamp(1e-6, 1 - 1e-6), y_val_t,
-                                                weight=torch.where(y_val_t == 1, pos_weight, 1.0)))
-        with sklearn.config_context(skip_parameter_validation=True):  # its checks cost more than the AUROC
-            val_auroc = roc_auc_score(y_val, p_val.cpu().numpy()) if 0 < y_val.sum() < len(y_val) else np.nan
-        rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
-                     "val_auroc": val_auroc})
-        if sched is not None:
-            sched.step()
-        if cfg.selection == "val_loss" and val_loss < best:
-            best, best_epoch = val_loss, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", val_loss=f"{val_loss:.3f}")
+    rows, best, best_state, best_epoch = [], np.inf, None, cfg.epochs
+    validated = len(y_val) > 0 or cfg.selection != "last"  # does any epoch but the last need its statistics?
+    with threads_for(model, device):
+        for epoch in bar:
+            model.train()
+            order = torch.randperm(len(y_fit_t), generator=g)
+            total, seen = 0.0, 0
+            for i in range(0, len(order), cfg.batch_size):
+                idx = order[i:i + cfg.batch_size]
+                if len(idx) < 2:  # instance statistics of a single patient are not worth a step
+                    continue
+                inputs = batch(idx, g)
+                with autocast(device):
+                    logits = model(*inputs)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y_fit_t[idx].to(device),
+                                                          pos_weight=pos_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            # validation (and the kept weights) see these weights' statistics
+            if cfg.precise_bn and bn_forward is not None and (validated or epoch == cfg.epochs - 1):
+                recompute_batch_norm(model, range(len(y_fit_t)), cfg.batch_size, device, forward=bn_forward)
+            p_val = torch.as_tensor(validate(), dtype=torch.float32, device=device)
+            # (NaN without validation patients)
+            val_loss = float(F.binary_cross_entropy(p_val.clamp(1e-6, 1 - 1e-6), y_val_t,
+                                                    weight=torch.where(y_val_t == 1, pos_weight, 1.0)))
+            with sklearn.config_context(skip_parameter_validation=True):  # its checks cost more than the AUROC
+                val_auroc = roc_auc_score(y_val, p_val.cpu().numpy()) if 0 < y_val.sum() < len(y_val) else np.nan
+            rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
+                         "val_auroc": val_auroc})
+            if sched is not None:
+                sched.step()
+            if cfg.selection == "val_loss" and val_loss < best:
+                best, best_epoch = val_loss, epoch + 1
+                best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", val_loss=f"{val_loss:.3f}")
     if best_state is not None:
         model.load_state_dict(best_state)
     return TrainOutput(model, pd.DataFrame(rows), best_epoch)
+
+
+@contextmanager
+def threads_for(model: torch.nn.Module, device: torch.device):
+    """One CPU thread while ``model`` trains if it has no convolution (the neural fusions' small networks): their
+    operations are too small to share between threads, and waiting for a second, busy core made them two to three
+    times slower (``benchmarks/DESIGN.md``). Convolutional networks keep the process's threads."""
+    before = torch.get_num_threads()
+    small = device.type == "cpu" and not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()
@@ -279,8 +303,10 @@ def recompute_batch_norm(model: torch.nn.Module, x, batch_size: int, device: tor
     The running averages kept during training mix the statistics of early weights and of augmented
     batches; with a few dozen steps per epoch they can be far from what the final weights produce,
     which skews every prediction (the "precise BN" step of Wu & Johnson, 2021). Only training
-    images are used. ``x`` is a tensor of images, or anything with a length when ``forward(rows)``
-    is given to run the model on the batch ``rows`` (a slice), as a multi-input model needs.
+    images are used. Dropout is off during the pass (the statistics are those the network sees when it
+    predicts), so that it draws no random numbers: training goes on exactly as without it. ``x`` is a
+    tensor of images, or anything with a length when ``forward(rows)`` is given to run the model on the
+    batch ``rows`` (a slice), as a multi-input model needs.
     """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -291,6 +317,9 @@ def recompute_batch_norm(model: torch.nn.Module, x, batch_size: int, device: tor
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the batches below
     model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.eval()
     for i in range(0, len(x), batch_size):
         if min(len(x), i + batch_size) - i < 2:
             continue

@@ -3,9 +3,11 @@ laboratory model. Their training engine, shared by every image model (:mod:`prrt
 
 * **Data in memory.** Preprocessed tensors come from the imaging cache once
   (:func:`image_tensors`) and stay in memory as one tensor, so an epoch re-reads no file.
-* **Device.** CUDA when present, else CPU (:func:`select_device`). On a GPU: bf16 autocast, the
-  ``channels_last_3d`` memory format and cuDNN autotuning; on the CPU: float32 and deterministic
-  algorithms, so that the same seed gives the same predictions.
+* **Device.** CUDA when present, else CPU (:func:`select_device`). On a GPU: bf16 autocast and cuDNN
+  autotuning; on the CPU: float32 and deterministic algorithms, so that the same seed gives the same
+  predictions. Images and convolution weights are channels-last (``channels_last_3d``) on both (3D
+  convolutions and pooling run faster so); a network without convolutions trains on one CPU thread
+  (:func:`prrt.learn.training.threads_for`).
 * **Class imbalance.** Binary cross-entropy with ``pos_weight = n_long / n_short`` of the training
   patients; the test predictions are then prior-corrected with the fitting part's share of short
   PFS (:func:`prrt.evaluation.prior_correction`), so that they read as risks.

@@ -515,13 +515,35 @@ def test_fit_network_keeps_the_first_of_tied_best_epochs_and_the_last_without_va
     assert empty.curve["val_loss"].isna().all() and empty.best_epoch == 3
 
 
-def test_fit_network_keeps_the_default_memory_layout_on_the_cpu():
-    """channels_last_3d is for CUDA only; on the CPU the convolution weights stay contiguous."""
+def test_images_and_convolutions_are_channels_last_and_other_tensors_stay_as_they_are():
+    """3D convolutions and pooling run faster channels-last, on the CPU too (benchmarks/training_cost.py): the
+    trained CNN's convolution weights and every image batch have that layout; a table's rows (a fusion's lab
+    branch) go to the device untouched, since the layout needs five dimensions."""
     x, y = separable(n=24, size=(8, 8, 8))
+    x = torch.cat([x, 1 - x], dim=1)  # two channels (with one, both layouts have the same strides)
     out = training.train_model(x[::2], y.iloc[::2].to_numpy(int), x[1::2], y.iloc[1::2].to_numpy(int),
                             training.TrainConfig(epochs=1, batch_size=4, augment=False), seed=0, progress=False)
-    convs = [m.weight for m in out.model.modules() if isinstance(m, torch.nn.Conv3d)]
-    assert convs and all(w.is_contiguous() for w in convs)
+    def channels_last(model):
+        convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+        return convs and all(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+                             for w in convs)
+
+    assert channels_last(out.model)
+    # the training loop itself gives the network the layout (not only predict, which validation calls)
+    net = ImageClassifier(build_encoder("compact", 2))
+    training.fit_network(net, y.iloc[:8].to_numpy(float), np.zeros(0), training.TrainConfig(epochs=1, batch_size=8),
+                         0, lambda idx, g: (training.to_device(x[idx], torch.device("cpu")),),
+                         validate=lambda: np.zeros(0), bn_forward=None, desc="t", progress=False)
+    assert channels_last(net)
+    batch = training.to_device(x[:3], torch.device("cpu"))
+    assert batch.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(batch, x[:3])
+    table = torch.rand(3, 4)
+    assert training.to_device(table, torch.device("cpu")) is table
+    # a model restored contiguous predicts as the trained one (predict gives it the layout of its inputs)
+    restored = ImageClassifier(build_encoder("compact", 2))
+    restored.load_state_dict(out.model.state_dict())
+    restored = restored.to(memory_format=torch.contiguous_format)
+    np.testing.assert_allclose(training.predict(restored, x[1::2]), training.predict(out.model, x[1::2]), atol=1e-6)
 
 
 def test_training_shows_one_progress_bar_that_it_clears(capfd):
@@ -546,7 +568,7 @@ def test_training_shows_one_progress_bar_that_it_clears(capfd):
 
 
 @pytest.mark.parametrize("precise_bn", [True, False])
-def test_batch_norm_is_recomputed_after_each_epoch_only_when_asked(monkeypatch, precise_bn):
+def test_batch_norm_is_recomputed_after_each_validated_epoch_only_when_asked(monkeypatch, precise_bn):
     calls = []
     monkeypatch.setattr(training, "recompute_batch_norm", lambda *a, **k: calls.append(k["forward"]))
     forward = object()
@@ -554,8 +576,41 @@ def test_batch_norm_is_recomputed_after_each_epoch_only_when_asked(monkeypatch, 
                 kw_bn={"bn_forward": forward})
     assert calls == ([forward] * 3 if precise_bn else [])
     calls.clear()
+    # no validation patients: no epoch but the last is scored, so the statistics are computed once, at the end
+    _fit_frozen(8, 4, np.r_[np.ones(2), np.zeros(6)], [], [], epochs=3, precise_bn=precise_bn,
+                kw_bn={"bn_forward": forward})
+    assert calls == ([forward] if precise_bn else [])
+    calls.clear()
     _fit_frozen(8, 4, np.r_[np.ones(2), np.zeros(6)], [1, 0], [0.6, 0.3], epochs=3, precise_bn=precise_bn)
     assert calls == []  # nothing to run the batch norm with
+
+
+def test_validation_patients_change_neither_the_kept_weights_nor_the_statistics():
+    """With the last epoch's weights kept, scoring validation patients after each epoch (and recomputing the
+    batch-norm statistics for it) leaves training as it is: the same weights, running statistics and
+    predictions as one recomputation at the end, although the network has dropout."""
+    x, y = separable(n=30, size=(12, 12, 10))
+    cfg = training.TrainConfig(epochs=3, augment=True, dropout=0.5)
+    y_fit = y.iloc[:20].to_numpy(int)
+    with_val = training.train_model(x[:20], y_fit, x[20:], y.iloc[20:].to_numpy(int), cfg, seed=4, progress=False)
+    without = training.train_model(x[:20], y_fit, x[:0], y_fit[:0], cfg, seed=4, progress=False)
+    assert with_val.curve["val_loss"].notna().all() and without.curve["val_loss"].isna().all()
+    a, b = with_val.model.state_dict(), without.model.state_dict()
+    assert list(a) == list(b) and any("running_var" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    np.testing.assert_array_equal(training.predict(with_val.model, x[20:]), training.predict(without.model, x[20:]))
+
+
+def test_recomputing_batch_norm_draws_no_random_numbers():
+    """Dropout is off while the statistics are recomputed: the global generator is where it was."""
+    torch.manual_seed(0)
+    model = ImageClassifier(build_encoder("compact", 1), dropout=0.5)
+    x = torch.rand(6, 1, 8, 8, 8)
+    state = torch.get_rng_state()
+    training.recompute_batch_norm(model, x, 4, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not model.training
 
 
 @pytest.mark.parametrize("augment", [True, False])
@@ -567,3 +622,34 @@ def test_every_training_batch_is_augmented_only_when_asked(monkeypatch, augment)
     training.train_model(x[:20], y.iloc[:20].to_numpy(int), x[20:], y.iloc[20:].to_numpy(int),
                       training.TrainConfig(epochs=2, batch_size=8, augment=augment), seed=0, progress=False)
     assert seen == ([8, 8, 4] * 2 if augment else [])
+
+
+def test_a_network_without_convolutions_trains_on_one_thread_and_gives_the_threads_back(monkeypatch):
+    """The fusions' small networks train on one CPU thread (their operations are too small to share); a CNN keeps
+    the process's threads; either way the process has its threads again afterwards."""
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, y = separable(n=24, size=(8, 8, 8))
+
+        class Probe(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, *a):
+                seen.append(torch.get_num_threads())
+                return self.net(*a)
+
+        cnn = Probe(ImageClassifier(build_encoder("compact", 1)))
+        mlp = Probe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 ** 3, 1), torch.nn.Flatten(0)))
+        cfg = training.TrainConfig(epochs=1, batch_size=8, precise_bn=False)
+        for model, threads in ((cnn, 2), (mlp, 1)):
+            seen.clear()
+            training.fit_network(model, y.to_numpy(float), np.zeros(0), cfg, 0, lambda idx, g: (x[idx],),
+                                 validate=lambda: np.zeros(0), bn_forward=None, desc="t", progress=False)
+            assert seen and set(seen) == {threads}
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
