@@ -29,7 +29,7 @@ from .loop import (
 )
 from .neural_fusion import NeuralFusion
 from .pretrain import PretrainConfig, ct_encoder_state, pretrain_ct, read_card
-from .tabular import feature_table, importance_summary, make_model, table_spec
+from .tabular import feature_table, importance_summary, make_model, one_blas_thread, table_spec
 from .training import config_from_profile, count_weights, select_device
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "importance_summary",
     "inner_split",
     "make_model",
+    "one_blas_thread",
     "pretrain_ct",
     "read_card",
     "restore_fold_models",

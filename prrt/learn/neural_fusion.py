@@ -55,6 +55,41 @@ def drop_sources(present: torch.Tensor, of_source: torch.Tensor, n_sources: int,
     return present * ~drop[:, of_source]
 
 
+#: :func:`table_score`'s results in this process, by the content of its inputs (at most :data:`TABLE_SCORES_KEPT`)
+_table_scores: dict = {}
+TABLE_SCORES_KEPT = 256
+
+
+def table_score(x: pd.DataFrame, y: pd.Series, fit: list[str], folds: int) -> tuple:
+    """A table branch's score (``cfg.table_scores``) on the training patients ``x``, ``y`` (those with any of its
+    columns): a logistic regression of all of them, their cross-fitted scores (stratified ``folds``; each patient
+    scored by a model that never saw them), and the mean and SD of both on the fitting patients ``fit``:
+    ``(model, oof, (mean, sd), (oof_mean, oof_sd))``.
+
+    Every fusion of a fold with the branch needs the same (chapter 04 fits several, chapter 05 restores one, each
+    fold of each): it is computed once per process for the same inputs, keyed by their content. The model is
+    shared, and only read (``decision_function``).
+    """
+    import hashlib
+
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    h = hashlib.sha256()
+    for part in (x, y, pd.Series(fit, dtype=str)):
+        h.update(pd.util.hash_pandas_object(part, index=True).to_numpy().tobytes())
+    h.update(f"{list(x.columns)}|{folds}".encode())
+    key = h.hexdigest()
+    if key not in _table_scores:
+        model = logistic_regression(0).fit(x, y)
+        oof = pd.Series(cross_val_predict(logistic_regression(0), x, y, method="decision_function",
+                                          cv=StratifiedKFold(folds, shuffle=True, random_state=0)), index=x.index)
+        if len(_table_scores) >= TABLE_SCORES_KEPT:
+            _table_scores.pop(next(iter(_table_scores)))
+        _table_scores[key] = (model, oof, mean_sd(model.decision_function(x.loc[fit])),
+                              mean_sd(oof.loc[fit].to_numpy(float)))
+    return _table_scores[key]
+
+
 class NeuralFusion:
     """Intermediate or adaptive fusion, trained end to end (the model interface of :mod:`prrt.learn.base`)."""
 
@@ -138,8 +173,6 @@ class NeuralFusion:
         """For each table branch of ``cfg.table_scores``: a logistic regression of its columns on the training
         patients who have any of them, and their cross-fitted scores (stratified inner folds of the training part;
         each patient scored by a model that never saw them), each with its mean and SD on the fitting part."""
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
         self.table_models_ = {}
         for m in [m for m in self.cfg.table_scores if m in self.modalities]:
             cols = self.columns[m]
@@ -149,13 +182,7 @@ class NeuralFusion:
             if folds < 2:
                 raise ValueError(f"the fusion's {m!r} score needs at least two training patients of each outcome "
                                  f"with {m.replace('_', ' ')}; this training part has {dict(y.value_counts())}")
-            x = data.table.loc[ids, cols]
-            model = logistic_regression(0).fit(x, y)
-            oof = pd.Series(cross_val_predict(logistic_regression(0), x, y, method="decision_function",
-                                              cv=StratifiedKFold(folds, shuffle=True, random_state=0)), index=ids)
-            fit = [p for p in part.fit if p in oof.index]
-            self.table_models_[m] = (model, oof, mean_sd(model.decision_function(data.table.loc[fit, cols])),
-                                     mean_sd(oof.loc[fit].to_numpy(float)))
+            self.table_models_[m] = table_score(data.table.loc[ids, cols], y, [p for p in part.fit if p in ids], folds)
 
     def _build(self, data) -> FusionNet:
         encoders = {}

@@ -97,6 +97,20 @@ def logistic_regression(seed: int) -> Pipeline:
 MODEL_KINDS = {"rf": "Random Forest", "logreg": "logistic regression"}
 
 
+def one_blas_thread() -> None:
+    """Let numpy and scipy's BLAS (OpenBLAS) use one thread in this process from now on.
+
+    The matrices of this project's scikit-learn and statsmodels work are a few hundred patients by a few dozen
+    columns: a second BLAS thread only adds waiting. With two, a logistic regression of :func:`logistic_regression`
+    took 1.6 to 6 times as long on the 2-core machine (``benchmarks/training_cost.py``). torch keeps its own threads
+    (:func:`prrt.learn.training.threads_for`). Every chapter calls this first (:func:`prrt.study.notebook.start`);
+    the Dask workers start with one BLAS thread anyway.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
 def make_model(kind: str, seed: int, profile) -> Pipeline:
     """A fresh pipeline of ``kind`` (``rf`` or ``logreg``)."""
     if kind == "rf":

@@ -22,7 +22,7 @@ from ..evaluation import (
     risk_groups_logrank,
     update_summary,
 )
-from ..learn import engine_from, run_models
+from ..learn import engine_from, one_blas_thread, run_models
 from ..profiles import Profile, get_profile
 
 SYNTHETIC_NOTE = (
@@ -69,7 +69,9 @@ def default_cache_dir(run_dir) -> Path:
 
 
 def start(manifest, run_dir, profile: str, seed: int, cache_dir=None, show: bool = True) -> Context:
-    """Load the manifest and profile, prepare the run directory and show the run's parameters."""
+    """Load the manifest and profile, prepare the run directory and show the run's parameters (numpy and scipy
+    on one BLAS thread from here on, :func:`prrt.learn.one_blas_thread`)."""
+    one_blas_thread()
     cohort = load_cohort(manifest, check_images="exists")
     prof = get_profile(profile)
     run_dir = Path(run_dir).resolve()

@@ -742,6 +742,41 @@ def test_the_lesion_feature_score_of_a_training_patient_comes_from_a_regression_
         _control(("pet_features",)).build(0).fit(data, few, 0, progress=False)
 
 
+def test_the_fusions_of_a_fold_share_one_lesion_feature_score(monkeypatch):
+    """Chapter 04 fits several fusions with the lesion-feature score on each fold (and chapter 05 restores one): the
+    regressions are fitted once per fold and content; other patients, other values or another fitting part get
+    their own, and the shared score is what each fusion would have computed alone."""
+    from prrt.learn import neural_fusion
+
+    fitted = []
+    real = neural_fusion.logistic_regression
+    monkeypatch.setattr(neural_fusion, "logistic_regression", lambda seed: fitted.append(seed) or real(seed))
+    monkeypatch.setattr(neural_fusion, "_table_scores", {})
+    data = _noise_lesions(1, 60)
+    part = base_.TrainingPart(fit=list(data.y.index[:45]), val=[])
+
+    def score(data, part, mechanism="adaptive"):
+        model = _control(("pet_features",), mechanism).build(0)
+        model._prepare(data, part)
+        return model.table_models_["pet_features"]
+
+    first = score(data, part)
+    assert len(fitted) == 2  # the regression of all training patients and the cross-fitting's (cloned per fold)
+    again = score(data, part, "intermediate")
+    assert len(fitted) == 2 and again[0] is first[0]
+    monkeypatch.setattr(neural_fusion, "_table_scores", {})
+    alone = score(data, part)
+    pd.testing.assert_series_equal(alone[1], first[1])
+    assert alone[2:] == first[2:]
+    fitted.clear()
+    changed = data.table.copy()
+    changed.loc["P003", FEATURES[0]] += 1.0
+    score(base_.ModelData(data.y, table=changed), part)
+    score(data, base_.TrainingPart(fit=list(data.y.index[1:46]), val=[]))
+    score(data, base_.TrainingPart(fit=list(data.y.index[:40]), val=list(data.y.index[40:45])))
+    assert len(fitted) == 6
+
+
 def test_lesion_features_that_carry_nothing_pull_the_fusion_down_less_as_a_cross_fitted_score():
     """Lesion features of noise: given their eight values, the network learns to trust them (AUROC well below the
     laboratory model's); given one cross-fitted score, it learns from patients the score never saw that it is worth

@@ -208,3 +208,29 @@ def test_shared_loop_gives_what_a_plain_fold_loop_gives(lab_data):
         assert list(table.columns) == ["repeat", "fold", "feature", "importance"]
         assert table.index.equals(pd.RangeIndex(len(table))) and len(table) == 6 * X.shape[1]
     assert res.name == "plain" and res.features == list(X.columns)
+
+
+def test_one_blas_thread_limits_numpy_and_scipy_and_leaves_torch_its_threads():
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from prrt.learn import one_blas_thread
+
+    def blas():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    torch_threads = torch.get_num_threads()
+    with threadpool_limits(2, user_api="blas"):  # put back as it was afterwards
+        assert blas() == {2}
+        one_blas_thread()
+        assert blas() == {1}
+        assert torch.get_num_threads() == torch_threads
+
+
+def test_every_chapter_starts_with_one_blas_thread(small_cohort_dir, tmp_path, monkeypatch):
+    from prrt.study import notebook
+
+    calls = []
+    monkeypatch.setattr(notebook, "one_blas_thread", lambda: calls.append(1))
+    notebook.start(small_cohort_dir / "manifest.yaml", tmp_path / "run", "smoke", 1, show=False)
+    assert calls == [1]
