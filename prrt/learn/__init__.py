@@ -29,7 +29,13 @@ from .loop import (
 )
 from .neural_fusion import NeuralFusion
 from .pretrain import PretrainConfig, ct_encoder_state, pretrain_ct, read_card
-from .tabular import feature_table, importance_summary, make_model, one_blas_thread, table_spec
+from .tabular import (
+    feature_table,
+    importance_summary,
+    make_model,
+    one_blas_thread,
+    table_spec,
+)
 from .training import config_from_profile, count_weights, select_device
 
 __all__ = [
