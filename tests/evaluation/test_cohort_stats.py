@@ -187,3 +187,10 @@ def test_holm_keeps_the_missing_p_values_missing_in_a_column_of_numbers():
     np.testing.assert_allclose(out.drop("b").to_numpy(), [0.03, 0.06, 0.06])
     empty = comparison.holm(pd.Series([np.nan, np.nan], index=["a", "b"]))
     assert empty.dtype == np.float64 and empty.isna().all()
+    none = comparison.holm(pd.Series([], dtype=float))  # a family without tests: still a column of numbers
+    assert none.empty and none.dtype == np.float64
+
+
+def test_p_phrase_takes_a_number_or_the_text_format_p_gave():
+    assert comparison.p_phrase(0.2149) == "= 0.215" and comparison.p_phrase(0.0004) == "<0.001"
+    assert comparison.p_phrase("0.215") == "= 0.215" and comparison.p_phrase("<0.001") == "<0.001"

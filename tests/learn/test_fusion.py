@@ -561,11 +561,12 @@ def test_the_adaptive_gate_is_cross_modal_each_weight_depends_on_the_other_modal
 
 
 def test_a_model_on_a_share_of_the_labels_sees_a_stratified_share_the_same_for_every_model():
-    seen = []
+    seen, said = [], []
 
     class Recorder:
         def fit(self, data, part, seed, progress=True, desc=""):
             seen.append((sorted(part.fit), sorted(part.val)))
+            said.append((progress, desc))
 
     X, y = _table(60)
     data = base_.ModelData(y, table=X)
@@ -575,12 +576,22 @@ def test_a_model_on_a_share_of_the_labels_sees_a_stratified_share_the_same_for_e
     (fit, val), (fit2, _) = seen
     assert fit == fit2 and len(fit) == 12 and set(fit) <= set(part.fit) and val == sorted(part.val)
     assert y.loc[fit].sum() == 4  # 16 short PFS among 48: a quarter of each class
-    base_.FewerLabels(Recorder(), 0.25).fit(data, part, seed=6)
-    assert seen[-1][0] != fit  # another fold seed, another share
+    for other in (6, 7, 5 + 2**32 - 1):
+        base_.FewerLabels(Recorder(), 0.25).fit(data, part, seed=other)
+        assert seen[-1][0] != fit, other  # another fold seed, another share
     base_.FewerLabels(Recorder(), 1.0).fit(data, part, seed=5)
     assert seen[-1][0] == sorted(part.fit)
-    with pytest.raises(ValueError, match=r"share of labels must be in \(0, 1\]"):
-        base_.FewerLabels(Recorder(), 0)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=r"share of labels must be in \(0, 1\]"):
+            base_.FewerLabels(Recorder(), bad)
+    # the wrapped model gets the progress bar and its label as given (by default a bar without a label)
+    assert said[0] == (True, "")
+    base_.FewerLabels(Recorder(), 0.25).fit(data, part, seed=5, progress=False, desc="r0 f1")
+    assert said[-1] == (False, "r0 f1")
+    # a tiny share keeps one patient of each class
+    few = base_.TrainingPart(fit=list(y.index[:4]), val=[])  # two of each class
+    base_.FewerLabels(Recorder(), 0.25).fit(data, few, seed=5)
+    assert len(seen[-1][0]) == 2 and y.loc[seen[-1][0]].sum() == 1
 
 
 def test_with_images_that_carry_no_signal_a_cross_fitted_fusion_does_no_worse_than_the_labs_alone(tmp_path):
@@ -826,14 +837,16 @@ def test_a_model_on_a_share_of_the_labels_is_the_wrapped_model_at_prediction_and
             return np.full(len(patients), 0.3)
 
         def features(self, data, patients):
-            return {"embedding": np.ones((len(patients), 2))}
+            return {"embedding": np.c_[data.y.loc[patients].to_numpy(), np.ones(len(patients))]}
 
     X, y = _table(30)
     data = base_.ModelData(y, table=X)
     fewer = base_.FewerLabels(Wrapped(), 0.5)
     np.testing.assert_array_equal(fewer.predict(data, ["P001", "P002"]), [0.3, 0.3])
-    assert fewer.features(data, ["P001", "P002", "P003"])["embedding"].shape == (3, 2)
-    with pytest.raises(NotImplementedError, match="a model fitted on a share of the labels leaves no checkpoint"):
+    np.testing.assert_array_equal(fewer.features(data, ["P001", "P002", "P003"])["embedding"],
+                                  Wrapped().features(data, ["P001", "P002", "P003"])["embedding"])
+    with pytest.raises(NotImplementedError, match="^a model fitted on a share of the labels leaves no checkpoint to "
+                                                  "restore$"):
         fewer.restore(data, base_.TrainingPart(list(y.index[:20]), []), {})
 
 

@@ -391,6 +391,40 @@ def test_cross_fitting_a_single_outer_fold_uses_inner_folds_over_its_training_pa
     assert all(not (v & set(external)) for v in seen.values())
     with pytest.raises(ValueError, match="no cross-fitted score of repeat 0, fold 0"):
         loop.training_score_of(scores, 0, 0, external[:1])
+    # the inner folds are those of the run's seed, stratified by the labels
+    scored = scores.groupby("fold_b")["patient"].apply(sorted)
+    assert [scored[sp.left_out_pair(f.fold)[1]] for f in folds] == [sorted(f.test) for f in folds]
+    other = loop.cross_fitted_scores(spec, data, s, seed=4, progress=False).groupby("fold_b")["patient"].apply(sorted)
+    assert list(other) != list(scored)
+
+
+def test_cross_fitting_models_train_on_every_training_patient_without_importance_and_with_the_engine():
+    """A cross-fitting model only scores: it fits on all its training patients (no inner validation part, whatever
+    the spec's ``val_fraction``), computes no permutation importance, and its jobs go to the engine it is given."""
+    y = pd.Series((np.arange(30) % 3 == 0).astype(float), index=[f"P{i:03d}" for i in range(30)])
+    data = base.ModelData(y, table=pd.DataFrame({"a": np.arange(30.0)}, index=y.index))
+    s = sp.make_splits(y, 3, 1, 0)
+    parts, importance = [], []
+
+    class Recorder:
+        def fit(self, data, part, seed, progress=True, desc=""):
+            parts.append((sorted(part.fit), sorted(part.val)))
+
+        def predict(self, data, patients):
+            return np.full(len(patients), 0.4)
+
+        def permutation_importance(self, data, patients, repeats, seed):
+            importance.append(repeats)
+            return pd.DataFrame({"feature": ["a"], "importance": [0.0]})
+
+    spec = base.ModelSpec("rec", "04", "a", lambda seed: Recorder(), needs=("table",), columns=["a"],
+                          val_fraction=0.5, permutation_repeats=3)
+    engine = Inline()
+    loop.cross_fitted_scores(spec, data, s, seed=2, progress=False, engine=engine)
+    folds = sp.cross_fit_folds(s, y, 2)
+    assert engine.calls == [(3, False, "rec")] and len(folds) == 3
+    assert parts == [(sorted(f.train), []) for f in folds]
+    assert importance == []
 
 
 def test_cross_fitted_scores_show_progress_clip_certain_probabilities_and_number_their_rows(capsys):
@@ -417,3 +451,16 @@ def test_cross_fitted_scores_show_progress_clip_certain_probabilities_and_number
     with pytest.raises(ValueError) as err:
         loop.training_score_of(scores, fold.repeat, fold.fold, fold.test[:5])
     assert str(err.value).count("'P") == 3  # three examples named, not more
+
+
+def test_logit_is_computed_in_double_precision_and_clipped():
+    """A CNN's probabilities arrive as float32: their log-odds (stacked by the late fusion, written beside the
+    predictions) are computed in float64, and certain ones stay finite."""
+    from prrt.learn.base import logit
+
+    p32 = np.array([0.3, 0.7, 0.123456789, 0.0, 1.0], dtype=np.float32)
+    out = logit(p32)
+    p = np.clip(p32.astype(np.float64), 1e-6, 1 - 1e-6)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, np.log(p / (1 - p)), rtol=1e-14, atol=0)
+    assert np.isfinite(out).all() and out[3] == pytest.approx(np.log(1e-6 / (1 - 1e-6)))
