@@ -312,7 +312,7 @@ def test_the_binormal_auprc_is_the_integral_of_precision_over_recall():
     for auroc, prevalence in ((0.6, 0.2), (0.72, 0.36), (0.9, 0.64)):
         d = np.sqrt(2.0) * stats.norm.ppf(auroc)
 
-        def integrand(t):
+        def integrand(t, d=d, prevalence=prevalence):
             recall, fpr = stats.norm.sf(t - d), stats.norm.sf(t)
             return prevalence * recall / (prevalence * recall + (1 - prevalence) * fpr) * stats.norm.pdf(t - d)
 
