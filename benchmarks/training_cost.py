@@ -1,5 +1,5 @@
-"""What three choices of the training engine cost on the CPU (issue 29): the image layout of the CNNs, when batch
-norm is recomputed, and how many threads a small fusion network trains on.
+"""What four thread and layout choices cost on the CPU (issue 29): the image layout of the CNNs, when batch norm is
+recomputed, how many threads a small fusion network trains on, and how many BLAS threads scikit-learn gets.
 
 Each variant runs a whole fit with :func:`prrt.learn.training.fit_network`, seeded, on the same synthetic data,
 alternating with the others ``--rounds`` times (so that a busy neighbour slows all of them alike); the median
@@ -12,6 +12,9 @@ seconds per fit are printed as JSON.
   patients make the engine do it, and predicting them adds about 1 %).
 * ``mlp``: a network without convolutions of the size of a score-branch fusion (10 inputs, two hidden layers of 32,
   dropout), 150 epochs in batches of 64 over 77 patients, on one thread (the engine's choice) or on the process's.
+* ``logistic regression``: :func:`prrt.learn.tabular.logistic_regression` (its inner 3-fold search over 10
+  penalties) fitted to 40 patients and 8 columns, with numpy and scipy on one BLAS thread (what every chapter sets,
+  :func:`prrt.learn.one_blas_thread`) or on two.
 
     python benchmarks/training_cost.py                 # prints JSON
     python benchmarks/training_cost.py --rounds 5
@@ -90,12 +93,29 @@ def mlp_fit(one_thread: bool, seed: int = 1) -> float:
         return time.perf_counter() - t0
 
 
+def logistic_fit(blas_threads: int) -> float:
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from prrt.learn.tabular import logistic_regression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    y = (x[:, 0] + rng.normal(size=40) > 0).astype(int)
+    with threadpool_limits(blas_threads, user_api="blas"):
+        t0 = time.perf_counter()
+        logistic_regression(0).fit(x, y)
+        return time.perf_counter() - t0
+
+
 VARIANTS = {
     "cnn, channels-last, batch norm at the end (engine)": lambda: cnn_fit(True, False),
     "cnn, channels-last, batch norm every epoch": lambda: cnn_fit(True, True),
     "cnn, contiguous, batch norm every epoch (before)": lambda: cnn_fit(False, True),
     "mlp, one thread (engine)": lambda: mlp_fit(True),
     "mlp, the process's threads (before)": lambda: mlp_fit(False),
+    "logistic regression, one BLAS thread (every chapter)": lambda: logistic_fit(1),
+    "logistic regression, two BLAS threads (before, on 2 cores)": lambda: logistic_fit(2),
 }
 
 

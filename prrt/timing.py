@@ -3,8 +3,9 @@
 A phase (:data:`PHASES`) is timed with ``with phase("training", model=spec.name):`` where the work happens:
 preprocessing (:mod:`prrt.imaging`), loading the inputs of a chapter, training and prediction (the fold jobs
 of :mod:`prrt.learn.loop`), augmentation, pretraining, Grad-CAM, the statistics of the summary, figures (the
-book build, which runs after every notebook, is timed by the runner: ``book_build_s`` in ``run.json``). Time is *exclusive*: a phase inside another (augmentation inside training) pauses the outer one, so
-the phases of a process add up to no more than its wall time. A phase without a model takes the model of
+book build, which runs after every notebook, is timed by the runner: ``book_build_s`` in ``run.json``). Time
+is *exclusive*: a phase inside another (augmentation inside training) pauses the outer one, so the phases of
+a process add up to no more than its wall time. A phase without a model takes the model of
 the phase it sits in.
 
 Each process adds its phases up by (chapter, model, phase) and, when a top-level phase ends, writes the sums

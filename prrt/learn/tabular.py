@@ -102,7 +102,8 @@ def one_blas_thread() -> None:
 
     The matrices of this project's scikit-learn and statsmodels work are a few hundred patients by a few dozen
     columns: a second BLAS thread only adds waiting. With two, a logistic regression of :func:`logistic_regression`
-    took 1.6 to 6 times as long on the 2-core machine (``benchmarks/training_cost.py``). torch keeps its own threads
+    took 1.6 to 7 times as long on the 2-core machine, beside other work (``benchmarks/DESIGN.md``;
+    ``benchmarks/training_cost.py`` repeats it). torch keeps its own threads
     (:func:`prrt.learn.training.threads_for`). Every chapter calls this first (:func:`prrt.study.notebook.start`);
     the Dask workers start with one BLAS thread anyway.
     """
