@@ -624,7 +624,7 @@ def test_every_training_batch_is_augmented_only_when_asked(monkeypatch, augment)
     assert seen == ([8, 8, 4] * 2 if augment else [])
 
 
-def test_a_network_without_convolutions_trains_on_one_thread_and_gives_the_threads_back(monkeypatch):
+def test_a_network_without_convolutions_trains_on_one_thread_and_gives_the_threads_back():
     """The fusions' small networks train on one CPU thread (their operations are too small to share); a CNN keeps
     the process's threads; either way the process has its threads again afterwards."""
     seen = []
