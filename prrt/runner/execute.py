@@ -8,6 +8,8 @@ therefore never touches the previous good run or its book; the failed attempt is
 ``.<name>.failed`` for inspection. SIGTERM or Ctrl-C stops the notebook's kernel, removes the staging
 directory and leaves the previous run as it was (the lock and the signals: :mod:`prrt.runner.lock`).
 
+Each notebook runs in a kernel of its own, which the runner starts while the notebook before it runs
+(:class:`KernelsAhead`: the kernel imports :data:`PRELOAD` as it starts, so that its notebook does not wait for it).
 Each notebook gets the parameters its ``parameters`` cell declares (:func:`declared_parameters`), with
 paths relative to the run directory. ``run.json`` records the run: the cohort, the SHA-256 of every
 input file, the profile, the seed, the git commit, the package versions, the device, the wall and CPU time
@@ -194,33 +196,84 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
 
     t_run = time.perf_counter()
     timings = staging / "timings"
+    # the kernel (and the workers it starts) write their phase sums to timings/ (prrt.timing)
+    kernels = KernelsAhead(staging, lambda nb: {TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name})
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
-    for nb in bar:
-        bar.set_postfix_str(nb.name)
-        out = staging / "notebooks" / nb.name
-        t0, cpu0 = time.perf_counter(), _children_cpu()
-        try:
-            declared = declared_parameters(nb)  # each notebook gets the parameters it declares
-            # the kernel (and the workers it starts) write their phase sums to timings/ (prrt.timing)
-            with mock.patch.dict(os.environ, {TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name}):
+    try:
+        for i, nb in enumerate(bar):
+            bar.set_postfix_str(nb.name)
+            out = staging / "notebooks" / nb.name
+            km = kernels.take(nb)
+            if i + 1 < len(notebooks):  # the next notebook's kernel starts and imports while this one runs
+                kernels.start(notebooks[i + 1])
+            t0, cpu0 = time.perf_counter(), _children_cpu()
+            try:
+                declared = declared_parameters(nb)  # each notebook gets the parameters it declares
                 pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
-                                    cwd=str(staging), progress_bar=progress, kernel_name="python3")
-        except RunInterrupted:
-            raise
-        except Exception as exc:  # papermill raises PapermillExecutionError, or kernel errors
-            failed = keep_failed(staging, run_dir)
-            raise RunError(
-                f"notebook {nb.name} failed at {_failed_cell(exc)}\n"
-                f"The executed notebook, up to the error, is in {failed / 'notebooks' / nb.name}.\n"
-                f"The previous run in {run_dir} (if any) and its book are untouched."
-            ) from None
-        _finish_notebook(out)
-        info["notebooks"].append({"name": nb.name, "wall_time_s": round(time.perf_counter() - t0, 1),
-                                  "cpu_time_s": round(_children_cpu() - cpu0, 1)})
-        log(f"  {nb.name}: {info['notebooks'][-1]['wall_time_s']} s")
+                                    cwd=str(staging), progress_bar=progress, kernel_name="python3", km=km)
+            except RunInterrupted:
+                raise
+            except Exception as exc:  # papermill raises PapermillExecutionError, or kernel errors
+                kernels.stop(km)
+                kernels.stop_all()
+                failed = keep_failed(staging, run_dir)
+                raise RunError(
+                    f"notebook {nb.name} failed at {_failed_cell(exc)}\n"
+                    f"The executed notebook, up to the error, is in {failed / 'notebooks' / nb.name}.\n"
+                    f"The previous run in {run_dir} (if any) and its book are untouched."
+                ) from None
+            kernels.stop(km)
+            _finish_notebook(out)
+            info["notebooks"].append({"name": nb.name, "wall_time_s": round(time.perf_counter() - t0, 1),
+                                      "cpu_time_s": round(_children_cpu() - cpu0, 1)})
+            log(f"  {nb.name}: {info['notebooks'][-1]['wall_time_s']} s")
+    finally:
+        kernels.stop_all()
     info.update(status="complete", finished=utc_now(), wall_time_s=round(time.perf_counter() - t_run, 1))
     rows = read_timings(timings)
     info["timings"] = rows.round({"wall_s": 2, "cpu_s": 2}).to_dict(orient="records")
+
+
+#: What a notebook's kernel imports as it starts, before the notebook runs (IPython's ``exec_lines``): every chapter
+#: imports it first, and it is most of the 3-7 s a kernel needs before its first line of work (torch, scikit-learn,
+#: pandas; ``benchmarks/DESIGN.md``).
+PRELOAD = "import prrt.study.notebook"
+
+
+class KernelsAhead:
+    """Each notebook's own fresh kernel, started one notebook ahead: the next kernel starts and imports
+    :data:`PRELOAD` while the current notebook runs, on a core that a notebook of single-threaded work leaves idle.
+    A kernel still serves one notebook only, in the notebook's environment (``env_of(notebook)``) and in the
+    staging folder, as papermill would have started it."""
+
+    def __init__(self, cwd: Path, env_of):
+        self.cwd, self.env_of, self.started = cwd, env_of, {}
+
+    def start(self, nb: Path) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_client.utils import run_sync
+
+        km = AsyncKernelManager(kernel_name="python3")
+        run_sync(km.start_kernel)(cwd=str(self.cwd), env={**os.environ, **self.env_of(nb)},
+                                  extra_arguments=[f"--IPKernelApp.exec_lines={PRELOAD}"])
+        self.started[nb] = km
+
+    def take(self, nb: Path):
+        """The kernel started for ``nb`` (started now if it was not)."""
+        if nb not in self.started:
+            self.start(nb)
+        return self.started.pop(nb)
+
+    @staticmethod
+    def stop(km) -> None:
+        from jupyter_client.utils import run_sync
+
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=False)
+
+    def stop_all(self) -> None:
+        while self.started:
+            self.stop(self.started.popitem()[1])
 
 
 def _children_cpu() -> float:

@@ -369,17 +369,31 @@ def test_a_synthetic_cohort_survives_the_round_trip_through_dicom(dicom_export, 
 
 @pytest.mark.slow
 def test_prrt_run_uses_an_imported_cohort(dicom_export, small_cohort_dir, tmp_path):
-    """From the DICOM export to a run: import, then every notebook of the smoke profile (without the book)."""
+    """From the DICOM export to a run and its book: import, then every notebook of the smoke profile, as a hospital's
+    data come: a fifth of the patients without a PET and two others without a CT (the manifest shape of
+    tests/e2e/test_shapes.py that runs here: every fusion still predicts every labelled patient)."""
+    from shape_checks import check_shape_run
+
     from prrt.cli import main
 
     out = tmp_path / "hospital"
     assert main(["import-dicom", str(dicom_export / "export"), "--out", str(out), "--table",
                  str(dicom_export / "clinical.csv"), "--template", str(small_cohort_dir / "manifest.yaml")]) == 0
     assert main(["validate", str(out / "manifest.yaml"), "--profile", "smoke"]) == 0
-    assert main(["run", "--manifest", str(out / "manifest.yaml"), "--profile", "smoke", "--run-dir",
-                 str(tmp_path / "runs" / "hospital"), "--no-book", "--seed", "3"]) == 0
-    summary = pd.read_csv(tmp_path / "runs" / "hospital" / "results" / "summary.csv").set_index("model")
+    doc = yaml.safe_load((out / "manifest.yaml").read_text())
+    table = out / doc["table"] if not Path(doc["table"]).is_absolute() else Path(doc["table"])
+    df = pd.read_csv(table, dtype=str, keep_default_na=False)
+    df.loc[[0, 5, 10, 15, 20], doc["images"]["pet"]] = ""
+    df.loc[[2, 7], doc["images"]["ct"]] = ""
+    df.to_csv(table, index=False)
+    checked = load_cohort(out / "manifest.yaml", check_images="full", profile="smoke")
+    assert len(checked.warnings) == 2, checked.warnings  # one per image column with blanks
+    run_dir = tmp_path / "runs" / "hospital"
+    assert main(["run", "--manifest", str(out / "manifest.yaml"), "--profile", "smoke", "--run-dir", str(run_dir),
+                 "--seed", "3"]) == 0
+    summary = pd.read_csv(run_dir / "results" / "summary.csv").set_index("model")
     assert summary.loc[["lab_rf", "pet_cnn", "ct_cnn", "lab_pet_ct_fusion"], "status"].eq("ran").all()
+    check_shape_run(doc, run_dir, checked, some_without_images=True)
 
 
 def test_philips_counts_with_their_suv_scale_factor_and_an_id_map(tmp_path, pet_phantom):

@@ -94,6 +94,48 @@ def _notebooks(tmp_path, *cells) -> Path:
     return d
 
 
+@pytest.mark.slow
+def test_each_notebook_has_its_own_kernel_started_while_the_one_before_ran(small_cohort_dir, tmp_path):
+    """The runner starts the next notebook's kernel while a notebook runs: every notebook still gets a kernel of its
+    own (its own process, started in the staging folder with the notebook's name in its environment and prrt's
+    imports done), the second was started before the first finished, and no kernel outlives the run, also when a
+    notebook fails."""
+    import nbformat
+    import psutil
+
+    report = ("import json, os, sys, time, pathlib, psutil\n"
+              "me = psutil.Process()\n"
+              "pathlib.Path(os.environ['PRRT_CHAPTER'] + '.json').write_text(json.dumps(dict(\n"
+              "    pid=os.getpid(), created=me.create_time(), cwd=os.getcwd(), finished=time.time() + 2,\n"
+              "    preloaded='prrt.study.notebook' in sys.modules)))\n"
+              "time.sleep(2)")
+    nbs = _notebooks(tmp_path, report)
+    for name in ("02_two.ipynb", "03_three.ipynb"):
+        shutil.copy(nbs / "01_only.ipynb", nbs / name)
+    run_dir = tmp_path / "runs" / "r"
+    assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke", "--run-dir",
+                 str(run_dir), "--no-book", "--notebooks-dir", str(nbs)]) == 0
+    seen = {p.stem: json.loads(p.read_text()) for p in run_dir.glob("0*.json")}
+    assert sorted(seen) == ["01_only.ipynb", "02_two.ipynb", "03_three.ipynb"]
+    assert len({k["pid"] for k in seen.values()}) == 3
+    assert all(k["preloaded"] and Path(k["cwd"]).name == f".r.staging-{os.getpid()}" for k in seen.values()), seen
+    assert seen["02_two.ipynb"]["created"] < seen["01_only.ipynb"]["finished"] - 1
+    assert seen["03_three.ipynb"]["created"] < seen["02_two.ipynb"]["finished"] - 1
+    assert not any(psutil.pid_exists(k["pid"]) and psutil.Process(k["pid"]).status() != psutil.STATUS_ZOMBIE
+                   for k in seen.values())
+    # the first notebook fails while the second's kernel is up: that kernel is stopped too
+    nb = nbformat.read(nbs / "01_only.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('planted')"))
+    nbformat.write(nb, nbs / "01_only.ipynb")
+    before = set(psutil.Process().children(recursive=True))
+    assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke", "--run-dir",
+                 str(tmp_path / "runs" / "failing"), "--no-book", "--notebooks-dir", str(nbs)]) == 1
+    time.sleep(1)
+    left = [c for c in set(psutil.Process().children(recursive=True)) - before
+            if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [(c.pid, c.cmdline()) for c in left]
+
+
 def _prrt(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "prrt.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
