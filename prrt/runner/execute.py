@@ -197,7 +197,7 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
     t_run = time.perf_counter()
     timings = staging / "timings"
     # the kernel (and the workers it starts) write their phase sums to timings/ (prrt.timing)
-    kernels = KernelsAhead(staging, lambda nb: {TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name})
+    kernels = KernelsAhead(staging, lambda nb: {TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name, **QUIET_BARS})
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     try:
         for i, nb in enumerate(bar):
@@ -234,6 +234,10 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
     info["timings"] = rows.round({"wall_s": 2, "cpu_s": 2}).to_dict(orient="records")
 
 
+#: The kernels' progress bars redraw at most every 10 s (tqdm reads its defaults from ``TQDM_*`` variables): nobody
+#: watches them live, and each redraw became an output of the executed notebook. A demo run's chapter 04 had 28,698
+#: outputs in one cell (4.5 MB), which papermill wrote out whole when each cell started and ended: 55 of its 420 s.
+QUIET_BARS = {"TQDM_MININTERVAL": "10"}
 #: What a notebook's kernel imports as it starts, before the notebook runs (IPython's ``exec_lines``): every chapter
 #: imports it first, and it is most of the 3-7 s a kernel needs before its first line of work (torch, scikit-learn,
 #: pandas; ``benchmarks/DESIGN.md``).

@@ -99,7 +99,7 @@ def test_each_notebook_has_its_own_kernel_started_while_the_one_before_ran(small
     """The runner starts the next notebook's kernel while a notebook runs: every notebook still gets a kernel of its
     own (its own process, started in the staging folder with the notebook's name in its environment and prrt's
     imports done), the second was started before the first finished, and no kernel outlives the run, also when a
-    notebook fails."""
+    notebook fails. Progress bars in the kernels redraw seldom (each redraw is an output of the notebook)."""
     import nbformat
     import psutil
 
@@ -109,20 +109,22 @@ def test_each_notebook_has_its_own_kernel_started_while_the_one_before_ran(small
               "    pid=os.getpid(), created=me.create_time(), cwd=os.getcwd(), finished=time.time() + 2,\n"
               "    preloaded='prrt.study.notebook' in sys.modules)))\n"
               "time.sleep(2)")
-    nbs = _notebooks(tmp_path, report)
-    for name in ("02_two.ipynb", "03_three.ipynb"):
-        shutil.copy(nbs / "01_only.ipynb", nbs / name)
+    bars = "from tqdm.auto import tqdm\nfor _ in tqdm(range(300), desc='steps'):\n    time.sleep(0.005)"
+    nbs = _notebooks(tmp_path, report, bars)
+    shutil.copy(nbs / "01_only.ipynb", nbs / "02_two.ipynb")
     run_dir = tmp_path / "runs" / "r"
     assert main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke", "--run-dir",
                  str(run_dir), "--no-book", "--notebooks-dir", str(nbs)]) == 0
     seen = {p.stem: json.loads(p.read_text()) for p in run_dir.glob("0*.json")}
-    assert sorted(seen) == ["01_only.ipynb", "02_two.ipynb", "03_three.ipynb"]
-    assert len({k["pid"] for k in seen.values()}) == 3
+    assert sorted(seen) == ["01_only.ipynb", "02_two.ipynb"]
+    assert len({k["pid"] for k in seen.values()}) == 2
     assert all(k["preloaded"] and Path(k["cwd"]).name == f".r.staging-{os.getpid()}" for k in seen.values()), seen
     assert seen["02_two.ipynb"]["created"] < seen["01_only.ipynb"]["finished"] - 1
-    assert seen["03_three.ipynb"]["created"] < seen["02_two.ipynb"]["finished"] - 1
     assert not any(psutil.pid_exists(k["pid"]) and psutil.Process(k["pid"]).status() != psutil.STATUS_ZOMBIE
                    for k in seen.values())
+    # a progress bar of 1.5 s leaves its first and last state in the notebook, not one output per redraw
+    bar = nbformat.read(run_dir / "notebooks" / "01_only.ipynb", as_version=4).cells[-1].outputs
+    assert len(bar) <= 4 and any("300/300" in out["text"] for out in bar), bar  # tqdm's warning, 0, 300, newline
     # the first notebook fails while the second's kernel is up: that kernel is stopped too
     nb = nbformat.read(nbs / "01_only.ipynb", as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('planted')"))
