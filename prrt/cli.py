@@ -272,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rename key prefixes of --ct-weights (repeatable), e.g. 'module.=' or '=net.'")
     r.add_argument("--engine", default=None, metavar="WHERE",
                    help="fit the (model, repeat, fold) jobs in parallel with Dask: 'local' (worker processes), "
-                        "'local-cuda' (one worker per GPU) or a scheduler address tcp://host:8786; default: "
-                        "one after another")
+                        "'local-cuda' (one worker per GPU), a scheduler address tcp://host:8786, 'split' (the "
+                        "one-core models on two worker processes, the CNNs in the notebook) or 'sequential'; "
+                        "default: the profile's (demo: split; smoke and paper: sequential)")
     r.add_argument("--workers", type=int, default=None, help="worker processes for --engine local (default 2)")
     r.add_argument("--validate-on", default=None, metavar="MANIFEST",
                    help="a second cohort: the models fitted on all of --manifest's patients predict it once "

@@ -121,6 +121,11 @@ class Profile:
         Test patients (of the first fold) whose maps the sanity checks of chapter 05 recompute.
     mask_dilation_voxels:
         How far (voxels of the network's input) the lesion mask is grown before the saliency check.
+    engine:
+        Where the (model, repeat, fold) jobs run when ``prrt run --engine`` names nothing
+        (:mod:`prrt.learn.engines`): ``sequential`` (one after another in the notebook's process) or ``split`` (the
+        one-core jobs on two worker processes, the CNNs in the notebook's process; the ``demo`` profile, whose
+        scikit-learn models and fusions left a core of the 2-core machine idle).
     """
 
     name: str
@@ -157,6 +162,7 @@ class Profile:
     gradcam_repeats: int = 0
     sanity_patients: int = 30
     mask_dilation_voxels: int = 1
+    engine: str = "sequential"
     description: str = ""
 
     @property
@@ -214,6 +220,7 @@ PROFILES: dict[str, Profile] = {
         permutation_repeats=3,
         fusion_image_branches="cross_fitted",
         label_fraction_repeats=1,
+        engine="split",
         description="Sized for the synthetic cohort on a 2-core laptop CPU.",
     ),
     "paper": Profile(

@@ -156,6 +156,8 @@ class ModelSpec:
     ``requires`` names models whose fold checkpoints this one reads (see
     :class:`prrt.learn.FoldModelScores`): :func:`prrt.learn.loop.run_models` fits those first.
     ``bound`` names the input set whose achievable AUROC a synthetic cohort's report gives for it.
+    ``one_core``: a fit uses one core (a scikit-learn model, a network without convolutions), so an engine may run
+    several at once (:class:`prrt.learn.engines.SplitEngine`).
     """
 
     name: str
@@ -169,6 +171,7 @@ class ModelSpec:
     permutation_repeats: int = 0
     columns: list[str] | None = None  # the table columns the model reads (for importances)
     requires: tuple[str, ...] = ()
+    one_core: bool = False
 
 
 class FewerLabels:

@@ -10,6 +10,10 @@ With ``prrt run --engine ADDRESS`` (which reaches the notebooks' kernels as the 
 ``local-cuda``
     one worker per GPU of this machine (dask-cuda's ``LocalCUDACluster`` pins each worker to one GPU
     through ``CUDA_VISIBLE_DEVICES``; ``pip install dask-cuda``);
+``split``
+    the one-core jobs (scikit-learn models, the fusions' small networks) on worker processes of this machine
+    (``--workers N``, default 2), the CNNs in the notebook's process (:class:`SplitEngine`; the ``demo`` profile's
+    default, :attr:`prrt.profiles.Profile.engine`);
 ``tcp://host:8786`` (or ``tls://``)
     a running scheduler with workers on any number of machines (``dask scheduler`` on one machine,
     ``dask worker tcp://host:8786 --nthreads 1`` or ``dask cuda worker tcp://host:8786`` on each).
@@ -40,6 +44,39 @@ class Sequential:
 
 
 ENV = "PRRT_ENGINE"  # how `prrt run --engine` reaches the notebooks' kernels
+
+
+class SplitEngine:
+    """The jobs of one-core models (``ModelSpec.one_core``: scikit-learn models, the fusions' small networks) on
+    ``workers`` single-thread worker processes of this machine, several at a time; the others (the CNNs, which use
+    every thread of this process) here, one after another, before them.
+
+    A one-core job runs on one thread either way (:func:`prrt.learn.training.threads_for` gives a network without
+    convolutions one torch thread, :func:`prrt.learn.one_blas_thread` numpy one BLAS thread, and Dask starts its
+    workers with one), so the files are those of :class:`Sequential`. The workers start on the first call with at
+    least two one-core jobs; with fewer, everything runs here.
+    """
+
+    def __init__(self, workers: int = 2):
+        self.workers, self.pool = workers, None
+
+    def map(self, fn, jobs: list, data: ModelData, progress: bool = True, desc: str = "") -> list:
+        light = [i for i, job in enumerate(jobs) if getattr(job[0], "one_core", False)]
+        if len(light) < 2:
+            return Sequential().map(fn, jobs, data, progress, desc)
+        heavy = [i for i in range(len(jobs)) if i not in set(light)]
+        out = dict(zip(heavy, Sequential().map(fn, [jobs[i] for i in heavy], data, progress, desc)))
+        if self.pool is None:
+            self.pool = DaskEngine("local", self.workers)
+        out.update(zip(light, self.pool.map(fn, [jobs[i] for i in light], data, progress, desc)))
+        return [out[i] for i in range(len(jobs))]
+
+    def describe(self) -> dict:
+        return {"engine": "split", "workers": self.workers}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
 
 
 class DaskEngine:
@@ -92,10 +129,12 @@ class DaskEngine:
 
 def engine_from(address: str | None = None, workers: int | None = None):
     """The engine for ``address`` (default: the ``PRRT_ENGINE`` environment variable); ``None`` when
-    neither is set, which means :class:`Sequential`."""
+    neither is set, which means :class:`Sequential`; ``"split"``: :class:`SplitEngine`."""
     address = address or os.environ.get(ENV, "")
     if not address or address == "sequential":
         return None
     if workers is None and os.environ.get(ENV + "_WORKERS"):
         workers = int(os.environ[ENV + "_WORKERS"])
+    if address == "split":
+        return SplitEngine(workers or 2)
     return DaskEngine(address, workers)

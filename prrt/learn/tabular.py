@@ -182,7 +182,7 @@ def table_spec(name: str, chapter: str, inputs: str, columns: list[str] | None, 
     """
     build = (lambda seed: TableModel(make(seed), columns)) if columns else None
     return ModelSpec(name, chapter, inputs, build, reason=reason, bound=bound,
-                     permutation_repeats=permutation_repeats, columns=columns)
+                     permutation_repeats=permutation_repeats, columns=columns, one_core=True)
 
 
 def importance_summary(imp: pd.DataFrame) -> pd.DataFrame:

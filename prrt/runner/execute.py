@@ -173,7 +173,7 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
     if ct_weights:
         info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
                               "key_prefixes": list(ct_weights_prefix)}
-    info["engine"] = {"address": engine or "sequential", "workers": workers}
+    info["engine"] = {"address": engine or get_profile(profile).engine, "workers": workers}
     # the kernels papermill starts inherit the engine (prrt.study.notebook.Context.engine); restored afterwards
     with mock.patch.dict(os.environ, {ENV: engine or "", ENV + "_WORKERS": str(workers or "")}):
         _execute(notebooks, staging, run_dir, params, info, progress, log)

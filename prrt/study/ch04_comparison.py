@@ -154,9 +154,9 @@ def headline_text(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
 
 
 def lowering_text(summary: pd.DataFrame) -> str:
-    """Where adding a source lowered the AUROC (as the tables show it, to two decimals): every fusion and the control
-    that falls below the best model of its sources less one, named with the source it adds; a sentence saying none
-    did otherwise; empty when no such pair ran."""
+    """Where adding a source did not raise the AUROC (as the tables show it, to two decimals): every fusion and the
+    control that falls below or only equals the best model of its sources less one, named with the source it adds; a
+    sentence saying none did otherwise; empty when no such pair ran."""
     ran = summary[summary["status"] == "ran"].set_index("model")["auroc_mean"].round(2)
     ran = ran[[m for m in ran.index if m in MODEL_SOURCES]]
     lower, pairs = [], 0
@@ -169,14 +169,15 @@ def lowering_text(summary: pd.DataFrame) -> str:
                 continue
             pairs += 1
             best = max(fewer, key=lambda m: ran[m])
-            if ran[model] < ran[best]:
-                lower.append(f"`{model}` ({ran[model]:.2f}) falls below `{best}` ({ran[best]:.2f}), which lacks its "
+            if ran[model] <= ran[best]:
+                verb = "falls below" if ran[model] < ran[best] else "only equals"
+                lower.append(f"`{model}` ({ran[model]:.2f}) {verb} `{best}` ({ran[best]:.2f}), which lacks its "
                              f"{SOURCE_NAMES[source]}")
     if not pairs:
         return ""
     if not lower:
-        return ("In this run no fusion fell below the best model of its sources less one: adding a source never "
-                "lowered the AUROC.")
+        return ("In this run every fusion rose above the best model of its sources less one: adding a source always "
+                "raised the AUROC.")
     return (f"Adding a source did not help in {len(lower)} of {pairs} cases: " + "; ".join(lower)
             + " (differences between models of different kinds, not tested).")
 

@@ -74,7 +74,8 @@ def late_fusion_spec(name: str, chapter: str, inputs: str, bases: list[ModelSpec
     used = {m: f for m, f in (fold_models or {}).items() if any(b.needs == (m,) for b in runnable)}
     return ModelSpec(name, chapter, inputs_without(inputs, missing),
                      lambda seed: LateFusion(runnable, inner_folds, fold_models=used), bound=bound,
-                     requires=tuple(f.model for f in used.values()))
+                     requires=tuple(f.model for f in used.values()),
+                     one_core=all(b.one_core or set(b.needs) <= set(used) for b in runnable))
 
 
 def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[str], cohort, cfg: FusionConfig,
@@ -97,7 +98,8 @@ def neural_fusion_spec(name: str, chapter: str, inputs: str, modalities: list[st
                      lambda seed: NeuralFusion(have, labs, cfg, ct_weights, pet_feature_columns=pet,
                                                fold_models=fold_models),
                      bound=bound, val_fraction=cfg.train.val_fraction,
-                     requires=tuple(f.model for f in fold_models.values()))
+                     requires=tuple(f.model for f in fold_models.values()),
+                     one_core=all(m in fold_models for m in have if m in ("pet", "ct")))
 
 
 def chapter_table(cohort, run_dir, progress: bool = True) -> pd.DataFrame:
@@ -380,7 +382,7 @@ def label_fraction_text(table: pd.DataFrame | None) -> str:
                f"The interval lies below zero (pretraining hurt) at {shares(below)}." if below else ""]
     if not above and not below:
         verdict = ["Every interval includes zero: on this cohort no difference between the pretrained and the "
-                   "untrained CT CNN could be detected, with few labels or with all of them; the intervals are wide."]
+                   "untrained CT CNN could be detected, with few labels or with all of them."]
     n = int(table["repeats"].iloc[0])
     repeats = "the first repeat" if n == 1 else f"the first {n} repeats"
     return (f"Pretrained minus from scratch, mean per-fold AUROC difference over {repeats} of the splits: "

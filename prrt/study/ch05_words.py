@@ -74,8 +74,9 @@ def saliency_text(summary: pd.DataFrame, nulls: pd.DataFrame | None = None) -> s
         if rest:
             out += (" The maps of " + ", ".join(f"`{m}`" for m in rest) + " do not beat both nulls on both measures: "
                     "where a verdict names one measure, only that one shows more of the lesions than the null, and "
-                    "where it names none, neither does (a map that only knows where lesions usually sit in the crop, "
-                    "or the same network untrained, does as well or better: the table gives both numbers).")
+                    "where it names none, neither does (on a measure not named, the map was not shown to put more of "
+                    "itself in the lesions than a map that only knows where lesions usually sit in the crop, or than "
+                    "the same network untrained; the table gives both numbers).")
     return out
 
 

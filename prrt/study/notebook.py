@@ -8,6 +8,7 @@ small table instead, and a warning box at the top of the page when the data is s
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..evaluation import (
     risk_groups_logrank,
     update_summary,
 )
-from ..learn import engine_from, one_blas_thread, run_models
+from ..learn import ENV, engine_from, one_blas_thread, run_models
 from ..profiles import Profile, get_profile
 
 SYNTHETIC_NOTE = (
@@ -46,9 +47,9 @@ class Context:
 
     @cached_property
     def engine(self):
-        """Where the model fits run: ``None`` (in this process, one after another) unless ``prrt run
-        --engine`` named a Dask cluster (:mod:`prrt.learn.engines`); started on first use."""
-        return engine_from()
+        """Where the model fits run (:mod:`prrt.learn.engines`): what ``prrt run --engine`` named, else the
+        profile's ``engine``; ``None`` means in this process, one after another. Started on first use."""
+        return engine_from(os.environ.get(ENV) or self.profile.engine)
 
     @cached_property
     def splits(self) -> pd.DataFrame:

@@ -580,9 +580,9 @@ def test_the_page_reads_the_verdict_against_the_nulls():
             "map (5.0 %): beats the null, the data-free blob map (8.2 %): does not beat the null;") in text
     assert text.endswith("`ct_cnn_pretrained` beats both nulls. The maps of `pet_cnn` do not beat both nulls on both "
                          "measures: where a verdict names one measure, only that one shows more of the lesions than the "
-                         "null, and where it names none, neither does (a map that only knows where lesions usually sit "
-                         "in the crop, or the same network untrained, does as well or better: the table gives both "
-                         "numbers).")
+                         "null, and where it names none, neither does (on a measure not named, the map was not shown "
+                         "to put more of itself in the lesions than a map that only knows where lesions usually sit in "
+                         "the crop, or than the same network untrained; the table gives both numbers).")
     assert "against the nulls" not in ch05_words.saliency_text(summary)  # a run without a mask channel
     page = ch05_words.format_nulls(nulls)
     assert page.loc[("pet_cnn", saliency.BLOB)].tolist() == ["7.7 vs 8.2", "19.1 vs 16.9", "0.900, 0.700",

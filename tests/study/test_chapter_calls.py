@@ -837,5 +837,5 @@ def test_the_pretraining_figure_in_words():
     none = table.assign(ci_low=-0.1, ci_high=0.1)
     assert ch04_fusion.label_fraction_text(none).endswith(
         "Every interval includes zero: on this cohort no difference between the pretrained and the untrained CT CNN "
-        "could be detected, with few labels or with all of them; the intervals are wide.")
+        "could be detected, with few labels or with all of them.")
     assert ch04_fusion.label_fraction_text(None).startswith("No pretraining figure in this run")
