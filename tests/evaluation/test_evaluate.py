@@ -592,3 +592,22 @@ def test_per_repeat_calibration_reads_overconfident_predictions_and_skips_consta
     assert np.isnan(cal.loc[2, "calibration_slope"]) and np.isnan(cal.loc[2, "calibration_in_the_large"])
     assert abs(cal.loc[0, "calibration_in_the_large"]) < 0.3
     assert np.isnan(cal.loc[3, "calibration_slope"]) and np.isnan(cal.loc[3, "calibration_in_the_large"])
+
+
+def test_a_warning_of_the_calibration_fit_other_than_separation_is_passed_on_not_raised(monkeypatch):
+    """Only perfect separation leaves a repeat's calibration empty; another warning of the fit (statsmodels'
+    convergence warning, say) reaches the reader as a warning, and the repeat keeps its numbers."""
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    def fit(label, probability):
+        import warnings
+
+        warnings.warn("the fit converged slowly", ConvergenceWarning)
+        return {"calibration_slope": 0.9, "calibration_slope_ci": (0.5, 1.3), "calibration_in_the_large": 0.1}
+
+    monkeypatch.setattr(metrics, "calibration_intercept_slope", fit)
+    pred = pd.DataFrame({"patient": ["A", "B", "C", "D"], "repeat": 0, "fold": 0,
+                         "probability": [0.2, 0.4, 0.6, 0.8], "label": [0, 1, 0, 1]})
+    with pytest.warns(ConvergenceWarning, match="converged slowly"):
+        cal = metrics.per_repeat_calibration(pred)
+    assert cal.iloc[0].tolist() == [0, 0.9, 0.5, 1.3, 0.1]
