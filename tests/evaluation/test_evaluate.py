@@ -611,3 +611,13 @@ def test_a_warning_of_the_calibration_fit_other_than_separation_is_passed_on_not
     with pytest.warns(ConvergenceWarning, match="converged slowly"):
         cal = metrics.per_repeat_calibration(pred)
     assert cal.iloc[0].tolist() == [0, 0.9, 0.5, 1.3, 0.1]
+
+
+def test_the_calibration_table_of_predictions_without_a_labelled_patient_is_empty_with_its_columns():
+    """What the summary reads by name must be there when no repeat has a labelled patient (only unlabelled patients,
+    predicted once per repeat with fold -1)."""
+    pred = pd.DataFrame({"patient": ["U1", "U1"], "repeat": [0, 1], "fold": -1, "probability": [0.3, 0.4],
+                         "label": np.nan})
+    cal = metrics.per_repeat_calibration(pred)
+    assert cal.empty and list(cal.columns) == ["repeat", "calibration_slope", "calibration_slope_ci_low",
+                                               "calibration_slope_ci_high", "calibration_in_the_large"]
