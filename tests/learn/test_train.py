@@ -576,6 +576,11 @@ def test_batch_norm_is_recomputed_after_each_validated_epoch_only_when_asked(mon
                 kw_bn={"bn_forward": forward})
     assert calls == ([forward] * 3 if precise_bn else [])
     calls.clear()
+    # one validation patient is a validation part too: each epoch's score reads recomputed statistics
+    _fit_frozen(8, 4, np.r_[np.ones(2), np.zeros(6)], [1], [0.6], epochs=3, precise_bn=precise_bn,
+                kw_bn={"bn_forward": forward})
+    assert calls == ([forward] * 3 if precise_bn else [])
+    calls.clear()
     # no validation patients: no epoch but the last is scored, so the statistics are computed once, at the end
     _fit_frozen(8, 4, np.r_[np.ones(2), np.zeros(6)], [], [], epochs=3, precise_bn=precise_bn,
                 kw_bn={"bn_forward": forward})
