@@ -64,7 +64,7 @@ class SplitEngine:
         light = [i for i, job in enumerate(jobs) if getattr(job[0], "one_core", False)]
         if len(light) < 2:
             return Sequential().map(fn, jobs, data, progress, desc)
-        heavy = [i for i in range(len(jobs)) if i not in set(light)]
+        heavy = sorted(set(range(len(jobs))) - set(light))
         out = dict(zip(heavy, Sequential().map(fn, [jobs[i] for i in heavy], data, progress, desc)))
         if self.pool is None:
             self.pool = DaskEngine("local", self.workers)
