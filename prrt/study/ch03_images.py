@@ -34,7 +34,6 @@ from typing import NamedTuple
 import pandas as pd
 
 from ..evaluation import (
-    binormal_auprc,
     format_summary,
     mean_training_patients,
     pairwise_table,
@@ -57,7 +56,7 @@ from ..learn import (
 from .ch01_cohort import pick_example_patients
 from .names import IMAGE_MODELS
 from .notebook import fit_models, models_that_ran, synthetic_report, table_from_dict
-from .reported import STUDY_COHORT, STUDY_REPORTED, comparison_tables
+from .reported import STUDY_REPORTED, auprc_reading, comparison_tables
 
 #: The laboratory model of chapter 02 that the networks are compared with.
 LAB_MODEL = "lab_rf"
@@ -267,16 +266,3 @@ def page_numbers(profile) -> dict[str, str]:
             "suv_range": f"SUV {profile.suv_range[0]:g}–{profile.suv_range[1]:g}"
                          + (" as log(1 + SUV)" if profile.suv_scale == "log" else ""),
             "hu_window": f"{lo:g} to {hi:g}".replace("-", "−"), **auprc_reading()}
-
-
-def auprc_reading() -> dict[str, str]:
-    """Which class the study's AUPRC takes as positive: its fusion's AUROC and AUPRC, the shares of short and
-    long PFS in its cohort (where an AUPRC starts), and the AUPRC that the binormal model gives at that AUROC
-    with either class positive (:func:`prrt.evaluation.binormal_auprc`), as text to glue."""
-    fusion = STUDY_REPORTED.iloc[-1]
-    auroc, auprc = (float(str(fusion[c]).split("±")[0]) for c in ("AUROC", STUDY_REPORTED.columns[2]))
-    short = STUDY_COHORT["short_pfs"] / STUDY_COHORT["patients"]
-    return {"study_fusion_auroc": f"{auroc:.2f}", "study_fusion_auprc": f"{auprc:.2f}",
-            "study_short_share": f"{short:.2f}", "study_long_share": f"{1 - short:.2f}",
-            "binormal_auprc_short": f"{binormal_auprc(auroc, short):.2f}",
-            "binormal_auprc_long": f"{binormal_auprc(auroc, 1 - short):.2f}"}

@@ -80,6 +80,11 @@ def saliency_text(summary: pd.DataFrame, nulls: pd.DataFrame | None = None) -> s
     return out
 
 
+#: How near the flag line a sanity check's median must lie for the text to call the verdict borderline (two
+#: decimals would show it as the line itself).
+BORDERLINE = 0.005
+
+
 def sanity_text(table: pd.DataFrame, aurocs: dict) -> str:
     """The sanity checks' verdicts in words (Markdown)."""
     if table.empty:
@@ -91,9 +96,14 @@ def sanity_text(table: pd.DataFrame, aurocs: dict) -> str:
                 for _, r in g.iterrows()]
         flagged = (g["verdict"] != "passes").any()
         a = aurocs.get(model, np.nan)
+        # a median that two decimals would show as the flag line itself: how close, so the verdict can be read
+        close = [f"{what} {r[column]:.4f}" for _, r in g.iterrows()
+                 for what, column in (("|rank correlation|", "median |rank correlation|"), ("SSIM", "median SSIM"))
+                 if abs(r[column] - SIMILAR) < BORDERLINE]
         parts.append(f"`{model}`: median absolute rank correlation {' and '.join(bits)} (the permuted-label network's "
                      f"test AUROC {a:.2f}): " + ("**flagged as uninformative**" if flagged else
-                                                 "the maps depend on what the network learnt"))
+                                                 "the maps depend on what the network learnt")
+                     + (f" (borderline: {', '.join(close)} against the flag line of {SIMILAR:.1f})" if close else ""))
     return (f"A check is failed when the median absolute rank correlation or the median SSIM reaches {SIMILAR:.1f}. "
             + "; ".join(parts) + ".")
 

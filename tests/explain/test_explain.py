@@ -433,6 +433,18 @@ def test_a_map_that_barely_changes_is_flagged_in_the_table_and_the_text():
     assert "`changes`: median absolute rank correlation 0.05 (SSIM 0.05) with the re-initialised network and 0.15 " \
            "(SSIM 0.10) with the permuted-label network (the permuted-label network's test AUROC 0.48): the maps " \
            "depend on what the network learnt" in text
+    # a median on the flag line is said to be borderline, with four decimals; one 0.01 away is not
+    assert "uninformative** (borderline: |rank correlation| 0.5000 against the flag line of 0.5);" in text
+    assert text.count("borderline") == 1
+    near = pd.DataFrame({"model": ["m", "m"], "check": [sanity.REINITIALISED, sanity.PERMUTED],
+                         "median |rank correlation|": [0.2, 0.489], "median SSIM": [0.4996, 0.1],
+                         "verdict": ["passes", "passes"]})
+    assert text_of(near).endswith("the maps depend on what the network learnt (borderline: SSIM 0.4996 against "
+                                  "the flag line of 0.5).")  # 0.489 is 0.011 below the line: not said
+
+
+def text_of(table):
+    return ch05_words.sanity_text(table, {})
 
 
 def test_similarity_of_maps_has_no_sign_and_ssim_sees_structure():

@@ -4,6 +4,7 @@ the data of a figure) on a few made-up patients."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,6 +40,8 @@ from prrt.study import (
 )
 from prrt.study.names import HEADLINE, LATE_FUSION, SEVEN
 from prrt.study.reported import STUDY_REPORTED, comparison_tables
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PATIENTS = [f"P{i:02d}" for i in range(12)]
 #: short PFS for the first six patients
@@ -396,11 +399,27 @@ def test_the_numbers_of_chapter_03s_prose_come_from_the_profile_and_the_study_ta
 
     numbers = ch03_images.page_numbers(get_profile("demo"))
     assert numbers == {"study_pet_cnn_auroc": "0.42 ± 0.03", "study_ct_cnn_auroc": "0.54 ± 0.01",
-                       "input_grid": "32 × 32 × 32 voxels of 6 mm (192 × 192 × 192 mm)", "suv_range": "SUV 0–30 as log(1 + SUV)",
+                       "input_grid": "24 × 24 × 24 voxels of 8 mm (192 × 192 × 192 mm)", "suv_range": "SUV 0–30 as log(1 + SUV)",
                        "hu_window": "−50 to 250", "study_fusion_auroc": "0.72", "study_fusion_auprc": "0.80",
                        "study_short_share": "0.36", "study_long_share": "0.64", "binormal_auprc_short": "0.59",
                        "binormal_auprc_long": "0.81"}
     assert ch03_images.page_numbers(replace(get_profile("demo"), suv_scale="linear"))["suv_range"] == "SUV 0–30"
+
+
+def test_the_study_figures_that_chapters_02_and_04_quote_come_from_the_study_table():
+    from prrt.study import reported
+
+    numbers = reported.study_numbers()
+    assert {k: numbers[k] for k in ("study_lab_rf", "study_fusion_auroc_sd", "study_fusion_auprc_sd")} == {
+        "study_lab_rf": "0.59 ± 0.02", "study_fusion_auroc_sd": "0.72 ± 0.01", "study_fusion_auprc_sd": "0.80 ± 0.01"}
+    assert numbers["binormal_auprc_short"] == "0.59" and numbers["study_fusion_auprc"] == "0.80"
+    # every key a chapter's prose quotes is glued in that chapter
+    for name in ("02_lab_random_forest", "04_fusion"):
+        cells = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+        prose = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        quoted = set(re.findall(r"\{glue:md\}`(study_[a-z_]+|binormal_[a-z_]+)`", prose))
+        assert quoted and "reported.study_numbers()" in code and quoted <= set(numbers), name
 
 
 def test_learning_curves_have_a_validation_panel_only_when_there_is_a_validation_part():
