@@ -44,7 +44,16 @@ def machine() -> dict:
                        if line.startswith("MemTotal"))) // 2**20
     except (OSError, StopIteration, ValueError):
         pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "memory_gib": mem, "gpu": "none"}
+    from prrt.runner.browser import find_browser
+
+    # without a browser `make book` skips its browser check and `make test` the tests that open the book
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "memory_gib": mem, "gpu": "none",
+            "browser": find_browser()}
+
+
+#: What the page says of the machine's browser (records from before it was recorded say nothing).
+BROWSER = {True: ", Chromium for the book's browser check",
+           False: ", no browser (`make book` skipped its browser check, `make test` the tests that open the book)"}
 
 
 def cost_markdown(record: dict) -> str:
@@ -54,7 +63,8 @@ def cost_markdown(record: dict) -> str:
     ref = record["reference_s"]
     lines = [(f"Measured on {record['date']} by `benchmarks/cost.py` from a fresh clone of commit "
               f"{record['commit'][:12]}, on {m['cores']} cores ({m['cpu'] or 'CPU model unknown'}), "
-              f"{m['memory_gib']} GiB, no GPU. Reference workload (`benchmarks/reference_workload.py`): "
+              f"{m['memory_gib']} GiB, no GPU{BROWSER.get(bool(m['browser']), '') if 'browser' in m else ''}. "
+              "Reference workload (`benchmarks/reference_workload.py`): "
               f"{ref:.2f} s (median before {record['reference_before']['median_s']:.2f} s, after "
               f"{record['reference_after']['median_s']:.2f} s)."), "",
              "| command | wall time | × reference | cores busy | peak memory | exit |",

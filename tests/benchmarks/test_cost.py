@@ -39,6 +39,14 @@ def test_the_page_table_gives_each_command_as_a_multiple_of_the_reference(tmp_pa
                            "on 2 cores (Test CPU), 24 GiB, no GPU. Reference workload")
     assert "| `make book` | 10.0 min (600 s) | 400 | 1.83 | 1500 MiB | 0 |" in text
     assert "| `make test` | 4.0 min (240 s) | 160 | 1.90 | 1300 MiB | 0 |" in text
+    # whether the browser check ran is said where the machine recorded it
+    record = _record()
+    record["machine"]["browser"] = None
+    assert "24 GiB, no GPU, no browser (`make book` skipped its browser check, `make test` the tests that open the " \
+           "book). Reference workload" in cost.cost_markdown(record)
+    record["machine"]["browser"] = "/usr/bin/chromium"
+    assert "no GPU, Chromium for the book's browser check. Reference" in cost.cost_markdown(record)
+    assert cost.machine()["browser"] == __import__("prrt.runner.browser").runner.browser.find_browser()
     page = tmp_path / "reproducibility.md"
     page.write_text(f"# R\n\nbefore\n{cost.START}\nold table\n{cost.END}\nafter\n")
     cost.write_page(_record(), page)
