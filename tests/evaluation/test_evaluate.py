@@ -594,6 +594,18 @@ def test_per_repeat_calibration_reads_overconfident_predictions_and_skips_consta
     assert np.isnan(cal.loc[3, "calibration_slope"]) and np.isnan(cal.loc[3, "calibration_in_the_large"])
 
 
+def test_two_distinct_probabilities_that_do_not_separate_the_classes_have_a_calibration_slope():
+    """A model that gives only two probabilities (a one-split tree, a binary marker) still has a slope: the two
+    values are enough for the logistic fit as long as each holds patients of both classes."""
+    pred = pd.DataFrame({"patient": [f"P{i}" for i in range(20)], "repeat": 0, "fold": 0,
+                         "probability": [0.2] * 10 + [0.6] * 10, "label": [1] * 2 + [0] * 8 + [1] * 6 + [0] * 4})
+    cal = metrics.per_repeat_calibration(pred).iloc[0]
+    # two groups: the fit passes through both observed rates (0.2 and 0.6): logit slope exactly 1, intercept 0
+    assert cal["calibration_slope"] == pytest.approx(1.0, abs=1e-6)
+    assert cal["calibration_slope_ci_low"] < 1 < cal["calibration_slope_ci_high"]
+    assert cal["calibration_in_the_large"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_a_warning_of_the_calibration_fit_other_than_separation_is_passed_on_not_raised(monkeypatch):
     """Only perfect separation leaves a repeat's calibration empty; another warning of the fit (statsmodels'
     convergence warning, say) reaches the reader as a warning, and the repeat keeps its numbers."""
