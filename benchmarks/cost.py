@@ -63,7 +63,7 @@ def cost_markdown(record: dict) -> str:
     ref = record["reference_s"]
     lines = [(f"Measured on {record['date']} by `benchmarks/cost.py` from a fresh clone of commit "
               f"{record['commit'][:12]}, on {m['cores']} cores ({m['cpu'] or 'CPU model unknown'}), "
-              f"{m['memory_gib']} GiB, no GPU{BROWSER.get(bool(m['browser']), '') if 'browser' in m else ''}. "
+              f"{m['memory_gib']} GiB, no GPU{BROWSER[bool(m['browser'])] if 'browser' in m else ''}. "
               "Reference workload (`benchmarks/reference_workload.py`): "
               f"{ref:.2f} s (median before {record['reference_before']['median_s']:.2f} s, after "
               f"{record['reference_after']['median_s']:.2f} s)."), "",

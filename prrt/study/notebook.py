@@ -80,16 +80,25 @@ def start(manifest, run_dir, profile: str, seed: int, cache_dir=None, show: bool
     ctx = Context(cohort, prof, int(seed), run_dir,
                   Path(cache_dir).resolve() if cache_dir else default_cache_dir(run_dir))
     if show:
-        from IPython.display import HTML, Markdown, display
-        from myst_nb import glue
+        from IPython.display import HTML, display
 
         # run-specific words that the pages' prose uses ({glue:md}`horizon`), never typed into it;
         # glued as Markdown so that a string shows without quotes
-        glue("horizon", Markdown(horizon_text(cohort)), display=False)
+        glue_texts({"horizon": horizon_text(cohort)})
         if cohort.synthetic:
             display(HTML(synthetic_banner_html()))
         display(parameters_view(ctx))
     return ctx
+
+
+def glue_texts(texts: dict[str, str]) -> None:
+    """Glue each text under its key for the page's prose (``{glue:md}`key```), as Markdown so that a string shows
+    without quotes, and show nothing here."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    for key, text in texts.items():
+        glue(key, Markdown(text), display=False)
 
 
 def horizon_text(cohort: Cohort) -> str:

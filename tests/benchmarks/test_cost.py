@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from prrt.runner.browser import find_browser
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -46,7 +48,7 @@ def test_the_page_table_gives_each_command_as_a_multiple_of_the_reference(tmp_pa
            "book). Reference workload" in cost.cost_markdown(record)
     record["machine"]["browser"] = "/usr/bin/chromium"
     assert "no GPU, Chromium for the book's browser check. Reference" in cost.cost_markdown(record)
-    assert cost.machine()["browser"] == __import__("prrt.runner.browser").runner.browser.find_browser()
+    assert cost.machine()["browser"] == find_browser()
     page = tmp_path / "reproducibility.md"
     page.write_text(f"# R\n\nbefore\n{cost.START}\nold table\n{cost.END}\nafter\n")
     cost.write_page(_record(), page)

@@ -439,12 +439,8 @@ def test_a_map_that_barely_changes_is_flagged_in_the_table_and_the_text():
     near = pd.DataFrame({"model": ["m", "m"], "check": [sanity.REINITIALISED, sanity.PERMUTED],
                          "median |rank correlation|": [0.2, 0.489], "median SSIM": [0.4996, 0.1],
                          "verdict": ["passes", "passes"]})
-    assert text_of(near).endswith("the maps depend on what the network learnt (borderline: SSIM 0.4996 against "
+    assert ch05_words.sanity_text(near, {}).endswith("the maps depend on what the network learnt (borderline: SSIM 0.4996 against "
                                   "the flag line of 0.5).")  # 0.489 is 0.011 below the line: not said
-
-
-def text_of(table):
-    return ch05_words.sanity_text(table, {})
 
 
 def test_similarity_of_maps_has_no_sign_and_ssim_sees_structure():

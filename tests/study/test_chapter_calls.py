@@ -406,6 +406,17 @@ def test_the_numbers_of_chapter_03s_prose_come_from_the_profile_and_the_study_ta
     assert ch03_images.page_numbers(replace(get_profile("demo"), suv_scale="linear"))["suv_range"] == "SUV 0–30"
 
 
+def test_texts_are_glued_as_markdown_under_their_keys_and_show_nothing(monkeypatch):
+    import myst_nb
+    from IPython.display import Markdown
+
+    glued = []
+    monkeypatch.setattr(myst_nb, "glue", lambda key, value, display=True: glued.append((key, value, display)))
+    notebook.glue_texts({"a": "0.59 ± 0.02", "b": "**word**"})
+    assert [(k, type(v), v.data, d) for k, v, d in glued] == [("a", Markdown, "0.59 ± 0.02", False),
+                                                              ("b", Markdown, "**word**", False)]
+
+
 def test_the_study_figures_that_chapters_02_and_04_quote_come_from_the_study_table():
     from prrt.study import reported
 
