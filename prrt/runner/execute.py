@@ -42,6 +42,7 @@ from ..provenance import (
 )
 from ..timing import CHAPTER_ENV, read_timings
 from ..timing import ENV as TIMINGS_ENV
+from . import forking
 from .book import build_book
 from .lock import RunError, RunInterrupted, exclusive, keep_failed, replace_dir, utc_now
 
@@ -197,7 +198,7 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
     t_run = time.perf_counter()
     timings = staging / "timings"
     # the kernel (and the workers it starts) write their phase sums to timings/ (prrt.timing)
-    kernels = KernelsAhead(staging, lambda nb: {TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name, **QUIET_BARS})
+    kernels = KernelsAhead(staging, {TIMINGS_ENV: str(timings), **QUIET_BARS}, lambda nb: {CHAPTER_ENV: nb.name})
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     try:
         for i, nb in enumerate(bar):
@@ -222,13 +223,16 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
                     f"The executed notebook, up to the error, is in {failed / 'notebooks' / nb.name}.\n"
                     f"The previous run in {run_dir} (if any) and its book are untouched."
                 ) from None
-            kernels.stop(km)
+            kernel_cpu = kernels.stop(km)
             _finish_notebook(out)
             info["notebooks"].append({"name": nb.name, "wall_time_s": round(time.perf_counter() - t0, 1),
-                                      "cpu_time_s": round(_children_cpu() - cpu0, 1)})
+                                      "cpu_time_s": round(_children_cpu() - cpu0 + kernel_cpu, 1)})
             log(f"  {nb.name}: {info['notebooks'][-1]['wall_time_s']} s")
     finally:
         kernels.stop_all()
+    # the imports that the forked kernels share (none when each kernel imported for itself)
+    info["kernel_server"] = {"forked_kernels": kernels.server is not None,
+                             "import_cpu_time_s": kernels.server.import_cpu_s if kernels.server else None}
     info.update(status="complete", finished=utc_now(), wall_time_s=round(time.perf_counter() - t_run, 1))
     rows = read_timings(timings)
     info["timings"] = rows.round({"wall_s": 2, "cpu_s": 2}).to_dict(orient="records")
@@ -247,18 +251,21 @@ PRELOAD = "import prrt.study.notebook"
 class KernelsAhead:
     """Each notebook's own fresh kernel, started one notebook ahead: the next kernel starts and imports
     :data:`PRELOAD` while the current notebook runs, on a core that a notebook of single-threaded work leaves idle.
-    A kernel still serves one notebook only, in the notebook's environment (``env_of(notebook)``) and in the
-    staging folder, as papermill would have started it."""
+    A kernel still serves one notebook only, in the notebook's environment (``shared_env`` and ``env_of(notebook)``)
+    and in the staging folder, as papermill would have started it. Where it can (:mod:`prrt.runner.forking`), a
+    kernel is forked from one process of the run that did the imports once, instead of importing for itself."""
 
-    def __init__(self, cwd: Path, env_of):
-        self.cwd, self.env_of, self.started = cwd, env_of, {}
+    def __init__(self, cwd: Path, shared_env: dict, env_of):
+        self.cwd, self.shared_env, self.env_of, self.started = cwd, shared_env, env_of, {}
+        self.server = forking.ForkServer(shared_env) if forking.available() else None
 
     def start(self, nb: Path) -> None:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_client.utils import run_sync
 
-        km = AsyncKernelManager(kernel_name="python3")
-        run_sync(km.start_kernel)(cwd=str(self.cwd), env={**os.environ, **self.env_of(nb)},
+        specs = {"kernel_spec_manager": self.server.kernel_spec_manager()} if self.server else {}
+        km = AsyncKernelManager(kernel_name="python3", **specs)
+        run_sync(km.start_kernel)(cwd=str(self.cwd), env={**os.environ, **self.shared_env, **self.env_of(nb)},
                                   extra_arguments=[f"--IPKernelApp.exec_lines={PRELOAD}"])
         self.started[nb] = km
 
@@ -268,16 +275,21 @@ class KernelsAhead:
             self.start(nb)
         return self.started.pop(nb)
 
-    @staticmethod
-    def stop(km) -> None:
+    def stop(self, km) -> float:
+        """Stop the kernel ``km``; the CPU seconds of a forked kernel (the server's child, not the runner's)."""
         from jupyter_client.utils import run_sync
 
+        pid = km.provisioner.pid if km.has_kernel and km.provisioner is not None else None
         if km.has_kernel:
             run_sync(km.shutdown_kernel)(now=False)
+        return self.server.kernel_cpu_s(pid) if self.server and pid else 0.0
 
     def stop_all(self) -> None:
+        """Stop every kernel not yet taken, and the kernel server."""
         while self.started:
             self.stop(self.started.popitem()[1])
+        if self.server is not None:
+            self.server.stop()
 
 
 def _children_cpu() -> float:

@@ -1,0 +1,287 @@
+"""Notebook kernels forked from one process that has done the imports (Linux).
+
+Every chapter's kernel used to import prrt, torch, scikit-learn and MONAI afresh: 2.5-4.5 s of CPU per kernel,
+about 30 s of a smoke run's 50 and a large share of ``make test``, which runs the book more than a dozen times
+(``benchmarks/DESIGN.md``, "Kernels forked from one import"). Here the runner starts one *kernel server* per run
+(:class:`ForkServer`), which imports what the kernels import (:data:`SERVER_IMPORTS`) once and then waits.
+
+A notebook's kernel, as jupyter_client sees it, is a small launcher process (this file run as a script, so that it
+imports nothing of prrt; the kernel spec is :meth:`ForkServer.kernel_spec`). The launcher hands the server its
+connection file, environment, working folder and standard streams; the server forks, and the child becomes an
+ipykernel kernel with them. The launcher passes interrupts and terminations on and lives as long as its kernel; the
+kernel exits at once when its launcher is gone (killed, for instance). Each notebook still runs in a fresh process of
+its own, forked from a process that ran nothing but imports, in the environment the runner gave it: the server runs in
+the runner's environment, and the variables that differ between notebooks (the chapter's name) are only read after
+the imports. ``PRRT_FORK_KERNELS=off``, or a system without ``os.fork`` and ``os.pidfd_open``, gives every notebook a
+kernel that imports for itself, as before.
+"""
+
+if __name__ == "__main__":  # run as a script: this folder must not shadow top-level modules
+    import os as _os
+    import sys as _sys
+
+    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _os.path.dirname(_os.path.abspath(__file__))]
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: Imported once by the kernel server, before any kernel is forked: what every chapter imports first
+#: (``prrt.study``), the chapters' own modules, and what the chapters import on first use (found by listing the
+#: modules each forked kernel of a smoke run added): MONAI for the image chapters (2 s of CPU), statsmodels, lifelines,
+#: TorchIO, and SymPy and torch._dynamo, which torch imports on a CNN's first training steps (1.3 s each).
+SERVER_IMPORTS = ("ipykernel.kernelapp", "prrt.study.notebook", "prrt.study.ch01_cohort", "prrt.study.ch02_labs",
+                  "prrt.study.ch03_images", "prrt.study.ch04_fusion", "prrt.study.ch04_comparison",
+                  "prrt.study.ch05_explain", "prrt.study.ch06_external", "prrt.study.ch07_reporting", "monai",
+                  "statsmodels.api", "lifelines", "torchio", "myst_nb", "sympy", "torch._dynamo")
+ENV = "PRRT_FORK_KERNELS"
+STARTUP_S = 300.0  # how long a launcher waits for the server to finish its imports
+
+
+def available() -> bool:
+    """Whether kernels are forked: Linux (``os.fork``, ``os.pidfd_open``, descriptors over a Unix socket), and not
+    turned off by ``PRRT_FORK_KERNELS=off``."""
+    return (os.environ.get(ENV, "on").lower() not in ("off", "0", "false", "no") and sys.platform == "linux"
+            and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds"))
+
+
+def _send(conn: socket.socket, msg: dict, fds=()) -> None:
+    data = json.dumps(msg).encode()
+    socket.send_fds(conn, [struct.pack("!I", len(data)) + data], list(fds)) if fds else conn.sendall(
+        struct.pack("!I", len(data)) + data)
+
+
+def _recv(conn: socket.socket) -> tuple[dict, list]:
+    head, fds, _, _ = socket.recv_fds(conn, 4, 3)
+    if len(head) < 4:
+        raise ConnectionError("the other end closed the connection")
+    (size,) = struct.unpack("!I", head)
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the other end closed the connection")
+        data += chunk
+    return json.loads(data), fds
+
+
+def _ask(path: str, msg: dict, fds=(), wait_s: float = 0.0) -> dict:
+    """One request to the server at ``path`` and its answer (waiting up to ``wait_s`` for the server to listen)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            conn.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    with conn:
+        _send(conn, msg, fds)
+        return _recv(conn)[0]
+
+
+# --- the server -------------------------------------------------------------------------------------------------------
+
+def serve(path: str, imports=SERVER_IMPORTS) -> None:
+    """Import ``imports``, then answer requests at the Unix socket ``path`` until asked to stop or the
+    runner is gone: ``fork`` (a kernel for a launcher), ``cpu`` (the CPU seconds of a launcher's finished kernel,
+    with the processes it waited for), ``stop``."""
+    import importlib
+
+    # what ipykernel sets before a kernel imports matplotlib, so that the forked kernels draw inline
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    for name in imports:
+        importlib.import_module(name)
+    runner = os.getppid()
+    kernels: dict[int, int] = {}  # launcher pid -> kernel pid
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".new")
+    listener.listen(16)
+    os.rename(path + ".new", path)  # launchers connect only once the imports are done
+    try:
+        while os.getppid() == runner:
+            if not select.select([listener], [], [], 1.0)[0]:
+                continue
+            conn, _ = listener.accept()
+            with conn:
+                msg, fds = _recv(conn)
+                if msg["op"] == "fork":
+                    sys.stdout.flush(), sys.stderr.flush()
+                    pid = os.fork()
+                    if pid == 0:
+                        listener.close()
+                        conn.close()
+                        _become_kernel(msg, fds)  # never returns
+                    for fd in fds:
+                        os.close(fd)
+                    kernels[msg["launcher"]] = pid
+                    _send(conn, {"pid": pid})
+                elif msg["op"] == "cpu":
+                    pid = kernels.pop(msg["launcher"], None)
+                    cpu = None
+                    if pid is not None:
+                        _, _, usage = os.wait4(pid, 0)
+                        cpu = usage.ru_utime + usage.ru_stime
+                    _send(conn, {"cpu_s": cpu})
+                elif msg["op"] == "stop":
+                    usage = os.times()
+                    _send(conn, {"cpu_s": usage.user + usage.system})
+                    break
+    finally:
+        listener.close()
+        for pid in kernels.values():  # kernels whose CPU nobody asked for (a failed run): end and reap them
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def _become_kernel(msg: dict, fds: list) -> None:
+    """In the forked child: take the launcher's streams, environment and folder, and run an ipykernel kernel; exit
+    when it ends or when the launcher is gone."""
+    import random
+    import threading
+
+    code = 1
+    try:
+        os.setsid()  # a signal to the server's group is not one to this kernel
+        for i, fd in enumerate(fds):
+            os.dup2(fd, i)
+            os.close(fd)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.clear()
+        os.environ.update(msg["env"])
+        os.chdir(msg["cwd"])
+        # a fresh process draws its unseeded random state from the system; so does each forked kernel
+        random.seed()
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
+        launcher = os.pidfd_open(msg["launcher"])
+
+        def watch() -> None:
+            select.select([launcher], [], [])
+            os._exit(1)
+
+        threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+        from ipykernel.kernelapp import IPKernelApp
+
+        sys.argv = ["ipykernel_launcher", *msg["argv"]]
+        IPKernelApp.launch_instance(argv=msg["argv"])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    except BaseException:  # noqa: BLE001 - the child must never return into the server's loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()
+            sys.stdout.flush(), sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+# --- the launcher (what jupyter_client starts as the kernel) ----------------------------------------------------------
+
+def launch(path: str, argv: list[str]) -> int:
+    """Ask the server at ``path`` for a kernel with ``argv`` (``-f CONNECTION_FILE``, ...) and this process's
+    environment, folder and streams; pass SIGINT, SIGTERM and SIGHUP on to it; return when it has exited."""
+    answer = _ask(path, {"op": "fork", "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(),
+                         "launcher": os.getpid()}, fds=(0, 1, 2), wait_s=STARTUP_S)
+    kernel = answer["pid"]
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: _pass_on(kernel, signum))
+    try:
+        handle = os.pidfd_open(kernel)
+    except ProcessLookupError:
+        return 0
+    while not select.select([handle], [], [])[0]:
+        pass
+    return 0
+
+
+def _pass_on(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+# --- the runner's side ---------------------------------------------------------------------------------------------
+
+class ForkServer:
+    """The kernel server of one run: started in the runner's environment (plus ``env``) and its own session, so
+    that a Ctrl-C in the terminal reaches the runner, which stops the kernels, and not the kernels themselves."""
+
+    def __init__(self, env: dict, imports=SERVER_IMPORTS):
+        self.folder = tempfile.mkdtemp(prefix="prrt-kernels-")  # a Unix socket's path must be short
+        self.path = os.path.join(self.folder, "server")
+        self.process = subprocess.Popen([sys.executable, __file__, "serve", self.path, *imports], env={**os.environ, **env},
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.import_cpu_s = None
+
+    def kernel_spec_manager(self):
+        """A kernel spec manager whose ``python3`` kernel is a launcher of this server."""
+        from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+
+        argv = [sys.executable, __file__, "launch", self.path, "-f", "{connection_file}"]
+
+        class Specs(KernelSpecManager):
+            def get_kernel_spec(self, kernel_name, *args, **kwargs):
+                return KernelSpec(argv=argv, display_name="Python 3", language="python", interrupt_mode="signal")
+
+        return Specs()
+
+    def kernel_cpu_s(self, launcher_pid: int) -> float:
+        """The CPU seconds of the finished kernel of the launcher ``launcher_pid`` (0 when it had none)."""
+        if self.process.poll() is not None:
+            return 0.0
+        return _ask(self.path, {"op": "cpu", "launcher": launcher_pid}).get("cpu_s") or 0.0
+
+    def stop(self) -> None:
+        """Stop the server (it ends and reaps any kernel still running) and remove its folder; once."""
+        if self.folder is None:
+            return
+        try:
+            if self.process.poll() is None:
+                try:
+                    answer = _ask(self.path, {"op": "stop"}, wait_s=0.0)
+                    self.import_cpu_s = round(answer["cpu_s"], 1)
+                except OSError:
+                    self.process.terminate()
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+        finally:
+            for name in ("server", "server.new"):
+                Path(self.folder, name).unlink(missing_ok=True)
+            os.rmdir(self.folder)
+            self.folder = None
+
+
+if __name__ == "__main__":
+    if _sys.argv[1] == "serve":
+        serve(_sys.argv[2], _sys.argv[3:])
+    elif _sys.argv[1] == "launch":
+        _sys.exit(launch(_sys.argv[2], _sys.argv[3:]))
+    else:
+        raise SystemExit(f"usage: {__file__} serve SOCKET MODULE... | launch SOCKET -f CONNECTION_FILE")

@@ -1,0 +1,134 @@
+"""Kernels forked from one process that did the imports (prrt.runner.forking): each is still a process of its own,
+in its notebook's environment and folder, with its own random state; interrupts reach it, it ends with its launcher,
+and its CPU is counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+from jupyter_client.manager import KernelManager
+
+from prrt.runner import forking
+
+pytestmark = pytest.mark.skipif(not forking.available(), reason="kernels are forked on Linux only")
+
+REPORT = ("import json, os, random, sys\n"
+          "open(os.environ['PRRT_CHAPTER'] + '.json', 'w').write(json.dumps(dict(pid=os.getpid(), ppid=os.getppid(),\n"
+          "    cwd=os.getcwd(), shared=os.environ.get('SHARED'), draw=random.random(),\n"
+          "    preloaded=sorted(m for m in ('prrt.study.notebook', 'monai', 'torch._dynamo') if m in sys.modules))))\n")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A server with the runner's imports (they take seconds; its kernels are ended by the tests that use them)."""
+    s = forking.ForkServer({"SHARED": "from the runner"})
+    yield s
+    s.stop()
+
+
+def kernel(server, folder, chapter):
+    km = KernelManager(kernel_name="python3", kernel_spec_manager=server.kernel_spec_manager())
+    km.start_kernel(cwd=str(folder), env={**os.environ, "SHARED": "from the runner", "PRRT_CHAPTER": chapter})
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=300)
+    return km, kc
+
+
+def test_two_kernels_of_one_server_are_processes_of_their_own_with_the_imports_done(server, tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    kernels = [kernel(server, tmp_path / name, name) for name in "ab"]
+    for km, kc in kernels:
+        assert kc.execute_interactive(REPORT, timeout=60)["content"]["status"] == "ok"
+    seen = {name: json.loads((tmp_path / name / f"{name}.json").read_text()) for name in "ab"}
+    assert seen["a"]["pid"] != seen["b"]["pid"]
+    assert seen["a"]["ppid"] == seen["b"]["ppid"] == server.process.pid
+    assert all(s["cwd"] == str(tmp_path / name) and s["shared"] == "from the runner" for name, s in seen.items())
+    assert all(s["preloaded"] == ["monai", "prrt.study.notebook", "torch._dynamo"] for s in seen.values())
+    assert seen["a"]["draw"] != seen["b"]["draw"]  # unseeded random state is drawn afresh, as in a new process
+    cpu = []
+    for km, kc in kernels:
+        kc.stop_channels()
+        launcher = km.provisioner.pid
+        km.shutdown_kernel(now=False)
+        cpu.append(server.kernel_cpu_s(launcher))
+    assert all(0 < c < 60 for c in cpu), cpu
+    assert not any(psutil.pid_exists(s["pid"]) for s in seen.values())
+
+
+def test_an_interrupt_reaches_a_forked_kernel(server, tmp_path):
+    km, kc = kernel(server, tmp_path, "loop")
+    msg_id = kc.execute("import time\nfor _ in range(600):\n    time.sleep(0.1)")
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=30)
+    while reply["parent_header"]["msg_id"] != msg_id:  # (the answer to wait_for_ready's request may come first)
+        reply = kc.get_shell_msg(timeout=30)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - t0 < 10
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+
+
+def test_a_forked_kernel_ends_when_its_launcher_is_killed(server, tmp_path):
+    km, kc = kernel(server, tmp_path, "orphan")
+    kc.execute_interactive(REPORT, timeout=60)
+    pid = json.loads((tmp_path / "orphan.json").read_text())["pid"]
+    launcher = km.provisioner.pid
+    os.kill(launcher, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.1)
+    assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # ended, and the server has yet to reap it
+    assert server.kernel_cpu_s(launcher) > 0
+    assert not psutil.pid_exists(pid)
+    kc.stop_channels()
+    km.cleanup_resources()
+
+
+def test_the_server_ends_the_kernels_nobody_stopped_and_reports_its_own_cpu(tmp_path):
+    server = forking.ForkServer({}, imports=["ipykernel.kernelapp", "sympy"])
+    km, kc = kernel(server, tmp_path, "left")
+    kc.execute_interactive(REPORT, timeout=60)
+    pid = json.loads((tmp_path / "left.json").read_text())["pid"]
+    server.stop()
+    assert not psutil.pid_exists(pid)
+    assert not os.path.exists(server.folder or server.path)
+    assert server.process.returncode == 0
+    assert server.import_cpu_s > 0.3  # its imports (SymPy: about a second)
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def test_forking_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv(forking.ENV, "off")
+    assert not forking.available()
+    monkeypatch.setenv(forking.ENV, "on")
+    assert forking.available()
+
+
+def test_without_forking_each_kernel_imports_for_itself(monkeypatch, tmp_path):
+    """Where kernels are not forked (``PRRT_FORK_KERNELS=off``, or not Linux), the runner's kernels are started by
+    jupyter_client as before: children of the runner, in the notebook's environment, with the preload done."""
+    from prrt.runner.execute import KernelsAhead
+
+    monkeypatch.setenv(forking.ENV, "off")
+    kernels = KernelsAhead(tmp_path, {"SHARED": "from the runner"}, lambda nb: {"PRRT_CHAPTER": nb.stem})
+    assert kernels.server is None
+    km = kernels.take(tmp_path / "plain.ipynb")
+    kc = km.blocking_client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=300)
+    assert kc.execute_interactive(REPORT, timeout=60)["content"]["status"] == "ok"
+    seen = json.loads((tmp_path / "plain.json").read_text())
+    assert seen["ppid"] == os.getpid() and seen["shared"] == "from the runner" and seen["cwd"] == str(tmp_path)
+    assert "prrt.study.notebook" in seen["preloaded"]
+    kc.stop_channels()
+    assert kernels.stop(km) == 0.0
+    kernels.stop_all()
