@@ -49,12 +49,13 @@ ENV = "PRRT_ENGINE"  # how `prrt run --engine` reaches the notebooks' kernels
 class SplitEngine:
     """The jobs of one-core models (``ModelSpec.one_core``: scikit-learn models, the fusions' small networks) on
     ``workers`` single-thread worker processes of this machine, several at a time; the others (the CNNs, which use
-    every thread of this process) here, one after another, before them.
+    every thread of this process) here, one after another, while the workers work.
 
     A one-core job runs on one thread either way (:func:`prrt.learn.training.threads_for` gives a network without
     convolutions one torch thread, :func:`prrt.learn.one_blas_thread` numpy one BLAS thread, and Dask starts its
-    workers with one), so the files are those of :class:`Sequential`. The workers start on the first call with at
-    least two one-core jobs; with fewer, everything runs here.
+    workers with one), and a CNN here has this process's threads either way, so the files are those of
+    :class:`Sequential`. The workers start on the first call with at least two one-core jobs; with fewer,
+    everything runs here.
     """
 
     def __init__(self, workers: int = 2):
@@ -65,10 +66,12 @@ class SplitEngine:
         if len(light) < 2:
             return Sequential().map(fn, jobs, data, progress, desc)
         heavy = sorted(set(range(len(jobs))) - set(light))
-        out = dict(zip(heavy, Sequential().map(fn, [jobs[i] for i in heavy], data, progress, desc)))
         if self.pool is None:
             self.pool = DaskEngine("local", self.workers)
-        out.update(zip(light, self.pool.map(fn, [jobs[i] for i in light], data, progress, desc)))
+        # the one-core jobs go to the workers first, so that they fill what the CNNs here leave of the cores
+        futures = self.pool.submit(fn, [jobs[i] for i in light], data)
+        out = dict(zip(heavy, Sequential().map(fn, [jobs[i] for i in heavy], data, progress, desc)))
+        out.update(zip(light, self.pool.collect(futures, progress, desc)))
         return [out[i] for i in range(len(jobs))]
 
     def describe(self) -> dict:
@@ -107,11 +110,18 @@ class DaskEngine:
 
     def map(self, fn, jobs: list, data, progress: bool = True, desc: str = "") -> list:
         """``[fn(job, data) for job in jobs]``, computed on the workers; ``data`` is sent once to each."""
+        return self.collect(self.submit(fn, jobs, data), progress, desc)
+
+    def submit(self, fn, jobs: list, data) -> list:
+        """Start ``fn(job, data)`` for every job on the workers (``data`` sent once to each); their futures."""
+        shared = self.client.scatter(data, broadcast=True)
+        return self.client.map(fn, jobs, data=shared, pure=False)
+
+    def collect(self, futures: list, progress: bool = True, desc: str = "") -> list:
+        """The results of :meth:`submit`'s futures, in their order, with a progress bar as they finish."""
         from dask.distributed import as_completed
         from tqdm.auto import tqdm
 
-        shared = self.client.scatter(data, broadcast=True)
-        futures = self.client.map(fn, jobs, data=shared, pure=False)
         with tqdm(total=len(futures), desc=desc, unit="job", disable=not progress) as bar:
             for _ in as_completed(futures):
                 bar.update()
