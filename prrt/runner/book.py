@@ -117,7 +117,8 @@ def _time_page(info: dict) -> list[str]:
                                                           "calls", "in_notebook"])
     chapters = chapter_table(rows, info["notebooks"])
     cpu = [n.get("cpu_time_s") for n in info["notebooks"]]
-    total = {"wall": info["wall_time_s"], "cores busy": sum(cpu) / info["wall_time_s"]
+    server = (info.get("kernel_server") or {}).get("import_cpu_time_s")  # forked kernels' shared imports
+    total = {"wall": info["wall_time_s"], "cores busy": (sum(cpu) + (server or 0)) / info["wall_time_s"]
              if None not in cpu and info["wall_time_s"] else float("nan")}
     chapters.loc["**all**"] = pd.Series({**chapters.sum(numeric_only=True), **total})
     busy = chapters.pop("cores busy")
@@ -130,6 +131,10 @@ def _time_page(info: dict) -> list[str]:
               "figures); *cores busy* is the notebook's CPU time over its wall time. The book build (not in this "
               "table: it runs after this page is written) is `book_build_s` in `run.json`."), "",
              *_markdown(chapters, ["notebook"]), ""]
+    if server is not None:
+        lines += [f"The notebooks' kernels were forked from one process that did their imports once "
+                  f"(`prrt.runner.forking`): {server:.0f} s of CPU, in the total's *cores busy* but in no notebook's.",
+                  ""]
     models = model_table(rows)
     if len(models):
         models = models.round(0)

@@ -49,3 +49,13 @@ def test_a_run_without_phases_or_cpu_times_still_gets_its_wall_times():
     rows = {r[0]: r[1:] for r in table_rows(page, "0") + table_rows(page, "**all**")}
     assert rows["03_unimodal_cnn.ipynb"] == ["60", "60", ""] and rows["**all**"] == ["100", "100", ""]
     assert "Seconds per model" not in page
+
+
+def test_the_imports_of_forked_kernels_count_in_the_total_and_are_said():
+    page = run_page(info(kernel_server={"forked_kernels": True, "import_cpu_time_s": 6.0}))
+    rows = {r[0]: r[1:] for r in table_rows(page, "0") + table_rows(page, "**all**")}
+    assert rows["**all**"][-1] == "1.60"  # (114 + 40 + 6) / 100
+    assert rows["04_fusion.ipynb"][-1] == "1.00"
+    assert "forked from one process that did their imports once (`prrt.runner.forking`): 6 s of CPU" in page
+    plain = run_page(info(kernel_server={"forked_kernels": False, "import_cpu_time_s": None}))
+    assert "forked" not in plain and {r[0]: r[1:] for r in table_rows(plain, "**all**")}["**all**"][-1] == "1.54"
