@@ -132,9 +132,9 @@ def _time_page(info: dict) -> list[str]:
               "table: it runs after this page is written) is `book_build_s` in `run.json`."), "",
              *_markdown(chapters, ["notebook"]), ""]
     if server is not None:
-        lines += [f"The notebooks' kernels were forked from one process that did their imports once "
-                  f"(`prrt.runner.forking`): {server:.0f} s of CPU, in the total's *cores busy* but in no notebook's.",
-                  ""]
+        lines += [(f"The notebooks' kernels were forked from one process that did their imports once "
+                   f"(`prrt.runner.forking`): {server:.0f} s of CPU, in the total's *cores busy* but in no "
+                   "notebook's."), ""]
     models = model_table(rows)
     if len(models):
         models = models.round(0)

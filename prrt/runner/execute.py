@@ -263,7 +263,9 @@ class KernelsAhead:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_client.utils import run_sync
 
-        specs = {"kernel_spec_manager": self.server.kernel_spec_manager()} if self.server else {}
+        # a server that ended (its imports failed, say) leaves kernels that import for themselves
+        forked = self.server is not None and self.server.process.poll() is None
+        specs = {"kernel_spec_manager": self.server.kernel_spec_manager()} if forked else {}
         km = AsyncKernelManager(kernel_name="python3", **specs)
         run_sync(km.start_kernel)(cwd=str(self.cwd), env={**os.environ, **self.shared_env, **self.env_of(nb)},
                                   extra_arguments=[f"--IPKernelApp.exec_lines={PRELOAD}"])

@@ -34,14 +34,17 @@ import tempfile
 import time
 from pathlib import Path
 
-#: Imported once by the kernel server, before any kernel is forked: what every chapter imports first
-#: (``prrt.study``), the chapters' own modules, and what the chapters import on first use (found by listing the
-#: modules each forked kernel of a smoke run added): MONAI for the image chapters (2 s of CPU), statsmodels, lifelines,
-#: TorchIO, and SymPy and torch._dynamo, which torch imports on a CNN's first training steps (1.3 s each).
+#: Imported once by the kernel server before it forks its first kernel: what every chapter imports first
+#: (``prrt.study``) and the chapters' own modules.
 SERVER_IMPORTS = ("ipykernel.kernelapp", "prrt.study.notebook", "prrt.study.ch01_cohort", "prrt.study.ch02_labs",
                   "prrt.study.ch03_images", "prrt.study.ch04_fusion", "prrt.study.ch04_comparison",
-                  "prrt.study.ch05_explain", "prrt.study.ch06_external", "prrt.study.ch07_reporting", "monai",
-                  "statsmodels.api", "lifelines", "torchio", "myst_nb", "sympy", "torch._dynamo")
+                  "prrt.study.ch05_explain", "prrt.study.ch06_external", "prrt.study.ch07_reporting")
+#: Imported by the server afterwards, one at a time while no kernel is asked for (so that the first chapter's kernel
+#: does not wait for them): what the chapters import on first use, found by listing the modules each forked kernel
+#: of a smoke run added: MONAI for the image chapters (2 s of CPU), statsmodels, lifelines, TorchIO, myst-nb, and
+#: SymPy and torch._dynamo, which torch imports on a CNN's first training steps (1.3 s each). A kernel forked
+#: before one of them was imported imports it for itself if it needs it.
+LATER_IMPORTS = ("monai", "statsmodels.api", "lifelines", "torchio", "myst_nb", "sympy", "torch._dynamo")
 ENV = "PRRT_FORK_KERNELS"
 STARTUP_S = 300.0  # how long a launcher waits for the server to finish its imports
 
@@ -73,8 +76,9 @@ def _recv(conn: socket.socket) -> tuple[dict, list]:
     return json.loads(data), fds
 
 
-def _ask(path: str, msg: dict, fds=(), wait_s: float = 0.0) -> dict:
-    """One request to the server at ``path`` and its answer (waiting up to ``wait_s`` for the server to listen)."""
+def _ask(path: str, msg: dict, fds=(), wait_s: float = 0.0, server: int | None = None) -> dict:
+    """One request to the server at ``path`` and its answer (waiting up to ``wait_s`` for the server to listen, and
+    not once the process ``server`` has ended)."""
     deadline = time.monotonic() + wait_s
     while True:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -83,6 +87,9 @@ def _ask(path: str, msg: dict, fds=(), wait_s: float = 0.0) -> dict:
             break
         except (FileNotFoundError, ConnectionRefusedError):
             conn.close()
+            if server is not None and not _alive(server):
+                raise ConnectionError(f"the kernel server (process {server}) ended before it could start a kernel; "
+                                      "its error is above (PRRT_FORK_KERNELS=off starts kernels without it)") from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
@@ -93,25 +100,29 @@ def _ask(path: str, msg: dict, fds=(), wait_s: float = 0.0) -> dict:
 
 # --- the server -------------------------------------------------------------------------------------------------------
 
-def serve(path: str, imports=SERVER_IMPORTS) -> None:
-    """Import ``imports``, then answer requests at the Unix socket ``path`` until asked to stop or the
-    runner is gone: ``fork`` (a kernel for a launcher), ``cpu`` (the CPU seconds of a launcher's finished kernel,
-    with the processes it waited for), ``stop``."""
+def serve(path: str, imports=SERVER_IMPORTS, later=LATER_IMPORTS) -> None:
+    """Import ``imports``, then answer requests at the Unix socket ``path`` until asked to stop or the runner is gone,
+    importing ``later`` one by one while no request waits. Requests: ``fork`` (a kernel for a launcher), ``cpu`` (the
+    CPU seconds of a launcher's finished kernel, with the processes it waited for), ``pending`` (what is still to be
+    imported), ``stop``."""
     import importlib
 
     # what ipykernel sets before a kernel imports matplotlib, so that the forked kernels draw inline
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     for name in imports:
         importlib.import_module(name)
+    later = list(later)
     runner = os.getppid()
     kernels: dict[int, int] = {}  # launcher pid -> kernel pid
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".new")
     listener.listen(16)
-    os.rename(path + ".new", path)  # launchers connect only once the imports are done
+    os.rename(path + ".new", path)  # launchers connect only once the first imports are done
     try:
         while os.getppid() == runner:
-            if not select.select([listener], [], [], 1.0)[0]:
+            if not select.select([listener], [], [], 0.0 if later else 1.0)[0]:
+                if later:
+                    importlib.import_module(later.pop(0))
                 continue
             conn, _ = listener.accept()
             with conn:
@@ -134,6 +145,8 @@ def serve(path: str, imports=SERVER_IMPORTS) -> None:
                         _, _, usage = os.wait4(pid, 0)
                         cpu = usage.ru_utime + usage.ru_stime
                     _send(conn, {"cpu_s": cpu})
+                elif msg["op"] == "pending":
+                    _send(conn, {"modules": later})
                 elif msg["op"] == "stop":
                     usage = os.times()
                     _send(conn, {"cpu_s": usage.user + usage.system})
@@ -179,8 +192,11 @@ def _become_kernel(msg: dict, fds: list) -> None:
         threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
         from ipykernel.kernelapp import IPKernelApp
 
-        sys.argv = ["ipykernel_launcher", *msg["argv"]]
-        IPKernelApp.launch_instance(argv=msg["argv"])
+        argv = list(msg["argv"])
+        if os.environ.get("JPY_PARENT_PID"):  # read by ipykernel at its import, in the server: given here instead
+            argv.append(f"--IPKernelApp.parent_handle={int(os.environ['JPY_PARENT_PID'])}")
+        sys.argv = ["ipykernel_launcher", *argv]
+        IPKernelApp.launch_instance(argv=argv)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
@@ -200,11 +216,22 @@ def _become_kernel(msg: dict, fds: list) -> None:
 
 # --- the launcher (what jupyter_client starts as the kernel) ----------------------------------------------------------
 
-def launch(path: str, argv: list[str]) -> int:
-    """Ask the server at ``path`` for a kernel with ``argv`` (``-f CONNECTION_FILE``, ...) and this process's
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # an ended child that its parent has not yet reaped is a zombie ("Z")
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def launch(path: str, server: int, argv: list[str]) -> int:
+    """Ask the server at ``path`` (the process ``server``) for a kernel with ``argv`` (``-f CONNECTION_FILE``, ...) and this process's
     environment, folder and streams; pass SIGINT, SIGTERM and SIGHUP on to it; return when it has exited."""
     answer = _ask(path, {"op": "fork", "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(),
-                         "launcher": os.getpid()}, fds=(0, 1, 2), wait_s=STARTUP_S)
+                         "launcher": os.getpid()}, fds=(0, 1, 2), wait_s=STARTUP_S, server=server)
     kernel = answer["pid"]
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: _pass_on(kernel, signum))
@@ -230,10 +257,11 @@ class ForkServer:
     """The kernel server of one run: started in the runner's environment (plus ``env``) and its own session, so
     that a Ctrl-C in the terminal reaches the runner, which stops the kernels, and not the kernels themselves."""
 
-    def __init__(self, env: dict, imports=SERVER_IMPORTS):
+    def __init__(self, env: dict, imports=SERVER_IMPORTS, later=LATER_IMPORTS):
         self.folder = tempfile.mkdtemp(prefix="prrt-kernels-")  # a Unix socket's path must be short
         self.path = os.path.join(self.folder, "server")
-        self.process = subprocess.Popen([sys.executable, __file__, "serve", self.path, *imports], env={**os.environ, **env},
+        self.process = subprocess.Popen([sys.executable, __file__, "serve", self.path, ",".join(imports),
+                                         ",".join(later)], env={**os.environ, **env},
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         self.import_cpu_s = None
 
@@ -241,13 +269,17 @@ class ForkServer:
         """A kernel spec manager whose ``python3`` kernel is a launcher of this server."""
         from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
-        argv = [sys.executable, __file__, "launch", self.path, "-f", "{connection_file}"]
+        argv = [sys.executable, __file__, "launch", self.path, str(self.process.pid), "-f", "{connection_file}"]
 
         class Specs(KernelSpecManager):
             def get_kernel_spec(self, kernel_name, *args, **kwargs):
                 return KernelSpec(argv=argv, display_name="Python 3", language="python", interrupt_mode="signal")
 
         return Specs()
+
+    def pending(self, wait_s: float = STARTUP_S) -> list[str]:
+        """What the server has still to import (its later imports), once it listens."""
+        return _ask(self.path, {"op": "pending"}, wait_s=wait_s, server=self.process.pid)["modules"]
 
     def kernel_cpu_s(self, launcher_pid: int) -> float:
         """The CPU seconds of the finished kernel of the launcher ``launcher_pid`` (0 when it had none)."""
@@ -280,8 +312,8 @@ class ForkServer:
 
 if __name__ == "__main__":
     if _sys.argv[1] == "serve":
-        serve(_sys.argv[2], _sys.argv[3:])
+        serve(_sys.argv[2], *[[m for m in arg.split(",") if m] for arg in _sys.argv[3:5]])
     elif _sys.argv[1] == "launch":
-        _sys.exit(launch(_sys.argv[2], _sys.argv[3:]))
+        _sys.exit(launch(_sys.argv[2], int(_sys.argv[3]), _sys.argv[4:]))
     else:
-        raise SystemExit(f"usage: {__file__} serve SOCKET MODULE... | launch SOCKET -f CONNECTION_FILE")
+        raise SystemExit(f"usage: {__file__} serve SOCKET MODULE,... MODULE,... | launch SOCKET SERVER_PID -f CONNECTION_FILE")
