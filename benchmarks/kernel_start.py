@@ -54,7 +54,7 @@ def one_round(folder: Path, nbs: list[Path], way: str, wait: float) -> dict:
             walls.append(time.perf_counter() - t0)
         return {"wall": walls, "cpu": [(children_cpu() - cpu0) / len(nbs)], "server": 0.0}
     os.environ[forking.ENV] = "on" if way == "forked from the server" else "off"
-    kernels = KernelsAhead(folder, {}, lambda nb: {})
+    kernels = KernelsAhead(folder, {}, lambda nb: {}, notebooks=len(nbs))
     try:
         for i, nb in enumerate(nbs):
             km = kernels.take(nb)

@@ -198,7 +198,8 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
     t_run = time.perf_counter()
     timings = staging / "timings"
     # the kernel (and the workers it starts) write their phase sums to timings/ (prrt.timing)
-    kernels = KernelsAhead(staging, {TIMINGS_ENV: str(timings), **QUIET_BARS}, lambda nb: {CHAPTER_ENV: nb.name})
+    kernels = KernelsAhead(staging, {TIMINGS_ENV: str(timings), **QUIET_BARS}, lambda nb: {CHAPTER_ENV: nb.name},
+                           notebooks=len(notebooks))
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     try:
         for i, nb in enumerate(bar):
@@ -255,9 +256,12 @@ class KernelsAhead:
     and in the staging folder, as papermill would have started it. Where it can (:mod:`prrt.runner.forking`), a
     kernel is forked from one process of the run that did the imports once, instead of importing for itself."""
 
-    def __init__(self, cwd: Path, shared_env: dict, env_of):
+    def __init__(self, cwd: Path, shared_env: dict, env_of, notebooks: int = 7):
         self.cwd, self.shared_env, self.env_of, self.started = cwd, shared_env, env_of, {}
-        self.server = forking.ForkServer(shared_env) if forking.available() else None
+        # the server's later imports (MONAI, SymPy, ...) pay for themselves from the third kernel that needs them;
+        # in a run of one or two notebooks a kernel that needs them imports them itself
+        later = forking.LATER_IMPORTS if notebooks >= 3 else ()
+        self.server = forking.ForkServer(shared_env, later=later) if forking.available() else None
 
     def start(self, nb: Path) -> None:
         from jupyter_client.manager import AsyncKernelManager

@@ -160,7 +160,7 @@ def test_a_server_that_failed_fails_its_launcher_at_once_and_the_runner_starts_k
                                "-f", str(tmp_path / "kernel.json")], capture_output=True, text=True, timeout=60, check=False)
     assert launcher.returncode != 0 and time.monotonic() - t0 < 30
     assert f"the kernel server (process {broken.process.pid}) ended" in launcher.stderr
-    monkeypatch.setattr(execute.forking, "ForkServer", lambda env: broken)
+    monkeypatch.setattr(execute.forking, "ForkServer", lambda env, later: broken)
     kernels = execute.KernelsAhead(tmp_path, {}, lambda nb: {"PRRT_CHAPTER": nb.stem})
     km = kernels.take(tmp_path / "fallback.ipynb")
     kc = km.blocking_client()
@@ -171,3 +171,13 @@ def test_a_server_that_failed_fails_its_launcher_at_once_and_the_runner_starts_k
     kc.stop_channels()
     kernels.stop(km)
     kernels.stop_all()
+
+
+def test_a_run_of_one_or_two_notebooks_asks_the_server_for_no_later_imports(monkeypatch, tmp_path):
+    from prrt.runner import execute
+
+    asked = []
+    monkeypatch.setattr(execute.forking, "ForkServer", lambda env, later: asked.append(later))
+    for n in (1, 2, 3, 7):
+        execute.KernelsAhead(tmp_path, {}, lambda nb: {}, notebooks=n)
+    assert asked == [(), (), forking.LATER_IMPORTS, forking.LATER_IMPORTS]
