@@ -126,7 +126,11 @@ def serve(path: str, imports=SERVER_IMPORTS, later=LATER_IMPORTS) -> None:
                 continue
             conn, _ = listener.accept()
             with conn:
-                msg, fds = _recv(conn)
+                try:
+                    msg, fds = _recv(conn)
+                except (OSError, ValueError) as exc:  # a launcher that died before it asked: the others go on
+                    print(f"prrt kernel server: a request was lost ({exc})", file=sys.stderr)
+                    continue
                 if msg["op"] == "fork":
                     sys.stdout.flush(), sys.stderr.flush()
                     pid = os.fork()

@@ -73,6 +73,17 @@ def test_two_kernels_of_one_server_are_processes_of_their_own_with_the_imports_d
     assert "--existing" not in capfd.readouterr().out
 
 
+def test_a_request_cut_off_does_not_stop_the_server(server):
+    import socket
+
+    server.pending()  # (waits until it listens)
+    for partial in (b"", b"\x00\x00\x01\x00{"):  # nothing, and a header whose message never comes
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(server.path)
+            conn.sendall(partial)
+    assert server.pending(wait_s=0) is not None and server.process.poll() is None
+
+
 def test_an_interrupt_reaches_a_forked_kernel(server, tmp_path):
     km, kc = kernel(server, tmp_path, "loop")
     msg_id = kc.execute("import time\nfor _ in range(600):\n    time.sleep(0.1)")
