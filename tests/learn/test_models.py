@@ -230,6 +230,11 @@ def test_a_model_is_fitted_and_scored_on_the_patients_with_its_inputs_on_the_sha
     with pytest.raises(ValueError, match=re.escape(f"tiny_cnn: repeat {fold.repeat}, fold {fold.fold} has no training "
                                                    "patient with its inputs (pet)")):
         loop.fold_outputs([specs[2]], none, splits, 8, progress=False)
+    keep = [i for i, p in enumerate(ids) if p not in set(fold.test)]  # a PET for every patient but the fold's test ones
+    no_test = base.ModelData(data.y, images={"pet": base.ImageSet(data.images["pet"].x[keep], [ids[i] for i in keep])})
+    with pytest.raises(ValueError, match=re.escape(f"tiny_cnn: repeat {fold.repeat}, fold {fold.fold} has no test "
+                                                   "patient with its inputs (pet)")):
+        loop.folds_of(specs[2], no_test, [fold])
     with pytest.raises(ValueError, match=re.escape("pet_thing cannot run: the manifest names no PET images")):
         loop.fold_outputs([specs[1]], data, splits, 8, progress=False)
 
