@@ -156,7 +156,14 @@ def fitted(tmp_path_factory):
     cfg = fusion.FusionConfig(training.TrainConfig(**fusion.SCORE_FUSION_TRAINING), mechanism="intermediate",
                               **fusion.SCORE_FUSION_NETWORK)
     fused = ch04_fusion.neural_fusion_spec("f", "04", "all", ["labs", "pet", "ct"], _Cohort(), cfg, fold_models=scores)
-    results, _ = loop.run_models(cnns + [fused], complete, None, s, _Profile(), 0, run, keep_models=True)
+    # one torch thread, as in `make test`'s workers: the CNNs' weights, and the thresholds the tests below check,
+    # are then the same in a plain `pytest` on any number of cores (with two threads, cga's importance was 0.049)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results, _ = loop.run_models(cnns + [fused], complete, None, s, _Profile(), 0, run, keep_models=True)
+    finally:
+        torch.set_num_threads(threads)
     return run, complete, y, s, {spec.name: spec for spec in cnns + [fused]}, results
 
 
