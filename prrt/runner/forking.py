@@ -1,12 +1,14 @@
 """Notebook kernels forked from one process that has done the imports (Linux).
 
-Every chapter's kernel used to import prrt, torch, scikit-learn and MONAI afresh: 2.5-4.5 s of CPU per kernel,
+Every chapter's kernel used to import prrt, torch, scikit-learn and MONAI afresh: 3-5 s of CPU per kernel,
 about 30 s of a smoke run's 50 and a large share of ``make test``, which runs the book more than a dozen times
 (``benchmarks/DESIGN.md``, "Kernels forked from one import"). Here the runner starts one *kernel server* per run
-(:class:`ForkServer`), which imports what the kernels import (:data:`SERVER_IMPORTS`) once and then waits.
+(:class:`ForkServer`), which imports what every kernel imports (:data:`SERVER_IMPORTS`) once, then waits for
+requests, and in between imports what the chapters import on first use (:data:`LATER_IMPORTS`; in runs of three
+notebooks or more).
 
 A notebook's kernel, as jupyter_client sees it, is a small launcher process (this file run as a script, so that it
-imports nothing of prrt; the kernel spec is :meth:`ForkServer.kernel_spec`). The launcher hands the server its
+imports nothing of prrt; the kernel spec is :meth:`ForkServer.kernel_spec_manager`). The launcher hands the server its
 connection file, environment, working folder and standard streams; the server forks, and the child becomes an
 ipykernel kernel with them. The launcher passes interrupts and terminations on and lives as long as its kernel; the
 kernel exits at once when its launcher is gone (killed, for instance). Each notebook still runs in a fresh process of
