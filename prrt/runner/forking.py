@@ -52,10 +52,16 @@ STARTUP_S = 300.0  # how long a launcher waits for the server to finish its impo
 
 
 def available() -> bool:
-    """Whether kernels are forked: Linux (``os.fork``, ``os.pidfd_open``, descriptors over a Unix socket), and not
-    turned off by ``PRRT_FORK_KERNELS=off``."""
-    return (os.environ.get(ENV, "on").lower() not in ("off", "0", "false", "no") and sys.platform == "linux"
-            and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds"))
+    """Whether kernels are forked: Linux with ``os.fork``, ``os.pidfd_open`` that works (a container's seccomp
+    profile may refuse it) and descriptors over a Unix socket, and not turned off by ``PRRT_FORK_KERNELS=off``."""
+    if (os.environ.get(ENV, "on").lower() in ("off", "0", "false", "no") or sys.platform != "linux"
+            or not hasattr(os, "pidfd_open") or not hasattr(socket, "send_fds")):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 def _send(conn: socket.socket, msg: dict, fds=()) -> None:

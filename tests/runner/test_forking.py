@@ -129,11 +129,17 @@ def test_the_server_ends_the_kernels_nobody_stopped_and_reports_its_own_cpu(tmp_
     km.shutdown_kernel(now=True)
 
 
-def test_forking_can_be_turned_off(monkeypatch):
+def test_forking_can_be_turned_off_and_is_off_where_pidfd_open_is_refused(monkeypatch):
     monkeypatch.setenv(forking.ENV, "off")
     assert not forking.available()
     monkeypatch.setenv(forking.ENV, "on")
     assert forking.available()
+
+    def refused(pid):
+        raise PermissionError(1, "Operation not permitted")  # as under an older container's seccomp profile
+
+    monkeypatch.setattr(forking.os, "pidfd_open", refused)
+    assert not forking.available()
 
 
 def test_without_forking_each_kernel_imports_for_itself(monkeypatch, tmp_path):
