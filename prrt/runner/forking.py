@@ -66,8 +66,11 @@ def available() -> bool:
 
 def _send(conn: socket.socket, msg: dict, fds=()) -> None:
     data = json.dumps(msg).encode()
-    socket.send_fds(conn, [struct.pack("!I", len(data)) + data], list(fds)) if fds else conn.sendall(
-        struct.pack("!I", len(data)) + data)
+    frame = struct.pack("!I", len(data)) + data
+    if fds:
+        socket.send_fds(conn, [frame], list(fds))
+    else:
+        conn.sendall(frame)
 
 
 def _recv(conn: socket.socket) -> tuple[dict, list]:
