@@ -45,7 +45,7 @@ def children_cpu() -> float:
 
 def one_round(folder: Path, nbs: list[Path], way: str, wait: float) -> dict:
     """Wall seconds per notebook and CPU seconds per kernel (and of the server) for one way."""
-    out, walls, cpus, server_cpu = folder / "out.ipynb", [], [], 0.0
+    out, walls, cpus = folder / "out.ipynb", [], []
     cpu0 = children_cpu()
     if way == "started by papermill":
         for nb in nbs:
@@ -65,13 +65,12 @@ def one_round(folder: Path, nbs: list[Path], way: str, wait: float) -> dict:
             pm.execute_notebook(str(nb), str(out), kernel_name="python3", progress_bar=False, cwd=str(folder), km=km)
             walls.append(time.perf_counter() - t0)
             cpus.append(kernels.stop(km))
+        # as the runner counts it: the processes jupyter_client started (the kernels, or the launchers of forked
+        # ones), reaped as each kernel stopped, plus what the server reports of each forked kernel
+        per_kernel = (children_cpu() - cpu0 + sum(cpus)) / len(nbs)
     finally:
         kernels.stop_all()
-    if kernels.server is not None:
-        server_cpu = kernels.server.import_cpu_s or 0.0
-        per_kernel = sum(cpus) / len(nbs)
-    else:
-        per_kernel = (children_cpu() - cpu0) / len(nbs)
+    server_cpu = (kernels.server.import_cpu_s or 0.0) if kernels.server is not None else 0.0
     return {"wall": walls, "cpu": [per_kernel], "server": server_cpu}
 
 
