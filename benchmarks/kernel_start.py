@@ -54,6 +54,7 @@ def one_round(folder: Path, nbs: list[Path], way: str, wait: float) -> dict:
             walls.append(time.perf_counter() - t0)
         return {"wall": walls, "cpu": [(children_cpu() - cpu0) / len(nbs)], "server": 0.0}
     os.environ[forking.ENV] = "on" if way == "forked from the server" else "off"
+    forking.stop_shared()  # each round starts its own server, as the first run of a process does
     kernels = KernelsAhead(folder, {}, lambda nb: {}, notebooks=len(nbs))
     try:
         for i, nb in enumerate(nbs):
@@ -70,7 +71,7 @@ def one_round(folder: Path, nbs: list[Path], way: str, wait: float) -> dict:
         per_kernel = (children_cpu() - cpu0 + sum(cpus)) / len(nbs)
     finally:
         kernels.stop_all()
-    server_cpu = (kernels.server.import_cpu_s or 0.0) if kernels.server is not None else 0.0
+    server_cpu = kernels.server_cpu_s or 0.0
     return {"wall": walls, "cpu": [per_kernel], "server": server_cpu}
 
 

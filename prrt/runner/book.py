@@ -117,7 +117,8 @@ def _time_page(info: dict) -> list[str]:
                                                           "calls", "in_notebook"])
     chapters = chapter_table(rows, info["notebooks"])
     cpu = [n.get("cpu_time_s") for n in info["notebooks"]]
-    server = (info.get("kernel_server") or {}).get("import_cpu_time_s")  # forked kernels' shared imports
+    kernel_server = info.get("kernel_server") or {}
+    server = kernel_server.get("import_cpu_time_s")  # forked kernels' shared imports
     total = {"wall": info["wall_time_s"], "cores busy": (sum(cpu) + (server or 0)) / info["wall_time_s"]
              if None not in cpu and info["wall_time_s"] else float("nan")}
     chapters.loc["**all**"] = pd.Series({**chapters.sum(numeric_only=True), **total})
@@ -131,7 +132,11 @@ def _time_page(info: dict) -> list[str]:
               "figures); *cores busy* is the notebook's CPU time over its wall time. The book build (not in this "
               "table: it runs after this page is written) is `book_build_s` in `run.json`."), "",
              *_markdown(chapters, ["notebook"]), ""]
-    if server is not None:
+    if server is not None and kernel_server.get("reused"):
+        lines += [(f"The notebooks' kernels were forked from a process that an earlier run of the same Python process "
+                   f"had started and that had done their imports then (`prrt.runner.forking`): {server:.0f} s of its "
+                   "CPU during this run, in the total's *cores busy* but in no notebook's."), ""]
+    elif server is not None:
         lines += [(f"The notebooks' kernels were forked from one process that did their imports once "
                    f"(`prrt.runner.forking`): {server:.0f} s of CPU, in the total's *cores busy* but in no "
                    "notebook's."), ""]

@@ -198,7 +198,7 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
     t_run = time.perf_counter()
     timings = staging / "timings"
     # the kernel (and the workers it starts) write their phase sums to timings/ (prrt.timing)
-    kernels = KernelsAhead(staging, {TIMINGS_ENV: str(timings), **QUIET_BARS}, lambda nb: {CHAPTER_ENV: nb.name},
+    kernels = KernelsAhead(staging, QUIET_BARS, lambda nb: {TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name},
                            notebooks=len(notebooks))
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     try:
@@ -231,9 +231,10 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
             log(f"  {nb.name}: {info['notebooks'][-1]['wall_time_s']} s")
     finally:
         kernels.stop_all()
-    # the imports that the forked kernels share (none when each kernel imported for itself)
-    info["kernel_server"] = {"forked_kernels": kernels.server is not None,
-                             "import_cpu_time_s": kernels.server.import_cpu_s if kernels.server else None}
+    # the imports that the forked kernels share (none when each kernel imported for itself): the server's CPU during
+    # this run (about none when an earlier run of this process had done them)
+    info["kernel_server"] = {"forked_kernels": kernels.server is not None, "reused": kernels.reused,
+                             "import_cpu_time_s": kernels.server_cpu_s}
     info.update(status="complete", finished=utc_now(), wall_time_s=round(time.perf_counter() - t_run, 1))
     rows = read_timings(timings)
     info["timings"] = rows.round({"wall_s": 2, "cpu_s": 2}).to_dict(orient="records")
@@ -254,21 +255,26 @@ class KernelsAhead:
     :data:`PRELOAD` while the current notebook runs, on a core that a notebook of single-threaded work leaves idle.
     A kernel still serves one notebook only, in the notebook's environment (``shared_env`` and ``env_of(notebook)``)
     and in the staging folder, as papermill would have started it. Where it can (:mod:`prrt.runner.forking`), a
-    kernel is forked from one process of the run that did the imports once, instead of importing for itself."""
+    kernel is forked from a process that did the imports once (:func:`prrt.runner.forking.server_for`: started
+    for this run, or kept from an earlier run of this process), instead of importing for itself. ``shared_env`` is
+    also the server's; ``env_of(notebook)`` is the kernel's own (whatever differs between runs or notebooks)."""
 
     def __init__(self, cwd: Path, shared_env: dict, env_of, notebooks: int = 7):
-        self.cwd, self.shared_env, self.env_of, self.started = cwd, shared_env, env_of, {}
+        self.cwd, self.shared_env, self.env_of, self.started, self.taken = cwd, shared_env, env_of, {}, []
         # the server's later imports (MONAI, SymPy, ...) pay for themselves from the third kernel that needs them;
         # in a run of one or two notebooks a kernel that needs them imports them itself
         later = forking.LATER_IMPORTS if notebooks >= 3 else ()
-        self.server = forking.ForkServer(shared_env, later=later) if forking.available() else None
+        self.server, self.reused, self.server_cpu_s, self._cpu0 = None, False, None, 0.0
+        if forking.available():
+            self.server, self.reused = forking.server_for(shared_env, later=later)
+            self._cpu0 = self.server.cpu_s() if self.reused else 0.0
 
     def start(self, nb: Path) -> None:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_client.utils import run_sync
 
         # a server that ended (its imports failed, say) leaves kernels that import for themselves
-        forked = self.server is not None and self.server.process.poll() is None
+        forked = self.server is not None and self.server.alive()
         specs = {"kernel_spec_manager": self.server.kernel_spec_manager()} if forked else {}
         km = AsyncKernelManager(kernel_name="python3", **specs)
         run_sync(km.start_kernel)(cwd=str(self.cwd), env={**os.environ, **self.shared_env, **self.env_of(nb)},
@@ -279,23 +285,30 @@ class KernelsAhead:
         """The kernel started for ``nb`` (started now if it was not)."""
         if nb not in self.started:
             self.start(nb)
-        return self.started.pop(nb)
+        km = self.started.pop(nb)
+        self.taken.append(km)
+        return km
 
     def stop(self, km) -> float:
         """Stop the kernel ``km``; the CPU seconds of a forked kernel (the server's child, not the runner's)."""
         from jupyter_client.utils import run_sync
 
+        if km in self.taken:
+            self.taken.remove(km)
         pid = km.provisioner.pid if km.has_kernel and km.provisioner is not None else None
         if km.has_kernel:
             run_sync(km.shutdown_kernel)(now=False)
         return self.server.kernel_cpu_s(pid) if self.server and pid else 0.0
 
     def stop_all(self) -> None:
-        """Stop every kernel not yet taken, and the kernel server."""
+        """Stop every kernel not yet stopped (taken or not); note the server's CPU during the run (the server is kept
+        for a later run)."""
+        while self.taken:
+            self.stop(self.taken[-1])
         while self.started:
             self.stop(self.started.popitem()[1])
-        if self.server is not None:
-            self.server.stop()
+        if self.server is not None and self.server.alive():
+            self.server_cpu_s = round(self.server.cpu_s() - self._cpu0, 1)
 
 
 def _children_cpu() -> float:

@@ -14,7 +14,9 @@ ipykernel kernel with them. The launcher passes interrupts and terminations on a
 kernel exits at once when its launcher is gone (killed, for instance). Each notebook still runs in a fresh process of
 its own, forked from a process that ran nothing but imports, in the environment the runner gave it: the server runs in
 the runner's environment, and the variables that differ between notebooks (the chapter's name) are only read after
-the imports. ``PRRT_FORK_KERNELS=off``, or a system without ``os.fork`` and ``os.pidfd_open``, gives every notebook a
+the imports. A process that runs the book more than once (a test session, a notebook that calls
+:func:`prrt.runner.run` twice) keeps its server for the next run while the environment is the same
+(:func:`server_for`), so that it imports once, not once a run. ``PRRT_FORK_KERNELS=off``, or a system without ``os.fork`` and ``os.pidfd_open``, gives every notebook a
 kernel that imports for itself, as before.
 """
 
@@ -24,6 +26,7 @@ if __name__ == "__main__":  # run as a script: this folder must not shadow top-l
 
     _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _os.path.dirname(_os.path.abspath(__file__))]
 
+import atexit
 import json
 import os
 import select
@@ -115,7 +118,7 @@ def serve(path: str, imports=SERVER_IMPORTS, later=LATER_IMPORTS) -> None:
     """Import ``imports``, then answer requests at the Unix socket ``path`` until asked to stop or the runner is gone,
     importing ``later`` one by one while no request waits. Requests: ``fork`` (a kernel for a launcher), ``cpu`` (the
     CPU seconds of a launcher's finished kernel, with the processes it waited for), ``pending`` (what is still to be
-    imported), ``stop``."""
+    imported), ``later`` (more modules to import so), ``usage`` (the server's own CPU seconds so far), ``stop``."""
     import importlib
 
     # what ipykernel sets before a kernel imports matplotlib, so that the forked kernels draw inline
@@ -162,6 +165,12 @@ def serve(path: str, imports=SERVER_IMPORTS, later=LATER_IMPORTS) -> None:
                     _send(conn, {"cpu_s": cpu})
                 elif msg["op"] == "pending":
                     _send(conn, {"modules": later})
+                elif msg["op"] == "later":  # a later run of a server that was started without them
+                    later += [m for m in msg["modules"] if m not in later and m not in sys.modules]
+                    _send(conn, {"modules": later})
+                elif msg["op"] == "usage":
+                    usage = os.times()
+                    _send(conn, {"cpu_s": usage.user + usage.system})
                 elif msg["op"] == "stop":
                     usage = os.times()
                     _send(conn, {"cpu_s": usage.user + usage.system})
@@ -269,16 +278,30 @@ def _pass_on(pid: int, signum: int) -> None:
 # --- the runner's side ---------------------------------------------------------------------------------------------
 
 class ForkServer:
-    """The kernel server of one run: started in the runner's environment (plus ``env``) and its own session, so
-    that a Ctrl-C in the terminal reaches the runner, which stops the kernels, and not the kernels themselves."""
+    """A kernel server: started in the runner's environment (plus ``env``) and its own session, so that a Ctrl-C in
+    the terminal reaches the runner, which stops the kernels, and not the kernels themselves. It ends with the
+    process that started it."""
 
     def __init__(self, env: dict, imports=SERVER_IMPORTS, later=LATER_IMPORTS):
         self.folder = tempfile.mkdtemp(prefix="prrt-kernels-")  # a Unix socket's path must be short
         self.path = os.path.join(self.folder, "server")
+        self.environment = {**os.environ, **env}
         self.process = subprocess.Popen([sys.executable, __file__, "serve", self.path, ",".join(imports),
-                                         ",".join(later)], env={**os.environ, **env},
+                                         ",".join(later)], env=self.environment,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         self.import_cpu_s = None
+
+    def alive(self) -> bool:
+        return self.folder is not None and self.process.poll() is None
+
+    def cpu_s(self) -> float:
+        """The server's own CPU seconds so far (its imports; not its kernels')."""
+        return _ask(self.path, {"op": "usage"}, wait_s=STARTUP_S, server=self.process.pid)["cpu_s"]
+
+    def import_later(self, modules) -> list[str]:
+        """Have the server import ``modules`` too while it waits (those not imported yet); returns what is pending."""
+        return _ask(self.path, {"op": "later", "modules": list(modules)}, wait_s=STARTUP_S,
+                    server=self.process.pid)["modules"]
 
     def kernel_spec_manager(self):
         """A kernel spec manager whose ``python3`` kernel is a launcher of this server."""
@@ -323,6 +346,35 @@ class ForkServer:
                 Path(self.folder, name).unlink(missing_ok=True)
             os.rmdir(self.folder)
             self.folder = None
+
+
+_shared: list[ForkServer] = []  # the server that later runs of this process may reuse (at most one)
+
+
+def server_for(env: dict, later=()) -> tuple[ForkServer, bool]:
+    """The kernel server for a run in this process's environment plus ``env``: the one an earlier run of this process
+    started, while it is alive and the environment is the same (a variable read at import, such as
+    ``OMP_NUM_THREADS``, would otherwise differ between the server's imports and the kernel), else a new one (the old
+    one stopped). ``later``: modules the server should import while it waits (:data:`LATER_IMPORTS`). Returns the
+    server and whether it was reused. The server is stopped when this process exits (and ends by itself when this
+    process is gone)."""
+    environment = {**os.environ, **env}
+    if _shared and _shared[0].alive() and _shared[0].environment == environment:
+        server = _shared[0]
+        if later:
+            server.import_later(later)
+        return server, True
+    stop_shared()
+    server = ForkServer(env, later=later)
+    _shared.append(server)
+    return server, False
+
+
+@atexit.register
+def stop_shared() -> None:
+    """Stop the server kept for later runs of this process (if any)."""
+    while _shared:
+        _shared.pop().stop()
 
 
 if __name__ == "__main__":

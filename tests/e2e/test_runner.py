@@ -1,4 +1,5 @@
-"""End to end: `prrt run` on the smoke profile, `prrt book`, and what happens when a notebook fails."""
+"""End to end: `prrt run` on the smoke profile, `prrt book`, what happens when a notebook fails, and chapters 02-04
+run again on a Dask scheduler with two worker processes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -19,6 +22,7 @@ from prrt.runner import book as book_
 from prrt.runner import execute, lock
 
 REPO = Path(__file__).resolve().parents[2]
+DASK = Path(sys.executable).with_name("dask")
 
 
 #: Distinctive strings planted where a hospital's data could leak from (none may reach the book).
@@ -72,9 +76,10 @@ def smoke_run(canary_cohort, external_canary_cohort, tmp_path_factory):
 
     runs_root = tmp_path_factory.mktemp("runs")
     run_dir = runs_root / "smoke"
-    # the book is checked in a browser when one is found; in CI a missing browser fails the run
+    # the book is checked in a browser when one is found; in CI a missing browser fails the run. One thread per
+    # process, as in the Dask workers of the test that runs chapters 02-04 again on them
     mode = "required" if os.environ.get("CI") == "true" else "auto"
-    with mock.patch.dict(os.environ, {"PRRT_BROWSER_CHECK": mode}):
+    with mock.patch.dict(os.environ, {"PRRT_BROWSER_CHECK": mode, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}):
         assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
                      "--run-dir", str(run_dir), "--seed", "11",
                      "--validate-on", str(external_canary_cohort / "manifest.yaml")]) == 0
@@ -410,34 +415,83 @@ def test_failed_book_build_leaves_the_previous_book(smoke_run, tmp_path, monkeyp
     assert {p.relative_to(run): p.read_bytes() for p in (run / "book").rglob("*.html")} == before
 
 
+def _start(*args, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([str(DASK), *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            cwd=log.parent)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A Dask scheduler and two single-thread workers, each its own process on this machine (``dask scheduler``,
+    ``dask worker tcp://…``); yields the address."""
+    info = tmp_path / "scheduler.json"
+    procs = [_start("scheduler", "--scheduler-file", str(info), "--port", "0", "--no-dashboard",
+                    log=tmp_path / "scheduler.log")]
+    try:
+        deadline = time.monotonic() + 120
+        while not info.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert info.is_file(), (tmp_path / "scheduler.log").read_text()
+        address = json.loads(info.read_text())["address"]
+        assert address.startswith("tcp://")
+        for i in range(2):
+            procs.append(_start("worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                                "--name", f"w{i}", log=tmp_path / f"worker{i}.log"))
+        from dask.distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            pids = client.run(os.getpid)
+        assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()  # two processes, not this one
+        yield address
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 @pytest.mark.slow
-def test_same_seed_same_numbers_other_seed_other_numbers(smoke_run, canary_cohort, tmp_path):
-    """A second smoke run with the seed of the first gives byte-identical predictions and summary (CPU);
-    a run with another seed does not."""
-    def run(name, seed, *extra):
+def test_the_same_seed_on_a_scheduler_and_two_worker_processes_gives_the_files_of_the_run_another_seed_does_not(
+        smoke_run, canary_cohort, cluster, tmp_path):
+    """Chapters 02-04 again with the smoke run's seed, their (model, repeat, fold) jobs sent to a Dask scheduler and
+    two worker processes (``prrt run --engine tcp://…``): the splits, every prediction file, the summary and the
+    learning curves are the smoke run's byte for byte (both with one thread per process, CPU), so a run repeats
+    itself and the engine changes nothing. A run with another seed does not give the same files."""
+    def run(name, seed, notebooks, *extra):
         d = tmp_path / name
         # the preprocessed inputs and the pretrained CT encoder come from the first run's cache, as for
         # any run beside it (both are keyed by content and tested for determinism on their own)
         assert main(["run", "--manifest", str(canary_cohort / "manifest.yaml"), "--profile", "smoke",
                      "--run-dir", str(d), "--seed", str(seed), "--cache-dir", str(smoke_run.parent / ".prrt-cache"),
-                     "--no-book", *extra]) == 0
+                     "--no-book", "--notebooks-dir", str(notebooks), *extra]) == 0
         return d
 
-    files = ["results/summary.csv", "splits.csv", *[f"predictions/{p.name}" for p in (smoke_run / "predictions").glob("*.csv")]]
-    assert len(files) > 8
+    def chapters(name, pattern):
+        folder = tmp_path / name
+        folder.mkdir()
+        for nb in sorted((REPO / "notebooks").glob(pattern)):
+            shutil.copy(nb, folder / nb.name)
+        return folder
+
+    files = ["results/summary.csv", "splits.csv", "checkpoints/pet_cnn/curves.csv",
+             *[f"predictions/{p.relative_to(smoke_run / 'predictions')}" for p in (smoke_run / "predictions").rglob("*.csv")]]
+    assert len(files) > 10 and any("cross_fitted" in f for f in files)
     # only chapters 02-04 write predictions and summary rows: the second run is those three
-    later = tmp_path / "model_chapters"
-    later.mkdir()
-    for nb in sorted((REPO / "notebooks").glob("0[2-4]_*.ipynb")):
-        shutil.copy(nb, later / nb.name)
-    again = run("again", 11, "--notebooks-dir", str(later))
+    again = run("on_the_cluster", 11, chapters("model_chapters", "0[2-4]_*.ipynb"), "--engine", cluster)
     for f in files:
         assert (again / f).read_bytes() == (smoke_run / f).read_bytes(), f
+    info = json.loads((again / "run.json").read_text())
+    assert info["engine"] == {"address": cluster, "workers": None}
+    trained = [t for t in info["timings"] if t["phase"] == "training"]
+    assert {t["chapter"] for t in trained} == {"02_lab_random_forest.ipynb", "03_unimodal_cnn.ipynb", "04_fusion.ipynb"}
+    assert len({t["pid"] for t in trained}) == 2 and not any(t["in_notebook"] for t in trained)  # both workers fitted
     # another seed: chapter 02 (splits and the tabular models) is enough to show it
-    first = tmp_path / "chapter_02"
-    first.mkdir()
-    shutil.copy(REPO / "notebooks" / "02_lab_random_forest.ipynb", first)
-    other = run("other", 12, "--notebooks-dir", str(first))
+    other = run("other", 12, chapters("chapter_02", "02_*.ipynb"))
     assert (other / "splits.csv").read_bytes() != (smoke_run / "splits.csv").read_bytes()
     for model in ("lab_rf", "lab_pet_features_rf"):
         assert (other / "predictions" / f"{model}.csv").read_bytes() != (smoke_run / "predictions" / f"{model}.csv").read_bytes()

@@ -177,7 +177,7 @@ def test_a_server_that_failed_fails_its_launcher_at_once_and_the_runner_starts_k
                                "-f", str(tmp_path / "kernel.json")], capture_output=True, text=True, timeout=60, check=False)
     assert launcher.returncode != 0 and time.monotonic() - t0 < 30
     assert f"the kernel server (process {broken.process.pid}) ended" in launcher.stderr
-    monkeypatch.setattr(execute.forking, "ForkServer", lambda env, later: broken)
+    monkeypatch.setattr(execute.forking, "server_for", lambda env, later: (broken, False))
     kernels = execute.KernelsAhead(tmp_path, {}, lambda nb: {"PRRT_CHAPTER": nb.stem})
     km = kernels.take(tmp_path / "fallback.ipynb")
     kc = km.blocking_client()
@@ -188,13 +188,60 @@ def test_a_server_that_failed_fails_its_launcher_at_once_and_the_runner_starts_k
     kc.stop_channels()
     kernels.stop(km)
     kernels.stop_all()
+    assert kernels.server_cpu_s is None  # nothing to say of a server that never served
+    broken.stop()
 
 
 def test_a_run_of_one_or_two_notebooks_asks_the_server_for_no_later_imports(monkeypatch, tmp_path):
     from prrt.runner import execute
 
     asked = []
-    monkeypatch.setattr(execute.forking, "ForkServer", lambda env, later: asked.append(later))
+    monkeypatch.setattr(execute.forking, "server_for", lambda env, later: asked.append(later) or (None, False))
     for n in (1, 2, 3, 7):
         execute.KernelsAhead(tmp_path, {}, lambda nb: {}, notebooks=n)
     assert asked == [(), (), forking.LATER_IMPORTS, forking.LATER_IMPORTS]
+
+
+def test_later_runs_of_one_process_reuse_its_server_while_the_environment_is_the_same(monkeypatch, tmp_path):
+    """A second run in the same environment forks from the first run's server (its imports done, a fraction of its
+    CPU), asking it for the later imports a run of one notebook did not; another environment (a variable read at
+    import) gets a server of its own and the old one is stopped; so does a server that has died."""
+    from prrt.runner.execute import KernelsAhead
+
+    forking.stop_shared()
+    monkeypatch.setenv("SHARED", "from the runner")
+
+    def run(notebooks: int, chapter: str):
+        kernels = KernelsAhead(tmp_path, {}, lambda nb: {"PRRT_CHAPTER": nb.stem}, notebooks=notebooks)
+        km = kernels.take(tmp_path / f"{chapter}.ipynb")
+        kc = km.blocking_client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=300)
+        assert kc.execute_interactive(REPORT, timeout=60)["content"]["status"] == "ok"
+        kc.stop_channels()
+        assert kernels.stop(km) > 0  # the forked kernel's CPU, from its server
+        kernels.stop_all()
+        return kernels, json.loads((tmp_path / f"{chapter}.json").read_text())
+
+    first, seen = run(1, "one")
+    assert not first.reused and first.server_cpu_s > 1  # the imports: seconds
+    assert seen["ppid"] == first.server.process.pid and seen["preloaded"] == ["prrt.study.notebook"]
+    second, seen = run(7, "two")
+    assert second.reused and second.server is first.server and seen["ppid"] == first.server.process.pid
+    assert second.server_cpu_s < first.server_cpu_s
+    deadline = time.monotonic() + 120
+    while first.server.import_later([]) and time.monotonic() < deadline:  # the later imports, asked by the 7
+        time.sleep(0.2)
+    assert first.server.import_later([]) == []
+    _, seen = run(1, "three")
+    assert seen["preloaded"] == ["monai", "prrt.study.notebook", "torch._dynamo"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1" if os.environ.get("OMP_NUM_THREADS") != "1" else "2")
+    other, seen = run(1, "four")
+    assert not other.reused and other.server is not first.server and seen["ppid"] == other.server.process.pid
+    assert first.server.process.poll() is not None and not first.server.alive()  # stopped
+    other.server.process.kill()
+    other.server.process.wait()
+    last, _ = run(1, "five")
+    assert not last.reused and last.server.alive()
+    forking.stop_shared()
+    assert not last.server.alive()

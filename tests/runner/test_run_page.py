@@ -57,5 +57,8 @@ def test_the_imports_of_forked_kernels_count_in_the_total_and_are_said():
     assert rows["**all**"][-1] == "1.60"  # (114 + 40 + 6) / 100
     assert rows["04_fusion.ipynb"][-1] == "1.00"
     assert "forked from one process that did their imports once (`prrt.runner.forking`): 6 s of CPU" in page
+    reused = run_page(info(kernel_server={"forked_kernels": True, "reused": True, "import_cpu_time_s": 0.4}))
+    assert "forked from a process that an earlier run of the same Python process had started" in reused
+    assert "0 s of its CPU during this run" in reused and "did their imports once" not in reused
     plain = run_page(info(kernel_server={"forked_kernels": False, "import_cpu_time_s": None}))
     assert "forked" not in plain and {r[0]: r[1:] for r in table_rows(plain, "**all**")}["**all**"][-1] == "1.54"
