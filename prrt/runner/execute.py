@@ -25,7 +25,6 @@ import resource
 import shutil
 import time
 from pathlib import Path
-from unittest import mock
 
 import nbformat
 
@@ -175,9 +174,9 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
         info["ct_weights"] = {"file": Path(ct_weights).name, "sha256": file_sha256(ct_weights),
                               "key_prefixes": list(ct_weights_prefix)}
     info["engine"] = {"address": engine or get_profile(profile).engine, "workers": workers}
-    # the kernels papermill starts inherit the engine (prrt.study.notebook.Context.engine); restored afterwards
-    with mock.patch.dict(os.environ, {ENV: engine or "", ENV + "_WORKERS": str(workers or "")}):
-        _execute(notebooks, staging, run_dir, params, info, progress, log)
+    # the kernels get the engine in their environment (prrt.study.notebook.Context.engine)
+    _execute(notebooks, staging, run_dir, params, info, progress, log,
+             {ENV: engine or "", ENV + "_WORKERS": str(workers or "")})
     (staging / "run.json").write_text(json.dumps(info, indent=2))
     if book:
         try:
@@ -191,14 +190,18 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
                            f" The previous run in {run_dir} (if any) and its book are untouched.") from None
 
 
-def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, progress: bool, log) -> None:
+def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, progress: bool, log,
+             run_env: dict) -> None:
     import papermill as pm
     from tqdm.auto import tqdm
 
     t_run = time.perf_counter()
     timings = staging / "timings"
     # the kernel (and the workers it starts) write their phase sums to timings/ (prrt.timing)
-    kernels = KernelsAhead(staging, QUIET_BARS, lambda nb: {TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name},
+    # what differs between runs or notebooks goes to the kernels only, not to a kernel server that a later run of
+    # this process may reuse
+    kernels = KernelsAhead(staging, QUIET_BARS,
+                           lambda nb: {**run_env, TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name},
                            notebooks=len(notebooks))
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     try:
@@ -300,11 +303,24 @@ class KernelsAhead:
             run_sync(km.shutdown_kernel)(now=False)
         return self.server.kernel_cpu_s(pid) if self.server and pid else 0.0
 
+    def _abandon(self, km) -> None:
+        """A kernel taken for a notebook that ended in an error past papermill (or an interruption, which has killed
+        it already): its process (a forked kernel's launcher, whose kernel ends with it) killed and reaped, without
+        running the kernel manager's event loop again (papermill's client would report the dead kernel there)."""
+        process = getattr(km.provisioner, "process", None) if km.provisioner is not None else None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if self.server is not None:
+            self.server.kernel_cpu_s(process.pid)
+
     def stop_all(self) -> None:
         """Stop every kernel not yet stopped (taken or not); note the server's CPU during the run (the server is kept
         for a later run)."""
         while self.taken:
-            self.stop(self.taken[-1])
+            self._abandon(self.taken.pop())
         while self.started:
             self.stop(self.started.popitem()[1])
         if self.server is not None and self.server.alive():

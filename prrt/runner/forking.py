@@ -349,17 +349,24 @@ class ForkServer:
 
 
 _shared: list[ForkServer] = []  # the server that later runs of this process may reuse (at most one)
+#: Variables that change between runs of one process and that no import reads (pytest names each test in one):
+#: a server started before they changed is still the one for the run. The kernels get them, from their launchers.
+VOLATILE = ("PYTEST_CURRENT_TEST",)
+
+
+def _same_environment(a: dict, b: dict) -> bool:
+    return ({k: v for k, v in a.items() if k not in VOLATILE} == {k: v for k, v in b.items() if k not in VOLATILE})
 
 
 def server_for(env: dict, later=()) -> tuple[ForkServer, bool]:
     """The kernel server for a run in this process's environment plus ``env``: the one an earlier run of this process
-    started, while it is alive and the environment is the same (a variable read at import, such as
-    ``OMP_NUM_THREADS``, would otherwise differ between the server's imports and the kernel), else a new one (the old
-    one stopped). ``later``: modules the server should import while it waits (:data:`LATER_IMPORTS`). Returns the
+    started, while it is alive and the environment is the same but for :data:`VOLATILE` (a variable read at import,
+    such as ``OMP_NUM_THREADS``, would otherwise differ between the server's imports and the kernel), else a new one
+    (the old one stopped). ``later``: modules the server should import while it waits (:data:`LATER_IMPORTS`). Returns the
     server and whether it was reused. The server is stopped when this process exits (and ends by itself when this
     process is gone)."""
     environment = {**os.environ, **env}
-    if _shared and _shared[0].alive() and _shared[0].environment == environment:
+    if _shared and _shared[0].alive() and _same_environment(_shared[0].environment, environment):
         server = _shared[0]
         if later:
             server.import_later(later)

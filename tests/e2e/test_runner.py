@@ -446,8 +446,17 @@ def cluster(tmp_path):
         assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()  # two processes, not this one
         yield address
     finally:
+        if info.is_file():  # the scheduler closes itself and its workers at once (SIGTERM waits for them)
+            from dask.distributed import Client
+
+            try:
+                with Client(json.loads(info.read_text())["address"], timeout=10) as client:
+                    client.shutdown()
+            except OSError:
+                pass
         for p in procs[::-1]:
-            p.terminate()
+            if p.poll() is None:
+                p.terminate()
         for p in procs:
             try:
                 p.wait(timeout=30)

@@ -226,6 +226,7 @@ def test_later_runs_of_one_process_reuse_its_server_while_the_environment_is_the
     first, seen = run(1, "one")
     assert not first.reused and first.server_cpu_s > 1  # the imports: seconds
     assert seen["ppid"] == first.server.process.pid and seen["preloaded"] == ["prrt.study.notebook"]
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test")  # no import reads it
     second, seen = run(7, "two")
     assert second.reused and second.server is first.server and seen["ppid"] == first.server.process.pid
     assert second.server_cpu_s < first.server_cpu_s
@@ -245,3 +246,23 @@ def test_later_runs_of_one_process_reuse_its_server_while_the_environment_is_the
     assert not last.reused and last.server.alive()
     forking.stop_shared()
     assert not last.server.alive()
+
+
+def test_a_kernel_its_run_left_behind_ends_with_the_run_and_the_kept_server_goes_on(tmp_path):
+    """A kernel taken for a notebook and never stopped (an error past papermill): the end of the run kills its
+    launcher, and with it the forked kernel, without stopping the server that a later run may reuse."""
+    from prrt.runner.execute import KernelsAhead
+
+    kernels = KernelsAhead(tmp_path, {}, lambda nb: {"PRRT_CHAPTER": nb.stem}, notebooks=1)
+    km = kernels.take(tmp_path / "left.ipynb")
+    kc = km.blocking_client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=300)
+    assert kc.execute_interactive(REPORT, timeout=60)["content"]["status"] == "ok"
+    kc.stop_channels()
+    pid = json.loads((tmp_path / "left.json").read_text())["pid"]
+    launcher = km.provisioner.process
+    kernels.stop_all()
+    assert launcher.poll() is not None and not psutil.pid_exists(pid)
+    assert kernels.server.alive() and kernels.server_cpu_s is not None
+    forking.stop_shared()

@@ -168,9 +168,15 @@ def _fit_and_predict(sites, b, run_dir, flip_external_labels=False):
     return merged, ext, results
 
 
-def test_the_frozen_models_never_see_the_external_labels(sites, tmp_path):
+@pytest.fixture(scope="module")
+def site_b(sites, tmp_path_factory):
+    """The models fitted on all of A and their predictions of B, shared by the tests that read them unchanged."""
+    return _fit_and_predict(sites, "B", tmp_path_factory.mktemp("site_b"))
+
+
+def test_the_frozen_models_never_see_the_external_labels(sites, site_b, tmp_path):
     """Flipping every label of B changes none of B's predictions: nothing of B reaches a model before it predicts."""
-    _, ext, before = _fit_and_predict(sites, "B", tmp_path / "1")
+    _, ext, before = site_b
     _, _, after = _fit_and_predict(sites, "B", tmp_path / "2", flip_external_labels=True)
     for name, res in before.items():
         p0 = res.predictions.set_index("patient").loc[ext, "probability"]
@@ -178,12 +184,12 @@ def test_the_frozen_models_never_see_the_external_labels(sites, tmp_path):
         assert np.array_equal(p0.to_numpy(), p1.to_numpy()), name
 
 
-def test_a_coarser_pet_at_the_second_site_shows_as_miscalibration_of_the_pet_models_only(sites, tmp_path):
+def test_a_coarser_pet_at_the_second_site_shows_as_miscalibration_of_the_pet_models_only(sites, site_b, tmp_path):
     """The same patients of site B with a 14 mm instead of a 7 mm PET: the laboratory models predict exactly as
     before; the SR-PET feature models, which learnt that a low lesion SUV (low receptor expression) means early
     progression, read the blurred lesions' lower SUVs as higher risk: their mean predicted risk rises and their
     calibration-in-the-large falls. (Site B's own numbers are what chapter 06 reports; this compares them.)"""
-    merged, ext, sharp = _fit_and_predict(sites, "B", tmp_path / "sharp")
+    merged, ext, sharp = site_b
     merged_c, ext_c, coarse = _fit_and_predict(sites, "B_coarse", tmp_path / "coarse")
     m = {name: external.external_metrics(r.predictions, merged, ext, n_boot=100) for name, r in sharp.items()}
     mc = {name: external.external_metrics(r.predictions, merged_c, ext_c, n_boot=100) for name, r in coarse.items()}
