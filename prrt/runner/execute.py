@@ -110,6 +110,9 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
     SIGINT, and :class:`RunError` when a notebook or the book fails, naming the notebook and the cell.
     """
     get_profile(profile)  # fail early on an unknown profile
+    notebooks = list_notebooks(notebooks_dir)
+    # the notebooks' kernel server imports while the cohort is checked (on the other core)
+    server = kernel_server(QUIET_BARS, len(notebooks))
     manifest = Path(manifest).resolve()
     cohort = load_cohort(manifest, check_images="full", profile=profile)
     for warning in cohort.warnings:
@@ -134,18 +137,17 @@ def run(manifest, profile: str, run_dir, seed: int = DEFAULT_SEED, notebooks_dir
         for stale in sorted(run_dir.parent.glob(f".{run_dir.name}.staging*")):
             log(f"removing {stale.name}, left behind by a run that was killed")
             shutil.rmtree(stale, ignore_errors=True)
-        _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log,
-                  ct_weights, ct_weights_prefix, engine, workers, book, external)
+        _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks, cache_dir, progress, log,
+                  ct_weights, ct_weights_prefix, engine, workers, book, external, server)
         replace_dir(staging, run_dir)
     return run_dir
 
 
-def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, cache_dir, progress, log, ct_weights,
-              ct_weights_prefix, engine, workers, book, external=None) -> None:
+def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks, cache_dir, progress, log, ct_weights,
+              ct_weights_prefix, engine, workers, book, external=None, server=None) -> None:
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "notebooks").mkdir(parents=True)
-    notebooks = list_notebooks(notebooks_dir)
     cache_dir = Path(cache_dir).resolve() if cache_dir else run_dir.parent / ".prrt-cache"
     info = {
         "name": run_dir.name,
@@ -176,7 +178,7 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
     info["engine"] = {"address": engine or get_profile(profile).engine, "workers": workers}
     # the kernels get the engine in their environment (prrt.study.notebook.Context.engine)
     _execute(notebooks, staging, run_dir, params, info, progress, log,
-             {ENV: engine or "", ENV + "_WORKERS": str(workers or "")})
+             {ENV: engine or "", ENV + "_WORKERS": str(workers or "")}, server)
     (staging / "run.json").write_text(json.dumps(info, indent=2))
     if book:
         try:
@@ -191,7 +193,7 @@ def _run_into(staging, cohort, manifest, profile, run_dir, seed, notebooks_dir, 
 
 
 def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, progress: bool, log,
-             run_env: dict) -> None:
+             run_env: dict, server=None) -> None:
     import papermill as pm
     from tqdm.auto import tqdm
 
@@ -202,7 +204,7 @@ def _execute(notebooks, staging: Path, run_dir: Path, params: dict, info: dict, 
     # this process may reuse
     kernels = KernelsAhead(staging, QUIET_BARS,
                            lambda nb: {**run_env, TIMINGS_ENV: str(timings), CHAPTER_ENV: nb.name},
-                           notebooks=len(notebooks))
+                           notebooks=len(notebooks), server=server)
     bar = tqdm(notebooks, desc="notebooks", unit="notebook", disable=not progress)
     try:
         for i, nb in enumerate(bar):
@@ -253,6 +255,18 @@ QUIET_BARS = {"TQDM_MININTERVAL": "10"}
 PRELOAD = "import prrt.study.notebook"
 
 
+def kernel_server(shared_env: dict, notebooks: int) -> tuple:
+    """The kernel server of a run of ``notebooks`` notebooks (:func:`prrt.runner.forking.server_for`), where kernels
+    are forked: ``(server, reused, its CPU seconds so far)``, the last 0 for a new one (all of its CPU is the run's);
+    ``(None, False, 0.0)`` where kernels import for themselves."""
+    if not forking.available():
+        return None, False, 0.0
+    # the server's later imports (MONAI, SymPy, ...) pay for themselves from the third kernel that needs them;
+    # in a run of one or two notebooks a kernel that needs them imports them itself
+    server, reused = forking.server_for(shared_env, later=forking.LATER_IMPORTS if notebooks >= 3 else ())
+    return server, reused, server.cpu_s() if reused else 0.0
+
+
 class KernelsAhead:
     """Each notebook's own fresh kernel, started one notebook ahead: the next kernel starts and imports
     :data:`PRELOAD` while the current notebook runs, on a core that a notebook of single-threaded work leaves idle.
@@ -262,15 +276,11 @@ class KernelsAhead:
     for this run, or kept from an earlier run of this process), instead of importing for itself. ``shared_env`` is
     also the server's; ``env_of(notebook)`` is the kernel's own (whatever differs between runs or notebooks)."""
 
-    def __init__(self, cwd: Path, shared_env: dict, env_of, notebooks: int = 7):
+    def __init__(self, cwd: Path, shared_env: dict, env_of, notebooks: int = 7, server=None):
         self.cwd, self.shared_env, self.env_of, self.started, self.taken = cwd, shared_env, env_of, {}, []
-        # the server's later imports (MONAI, SymPy, ...) pay for themselves from the third kernel that needs them;
-        # in a run of one or two notebooks a kernel that needs them imports them itself
-        later = forking.LATER_IMPORTS if notebooks >= 3 else ()
-        self.server, self.reused, self.server_cpu_s, self._cpu0 = None, False, None, 0.0
-        if forking.available():
-            self.server, self.reused = forking.server_for(shared_env, later=later)
-            self._cpu0 = self.server.cpu_s() if self.reused else 0.0
+        # ``server``: what :func:`kernel_server` gave for this run, when it was started before (else started here)
+        self.server, self.reused, self._cpu0 = server or kernel_server(shared_env, notebooks)
+        self.server_cpu_s = None
 
     def start(self, nb: Path) -> None:
         from jupyter_client.manager import AsyncKernelManager

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -419,7 +420,7 @@ def test_failed_book_build_leaves_the_previous_book(smoke_run, tmp_path, monkeyp
 def _start(*args, log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen([str(DASK), *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                            cwd=log.parent)
+                            cwd=log.parent, start_new_session=True)
 
 
 @pytest.fixture
@@ -446,23 +447,13 @@ def cluster(tmp_path):
             pids = client.run(os.getpid)
         assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()  # two processes, not this one
         yield address
-    finally:
-        if info.is_file():  # the scheduler closes itself and its workers at once (SIGTERM waits for them)
-            from dask.distributed import Client
-
-            try:
-                with Client(json.loads(info.read_text())["address"], timeout=10) as client:
-                    client.shutdown()
-            except OSError:
-                pass
+    finally:  # each command's process group (a worker's nanny and its worker process) killed at once
         for p in procs[::-1]:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
             try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -266,3 +266,22 @@ def test_a_kernel_its_run_left_behind_ends_with_the_run_and_the_kept_server_goes
     assert launcher.poll() is not None and not psutil.pid_exists(pid)
     assert kernels.server.alive() and kernels.server_cpu_s is not None
     forking.stop_shared()
+
+
+def test_a_run_starts_its_kernel_server_before_it_checks_the_cohort(monkeypatch, tmp_path):
+    """The server imports while the runner validates the cohort (on the other core), not after it."""
+    from prrt.runner import execute
+
+    forking.stop_shared()
+    seen = []
+
+    def checking(*args, **kwargs):
+        server, reused = forking.server_for(execute.QUIET_BARS)  # the run's, started already
+        seen.append((reused, server.alive()))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(execute, "load_cohort", checking)
+    with pytest.raises(RuntimeError, match="stop here"):
+        execute.run(tmp_path / "manifest.yaml", "smoke", tmp_path / "run", progress=False, log=lambda *a: None)
+    assert seen == [(True, True)]
+    forking.stop_shared()
