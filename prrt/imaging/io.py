@@ -129,14 +129,16 @@ def _read_nifti(path: Path, modality, patient) -> sitk.Image:
     return image
 
 
-def read_image(path, modality: str | None = None, patient: str | None = None) -> sitk.Image:
+def read_image(path, modality: str | None = None, patient: str | None = None, header: dict | None = None) -> sitk.Image:
     """Read a 3D image (NIfTI, NRRD or MHA) and check its values.
 
     ``modality`` (``"ct"``, ``"pet"`` or ``"mask"``) selects the value checks: CT must be in
-    Hounsfield units, PET in SUV (not Bq/mL); no image may be constant.
+    Hounsfield units, PET in SUV (not Bq/mL); no image may be constant. ``header``: what :func:`read_header` gave for
+    this file just before, when the caller has it (its checks are not made twice).
     """
     path = Path(path)
-    read_header(path, modality, patient)
+    if header is None:
+        read_header(path, modality, patient)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         image = _read_nifti(path, modality, patient)
     else:

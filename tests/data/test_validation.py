@@ -361,3 +361,17 @@ def test_an_invalid_manifest_lists_its_warnings_too(cohort_copy, capsys):
     assert "2 problem(s) (1 error(s), 1 warning(s))" in err
     lines = [ln for ln in err.splitlines() if ln.startswith("  - ")]
     assert "'high' is not a number" in lines[0] and lines[1].startswith("  - warning: column 'chromogranin_a'")
+
+
+def test_a_full_check_reads_each_image_header_once(small_cohort_dir, monkeypatch):
+    """The full check reads every file's header once, for the header checks, and then the image with its values."""
+    from prrt.data import image_checks
+    from prrt.imaging import io
+
+    read = []
+    real = io.read_header
+    monkeypatch.setattr(io, "read_header", lambda path, *a, **k: read.append(str(path)) or real(path, *a, **k))
+    monkeypatch.setattr(image_checks, "read_header", io.read_header)
+    cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="full", profile="demo")
+    files = [cohort.image_path(p, m) for p in cohort.data.index for m in cohort.modalities]
+    assert sorted(read) == sorted(str(f) for f in files if f is not None) and len(read) == len(set(read)) > 50
