@@ -23,6 +23,7 @@ is the uptake of one planted lesion, beside a brighter cube that carries none.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,21 +282,35 @@ def _ct_case(out_dir: Path, case: str, geom: Geometry, seed_seq) -> None:
     nib.save(nib.Nifti1Image(_organ_labels(coords, ph, any_lesion), affine), folder / "organs.nii.gz")
 
 
+def _ct_case_job(job: tuple) -> None:
+    _ct_case(*job)
+
+
 def generate_ct_collection(out_dir, n_cases: int, seed: int, geometry: str = "standard",
-                           progress: bool = True) -> Path:
+                           progress: bool = True, workers: int | None = None) -> Path:
     """An unlabelled CT collection for pretraining: ``<out_dir>/C###/{ct,lesion_mask,organs}.nii.gz``.
 
     The cases are drawn like the cohort's patients (anatomy, receptor-positive and mismatch lesions; the
     mask holds the receptor-positive ones) but from their own seed
-    sequence, so none of them is a cohort patient; no outcome, no PET, no table.
+    sequence, so none of them is a cohort patient; no outcome, no PET, no table. Each case has a seed of its own,
+    so ``workers`` processes (default: as for the cohort, up to 4) write the same files as one.
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     geom = GEOMETRIES[geometry]
     seqs = np.random.SeedSequence([seed, 7001]).spawn(n_cases)
-    for i, sq in enumerate(tqdm(seqs, desc="synthetic pretraining CTs", unit="CT", disable=not progress)):
-        _ct_case(out_dir, f"C{i + 1:03d}", geom, sq)
+    jobs = [(out_dir, f"C{i + 1:03d}", geom, sq) for i, sq in enumerate(seqs)]
+    bar = dict(total=n_cases, desc="synthetic pretraining CTs", unit="CT", disable=not progress)
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(tqdm(pool.map(_ct_case_job, jobs, chunksize=4), **bar))
+    else:
+        for job in tqdm(jobs, **bar):
+            _ct_case_job(job)
     (out_dir / "README.txt").write_text(
         f"Synthetic CT collection for self-supervised pretraining of the CT encoder ({n_cases} cases, seed "
         f"{seed}). No outcome labels; none of these cases is a patient of the cohort.\n")

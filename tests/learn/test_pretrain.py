@@ -123,3 +123,16 @@ def test_pretraining_on_cohort_ct_is_refused(small_cohort_dir):
     pretrain.check_disjoint({"data_sha256": {"x/ct": "0" * 64}}, c)  # outside the cohort: fine
     with pytest.raises(ValueError, match=rf"pretrained on 1 CTs of this cohort \(e.g. \['{p}'\]\)"):
         pretrain.check_disjoint({"data_sha256": {"x/ct": file_sha256(c.image_path(p, "ct"))}}, c)
+
+
+def test_the_collection_is_the_same_written_by_one_process_or_two(tmp_path):
+    """Each case draws from its own seed: worker processes change nothing in what is written."""
+    import nibabel as nib
+
+    one = generate_ct_collection(tmp_path / "one", 4, seed=5, geometry="small", progress=False, workers=1)
+    two = generate_ct_collection(tmp_path / "two", 4, seed=5, geometry="small", progress=False, workers=2)
+    files = sorted(p.relative_to(one) for p in one.rglob("*.nii.gz"))
+    assert len(files) == 12 and files == sorted(p.relative_to(two) for p in two.rglob("*.nii.gz"))
+    for f in files:
+        a, b = nib.load(one / f), nib.load(two / f)
+        assert np.array_equal(a.affine, b.affine) and np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)), f
