@@ -303,7 +303,7 @@ def generate_ct_collection(out_dir, n_cases: int, seed: int, geometry: str = "st
     geom = GEOMETRIES[geometry]
     seqs = np.random.SeedSequence([seed, 7001]).spawn(n_cases)
     jobs = [(out_dir, f"C{i + 1:03d}", geom, sq) for i, sq in enumerate(seqs)]
-    bar = dict(total=n_cases, desc="synthetic pretraining CTs", unit="CT", disable=not progress)
+    bar = {"total": n_cases, "desc": "synthetic pretraining CTs", "unit": "CT", "disable": not progress}
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
