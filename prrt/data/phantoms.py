@@ -282,8 +282,18 @@ def _ct_case(out_dir: Path, case: str, geom: Geometry, seed_seq) -> None:
     nib.save(nib.Nifti1Image(_organ_labels(coords, ph, any_lesion), affine), folder / "organs.nii.gz")
 
 
-def _ct_case_job(job: tuple) -> None:
-    _ct_case(*job)
+def map_jobs(fn, jobs: list[tuple], workers: int | None, bar: dict) -> list:
+    """``fn(*job)`` for every job, in order: on ``workers`` processes (default: one per core, up to 4) or, with one,
+    in this process; ``bar``: the progress bar's settings (``tqdm``'s)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(tqdm(pool.map(fn, *zip(*jobs), chunksize=4), total=len(jobs), **bar))
+    return [fn(*job) for job in tqdm(jobs, **bar)]
 
 
 def generate_ct_collection(out_dir, n_cases: int, seed: int, geometry: str = "standard",
@@ -295,22 +305,11 @@ def generate_ct_collection(out_dir, n_cases: int, seed: int, geometry: str = "st
     sequence, so none of them is a cohort patient; no outcome, no PET, no table. Each case has a seed of its own,
     so ``workers`` processes (default: as for the cohort, up to 4) write the same files as one.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     geom = GEOMETRIES[geometry]
     seqs = np.random.SeedSequence([seed, 7001]).spawn(n_cases)
-    jobs = [(out_dir, f"C{i + 1:03d}", geom, sq) for i, sq in enumerate(seqs)]
-    bar = {"total": n_cases, "desc": "synthetic pretraining CTs", "unit": "CT", "disable": not progress}
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            list(tqdm(pool.map(_ct_case_job, jobs, chunksize=4), **bar))
-    else:
-        for job in tqdm(jobs, **bar):
-            _ct_case_job(job)
+    map_jobs(_ct_case, [(out_dir, f"C{i + 1:03d}", geom, sq) for i, sq in enumerate(seqs)], workers,
+             {"desc": "synthetic pretraining CTs", "unit": "CT", "disable": not progress})
     (out_dir / "README.txt").write_text(
         f"Synthetic CT collection for self-supervised pretraining of the CT encoder ({n_cases} cases, seed "
         f"{seed}). No outcome labels; none of these cases is a patient of the cohort.\n")

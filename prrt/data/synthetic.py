@@ -67,8 +67,6 @@ achievable AUROCs);
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -76,7 +74,13 @@ import numpy as np
 import pandas as pd
 
 from ..profiles import DEFAULT_SEED
-from .phantoms import GEOMETRIES, draw_phantom, lesion_parameters, patient_images
+from .phantoms import (
+    GEOMETRIES,
+    draw_phantom,
+    lesion_parameters,
+    map_jobs,
+    patient_images,
+)
 
 
 @dataclass(frozen=True)
@@ -322,10 +326,6 @@ def exact_parameters(seed: int = DEFAULT_SEED, config: SyntheticConfig | None = 
     return table, pd.concat([truth, pd.DataFrame(rows)], axis=1)
 
 
-def _patient_worker(args):
-    return patient_images(*args)
-
-
 def generate(out_dir, seed: int = DEFAULT_SEED, config: SyntheticConfig | None = None,
              workers: int | None = None, progress: bool = True) -> dict:
     """Write a synthetic cohort into ``out_dir`` and return its report.
@@ -334,8 +334,6 @@ def generate(out_dir, seed: int = DEFAULT_SEED, config: SyntheticConfig | None =
     ``images/<patient_id>/{ct,pet,lesion_mask,organs}.nii.gz``, ``truth.csv`` (latent factors; never a
     model input) and ``synthetic_report.json`` (configuration, counts and achievable AUROCs).
     """
-    from tqdm.auto import tqdm
-
     cfg = config or SyntheticConfig()
     if cfg.geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, not {cfg.geometry!r}")
@@ -358,13 +356,8 @@ def generate(out_dir, seed: int = DEFAULT_SEED, config: SyntheticConfig | None =
         raise ValueError(f"pet_scale must be positive, not {cfg.pet_scale!r}")
     jobs = [(out_dir, pid, geom, cfg.mask_grid, sq, zp, zc, zm, cfg.pet_scale)
             for pid, sq, zp, zc, zm in zip(table["patient_id"], seqs, truth["z_pet"], truth["z_ct"], truth["z_mismatch"])]
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = dict(total=len(jobs), desc="synthetic patients", unit="patient", disable=not progress)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(_patient_worker, jobs, chunksize=4), **bar))
-    else:
-        results = [patient_images(*j) for j in tqdm(jobs, **bar)]
+    results = map_jobs(patient_images, jobs, workers, {"desc": "synthetic patients", "unit": "patient",
+                                                       "disable": not progress})
     img = pd.DataFrame(results)
     for col in ["ct_path", "pet_path", "lesion_mask_path", "organ_mask_path"]:
         table[col] = img[col]
