@@ -36,7 +36,7 @@ def _header_problem(d: Draft, i: int, modality: str, col: str, path: Path) -> Pr
     try:
         d.headers[i, modality] = read_header(path, modality=modality, patient=d.ids[i])
         if d.check_images == "full":
-            image = read_image(path, modality=modality, patient=d.ids[i], header=d.headers[i, modality])
+            image = read_image(path, modality=modality, patient=d.ids[i], header_read=True)
             if modality == "mask":  # the scans' headers are read already (MODALITIES puts them first)
                 bounds = lesion_bounds_mm(image)
                 d.lesions[i] = {"bounds": bounds, "inside": {} if bounds is None else {

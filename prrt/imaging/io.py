@@ -129,15 +129,15 @@ def _read_nifti(path: Path, modality, patient) -> sitk.Image:
     return image
 
 
-def read_image(path, modality: str | None = None, patient: str | None = None, header: dict | None = None) -> sitk.Image:
+def read_image(path, modality: str | None = None, patient: str | None = None, header_read: bool = False) -> sitk.Image:
     """Read a 3D image (NIfTI, NRRD or MHA) and check its values.
 
     ``modality`` (``"ct"``, ``"pet"`` or ``"mask"``) selects the value checks: CT must be in
-    Hounsfield units, PET in SUV (not Bq/mL); no image may be constant. ``header``: what :func:`read_header` gave for
-    this file just before, when the caller has it (its checks are not made twice).
+    Hounsfield units, PET in SUV (not Bq/mL); no image may be constant. ``header_read``: the caller has just read this
+    file's header with :func:`read_header` (its checks are not made twice).
     """
     path = Path(path)
-    if header is None:
+    if not header_read:
         read_header(path, modality, patient)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         image = _read_nifti(path, modality, patient)

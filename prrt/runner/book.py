@@ -132,14 +132,12 @@ def _time_page(info: dict) -> list[str]:
               "figures); *cores busy* is the notebook's CPU time over its wall time. The book build (not in this "
               "table: it runs after this page is written) is `book_build_s` in `run.json`."), "",
              *_markdown(chapters, ["notebook"]), ""]
-    if server is not None and kernel_server.get("reused"):
-        lines += [(f"The notebooks' kernels were forked from a process that an earlier run of the same Python process "
-                   f"had started and that had done their imports then (`prrt.runner.forking`): {server:.0f} s of its "
-                   "CPU during this run, in the total's *cores busy* but in no notebook's."), ""]
-    elif server is not None:
-        lines += [(f"The notebooks' kernels were forked from one process that did their imports once "
-                   f"(`prrt.runner.forking`): {server:.0f} s of CPU, in the total's *cores busy* but in no "
-                   "notebook's."), ""]
+    if server is not None:
+        origin, cpu = (("a process that an earlier run of the same Python process had started and that had done their "
+                        "imports then", "of its CPU during this run") if kernel_server.get("reused") else
+                       ("one process that did their imports once", "of CPU"))
+        lines += [(f"The notebooks' kernels were forked from {origin} (`prrt.runner.forking`): {server:.0f} s {cpu}, "
+                   "in the total's *cores busy* but in no notebook's."), ""]
     models = model_table(rows)
     if len(models):
         models = models.round(0)
