@@ -172,8 +172,7 @@ def serve(path: str, imports=SERVER_IMPORTS, later=LATER_IMPORTS) -> None:
                     usage = os.times()
                     _send(conn, {"cpu_s": usage.user + usage.system})
                 elif msg["op"] == "stop":
-                    usage = os.times()
-                    _send(conn, {"cpu_s": usage.user + usage.system})
+                    _send(conn, {})
                     break
     finally:
         listener.close()
@@ -289,7 +288,6 @@ class ForkServer:
         self.process = subprocess.Popen([sys.executable, __file__, "serve", self.path, ",".join(imports),
                                          ",".join(later)], env=self.environment,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        self.import_cpu_s = None
 
     def alive(self) -> bool:
         return self.folder is not None and self.process.poll() is None
@@ -332,8 +330,7 @@ class ForkServer:
         try:
             if self.process.poll() is None:
                 try:
-                    answer = _ask(self.path, {"op": "stop"}, wait_s=0.0)
-                    self.import_cpu_s = round(answer["cpu_s"], 1)
+                    _ask(self.path, {"op": "stop"}, wait_s=0.0)
                 except OSError:
                     self.process.terminate()
                 try:
