@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ PHASES = ("preprocessing", "loading inputs", "pretraining", "training", "augment
 _stack: list[list] = []  # the open phases: [name, model, wall so far, cpu so far, wall start, cpu start]
 _sums: dict[tuple, list] = {}  # (chapter, model, phase, pid) -> [wall_s, cpu_s, calls]
 _captures: list[dict] = []  # the sums of the fold jobs being captured (innermost last)
+_thread = threading.local()  # per thread: whether it times (untimed)
 
 
 def _now() -> tuple[float, float]:
@@ -52,9 +54,16 @@ def _add(sums: dict, key: tuple, wall: float, cpu: float, calls: int = 1) -> Non
 
 @contextmanager
 def phase(name: str, model: str | None = None):
-    """Time the block as ``name`` (one of :data:`PHASES`), of ``model`` (default: the enclosing phase's)."""
+    """Time the block as ``name`` (one of :data:`PHASES`), of ``model`` (default: the enclosing phase's).
+
+    A thread that called :func:`untimed` (a helper thread of the image preprocessing,
+    :func:`prrt.imaging.preprocess_cohort`) times nothing: its work counts in the phase of the thread that waits
+    for it."""
     if name not in PHASES:
         raise ValueError(f"unknown phase {name!r}; the phases are {', '.join(PHASES)}")
+    if getattr(_thread, "untimed", False):
+        yield
+        return
     wall, cpu = _now()
     if _stack:  # pause the enclosing phase
         outer = _stack[-1]
@@ -73,6 +82,11 @@ def phase(name: str, model: str | None = None):
             _stack[-1][4:] = [wall, cpu]
         elif not _captures:
             flush()
+
+
+def untimed() -> None:
+    """Time no phase in this thread (a helper thread whose work a phase of another thread covers)."""
+    _thread.untimed = True
 
 
 @contextmanager

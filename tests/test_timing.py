@@ -42,6 +42,27 @@ def test_phases_add_up_by_chapter_model_and_phase_and_count_their_calls(fresh):
     assert len(rows) == 1 and rows.loc[0, "calls"] == 3
 
 
+def test_a_phase_in_an_untimed_helper_thread_counts_in_the_waiting_thread_s_phase_and_other_threads_time(fresh):
+    import threading
+
+    def helper(untimed):
+        if untimed:
+            timing.untimed()
+        with timing.phase("training", model="other"):
+            time.sleep(0.1)
+
+    with timing.phase("preprocessing"):
+        t = threading.Thread(target=helper, args=(True,))
+        t.start()
+        t.join()
+    rows = timing.read_timings(fresh)
+    assert list(rows["phase"]) == ["preprocessing"] and rows.loc[0, "wall_s"] >= 0.1
+    t = threading.Thread(target=helper, args=(False,))  # a Dask worker runs its jobs on a thread of its own
+    t.start()
+    t.join()
+    assert set(timing.read_timings(fresh)["phase"]) == {"preprocessing", "training"}
+
+
 def test_cpu_time_is_measured_beside_wall_time(fresh):
     with timing.phase("statistics"):
         # busy for 0.1 s of CPU and of wall time: another thread of the process (pytest-xdist's) can make the

@@ -60,11 +60,12 @@ _table_scores: dict = {}
 TABLE_SCORES_KEPT = 256
 
 
-def table_score(x: pd.DataFrame, y: pd.Series, fit: list[str], folds: int) -> tuple:
+def table_score(x: pd.DataFrame, y: pd.Series, fit: list[str], folds: int, cross_fitted: bool = True) -> tuple:
     """A table branch's score (``cfg.table_scores``) on the training patients ``x``, ``y`` (those with any of its
     columns): a logistic regression of all of them, their cross-fitted scores (stratified ``folds``; each patient
     scored by a model that never saw them), and the mean and SD of both on the fitting patients ``fit``:
-    ``(model, oof, (mean, sd), (oof_mean, oof_sd))``.
+    ``(model, oof, (mean, sd), (oof_mean, oof_sd))``. With ``cross_fitted`` False (a restored fusion, which scores
+    new patients only) the cross-fitted scores are left out until asked for: ``oof`` and their mean and SD are None.
 
     Every fusion of a fold with the branch needs the same (chapter 04 fits several, chapter 05 restores one, each
     fold of each): it is computed once per process for the same inputs, keyed by their content. The model is
@@ -79,15 +80,18 @@ def table_score(x: pd.DataFrame, y: pd.Series, fit: list[str], folds: int) -> tu
         h.update(pd.util.hash_pandas_object(part, index=True).to_numpy().tobytes())
     h.update(f"{list(x.columns)}|{folds}".encode())
     key = h.hexdigest()
-    if key not in _table_scores:
+    entry = _table_scores.get(key)
+    if entry is None:
         model = logistic_regression(0).fit(x, y)
+        entry = (model, None, mean_sd(model.decision_function(x.loc[fit])), None)
+    if cross_fitted and entry[1] is None:
         oof = pd.Series(cross_val_predict(logistic_regression(0), x, y, method="decision_function",
                                           cv=StratifiedKFold(folds, shuffle=True, random_state=0)), index=x.index)
-        if len(_table_scores) >= TABLE_SCORES_KEPT:
-            _table_scores.pop(next(iter(_table_scores)))
-        _table_scores[key] = (model, oof, mean_sd(model.decision_function(x.loc[fit])),
-                              mean_sd(oof.loc[fit].to_numpy(float)))
-    return _table_scores[key]
+        entry = (entry[0], oof, entry[2], mean_sd(oof.loc[fit].to_numpy(float)))
+    if key not in _table_scores and len(_table_scores) >= TABLE_SCORES_KEPT:
+        _table_scores.pop(next(iter(_table_scores)))
+    _table_scores[key] = entry
+    return entry
 
 
 class NeuralFusion:
@@ -161,19 +165,22 @@ class NeuralFusion:
         have = [i for i, p in enumerate(patients) if data.has(p, "table", self.columns[m])]
         if have:
             ids = [patients[i] for i in have]
-            model, oof, (full_mean, full_sd), (oof_mean, oof_sd) = self.table_models_[m]
+            if training and self.table_models_[m][1] is None:  # a restored fusion asked for training scores
+                self.table_models_[m] = table_score(*self.table_inputs_[m])
+            model, oof, (full_mean, full_sd), oof_scale = self.table_models_[m]
             if training:
-                z = (oof.loc[ids].to_numpy(float) - oof_mean) / oof_sd
+                z = (oof.loc[ids].to_numpy(float) - oof_scale[0]) / oof_scale[1]
             else:
                 z = (model.decision_function(data.table.loc[ids, self.columns[m]]) - full_mean) / full_sd
             x[have, 0] = torch.as_tensor(z, dtype=torch.float32)
         return x
 
-    def _fit_table_scores(self, data, part) -> None:
+    def _fit_table_scores(self, data, part, cross_fitted: bool = True) -> None:
         """For each table branch of ``cfg.table_scores``: a logistic regression of its columns on the training
         patients who have any of them, and their cross-fitted scores (stratified inner folds of the training part;
-        each patient scored by a model that never saw them), each with its mean and SD on the fitting part."""
-        self.table_models_ = {}
+        each patient scored by a model that never saw them; with ``cross_fitted`` False only when first asked for),
+        each with its mean and SD on the fitting part."""
+        self.table_models_, self.table_inputs_ = {}, {}
         for m in [m for m in self.cfg.table_scores if m in self.modalities]:
             cols = self.columns[m]
             ids = [p for p in part.all if data.has(p, "table", cols)]
@@ -182,7 +189,8 @@ class NeuralFusion:
             if folds < 2:
                 raise ValueError(f"the fusion's {m!r} score needs at least two training patients of each outcome "
                                  f"with {m.replace('_', ' ')}; this training part has {dict(y.value_counts())}")
-            self.table_models_[m] = table_score(data.table.loc[ids, cols], y, [p for p in part.fit if p in ids], folds)
+            self.table_inputs_[m] = (data.table.loc[ids, cols], y, [p for p in part.fit if p in ids], folds)
+            self.table_models_[m] = table_score(*self.table_inputs_[m], cross_fitted=cross_fitted)
 
     def _build(self, data) -> FusionNet:
         encoders = {}
@@ -199,11 +207,13 @@ class NeuralFusion:
         return FusionNet(encoders, self.cfg.mechanism, self.cfg.dim, self.cfg.train.dropout)
 
     # -- interface
-    def _prepare(self, data, part, seed: int | None = None) -> FusionNet:
+    def _prepare(self, data, part, seed: int | None = None, restoring: bool = False) -> FusionNet:
         """Everything a fold's fusion learns besides its weights, from the fitting patients only (the
         imputers and scalers of the table branches, the fold models' scores and their scale); returns
         the freshly initialised network, its weights drawn from ``seed`` (when given) whatever ran before: loading
-        a fold CNN draws random numbers too, and the sources load each CNN once for all the fusions of a process."""
+        a fold CNN draws random numbers too, and the sources load each CNN once for all the fusions of a process.
+        ``restoring``: for :meth:`restore`, whose fusion scores new patients: the table branches' cross-fitted
+        scores of the training patients are computed only if asked for."""
         from sklearn.impute import SimpleImputer
         from sklearn.preprocessing import StandardScaler
 
@@ -227,7 +237,7 @@ class NeuralFusion:
                 continue
             self.cross_fitted_[m] = scores
             self.cross_fitted_scale_[m] = mean_sd(scores.loc[[p for p in part.fit if p in scores.index]].to_numpy(float))
-        self._fit_table_scores(data, part)
+        self._fit_table_scores(data, part, cross_fitted=not restoring)
         self.tables_ = {}  # each tabular branch: imputer and scaler fitted on the fitting patients only
         for m in [m for m in self.modalities if m in TABULAR and m not in self.table_models_]:
             x = data.table.loc[part.fit, self.columns[m]]
@@ -273,7 +283,7 @@ class NeuralFusion:
         learnt besides the weights is recomputed from the same fitting patients."""
         if list(checkpoint["modalities"]) != self.modalities:
             raise ValueError(f"the checkpoint's fusion has the branches {checkpoint['modalities']}, this one {self.modalities}")
-        model = self._prepare(data, part)
+        model = self._prepare(data, part, restoring=True)
         model.load_state_dict(checkpoint["state_dict"])
         self.model, self.prevalence = model.to(self.device).eval(), float(data.y.loc[part.fit].mean())
         return self

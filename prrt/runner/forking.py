@@ -119,6 +119,7 @@ def serve(path: str, imports=SERVER_IMPORTS, later=LATER_IMPORTS) -> None:
     importing ``later`` one by one while no request waits. Requests: ``fork`` (a kernel for a launcher), ``cpu`` (the
     CPU seconds of a launcher's finished kernel, with the processes it waited for), ``pending`` (what is still to be
     imported), ``later`` (more modules to import so), ``usage`` (the server's own CPU seconds so far), ``stop``."""
+    import gc
     import importlib
 
     # what ipykernel sets before a kernel imports matplotlib, so that the forked kernels draw inline
@@ -147,6 +148,10 @@ def serve(path: str, imports=SERVER_IMPORTS, later=LATER_IMPORTS) -> None:
                     continue
                 if msg["op"] == "fork":
                     sys.stdout.flush(), sys.stderr.flush()
+                    # what the server imported lives as long as the kernel: kept out of the kernel's garbage
+                    # collections, each of which would otherwise walk every object of torch, MONAI, pandas, ... (a
+                    # full collection took 0.2 s; statsmodels' Holm adjustment asks for one) and touch their pages
+                    gc.freeze()
                     pid = os.fork()
                     if pid == 0:
                         listener.close()

@@ -6,6 +6,8 @@ Every figure shows pseudonymous patient IDs only.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -14,13 +16,25 @@ from ..timing import phase
 
 
 def save_and_show(fig, path, dpi: int = 150) -> None:
-    """Save ``fig`` as a PNG at ``path`` (``dpi`` dots per inch, cropped to its content) and show it in the notebook.
+    """Save ``fig`` as a PNG at ``path`` (``dpi`` dots per inch, cropped to its content) and show that PNG in the
+    notebook at the size the notebook showed it before (the figure's own ``dpi``), then close the figure.
 
-    The one way a chapter puts a figure on its page and into the run folder (``figures/`` or ``cohort/``).
+    The one way a chapter puts a figure on its page and into the run folder (``figures/`` or ``cohort/``). The
+    figure is drawn once: showing it with ``plt.show()`` drew it a second time, at the notebook's resolution.
     """
+    import io
+    import struct
+
+    from IPython.display import Image, display
+
     with phase("figures"):
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        plt.show()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+        png = buffer.getvalue()
+        Path(path).write_bytes(png)
+        width = struct.unpack(">I", png[16:20])[0]  # the PNG header's width in pixels
+        display(Image(data=png, format="png", width=round(width * fig.dpi / dpi)))
+        plt.close(fig)
 
 
 def km_plot(time, event, horizon_months: float | None = None, ax=None, label: str = "all patients",

@@ -140,3 +140,35 @@ def test_the_mask_channel_shows_the_lesions_and_the_liver():
     # the lesions are read back from the channel, the liver is not a lesion
     np.testing.assert_array_equal(inputs.lesions_in_mask_channel(ch), mask > 0)
     assert inputs.liver_label(None) is None and inputs.liver_label(np.zeros_like(organs)) is None
+
+
+def test_the_patients_are_preprocessed_on_threads_as_on_one_and_the_first_that_fails_is_named(small_cohort_dir,
+                                                                                              tmp_path):
+    import shutil
+
+    from prrt.data.load import load_cohort
+    from prrt.imaging.io import ImageError
+    from prrt.imaging.preprocess import ImageCache, preprocess_cohort
+    from prrt.profiles import get_profile
+
+    cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="none")
+    smoke, patients = get_profile("smoke"), list(cohort.data.index[:8])
+    one = preprocess_cohort(cohort, smoke, tmp_path / "one", patients, progress=False, threads=1)
+    cache = ImageCache(tmp_path / "two")
+    two = preprocess_cohort(cohort, smoke, cache, patients[::-1], progress=False, threads=2)
+    assert list(two) == patients[::-1] and (cache.hits, cache.misses) == (0, 8)
+    for p in patients:
+        assert set(one[p]) == set(two[p])
+        for k in one[p]:
+            np.testing.assert_array_equal(one[p][k], two[p][k])
+    again = ImageCache(tmp_path / "two")
+    preprocess_cohort(cohort, smoke, again, patients, progress=False, threads=2)
+    assert (again.hits, again.misses) == (8, 0)
+    # a damaged image: the error names its patient and file
+    copy = tmp_path / "cohort"
+    shutil.copytree(small_cohort_dir, copy)
+    broken = load_cohort(copy / "manifest.yaml", check_images="none")
+    pid = patients[3]
+    broken.image_path(pid, "pet").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match=rf"{pid}.*pet"):
+        preprocess_cohort(broken, smoke, tmp_path / "three", patients, progress=False, threads=2)

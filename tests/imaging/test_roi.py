@@ -203,6 +203,29 @@ def test_the_box_is_stored_and_part_of_the_cache_key(tmp_path):
     assert cache.key(paths, body) == cache.key(paths, body2)
 
 
+def test_a_lookup_reads_the_stored_box_instead_of_the_masks_and_other_box_code_draws_it_again(tmp_path, monkeypatch):
+    paths = patient(tmp_path, [((30, -20, 10), 15)])
+    first = ImageCache(tmp_path / "cache").get(paths, LESIONS)
+    drawn = []
+    monkeypatch.setattr(imaging, "input_box", lambda *a, **k: drawn.append(a) or input_box(*a, **k))
+    again = ImageCache(tmp_path / "cache")
+    second = again.get(paths, LESIONS)
+    assert drawn == [] and (again.hits, again.misses) == (1, 0)
+    assert imaging.box_of(second) == imaging.box_of(first)
+    np.testing.assert_array_equal(second["pet"], first["pet"])
+    # the box code changed: the box is drawn again (the same box here, so the arrays are found)
+    monkeypatch.setattr(imaging, "BOX_RULE", "another rule")
+    third = ImageCache(tmp_path / "cache")
+    third.get(paths, LESIONS)
+    assert len(drawn) == 1 and (third.hits, third.misses) == (1, 0)
+    # a changed mask: another box, drawn and preprocessed anew
+    img = nib.load(paths["mask"])
+    nib.save(nib.Nifti1Image(np.roll(np.asarray(img.dataobj), 6, axis=0), img.affine), paths["mask"])
+    moved = third.get(paths, LESIONS)
+    assert len(drawn) == 2 and third.misses == 1  # drawn once: the lookup's box is the one preprocessed
+    assert imaging.box_of(moved) != imaging.box_of(first)
+
+
 def test_unknown_roi_is_a_clear_error(tmp_path):
     paths = patient(tmp_path, [((30, -20, 10), 15)])
     with pytest.raises(ValueError, match="unknown roi 'tumour'"):

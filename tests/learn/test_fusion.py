@@ -817,6 +817,32 @@ def test_the_fusions_of_a_fold_share_one_lesion_feature_score(monkeypatch):
     assert len(fitted) == 6
 
 
+def test_a_restored_fusion_fits_the_lesion_feature_regression_alone_and_predicts_what_the_fitted_one_did(monkeypatch):
+    """Chapter 05 restores the fold's fusion to score test patients: it needs the regression of all training
+    patients, not their cross-fitted scores (three more regressions), which it computes only when asked for."""
+    from prrt.learn import neural_fusion
+
+    data = _noise_lesions(2, 60)
+    part = base_.TrainingPart(fit=list(data.y.index[:45]), val=[])
+    test = list(data.y.index[45:])
+    monkeypatch.setattr(neural_fusion, "_table_scores", {})
+    model = _control(("pet_features",)).build(0)
+    model.fit(data, part, 0, progress=False)
+    want = model.predict(data, test)
+    training = model._inputs(data, part.fit, training=True)["pet_features"]
+    checkpoint = {"modalities": model.modalities, "state_dict": model.model.state_dict()}
+    fitted = []
+    real = neural_fusion.logistic_regression
+    monkeypatch.setattr(neural_fusion, "logistic_regression", lambda seed: fitted.append(seed) or real(seed))
+    monkeypatch.setattr(neural_fusion, "_table_scores", {})  # another process: nothing computed yet
+    restored = _control(("pet_features",)).build(0).restore(data, part, checkpoint)
+    np.testing.assert_allclose(restored.predict(data, test), want, rtol=1e-6)
+    assert len(fitted) == 1 and restored.table_models_["pet_features"][1] is None
+    # asked for the training patients' inputs, it cross-fits them as the fitted fusion did
+    np.testing.assert_allclose(restored._inputs(data, part.fit, training=True)["pet_features"].numpy(), training.numpy())
+    assert len(fitted) == 2
+
+
 def test_lesion_features_that_carry_nothing_pull_the_fusion_down_less_as_a_cross_fitted_score():
     """Lesion features of noise: given their eight values, the network learns to trust them (AUROC well below the
     laboratory model's); given one cross-fitted score, it learns from patients the score never saw that it is worth
