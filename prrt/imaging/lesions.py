@@ -47,6 +47,7 @@ from scipy import ndimage
 from ..timing import phase
 from .io import read_image
 from .resample import resample_fraction, resample_to
+from .threads import each_patient
 
 FEATURES = ["suv_max", "suv_mean", "suv_peak", "mtv_ml", "tlse", "lesion_count", "tumour_to_liver",
             "tumour_to_spleen"]
@@ -169,19 +170,19 @@ def patient_features(pet_path, mask_path=None, organs_path=None, patient: str | 
     return out
 
 
-def cohort_features(cohort, progress: bool = True) -> pd.DataFrame:
-    """PET features of every patient with a PET (index = pseudonym)."""
-    from tqdm.auto import tqdm
-
+def cohort_features(cohort, progress: bool = True, threads: int | None = None) -> pd.DataFrame:
+    """PET features of every patient with a PET (index = pseudonym), the patients on ``threads`` threads
+    (:func:`prrt.imaging.threads.each_patient`)."""
     if "pet" not in cohort.modalities:
         raise ValueError("the manifest names no PET images")
-    rows = {}
-    for pid in tqdm(list(cohort.data.index), desc="PET features", unit="patient", disable=not progress):
-        pet = cohort.image_path(pid, "pet")
-        if pet is None:
-            continue
-        with phase("preprocessing", model="lesion features"):
-            rows[pid] = patient_features(pet, cohort.image_path(pid, "mask"), cohort.image_path(pid, "organs"), pid)
-    df = pd.DataFrame.from_dict(rows, orient="index")
+    patients = [pid for pid in cohort.data.index if cohort.image_path(pid, "pet") is not None]
+
+    def features(pid):
+        return patient_features(cohort.image_path(pid, "pet"), cohort.image_path(pid, "mask"),
+                                cohort.image_path(pid, "organs"), pid)
+
+    with phase("preprocessing", model="lesion features"):
+        rows = each_patient(features, patients, "PET features", progress, threads)
+    df = pd.DataFrame.from_dict(dict(zip(patients, rows)), orient="index")
     df.index.name = "patient"
     return df

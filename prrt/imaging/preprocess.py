@@ -38,7 +38,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ..provenance import file_sha256
-from ..timing import phase, untimed
+from ..timing import phase
 from . import boxes as _boxes_module
 from . import io as _io_module
 from . import lesions as _lesions_module
@@ -46,6 +46,7 @@ from .boxes import InputBox, grid_affine_ras, input_box
 from .io import ImageError, read_image
 from .resample import resample_images, scale_intensity
 from .settings import PreprocessSettings
+from .threads import each_patient
 
 
 def preprocess(paths: dict, settings: PreprocessSettings, patient: str | None = None,
@@ -245,15 +246,9 @@ def preprocess_cohort(cohort, profile, cache, patients=None, progress: bool = Tr
 
     ``cache`` is an :class:`ImageCache` or its directory; ``size`` (voxels) replaces the profile's
     input size and ``roi`` its region of interest. The patients the cache holds are read here; the others are
-    preprocessed on ``threads`` threads (default: one per core, up to 4), each patient alone, so the arrays are
-    those of one thread (reading, resampling and compressing leave Python's lock; on 2 cores two threads took
-    0.7 times as long as one). Returns ``{pseudonym: arrays}`` (see :func:`preprocess`) in the order of
-    ``patients``.
+    preprocessed on ``threads`` threads (:func:`prrt.imaging.threads.each_patient`). Returns ``{pseudonym: arrays}``
+    (see :func:`preprocess`) in the order of ``patients``.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
     settings = PreprocessSettings.from_profile(profile, size, roi)
     if not isinstance(cache, ImageCache):
         cache = ImageCache(cache)
@@ -267,18 +262,10 @@ def preprocess_cohort(cohort, profile, cache, patients=None, progress: bool = Tr
                 found[pid] = arrays
     todo = [pid for pid in patients if pid not in found]
     if todo:
-        threads = threads or min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                 else (os.cpu_count() or 1))
-        desc = f"preprocessing images ({settings.roi})"
-        with phase("preprocessing"), ThreadPoolExecutor(max(1, threads), initializer=untimed) as pool:
-            futures = [pool.submit(cache.compute, paths[pid], settings, pid) for pid in todo]
-            try:
-                for pid, future in zip(todo, tqdm(futures, desc=desc, unit="patient", disable=not progress)):
-                    found[pid] = future.result()
-            except BaseException:  # the first patient that failed stops the rest (its error names it)
-                for future in futures:
-                    future.cancel()
-                raise
+        with phase("preprocessing"):
+            done = each_patient(lambda pid: cache.compute(paths[pid], settings, pid), todo,
+                                f"preprocessing images ({settings.roi})", progress, threads)
+        found.update(zip(todo, done))
     return {pid: found[pid] for pid in patients}
 
 

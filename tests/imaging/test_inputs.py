@@ -146,10 +146,8 @@ def test_the_patients_are_preprocessed_on_threads_as_on_one_and_the_first_that_f
                                                                                               tmp_path):
     import shutil
 
-    from prrt.data.load import load_cohort
     from prrt.imaging.io import ImageError
     from prrt.imaging.preprocess import ImageCache, preprocess_cohort
-    from prrt.profiles import get_profile
 
     cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="none")
     smoke, patients = get_profile("smoke"), list(cohort.data.index[:8])

@@ -101,6 +101,8 @@ def test_cohort_features_on_the_synthetic_cohort(small_cohort_dir):
     truth.index = [c.pseudonym_of_id()[i] for i in truth.index]
     vol = truth.loc[f.index, "tumour_volume_ml"]
     assert stats.spearmanr(vol, f["mtv_ml"]).statistic > 0.8  # MTV follows the generated burden
+    # the patients on threads (the default on this machine's cores) give the loop's features
+    pd.testing.assert_frame_equal(pf.cohort_features(c, progress=False, threads=1), f)
 
 
 def test_threshold_is_robust_to_metastases_inside_the_liver_label():
