@@ -75,6 +75,24 @@ class ModelData:
                     and bool(self.table.loc[patient, columns].notna().any()))
         return modality in self.images and self.images[modality].has(patient)
 
+    def have(self, patients: list[str], modality: str, columns: list[str] | None = None) -> np.ndarray:
+        """:meth:`has` of each of ``patients``, as booleans (one look at the table for all of them)."""
+        patients = list(patients)
+        if modality == "table":
+            if self.table is None:
+                return np.zeros(len(patients), bool)
+            return self.table.reindex(patients)[list(columns)].notna().any(axis=1).to_numpy(bool)
+        images = self.images.get(modality)
+        return np.array([images is not None and images.has(p) for p in patients], bool)
+
+    def with_all(self, patients: list[str], modalities, columns: list[str] | None = None) -> list[str]:
+        """Those of ``patients`` who have every one of ``modalities`` (the table with any of ``columns``)."""
+        patients = list(patients)
+        keep = np.ones(len(patients), bool)
+        for m in modalities:
+            keep &= self.have(patients, m, columns)
+        return [p for p, k in zip(patients, keep) if k]
+
 
 @dataclass
 class TrainingPart:

@@ -98,7 +98,7 @@ class LateFusion:
         self.trace: list[tuple[str, list[str], list[str]]] = []  # (base, trained on, predicted): for checks
 
     def _available(self, spec, data, patients):
-        return [p for p in patients if all(data.has(p, m, spec.columns) for m in spec.needs)]
+        return data.with_all(patients, spec.needs, spec.columns)
 
     def _source(self, spec) -> str | None:
         """The modality whose fold-model scores stand in for this base (an image base of a cross-fitted source)."""

@@ -141,7 +141,7 @@ def inner_split(train: list[str], y: pd.Series, val_fraction: float, seed: int) 
 
 def predictable_patients(spec: ModelSpec, data: ModelData) -> list[str]:
     """The patients the model can predict: those with every modality in ``spec.needs``."""
-    return [p for p in data.y.index if all(data.has(p, m, spec.columns) for m in spec.needs)]
+    return data.with_all(data.y.index, spec.needs, spec.columns)
 
 
 @dataclass

@@ -117,7 +117,7 @@ class NeuralFusion:
         cols = []
         for m in self.modalities:
             key = "table" if m in TABULAR else m
-            cols.append([data.has(p, key, self.columns.get(m)) for p in patients])
+            cols.append(data.have(patients, key, self.columns.get(m)))
         return torch.tensor(np.array(cols, dtype=np.float32).T.reshape(len(patients), len(self.modalities)))
 
     def _inputs(self, data, patients, training: bool = False) -> dict:
@@ -162,7 +162,7 @@ class NeuralFusion:
         """The standardised score of table branch ``m`` (``cfg.table_scores``): training patients' cross-fitted, the
         others' from the model of all training patients; 0 where a patient has none of the branch's columns."""
         x = torch.zeros((len(patients), 1))
-        have = [i for i, p in enumerate(patients) if data.has(p, "table", self.columns[m])]
+        have = [int(i) for i in np.flatnonzero(data.have(patients, "table", self.columns[m]))]
         if have:
             ids = [patients[i] for i in have]
             if training and self.table_models_[m][1] is None:  # a restored fusion asked for training scores
@@ -183,7 +183,7 @@ class NeuralFusion:
         self.table_models_, self.table_inputs_ = {}, {}
         for m in [m for m in self.cfg.table_scores if m in self.modalities]:
             cols = self.columns[m]
-            ids = [p for p in part.all if data.has(p, "table", cols)]
+            ids = data.with_all(part.all, ["table"], cols)
             y = data.y.loc[ids].astype(int)
             folds = min(self.cfg.table_score_folds, int(y.value_counts().min()) if y.nunique() == 2 else 0)
             if folds < 2:

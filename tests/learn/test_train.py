@@ -380,6 +380,12 @@ def test_model_data_knows_who_has_what():
     assert [data.has(p, "pet") for p in y.index] == [True, False, True]
     assert not data.has("P1", "ct") and not data.has("P9", "table", ["a"])
     assert not base.ModelData(y).has("P1", "table", ["a"])
+    # the same answers for many patients at once (a patient the table lacks, and one asked twice, included)
+    many = ["P3", "P9", "P1", "P2", "P1"]
+    for modality, columns in (("table", ["a", "b"]), ("table", ["a"]), ("pet", None), ("ct", None)):
+        assert data.have(many, modality, columns).tolist() == [data.has(p, modality, columns) for p in many]
+    assert not base.ModelData(y).have(["P1"], "table", ["a"]).any() and data.have([], "table", ["a"]).size == 0
+    assert data.with_all(many, ["table", "pet"], ["a", "b"]) == ["P1", "P1"] and data.with_all(many, []) == many
     with pytest.raises(ValueError, match="^2 images for 3 patients$"):
         base.ImageSet(torch.zeros(2, 1, 2, 2, 2), ["P1", "P2", "P3"])
 
