@@ -42,6 +42,8 @@ from ..timing import phase
 from . import boxes as _boxes_module
 from . import io as _io_module
 from . import lesions as _lesions_module
+from . import resample as _resample_module
+from . import settings as _settings_module
 from .boxes import InputBox, grid_affine_ras, input_box
 from .io import ImageError, read_image
 from .resample import resample_images, scale_intensity
@@ -121,10 +123,10 @@ def display_arrays(paths: dict, box: dict, size_voxels, patient: str | None = No
 
 
 #: The SHA-256 of the source of the modules that draw a patient's input box (:func:`input_box`: the box rules, the
-#: fallback lesion segmentation, the image reader): a stored box is looked up under it, so that a box drawn by other
-#: code is never served.
-BOX_RULE = hashlib.sha256(b"".join(Path(m.__file__).read_bytes()
-                                   for m in (_boxes_module, _lesions_module, _io_module))).hexdigest()
+#: fallback lesion segmentation, the image reader, the resampling they use, the settings): a stored box is looked up
+#: under it, so that a box drawn by other code is never served.
+BOX_RULE = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (
+    _boxes_module, _lesions_module, _io_module, _resample_module, _settings_module))).hexdigest()
 
 
 class ImageCache:

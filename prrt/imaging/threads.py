@@ -21,8 +21,9 @@ def cores() -> int:
 def each_patient(fn, patients: list, desc: str, progress: bool = True, threads: int | None = None) -> list:
     """``[fn(p) for p in patients]``, on ``threads`` threads (default: one per core, up to 4) with a progress bar.
 
-    The threads time no phase (:func:`prrt.timing.untimed`): the caller's phase covers their work. The first
-    patient that fails stops the rest, and its error (which names it) is raised.
+    The threads time no phase (:func:`prrt.timing.untimed`): the caller's phase covers their work. Results are
+    taken in the order of ``patients``: the first of them that failed raises its error (which names it), once the
+    patients before it are done; the patients not yet started are cancelled, those running finish.
     """
     from concurrent.futures import ThreadPoolExecutor
 
