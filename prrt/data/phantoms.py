@@ -23,13 +23,14 @@ is the uptake of one planted lesion, beside a brighter cube that carries none.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from ..imaging import default_workers
 
 
 @dataclass(frozen=True)
@@ -283,13 +284,14 @@ def _ct_case(out_dir: Path, case: str, geom: Geometry, seed_seq) -> None:
 
 
 def map_jobs(fn, jobs: list[tuple], workers: int | None, bar: dict) -> list:
-    """``fn(*job)`` for every job, in order: on ``workers`` processes (default: one per core, up to 4) or, with one,
-    in this process; ``bar``: the progress bar's settings (``tqdm``'s)."""
+    """``fn(*job)`` for every job, in order: on ``workers`` processes (default:
+    :func:`prrt.imaging.default_workers`) or, with one, in this process; ``bar``: the progress bar's settings
+    (``tqdm``'s)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm.auto import tqdm
 
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    workers = workers if workers is not None else default_workers()
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             return list(tqdm(pool.map(fn, *zip(*jobs), chunksize=4), total=len(jobs), **bar))

@@ -25,6 +25,7 @@ from .preprocess import (
     preprocess_cohort,
 )
 from .settings import PreprocessSettings
+from .threads import default_workers
 
 __all__ = [
     "FEATURES",
@@ -35,6 +36,7 @@ __all__ = [
     "box_of",
     "box_summary",
     "cohort_features",
+    "default_workers",
     "display_arrays",
     "field_of_view_bounds_mm",
     "format_signal_table",

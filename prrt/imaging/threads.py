@@ -13,13 +13,15 @@ import os
 from ..timing import untimed
 
 
-def cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def default_workers() -> int:
+    """How many threads or processes per-patient work gets when the caller names none: one per core this process may
+    run on, up to 4 (also the synthetic cohort's writers, :func:`prrt.data.phantoms.map_jobs`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, cores)
 
 
 def each_patient(fn, patients: list, desc: str, progress: bool = True, threads: int | None = None) -> list:
-    """``[fn(p) for p in patients]``, on ``threads`` threads (default: one per core, up to 4) with a progress bar.
+    """``[fn(p) for p in patients]``, on ``threads`` threads (default: :func:`default_workers`) with a progress bar.
 
     The threads time no phase (:func:`prrt.timing.untimed`): the caller's phase covers their work. Results are
     taken in the order of ``patients``: the first of them that failed raises its error (which names it), once the
@@ -29,7 +31,7 @@ def each_patient(fn, patients: list, desc: str, progress: bool = True, threads: 
 
     from tqdm.auto import tqdm
 
-    threads = max(1, threads or min(4, cores()))
+    threads = max(1, threads or default_workers())
     with ThreadPoolExecutor(threads, initializer=untimed) as pool:
         futures = [pool.submit(fn, p) for p in patients]
         try:

@@ -71,8 +71,7 @@ class ModelData:
     def has(self, patient: str, modality: str, columns: list[str] | None = None) -> bool:
         """Whether ``patient`` has ``modality`` (``"table"`` with ``columns``: any of them measured)."""
         if modality == "table":
-            return (self.table is not None and patient in self.table.index
-                    and bool(self.table.loc[patient, columns].notna().any()))
+            return bool(self.have([patient], "table", columns)[0])
         return modality in self.images and self.images[modality].has(patient)
 
     def have(self, patients: list[str], modality: str, columns: list[str] | None = None) -> np.ndarray:
