@@ -9,6 +9,7 @@ the model interface of :mod:`prrt.learn`, whose loop fits one per repeat and fol
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
@@ -31,6 +32,9 @@ from ..learn import ModelData, feature_table, importance_summary, make_model, ta
 from .names import RISK_GROUP_MODELS
 from .notebook import DECISION_THRESHOLDS, RiskGroups, fit_models, median_risk_groups
 from .reported import comparison_tables
+
+#: Where chapter 02 writes the SR-PET lesion features of every patient for the later chapters (in the run folder)
+PET_FEATURES_FILE = "features/pet_features.csv"
 
 #: The sensitivity model with the number of PRRT cycles (a consequence of early progression): never a main model.
 SENSITIVITY = "lab_rf_with_cycles"
@@ -104,7 +108,19 @@ def pet_features_of_run(ctx) -> pd.DataFrame | None:
     if "pet" not in ctx.cohort.modalities:
         return None
     pet = cohort_features(ctx.cohort)
-    pet.to_csv(ctx.path("features", "pet_features.csv"))
+    pet.to_csv(ctx.path(PET_FEATURES_FILE))
+    return pet
+
+
+def saved_pet_features(run_dir) -> pd.DataFrame | None:
+    """The lesion features chapter 02 of the run in ``run_dir`` wrote (``None`` if it wrote none), read back to the
+    bit: pandas' default parser may change a float's last digit, and then a later chapter's models differed
+    between a run that read the file and one that computed the features itself."""
+    path = Path(run_dir) / PET_FEATURES_FILE
+    if not path.is_file():
+        return None
+    pet = pd.read_csv(path, index_col=0, float_precision="round_trip")
+    pet.index = pet.index.astype(str)
     return pet
 
 

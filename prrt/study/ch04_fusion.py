@@ -45,6 +45,7 @@ from ..learn import (
     table_spec,
     write_cross_fitted,
 )
+from .ch02_labs import saved_pet_features
 from .ch03_images import image_specs, input_description
 from .names import (
     CONTROL,
@@ -107,11 +108,8 @@ def chapter_table(cohort, run_dir, progress: bool = True) -> pd.DataFrame:
     names PET images, the SR-PET lesion features that chapter 02 wrote (computed here if it did not)."""
     if "pet" not in cohort.modalities:
         return feature_table(cohort)
-    path = Path(run_dir) / "features" / "pet_features.csv"
-    if path.is_file():
-        pet = pd.read_csv(path, index_col=0)
-        pet.index = pet.index.astype(str)
-    else:
+    pet = saved_pet_features(run_dir)
+    if pet is None:
         pet = cohort_features(cohort, progress=progress)
     return feature_table(cohort, pet)
 

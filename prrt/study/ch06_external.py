@@ -49,7 +49,7 @@ from ..learn import (
     image_data,
     run_models,
 )
-from .ch02_labs import lab_chapter_specs
+from .ch02_labs import lab_chapter_specs, saved_pet_features
 from .ch03_images import image_specs
 from .ch04_fusion import chapter_specs, write_cross_fitted_scores
 from .names import HEADLINE
@@ -175,11 +175,7 @@ def validate_externally(ctx, validate_on, ct_weights: str = "", ct_weights_prefi
     summary = pd.read_csv(summary_file)
     ran = set(summary.loc[summary["status"] == "ran", "model"])
 
-    known = None
-    features_file = ctx.run_dir / "features" / "pet_features.csv"
-    if features_file.is_file():  # chapter 02's features of the development cohort
-        known = pd.read_csv(features_file, index_col=0)
-        known.index = known.index.astype(str)
+    known = saved_pet_features(ctx.run_dir)  # chapter 02's features of the development cohort
     pet = features_of(cohort, list(cohort.data.index), known=known, progress=progress)
     table = feature_table(cohort, pet)
     prefixes = [p for p in ct_weights_prefix if p]

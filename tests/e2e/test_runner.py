@@ -459,10 +459,12 @@ def cluster(tmp_path):
 @pytest.mark.slow
 def test_the_same_seed_on_a_scheduler_and_two_worker_processes_gives_the_files_of_the_run_another_seed_does_not(
         smoke_run, canary_cohort, cluster, tmp_path):
-    """Chapters 02-04 again with the smoke run's seed, their (model, repeat, fold) jobs sent to a Dask scheduler and
-    two worker processes (``prrt run --engine tcp://…``): the splits, every prediction file, the summary and the
-    learning curves are the smoke run's byte for byte (both with one thread per process, CPU), so a run repeats
-    itself and the engine changes nothing. A run with another seed does not give the same files."""
+    """Chapters 03-04 again with the smoke run's seed, their (model, repeat, fold) jobs sent to a Dask scheduler and
+    two worker processes (``prrt run --engine tcp://…``): the splits, every prediction file of their models (the
+    CNNs, their cross-fitted scores, the fusions), their rows of the summary and the learning curves are the smoke
+    run's byte for byte (both with one thread per process, CPU), so a run repeats itself and the engine changes
+    nothing. (Chapter 02's scikit-learn jobs on a Dask cluster: tests/learn/test_parallel.py.) A run with another
+    seed does not give the same files."""
     def run(name, seed, notebooks, *extra):
         d = tmp_path / name
         # the preprocessed inputs and the pretrained CT encoder come from the first run's cache, as for
@@ -479,17 +481,22 @@ def test_the_same_seed_on_a_scheduler_and_two_worker_processes_gives_the_files_o
             shutil.copy(nb, folder / nb.name)
         return folder
 
-    files = ["results/summary.csv", "splits.csv", "checkpoints/pet_cnn/curves.csv",
-             *[f"predictions/{p.relative_to(smoke_run / 'predictions')}" for p in (smoke_run / "predictions").rglob("*.csv")]]
-    assert len(files) > 10 and any("cross_fitted" in f for f in files)
-    # only chapters 02-04 write predictions and summary rows: the second run is those three
-    again = run("on_the_cluster", 11, chapters("model_chapters", "0[2-4]_*.ipynb"), "--engine", cluster)
-    for f in files:
+    # chapter 04 reads chapter 03's fold models (and the lesion features, which it computes itself without
+    # chapter 02): the second run is those two chapters
+    again = run("on_the_cluster", 11, chapters("image_chapters", "0[34]_*.ipynb"), "--engine", cluster)
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv", dtype=str, keep_default_na=False)
+    image_models = summary.loc[summary["chapter"].isin(["03", "04"]) & summary["status"].eq("ran"), "model"]
+    predicted = sorted(p.relative_to(again) for p in (again / "predictions").rglob("*.csv"))
+    assert [p.stem for p in predicted if p.parent.name == "predictions"] == sorted(image_models)
+    assert any(p.parent.name == "cross_fitted" for p in predicted) and len(predicted) >= 6
+    for f in ["splits.csv", "checkpoints/pet_cnn/curves.csv", *predicted]:
         assert (again / f).read_bytes() == (smoke_run / f).read_bytes(), f
+    rows = pd.read_csv(again / "results" / "summary.csv", dtype=str, keep_default_na=False)
+    assert rows.equals(summary[summary["chapter"].isin(["03", "04"])].reset_index(drop=True))
     info = json.loads((again / "run.json").read_text())
     assert info["engine"] == {"address": cluster, "workers": None}
     trained = [t for t in info["timings"] if t["phase"] == "training"]
-    assert {t["chapter"] for t in trained} == {"02_lab_random_forest.ipynb", "03_unimodal_cnn.ipynb", "04_fusion.ipynb"}
+    assert {t["chapter"] for t in trained} == {"03_unimodal_cnn.ipynb", "04_fusion.ipynb"}
     assert len({t["pid"] for t in trained}) == 2 and not any(t["in_notebook"] for t in trained)  # both workers fitted
     # another seed: chapter 02 (splits and the tabular models) is enough to show it
     other = run("other", 12, chapters("chapter_02", "02_*.ipynb"))

@@ -352,7 +352,10 @@ def test_chapter_table_takes_the_lesion_features_chapter_02_wrote(tmp_path):
         modalities = ["pet"]
         data = pd.DataFrame({"cga": [1.0, 2.0], "age": [60.0, 70.0]}, index=["P001", "P002"])
 
-    pet = pd.DataFrame({f: [float(i), float(i + 1)] for i, f in enumerate(FEATURES)}, index=["P001", "P002"])
+    # values of many digits, some of which pandas' default CSV parser reads back a bit off: the chapter reads the
+    # file to the bit, so that its models are those of a run that computed the features itself
+    values = np.random.default_rng(0).lognormal(size=(2, len(FEATURES)))
+    pet = pd.DataFrame(values, columns=list(FEATURES), index=["P001", "P002"])
     (tmp_path / "features").mkdir()
     pet.to_csv(tmp_path / "features" / "pet_features.csv")
     X = ch04_fusion.chapter_table(Cohort(), tmp_path)
