@@ -120,15 +120,22 @@ def _internal_target(book: Path, page: str, href: str) -> Path | None:
     return (book / Path(page).parent / unquote(parts.path)).resolve()
 
 
+#: Pages open at once: most of a page's second is the browser waiting (half a second without network traffic before
+#: a page counts as loaded), so a few tabs at a time overlap those waits (the demo book's 15 pages: about 22 s one at
+#: a time; benchmarks/DESIGN.md)
+TABS = 4
+
+
 def check_book(book, screenshots, synthetic: bool, search_query: str = "chromogranin",
                chapters_glob: str = "notebooks/*.html") -> BookCheck:
-    """Open every page of the built book ``book`` (its ``index.html`` folder) in headless Chromium.
+    """Open every page of the built book ``book`` (its ``index.html`` folder) in headless Chromium, :data:`TABS`
+    pages at a time.
 
     ``screenshots``: the folder for one screenshot per chapter (``chapters_glob``); ``synthetic``: whether
     the chapters must show the synthetic-data banner. Raises RuntimeError when no browser can be driven
     (:func:`browser_missing_reason`).
     """
-    from playwright.sync_api import sync_playwright
+    import asyncio
 
     reason = browser_missing_reason()
     if reason:
@@ -137,57 +144,85 @@ def check_book(book, screenshots, synthetic: bool, search_query: str = "chromogr
     screenshots.mkdir(parents=True, exist_ok=True)
     chapters = {str(p.relative_to(book)) for p in book.glob(chapters_glob)}
     server, base = _serve(book)
-    results = []
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=find_browser(), args=["--no-sandbox"])
-            try:
-                context = browser.new_context(viewport=VIEWPORT)
-                for name in _pages(book):
-                    results.append(_check_page(context, base, book, name, name in chapters, synthetic, screenshots))
-                search = context.new_page()
-                search.goto(f"{base}/search.html?q={search_query}")
-                search.wait_for_function("() => !!document.querySelector('#search-results p.search-summary') "
-                                         "&& !document.querySelector('#search-results p.search-summary')"
-                                         ".textContent.startsWith('Preparing')", timeout=30_000)
-                hits = search.locator("#search-results ul.search li").count()
-            finally:
-                browser.close()
+        check = _check_all(book, base, chapters, synthetic, screenshots, search_query)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop runs in this thread (the runner, a script)
+            results, hits = asyncio.run(check)
+        else:  # called from a running event loop (a notebook): the check gets a thread and a loop of its own
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1) as pool:
+                results, hits = pool.submit(asyncio.run, check).result()
     finally:
         server.shutdown()
     return BookCheck(find_browser(), results, search_query, hits, screenshots)
 
 
-def _check_page(context, base: str, book: Path, name: str, chapter: bool, synthetic: bool, screenshots: Path):
-    page = context.new_page()
+async def _check_all(book: Path, base: str, chapters: set, synthetic: bool, screenshots: Path, search_query: str):
+    """Every page's :class:`PageCheck` (in the order of :func:`_pages`) and the number of search results."""
+    import asyncio
+
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=find_browser(), args=["--no-sandbox"])
+        try:
+            context = await browser.new_context(viewport=VIEWPORT)
+            tabs, front = asyncio.Semaphore(TABS), asyncio.Lock()
+
+            async def one(name):
+                async with tabs:
+                    return await _check_page(context, base, book, name, name in chapters, synthetic, screenshots,
+                                             front)
+
+            results = await asyncio.gather(*(one(name) for name in _pages(book)))
+            search = await context.new_page()
+            await search.goto(f"{base}/search.html?q={search_query}")
+            await search.wait_for_function("() => !!document.querySelector('#search-results p.search-summary') "
+                                           "&& !document.querySelector('#search-results p.search-summary')"
+                                           ".textContent.startsWith('Preparing')", timeout=30_000)
+            hits = await search.locator("#search-results ul.search li").count()
+        finally:
+            await browser.close()
+    return list(results), hits
+
+
+async def _check_page(context, base: str, book: Path, name: str, chapter: bool, synthetic: bool, screenshots: Path,
+                      front):
+    """One page's :class:`PageCheck`; ``front``: held while the page is the tab in front for its screenshot."""
+    page = await context.new_page()
     check = PageCheck(name)
     page.on("console", lambda m: check.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: check.errors.append(f"uncaught {e}"))
     page.on("requestfailed", lambda r: check.errors.append(f"request failed: {r.url}"))
     page.on("response", lambda r: check.errors.append(f"HTTP {r.status}: {r.url}")
             if r.status >= 400 and r.url.startswith(base) else None)
-    page.goto(f"{base}/{name}", wait_until="load")
-    page.wait_for_load_state("networkidle")
-    images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete && "
-                                              "e.naturalWidth > 0, (e.getAttribute('alt') || '').trim(), "
-                                              "!!e.closest('article')])")
+    await page.goto(f"{base}/{name}", wait_until="load")
+    await page.wait_for_load_state("networkidle")
+    images = await page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete && "
+                                                    "e.naturalWidth > 0, (e.getAttribute('alt') || '').trim(), "
+                                                    "!!e.closest('article')])")
     check.broken_images = [src for src, ok, _, _ in images if not ok]
     # the page's own figures need alt text (docutils writes the file's path as alt when a figure has none)
     check.images_without_alt = [src for src, _, alt, content in images if content and
                                 (not alt or alt == src or alt.lower().endswith((".png", ".svg", ".jpg", ".jpeg")))]
-    hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
+    hrefs = await page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
     shown = unquote(urlsplit(page.url).path).lstrip("/")  # after a redirect (index.html) links are relative to it
     for href in sorted(set(hrefs)):
         target = _internal_target(book, shown, href)
         if target is not None and not target.exists():
             check.broken_links.append(href)
     if chapter:
-        if not page.locator("table", has_text="voxel spacing (mm)").first.is_visible():
+        if not await page.locator("table", has_text="voxel spacing (mm)").first.is_visible():
             check.missing.append("the parameters table")
-        if synthetic and not page.get_by_text("Synthetic data", exact=False).first.is_visible():
+        if synthetic and not await page.get_by_text("Synthetic data", exact=False).first.is_visible():
             check.missing.append("the synthetic-data banner")
         shot = screenshots / (Path(name).stem + ".png")
-        page.screenshot(path=str(shot))
+        async with front:  # a tab behind others may show stale tiles of its top in a screenshot: one in front at a time
+            await page.bring_to_front()
+            await page.screenshot(path=str(shot))
         check.screenshot = str(shot)
-    page.close()
+    await page.close()
     return check
