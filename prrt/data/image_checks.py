@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..imaging import (
     ImageError,
+    each_patient,
     field_of_view_bounds_mm,
     lesion_bounds_mm,
     read_header,
@@ -47,29 +48,42 @@ def _header_problem(d: Draft, i: int, modality: str, col: str, path: Path) -> Pr
 
 
 def check_images(d: Draft) -> list[Problem]:
-    """Image files exist and read as 3D volumes in the right units; every patient has a CT or a PET."""
-    problems: list[Problem] = []
-    for modality in MODALITIES:
-        col = d.image_columns.get(modality)
-        if col is None:
-            continue
-        paths, blank = [], []
+    """Image files exist and read as 3D volumes in the right units; every patient has a CT or a PET.
+
+    The files are read on threads, a patient per thread (:func:`prrt.imaging.each_patient`; reading and
+    decompressing leave Python's lock), each patient's in the order of ``MODALITIES`` (scans before masks); the
+    problems come in the order of a loop over the modalities and rows."""
+    columns = {m: d.image_columns[m] for m in MODALITIES if d.image_columns.get(m) is not None}
+    paths: dict[str, list] = {}
+    found: dict[tuple[str, int], Problem | None] = {}  # (modality, row) -> its problem
+    to_read: dict[int, list] = {}  # row -> [(modality, column, path)] in the order of MODALITIES
+    for modality, col in columns.items():
+        paths[modality] = []
         for i, v in enumerate(d.df[col]):
             if pd.isna(v) or str(v).strip() == "":
-                paths.append(None)
-                blank.append(i)
+                paths[modality].append(None)
                 continue
             p = (d.image_root / str(v).strip()).resolve()
-            paths.append(str(p))
+            paths[modality].append(str(p))
             if d.check_images == "none":
                 continue
             if not p.is_file():
-                problems.append(d.problem(f"{modality} image file not found", i, col, file=str(p)))
+                found[modality, i] = d.problem(f"{modality} image file not found", i, col, file=str(p))
             elif d.check_images in ("header", "full"):
-                problem = _header_problem(d, i, modality, col, p)
-                if problem is not None:
-                    problems.append(problem)
-        d.image_paths[modality] = paths
+                to_read.setdefault(i, []).append((modality, col, p))
+
+    def read(i: int) -> list:
+        return [(m, i, _header_problem(d, i, m, col, p)) for m, col, p in to_read[i]]
+
+    for per_patient in each_patient(read, sorted(to_read), "checking images", progress=False):
+        for m, i, problem in per_patient:
+            found[m, i] = problem
+    problems: list[Problem] = []
+    for modality, col in columns.items():
+        paths_ = paths[modality]
+        blank = [i for i, p in enumerate(paths_) if p is None]
+        problems += [found[modality, i] for i in range(len(paths_)) if found.get((modality, i)) is not None]
+        d.image_paths[modality] = paths_
         if modality in ("ct", "pet") and blank:
             # the splits stay shared: a model of this scan leaves these patients out, the fusions predict them without
             name = modality.upper()

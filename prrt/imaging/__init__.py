@@ -25,7 +25,7 @@ from .preprocess import (
     preprocess_cohort,
 )
 from .settings import PreprocessSettings
-from .threads import default_workers
+from .threads import default_workers, each_patient
 
 __all__ = [
     "FEATURES",
@@ -38,6 +38,7 @@ __all__ = [
     "cohort_features",
     "default_workers",
     "display_arrays",
+    "each_patient",
     "field_of_view_bounds_mm",
     "format_signal_table",
     "input_boxes",

@@ -375,3 +375,22 @@ def test_a_full_check_reads_each_image_header_once(small_cohort_dir, monkeypatch
     cohort = load_cohort(small_cohort_dir / "manifest.yaml", check_images="full", profile="demo")
     files = [cohort.image_path(p, m) for p in cohort.data.index for m in cohort.modalities]
     assert sorted(read) == sorted(str(f) for f in files if f is not None) and len(read) == len(set(read)) > 50
+
+
+def test_the_images_are_checked_on_threads_with_the_problems_of_a_loop_in_its_order(cohort_copy, monkeypatch):
+    """Problems of several patients and modalities (a missing CT, a CT that is no image, a mask with a negative label,
+    another with a fractional one): on threads, one patient per thread, the same problems in the order of the
+    modalities and rows as on one thread."""
+    from prrt.imaging import threads
+
+    df = _table(cohort_copy)
+    (cohort_copy / df.loc[3, "ct_path"]).unlink()
+    (cohort_copy / df.loc[1, "ct_path"]).write_bytes(b"not a NIfTI file")
+    _image(5, "lesion_mask_path", lambda a, f: (np.where(a > 0, -1, 0).astype(np.int16), f))(cohort_copy)
+    _image(0, "lesion_mask_path", lambda a, f: (((a > 0) * 0.5).astype(np.float32), f))(cohort_copy)
+    threaded = problems_of(cohort_copy / "manifest.yaml", check_images="full", profile="demo")
+    monkeypatch.setattr(threads, "default_workers", lambda: 1)
+    assert problems_of(cohort_copy / "manifest.yaml", check_images="full", profile="demo") == threaded
+    ids = list(df["patient_id"])
+    assert [(p.patient, p.column) for p in threaded] == [(ids[1], "ct_path"), (ids[3], "ct_path"),
+                                                         (ids[0], "lesion_mask_path"), (ids[5], "lesion_mask_path")]
