@@ -165,6 +165,23 @@ def test_two_runs_into_one_folder_one_runs_and_the_other_is_refused(small_cohort
     assert json.loads((run_dir.parent / ".r.lock").read_text() or "{}") == {}  # released
 
 
+def test_a_kernel_that_dies_leaves_the_notebook_with_the_outputs_of_its_cells_so_far(small_cohort_dir, tmp_path, capsys):
+    """The executed notebook is written when it starts, every 30 s and when it ends, failed or not (not before and after
+    every cell, :func:`prrt.runner.execute.papermill_engine`): a kernel that dies in the middle still leaves the outputs
+    of the cells it ran, in the failed run's folder."""
+    import nbformat
+
+    nbs = _notebooks(tmp_path, "print('written before the kernel died')", "import os\nos._exit(3)", "print('never')")
+    run_dir = tmp_path / "runs" / "r"
+    rc = main(["run", "--manifest", str(small_cohort_dir / "manifest.yaml"), "--profile", "smoke", "--run-dir",
+               str(run_dir), "--no-book", "--notebooks-dir", str(nbs)])
+    assert rc == 1 and "notebook 01_only.ipynb failed" in capsys.readouterr().err
+    kept = nbformat.read(run_dir.with_name(".r.failed") / "notebooks" / "01_only.ipynb", as_version=4)
+    outputs = ["".join(o.get("text", "") for o in cell.get("outputs", [])) for cell in kept.cells]
+    assert "written before the kernel died\n" in outputs and "never\n" not in outputs, outputs
+    assert not run_dir.exists()
+
+
 def test_the_lock_names_its_holder_and_a_dead_holder_is_recovered(tmp_path):
     run_dir = tmp_path / "r"
     holder = subprocess.Popen([sys.executable, "-c", f"import time\nfrom prrt.runner.lock import RunLock\n"
