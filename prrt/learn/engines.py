@@ -29,6 +29,7 @@ more threads differs in the sixth decimal); on GPUs they agree up to the non-det
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from .base import ModelData
@@ -107,6 +108,7 @@ class DaskEngine:
             raise ValueError(f"engine must be 'local', 'local-cuda' or a scheduler address tcp://host:port, "
                              f"not {address!r}")
         self.client = Client(self.cluster if self.cluster is not None else address)
+        self.imported: set[str] = set()  # the modules of jobs that every worker has imported
 
     def map(self, fn, jobs: list, data, progress: bool = True, desc: str = "") -> list:
         """``[fn(job, data) for job in jobs]``, computed on the workers; ``data`` is sent once to each."""
@@ -114,6 +116,13 @@ class DaskEngine:
 
     def submit(self, fn, jobs: list, data) -> list:
         """Start ``fn(job, data)`` for every job on the workers (``data`` sent once to each); their futures."""
+        module = getattr(fn, "func", fn).__module__
+        if module not in self.imported:
+            # the workers import the jobs' module (prrt, torch, scikit-learn) all at once: the data scattered next can
+            # be unpickled only after those imports, and a broadcast unpickles it on one worker after the other
+            # (two local workers: 7.7 s with one core busy before, 3.8 s with both now)
+            self.client.run(importlib.import_module, module)
+            self.imported.add(module)
         shared = self.client.scatter(data, broadcast=True)
         return self.client.map(fn, jobs, data=shared, pure=False)
 

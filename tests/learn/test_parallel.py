@@ -47,6 +47,9 @@ def test_dask_engine_gives_the_sequential_results(tmp_path):
     try:
         assert engine.describe() == {"engine": "dask", "address": "local", "workers": 2}
         par = loop.fold_outputs(specs, data, s, seed=4, progress=False, engine=engine)
+        # every worker imported the jobs' module before the data reached them (all at once, not one after the other)
+        assert engine.imported == {"prrt.learn.loop"}
+        assert set(engine.client.run(lambda: "prrt.learn.loop" in __import__("sys").modules).values()) == {True}
     finally:
         engine.close()
     for spec in specs:
