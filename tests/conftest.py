@@ -14,8 +14,9 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_share))
 
-# Building a book opens it in headless Chromium (prrt.runner.browser) when one is found: about 15 s per book. The tests
-# that build books for other reasons leave that out; the smoke run of tests/e2e/test_runner.py turns it on.
+# Building a book opens it in headless Chromium (prrt.runner.browser) when one is found: about 11 s for the demo book (15
+# pages, four at a time). The tests that build books for other reasons leave that out; the smoke run of
+# tests/e2e/test_runner.py turns it on.
 os.environ.setdefault("PRRT_BROWSER_CHECK", "off")
 
 import shutil

@@ -17,6 +17,8 @@ Resampling is in :mod:`prrt.imaging.resample`, the preprocessing chain to the ne
 
 from __future__ import annotations
 
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,25 @@ def _check_geometry(size, path, modality, patient):
                          path, modality, patient)
 
 
+#: SimpleITK's file readers are not safe to run at once in several threads: asked to read a file, ITK asks every file
+#: format whether it can (HDF5 among them, whose library is not thread-safe), and two threads reading headers at once
+#: aborted a process (``make test``, 2026-12-06; SimpleITK issues #74 and #805). Files are read by one thread at a time
+#: (a header takes about 2 ms; reading the voxels of a NIfTI file, nibabel's work, is not held up).
+_ITK_FILES = threading.Lock()
+#: The ITK reader of each supported suffix, named so that ITK does not ask every other format first
+_ITK_IO = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+           ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+
+
+def _reader(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    io = next((v for k, v in _ITK_IO.items() if path.name.lower().endswith(k)), None)
+    if io is not None:
+        reader.SetImageIO(io)
+    return reader
+
+
 def read_header(path, modality: str | None = None, patient: str | None = None) -> dict:
     """Read only the header of an image: size, spacing (mm), origin, direction.
 
@@ -73,10 +94,10 @@ def read_header(path, modality: str | None = None, patient: str | None = None) -
     if not path.is_file():
         raise ImageError("file not found", path, modality, patient)
     _check_suffix(path, modality, patient)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader = _reader(path)
     try:
-        reader.ReadImageInformation()
+        with _ITK_FILES:
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise ImageError(f"cannot be read (corrupt or not an image): {_first_line(exc)}", path, modality,
                          patient) from None
@@ -96,7 +117,10 @@ def _first_line(exc) -> str:
     for ln in lines:
         if ln.lower().startswith("description:"):
             return ln.split(":", 1)[1].strip()
-    return lines[-1] if lines else repr(exc)
+    if not lines:
+        return repr(exc)
+    # without ITK's object address ("ITK ERROR: NiftiImageIO(0x5605d5acc570): "), which differs from read to read
+    return re.sub(r"^(ITK ERROR: \w+\(0x[0-9a-fA-F]+\): |sitk::ERROR: )", "", lines[-1])
 
 
 def _read_nifti(path: Path, modality, patient) -> sitk.Image:
@@ -143,7 +167,8 @@ def read_image(path, modality: str | None = None, patient: str | None = None, he
         image = _read_nifti(path, modality, patient)
     else:
         try:
-            image = sitk.ReadImage(str(path))
+            with _ITK_FILES:
+                image = _reader(path).Execute()
         except RuntimeError as exc:
             raise ImageError(f"cannot be read (corrupt or truncated): {_first_line(exc)}", path, modality,
                              patient) from None

@@ -252,3 +252,15 @@ def test_an_oblique_image_is_resampled_by_its_position(tmp_path):
     lps_centre = centre * [-1, -1, 1]
     assert np.all(lo < lps_centre) and np.all(lps_centre < hi)
     assert box_gap_mm((lo, hi), (hi + 1000, hi + 1100)) == pytest.approx(1000 * np.sqrt(3))
+
+
+def test_every_supported_file_type_is_read_by_its_own_itk_reader_one_thread_at_a_time():
+    """ITK is told which reader a file needs, instead of asking every format it knows (HDF5 among them, whose library
+    is not thread-safe: two threads reading headers at once aborted a test process), and SimpleITK reads files in
+    one thread at a time."""
+    from pathlib import Path
+
+    for suffix in io.SUPPORTED_SUFFIXES:
+        assert io._reader(Path(f"scan{suffix}")).GetImageIO() == io._ITK_IO[suffix], suffix
+    assert io._ITK_FILES.acquire(blocking=False)  # a lock, free between reads
+    io._ITK_FILES.release()
