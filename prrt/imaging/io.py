@@ -66,10 +66,11 @@ def _check_geometry(size, path, modality, patient):
                          path, modality, patient)
 
 
-#: SimpleITK's file readers are not safe to run at once in several threads: asked to read a file, ITK asks every file
-#: format whether it can (HDF5 among them, whose library is not thread-safe), and two threads reading headers at once
-#: aborted a process (``make test``, 2026-12-06; SimpleITK issues #74 and #805). Files are read by one thread at a time
-#: (a header takes about 2 ms; reading the voxels of a NIfTI file, nibabel's work, is not held up).
+#: SimpleITK's file readers are not safe to run at once in several threads (SimpleITK issues #74 and #805): asked to read
+#: a file, ITK asks every file format whether it can, HDF5 among them, whose library is not thread-safe. A process of
+#: ``make test`` aborted in ``ReadImageInformation`` while the image check read files on two threads (2026-12-06; the
+#: probable cause, not reproduced). Files are read by one thread at a time through SimpleITK (a header takes about 2 ms;
+#: reading the voxels of a NIfTI file, nibabel's work, is not held up).
 _ITK_FILES = threading.Lock()
 #: The ITK reader of each supported suffix, named so that ITK does not ask every other format first
 _ITK_IO = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",

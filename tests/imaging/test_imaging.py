@@ -256,8 +256,8 @@ def test_an_oblique_image_is_resampled_by_its_position(tmp_path):
 
 def test_every_supported_file_type_is_read_by_its_own_itk_reader_one_thread_at_a_time():
     """ITK is told which reader a file needs, instead of asking every format it knows (HDF5 among them, whose library
-    is not thread-safe: two threads reading headers at once aborted a test process), and SimpleITK reads files in
-    one thread at a time."""
+    is not thread-safe; a test process aborted in a header read while the image check read files on two threads), and
+    SimpleITK reads files in one thread at a time."""
     from pathlib import Path
 
     for suffix in io.SUPPORTED_SUFFIXES:
