@@ -13,7 +13,6 @@ plot are in :mod:`prrt.study.ch04_comparison`.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 
