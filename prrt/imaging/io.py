@@ -24,7 +24,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: The supported file types, each with the ITK reader that reads it (named, so that ITK does not ask every other format
+#: whether it can, :func:`_reader`)
+_ITK_IO = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+           ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+SUPPORTED_SUFFIXES = tuple(_ITK_IO)
 
 #: SUV above this at the 95th percentile of positive voxels means the PET is not in SUV.
 PET_SUV_P95_LIMIT = 200.0
@@ -72,9 +76,6 @@ def _check_geometry(size, path, modality, patient):
 #: probable cause, not reproduced). Files are read by one thread at a time through SimpleITK (a header takes about 2 ms;
 #: reading the voxels of a NIfTI file, nibabel's work, is not held up).
 _ITK_FILES = threading.Lock()
-#: The ITK reader of each supported suffix, named so that ITK does not ask every other format first
-_ITK_IO = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
-           ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 
 
 def _reader(path: Path) -> sitk.ImageFileReader:
